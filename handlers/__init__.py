@@ -1,0 +1,1 @@
+"""Serving: the TorchServe handler and the srgan.mar builder."""

@@ -1,0 +1,11 @@
+"""srdeploy: SRGAN 4x face super-resolution from training to production.
+
+This package holds what every stage shares (degradation, metrics, image I/O) and the
+torch-free runtime. Training, export and serving live in ``srdeploy.training``,
+``srdeploy.export`` and ``srdeploy.handlers`` (the top-level folders ``training/``,
+``export/`` and ``handlers/`` of the source tree).
+"""
+
+__version__ = "0.1.0"
+
+SCALE = 4

@@ -1,0 +1,57 @@
+"""Quality metrics under the SRGAN paper's protocol.
+
+PSNR and SSIM are computed on the BT.601 luma (Y, the [16, 235] range of MATLAB's
+rgb2ycbcr) after removing ``border`` pixels on each side, with both images as uint8 (SR
+rounded first). SSIM is scikit-image's implementation with the Gaussian window of Wang et
+al. 2004 (11x11, sigma 1.5). RGB PSNR is reported beside them, on the same crop.
+Higher is better for all three.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PROTOCOL = "PSNR/SSIM on BT.601 Y, 4-px border removed, SR rounded to uint8; SSIM: Gaussian 11x11, sigma 1.5"
+
+
+def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> float64 luma in [16, 235] (BT.601, as MATLAB's rgb2ycbcr)."""
+    rgb = rgb.astype(np.float64)
+    return 16.0 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255.0
+
+
+def _as_rgb_uint8(img: np.ndarray, name: str) -> np.ndarray:
+    if img.dtype != np.uint8:
+        raise TypeError(f"{name} must be uint8 (round SR before measuring), got {img.dtype}")
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"{name} must be (H, W, 3) RGB, got shape {img.shape}")
+    return img
+
+
+def _crop(a: np.ndarray, border: int) -> np.ndarray:
+    return a[border:-border, border:-border] if border else a
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10.0 * np.log10(peak**2 / mse))
+
+
+def evaluate_pair(sr: np.ndarray, hr: np.ndarray, border: int = 4) -> dict[str, float]:
+    """PSNR-Y, SSIM-Y and RGB PSNR of one uint8 SR image against its HR reference."""
+    from skimage.metrics import structural_similarity
+
+    sr, hr = _as_rgb_uint8(sr, "sr"), _as_rgb_uint8(hr, "hr")
+    if sr.shape != hr.shape:
+        raise ValueError(f"sr {sr.shape} and hr {hr.shape} differ in shape")
+    sr_y, hr_y = _crop(rgb_to_y(sr), border), _crop(rgb_to_y(hr), border)
+    ssim = structural_similarity(
+        sr_y, hr_y, data_range=255.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
+    return {
+        "psnr_y": psnr(sr_y, hr_y),
+        "ssim_y": float(ssim),
+        "psnr_rgb": psnr(_crop(sr, border), _crop(hr, border)),
+    }

@@ -1,0 +1,1 @@
+"""Package data: the shipped generators (ONNX + manifest + state_dict)."""

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny seeded generators (B=1, 8 channels) for mechanics tests, and the
+location of ../shared/data for the tests that read it (they skip when it is absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+CELEBA = SHARED_DATA / "celeba_hq_256"
+EXAMPLES = REPO / "examples"
+
+
+def pytest_collection_modifyitems(config, items):
+    import importlib.util
+
+    has_cuda = False
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none visible to torch)")
+    skip_data = pytest.mark.skip(reason=f"{SHARED_DATA} is absent")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+        if "data" in item.keywords and not CELEBA.is_dir():
+            item.add_marker(skip_data)
+
+
+@pytest.fixture
+def tiny_generator():
+    """A seeded B=1, 8-channel x4 generator in eval mode with non-trivial BN statistics."""
+    import torch
+
+    from srdeploy.training.models import Generator
+
+    torch.manual_seed(0)
+    g = Generator(num_blocks=1, channels=8, scale=4)
+    with torch.no_grad():  # give BN running stats values that folding must get right
+        for m in g.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return g.eval()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,111 @@
+"""Checkpoints: atomic writes, safe loads, and generator reconstruction.
+
+A training checkpoint is a dict of plain tensors and builtins (loadable with
+``weights_only=True``)::
+
+    {"generator": state_dict, "arch": {"num_blocks", "channels", "scale"},
+     "discriminator": state_dict | None, "g_optimizer": ..., "d_optimizer": ...,
+     "scaler": ..., "step": int, "epoch": int, "rng": {...}, "config": {...}}
+
+A bare generator state_dict is accepted wherever a generator is needed; its architecture
+is read off the tensor shapes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from srdeploy.training.models import Generator
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` through a temp file in the same folder and os.replace,
+    so a crash mid-write never leaves a truncated checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with ``weights_only=True`` (no pickle code execution); no unsafe fallback."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError...
+        raise ValueError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict checkpoint or state_dict, got {type(obj).__name__}")
+    return obj
+
+
+def infer_arch(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Read num_blocks, channels and scale off a generator state_dict."""
+    try:
+        channels = state_dict["head.0.weight"].shape[0]
+        blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
+        ups = {int(m.group(1)) for k in state_dict if (m := re.match(r"upsample\.(\d+)\.", k))}
+    except KeyError as e:
+        raise ValueError(f"not a generator state_dict: missing key {e}") from None
+    if not blocks or not ups:
+        raise ValueError("not a generator state_dict: no residual blocks or upsamplers found")
+    return {"num_blocks": max(blocks) + 1, "channels": int(channels), "scale": 2 ** (max(ups) + 1)}
+
+
+def generator_state(obj: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split a loaded checkpoint into (generator state_dict, metadata)."""
+    if "generator" in obj and isinstance(obj["generator"], dict):
+        meta = {k: v for k, v in obj.items() if k in ("arch", "config", "step", "epoch", "metrics")}
+        return obj["generator"], meta
+    return obj, {}
+
+
+def build_generator(state_dict: dict[str, torch.Tensor], arch: dict[str, int] | None = None) -> Generator:
+    """Instantiate a Generator and load ``state_dict`` strictly, with an error that names
+    the missing, unexpected and mis-shaped keys."""
+    arch = dict(arch or infer_arch(state_dict))
+    g = Generator(**{k: arch[k] for k in ("num_blocks", "channels", "scale")})
+    expected = g.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    misshaped = [
+        f"{k}: {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or misshaped:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
+            if items:
+                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+                parts.append(f"{label}: {', '.join(items[:5])}{more}")
+        raise ValueError(f"not a generator with {arch}: " + "; ".join(parts))
+    g.load_state_dict(state_dict)
+    return g.eval()
+
+
+def load_generator(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[Generator, dict[str, Any]]:
+    """A training checkpoint or bare state_dict -> (Generator in eval mode, metadata)."""
+    state_dict, meta = generator_state(load_checkpoint(path, map_location))
+    try:
+        g = build_generator(state_dict, meta.get("arch"))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return g, meta
