@@ -16,6 +16,8 @@ from srdeploy import __version__
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("srdeploy.training.cli", "train", "Train SRResNet (MSE) or fine-tune an SRGAN."),
     "evaluate": ("srdeploy.training.evaluate_cli", "evaluate", "PSNR/SSIM table and figure against bicubic."),
+    "upscale": ("srdeploy.upscale_cli", "upscale", "Upscale images and folders 4x with ONNX Runtime (cpu/cuda/tensorrt)."),
+    "export": ("srdeploy.export.cli", "export", "Checkpoint -> ONNX (fp32/fp16) and TensorRT, manifest, parity checks."),
 }
 
 

@@ -6,8 +6,147 @@ times larger; batch, height and width dynamic; one self-contained file (no exter
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
+from typing import Any
+
 INPUT_NAME = "lr"
 OUTPUT_NAME = "sr"
 INPUT_RANGE = (0.0, 1.0)
 OUTPUT_RANGE = (0.0, 1.0)
 MANIFEST_NAME = "manifest.json"
+
+# onnxruntime-gpu 1.31, the oldest runtime the project pins, reads ONNX IR versions <= 13.
+MAX_IR_VERSION = 13
+# Model-level metadata_props srdeploy writes into every exported ONNX file.
+META_SCALE = "srdeploy.scale"
+META_PRECISION = "srdeploy.precision"  # "fp32" | "fp16" (compute; the I/O stays float32)
+META_CONTRACT = "srdeploy.contract"
+CONTRACT_TEXT = "lr: float32 NCHW RGB [0,1] -> sr: float32 NCHW RGB [0,1], batch/height/width dynamic"
+
+_FLOAT = 1  # onnx.TensorProto.FLOAT; spelled out so this module imports without onnx
+_EXTERNAL = 1  # onnx.TensorProto.EXTERNAL (data_location)
+
+
+def validate_onnx_model(path: str | os.PathLike) -> dict[str, Any]:
+    """Refuse an ONNX file the runtimes cannot trust; describe one they can.
+
+    Raises FileNotFoundError for a missing file and ValueError (naming the file and the
+    reason) for a file that is not ONNX, keeps tensors in external data files, or whose
+    inputs/outputs differ from the contract. Returns ``{"path", "opset", "ir_version",
+    "input_name", "output_name", "input_shape", "output_shape", "scale", "precision"}``;
+    shapes hold ints for fixed and strings for dynamic dimensions, ``scale`` and
+    ``precision`` are None when the file does not say.
+    """
+    try:
+        import onnx
+    except ImportError as e:
+        raise ImportError("validating ONNX models needs the `onnx` package: pip install 'srdeploy[cpu]'") from e
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    try:
+        # Never follow external-data references: they are refused below, not read.
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError and friends
+        raise ValueError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+    external = _external_tensors(model.graph)
+    if external:
+        more = f" (+{len(external) - 3} more)" if len(external) > 3 else ""
+        raise ValueError(
+            f"{path}: refusing an ONNX model with external data ({', '.join(external[:3])}{more} "
+            "stored outside the file); srdeploy loads only self-contained models"
+        )
+    check_onnx_io(model, str(path))
+    lr = next(v for v in model.graph.input if v.name == INPUT_NAME)  # not input[0]: old exporters list weights first
+    props = {p.key: p.value for p in model.metadata_props}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {
+        "path": str(path),
+        "opset": opset,
+        "ir_version": model.ir_version,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "input_shape": _shape(lr),
+        "output_shape": _shape(model.graph.output[0]),
+        "scale": _scale(props, model.graph.output[0]),
+        "precision": props.get(META_PRECISION),
+    }
+
+
+def check_onnx_io(model: Any, where: str) -> None:
+    """Raise ValueError unless ``model`` (an onnx.ModelProto) has exactly one input ``lr``
+    and one output ``sr``, both float32 rank 4 with 3 channels and dynamic N/H/W."""
+    initializers = {t.name for t in model.graph.initializer}
+    # Old exporters list the weights as graph inputs too; those are not model inputs.
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    outputs = list(model.graph.output)
+    problems: list[str] = []
+    for role, values, name in (("input", inputs, INPUT_NAME), ("output", outputs, OUTPUT_NAME)):
+        names = [v.name for v in values]
+        if names != [name]:
+            problems.append(f"{role}s are {names}, expected ['{name}']")
+            continue
+        problems += [f"{role} '{name}' {p}" for p in _tensor_problems(values[0])]
+    if problems:
+        raise ValueError(f"{where}: does not match the srdeploy ONNX contract ({CONTRACT_TEXT}): " + "; ".join(problems))
+
+
+def _tensor_problems(value: Any) -> list[str]:
+    if not value.type.HasField("tensor_type"):
+        return ["is not a tensor"]
+    ttype = value.type.tensor_type
+    problems = []
+    if ttype.elem_type != _FLOAT:
+        problems.append(f"has element type {_elem_name(ttype.elem_type)}, expected float32")
+    if not ttype.HasField("shape"):
+        return problems + ["has no declared shape, expected rank 4 (N, 3, H, W)"]
+    shape = _shape(value)
+    if len(shape) != 4:
+        return problems + [f"has rank {len(shape)} {shape}, expected 4 (N, 3, H, W)"]
+    if shape[1] != 3:
+        problems.append(f"has {shape[1]} channels, expected 3 (RGB)")
+    fixed = [axis for axis, d in zip("NHW", (shape[0], shape[2], shape[3])) if isinstance(d, int)]
+    if fixed:
+        problems.append(f"has fixed {'/'.join(fixed)} in shape {shape}, expected them dynamic")
+    return problems
+
+
+def _shape(value: Any) -> list[int | str]:
+    dims = value.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+
+
+def _elem_name(elem_type: int) -> str:
+    try:
+        import onnx
+
+        return onnx.TensorProto.DataType.Name(elem_type).lower()
+    except (ImportError, ValueError):
+        return f"type {elem_type}"
+
+
+def _scale(props: dict[str, str], output: Any) -> int | None:
+    """From srdeploy's metadata, else from an output dimension named like '4*height'."""
+    if props.get(META_SCALE, "").isdigit():
+        return int(props[META_SCALE])
+    shape = _shape(output)
+    if len(shape) == 4 and isinstance(shape[2], str):
+        m = re.fullmatch(r"(\d+)\*\w+", shape[2])
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def _external_tensors(graph: Any) -> list[str]:
+    """Names of tensors (initializers, Constant attributes, subgraphs) kept in external files."""
+    found = []
+    tensors = list(graph.initializer) + [s.values for s in graph.sparse_initializer]
+    for node in graph.node:
+        for attr in node.attribute:
+            tensors += ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                found += _external_tensors(sub)
+    found += [t.name or "<unnamed>" for t in tensors if t.data_location == _EXTERNAL or len(t.external_data)]
+    return found

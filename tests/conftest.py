@@ -51,3 +51,24 @@ def tiny_generator():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# Exporting takes seconds (torch.export tracing); the export is byte-reproducible, so each
+# distinct tiny generator is exported once per session and its bytes copied to tmp_path.
+_TINY_ONNX_BYTES: dict[str, bytes] = {}
+
+
+@pytest.fixture
+def tiny_onnx(tiny_generator, tmp_path):
+    """The tiny_generator exported to the ONNX contract (lr [0,1] -> sr [0,1]); a Path."""
+    import hashlib
+
+    from srdeploy.export.onnx_export import export_onnx
+
+    path = tmp_path / "tiny.onnx"
+    key = hashlib.sha256(b"".join(t.numpy().tobytes() for t in tiny_generator.state_dict().values())).hexdigest()
+    if key in _TINY_ONNX_BYTES:
+        path.write_bytes(_TINY_ONNX_BYTES[key])
+    else:
+        _TINY_ONNX_BYTES[key] = export_onnx(tiny_generator, path).read_bytes()
+    return path

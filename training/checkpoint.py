@@ -35,6 +35,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -69,12 +70,28 @@ def infer_arch(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
     return {"num_blocks": max(blocks) + 1, "channels": int(channels), "scale": 2 ** (max(ups) + 1)}
 
 
-def generator_state(obj: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split a loaded checkpoint into (generator state_dict, metadata)."""
-    if "generator" in obj and isinstance(obj["generator"], dict):
-        meta = {k: v for k, v in obj.items() if k in ("arch", "config", "step", "epoch", "metrics")}
-        return obj["generator"], meta
-    return obj, {}
+def generator_state(obj: dict[str, Any], weights: str = "auto") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split a loaded checkpoint into (generator state_dict, metadata).
+
+    ``weights``: "ema" takes ``generator_ema`` (what a run with --ema validates and selects
+    on, so the model to ship), "raw" the trained ``generator``, "auto" the EMA weights when
+    present. ``meta["weights"]`` records which were taken.
+    """
+    if weights not in ("auto", "ema", "raw"):
+        raise ValueError(f"weights must be auto, ema or raw, got {weights!r}")
+    if not ("generator" in obj and isinstance(obj["generator"], dict)):  # a bare state_dict
+        if weights == "ema":
+            raise ValueError("has no generator_ema weights (a bare state_dict); use weights 'raw'")
+        return obj, {"weights": "state_dict"}
+    meta = {k: v for k, v in obj.items() if k in ("arch", "config", "step", "epoch", "metrics")}
+    ema = obj.get("generator_ema")
+    if weights == "ema" and not isinstance(ema, dict):
+        raise ValueError("has no generator_ema weights (trained without --ema); use weights 'raw'")
+    if isinstance(ema, dict) and weights != "raw":
+        meta["weights"] = "generator_ema"
+        return ema, meta
+    meta["weights"] = "generator"
+    return obj["generator"], meta
 
 
 def build_generator(state_dict: dict[str, torch.Tensor], arch: dict[str, int] | None = None) -> Generator:
@@ -101,10 +118,13 @@ def build_generator(state_dict: dict[str, torch.Tensor], arch: dict[str, int] | 
     return g.eval()
 
 
-def load_generator(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[Generator, dict[str, Any]]:
-    """A training checkpoint or bare state_dict -> (Generator in eval mode, metadata)."""
-    state_dict, meta = generator_state(load_checkpoint(path, map_location))
+def load_generator(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                   weights: str = "auto") -> tuple[Generator, dict[str, Any]]:
+    """A training checkpoint or bare state_dict -> (Generator in eval mode, metadata).
+    Errors name the file and what differs (keys, shapes, missing EMA weights)."""
+    obj = load_checkpoint(path, map_location)
     try:
+        state_dict, meta = generator_state(obj, weights)
         g = build_generator(state_dict, meta.get("arch"))
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None

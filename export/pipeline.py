@@ -1,0 +1,245 @@
+"""One export run: generator -> model.onnx [+ model.fp16.onnx] [+ engines] + manifest.json.
+
+Order matters for the user: the ONNX files and a manifest describing them are written
+first, so a missing TensorRT (checked next, failing fast) still leaves usable ONNX
+outputs; parity runs last, and its figures go into the manifest.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from srdeploy import __version__, contract
+from srdeploy.export import parity
+from srdeploy.export.tensorrt_engine import TileProfile
+from srdeploy.manifest import sha256_file, write_manifest
+
+FP32_ONNX = "model.onnx"
+FP16_ONNX = "model.fp16.onnx"
+TIMING_CACHE = "tensorrt.timing.cache"
+# The reference each artifact is held to (issue 3): ORT fp32 against torch, the rest
+# against ORT fp32, with the fp32 or fp16 bounds.
+REFERENCE = "onnxruntime fp32"
+
+
+def engine_name(precision: str) -> str:
+    return f"model.{precision}.engine"
+
+
+# Written only on request, so removed first (model.onnx is always rewritten in place).
+STALE_CANDIDATES = (FP16_ONNX, engine_name("fp32"), engine_name("fp16"))
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    models: dict[str, dict[str, Any]]  # file name -> description (format, precision, ...)
+    seconds: dict[str, float] = field(default_factory=dict)  # step -> wall seconds
+    parity: list[parity.ParityRow] = field(default_factory=list)
+    parity_inputs: list[str] = field(default_factory=list)  # "name NxCxHxW" per batch
+    removed: list[str] = field(default_factory=list)  # earlier exports' artifacts deleted, not rewritten
+
+    @property
+    def failures(self) -> list[str]:
+        return [f for row in self.parity for f in row.failures]
+
+
+def export_artifacts(
+    generator,
+    out_dir: str | Path,
+    *,
+    meta: dict[str, Any] | None = None,
+    source: Path | None = None,
+    fp16: bool = False,
+    tensorrt: bool = False,
+    opset: int | None = None,
+    check: bool = False,
+    profile: TileProfile = TileProfile(),
+    images_dir: Path | None = None,
+) -> ExportResult:
+    """Write the requested artifacts and manifest.json into ``out_dir``.
+
+    Raises TensorRTUnavailable (after the ONNX files and their manifest are written) when
+    ``tensorrt`` is asked for without TensorRT or a GPU. Parity failures do not raise:
+    they are in ``result.failures`` and the manifest.
+    """
+    from srdeploy.export.fp16 import convert_fp16
+    from srdeploy.export.onnx_export import export_onnx
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = ExportResult(out_dir, models={})
+    # Artifacts of an earlier export into the same folder would sit beside the new ones
+    # unvouched for by the new manifest (an old engine still runs, with old weights).
+    for name in STALE_CANDIDATES:
+        if (out_dir / name).is_file():
+            (out_dir / name).unlink()
+            result.removed.append(name)
+
+    with _timed(result, "onnx fp32"):
+        export_onnx(generator, out_dir / FP32_ONNX, opset=opset)
+    result.models[FP32_ONNX] = _onnx_entry(out_dir / FP32_ONNX)
+    if fp16:
+        with _timed(result, "onnx fp16"):
+            convert_fp16(out_dir / FP32_ONNX, out_dir / FP16_ONNX)
+        result.models[FP16_ONNX] = _onnx_entry(out_dir / FP16_ONNX)
+    _write(result, generator, meta, source)
+
+    if tensorrt:
+        from srdeploy.export.tensorrt_engine import build_engine, require_tensorrt
+
+        trt = require_tensorrt()  # fails fast, the ONNX outputs are already on disk
+        for precision, onnx_name in (("fp32", FP32_ONNX), ("fp16", FP16_ONNX)):
+            if onnx_name not in result.models:
+                continue
+            name = engine_name(precision)
+            with _timed(result, f"tensorrt {precision}"):
+                build_engine(out_dir / onnx_name, out_dir / name, profile, timing_cache=out_dir / TIMING_CACHE)
+            result.models[name] = {"format": "tensorrt", "precision": precision, "built_from": onnx_name, "tensorrt": trt.__version__, "gpu": _gpu_name(), "profile": profile.as_dict()}
+        _write(result, generator, meta, source)
+
+    if check:
+        batches = parity.parity_batches(images_dir=images_dir)
+        result.parity_inputs = [f"{name} {'x'.join(map(str, b.shape))}" for name, b in batches]
+        with _timed(result, "parity"):
+            result.parity = check_parity(generator, out_dir, result.models, batches)
+        _write(result, generator, meta, source)
+    result.removed = [name for name in result.removed if name not in result.models]
+    return result
+
+
+def load_export_generator(path: Path, weights: str = "auto"):
+    """(Generator in eval mode, checkpoint metadata) for export; see
+    ``srdeploy.training.checkpoint.generator_state`` for ``weights``."""
+    from srdeploy.training.checkpoint import load_generator
+
+    return load_generator(path, weights=weights)
+
+
+def check_parity(generator, out_dir: Path, models: dict[str, dict[str, Any]], batches: list[tuple[str, parity.Batch]]) -> list[parity.ParityRow]:
+    """Rows for torch fp32 (reference), ORT fp32 vs torch, then every other artifact vs ORT fp32."""
+    reference = parity.run_backend(parity.torch_backend(generator), batches)
+    rows = [parity.reference_row("torch fp32", reference)]
+    ort32 = parity.run_backend(parity.onnxruntime_backend(out_dir / FP32_ONNX), batches)
+    rows.append(parity.compare(f"{REFERENCE} ({FP32_ONNX})", ort32, "torch fp32", reference, parity.FP32_LIMITS))
+    for name, entry in models.items():
+        if name == FP32_ONNX:
+            continue
+        limits = parity.FP16_LIMITS if entry["precision"] == "fp16" else parity.FP32_LIMITS
+        if entry["format"] == "onnx":
+            label, backend = f"onnxruntime {entry['precision']} ({name})", parity.onnxruntime_backend(out_dir / name)
+        else:
+            from srdeploy.export.tensorrt_engine import EngineRunner
+
+            label, backend = f"tensorrt {entry['precision']} ({name})", EngineRunner(out_dir / name)
+        rows.append(parity.compare(label, parity.run_backend(backend, batches), REFERENCE, ort32, limits))
+    return rows
+
+
+def build_manifest_info(generator, meta: dict[str, Any] | None, source: Path | None, result: ExportResult) -> dict[str, Any]:
+    """Everything manifest.json says besides the file hashes (write_manifest adds those)."""
+    meta = meta or {}
+    io = {"dtype": "float32", "layout": "NCHW", "channels": "RGB"}
+    fp32 = result.models[FP32_ONNX]
+    info: dict[str, Any] = {
+        "kind": "srdeploy-export",
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "scale": int(generator.scale),
+        "arch": generator.arch(),
+        "receptive_radius_lr": int(generator.receptive_radius),
+        "input": {"name": contract.INPUT_NAME, "shape": fp32["input_shape"], "range": list(contract.INPUT_RANGE), **io},
+        "output": {"name": contract.OUTPUT_NAME, "shape": fp32["output_shape"], "range": list(contract.OUTPUT_RANGE), **io},
+        "opset": fp32["opset"],
+        "ir_version": fp32["ir_version"],
+        "models": result.models,
+        "source": _source_entry(source, meta),
+        "training_config": _jsonable(meta.get("config")),
+        "training_metrics": _jsonable(meta.get("metrics")),
+        "exporter": "torch.onnx.export(dynamo=True), onnxconverter-common float16 (keep_io_types)",
+        "versions": _versions(),
+        "export_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+    }
+    if result.parity:
+        info["parity"] = {
+            "inputs": result.parity_inputs,
+            "patterns": "gradient, noise, edges, checkerboard; black+white: all-0 and all-1 frames; images: centre squares of a folder at 64x64",
+            "limits": {"fp32_max_abs": parity.FP32_LIMITS.max_abs, "fp16_min_psnr_db": parity.FP16_LIMITS.min_psnr},
+            "rows": [r.as_dict() for r in result.parity],
+        }
+    return info
+
+
+def _write(result: ExportResult, generator, meta, source) -> None:
+    names = list(result.models) + ([TIMING_CACHE] if (result.out_dir / TIMING_CACHE).is_file() and any(m["format"] == "tensorrt" for m in result.models.values()) else [])
+    write_manifest(result.out_dir, build_manifest_info(generator, meta, source, result), files=names)
+
+
+def _onnx_entry(path: Path) -> dict[str, Any]:
+    info = contract.validate_onnx_model(path)
+    keep = ("precision", "opset", "ir_version", "input_shape", "output_shape")
+    return {"format": "onnx", **{k: info[k] for k in keep}, "io_dtype": "float32"}
+
+
+def _source_entry(source: Path | None, meta: dict[str, Any]) -> dict[str, Any] | None:
+    if source is None:
+        return None
+    entry: dict[str, Any] = {"file": source.name, "sha256": sha256_file(source)}
+    entry.update({k: meta[k] for k in ("weights", "step", "epoch") if k in meta})
+    return entry
+
+
+def _versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"srdeploy": __version__, "python": platform.python_version()}
+    for dist in ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "onnxconverter-common"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    # NVIDIA ships tensorrt under several distribution names (tensorrt, tensorrt-cu12...);
+    # the module knows its own version.
+    try:
+        import tensorrt
+
+        versions["tensorrt"] = tensorrt.__version__
+    except ImportError:
+        versions["tensorrt"] = None
+    return versions
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0)
+
+
+def _jsonable(value: Any) -> Any:
+    """Checkpoint metadata as JSON: tuples -> lists, inf/nan -> strings, other objects -> str."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # 0-d tensors
+        return _jsonable(value.item())
+    return str(value)
+
+
+class _timed:
+    def __init__(self, result: ExportResult, step: str):
+        self.result, self.step = result, step
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.result.seconds[self.step] = time.perf_counter() - self.start

@@ -1,0 +1,129 @@
+"""Opening untrusted image files: nothing is decoded before it passes the checks.
+
+Format allowlist (only those Pillow plugins parse the header), a sniff of the first bytes
+so that a wrong or missing format gets a message that says what the file is, single
+frames only, and a pixel cap checked on the header's size before any pixel is decoded,
+with Pillow's decompression-bomb warning turned into a refusal.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from typing import BinaryIO
+
+from PIL import Image, UnidentifiedImageError
+
+# Pillow plugin names tried when opening; nothing else is parsed. MPO (multi-picture JPEG
+# from phone cameras) comes through the JPEG plugin and is read as its primary picture.
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+# A square image at the cap upscales x4 to 16380 px a side, inside WebP's 16383 limit;
+# larger sides are also checked per output format (see imaging.MAX_SIDE).
+DEFAULT_MAX_PIXELS = 4095 * 4095
+
+
+class ImageError(ValueError):
+    """An input that cannot be upscaled; the message names the file and the reason."""
+
+
+class open_checked:
+    """Context manager: Pillow's lazily opened (header-only) image of ``source`` (bytes or
+    a path), after every check that needs no decoding; raises ImageError."""
+
+    def __init__(self, source: bytes | os.PathLike, name: str, max_pixels: int):
+        self.source, self.name, self.max_pixels = source, name, max_pixels
+
+    def __enter__(self) -> Image.Image:
+        name = self.name
+        if isinstance(self.source, bytes):
+            stream: BinaryIO = io.BytesIO(self.source)
+        else:
+            try:
+                stream = open(self.source, "rb")
+            except OSError as e:
+                raise ImageError(f"{name}: cannot read ({e.strerror or e})") from None
+        self.stream = stream
+        try:
+            return self._enter(stream)
+        except BaseException:
+            stream.close()
+            raise
+
+    def _enter(self, stream: BinaryIO) -> Image.Image:
+        name = self.name
+        head = stream.read(64)
+        stream.seek(0)
+        if not head:
+            raise ImageError(f"{name}: empty file (0 bytes)")
+        kind = sniff(head)
+        if kind == "text":
+            raise ImageError(f"{name}: not an image (the file holds text)")
+        if kind not in (None, *ALLOWED_FORMATS):
+            raise ImageError(f"{name}: {kind} is not a supported input format (supported: {', '.join(ALLOWED_FORMATS)})")
+        try:
+            # Pillow warns about a "decompression bomb" and carries on; here it is a refusal.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                self.im = Image.open(stream, formats=ALLOWED_FORMATS)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise ImageError(f"{name}: refused as a possible decompression bomb ({e})") from None
+        except UnidentifiedImageError:
+            raise ImageError(f"{name}: not a readable image ({kind or 'unrecognised content'}; supported: {', '.join(ALLOWED_FORMATS)})") from None
+        except Exception as e:
+            raise ImageError(f"{name}: corrupt {kind or 'image'} header ({why(e)})") from None
+        try:
+            self._check(self.im)
+        except BaseException:
+            self.im.close()
+            raise
+        return self.im
+
+    def _check(self, im: Image.Image) -> None:
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1 and im.format != "MPO":
+            what = "pages" if im.format == "TIFF" else "frames"
+            raise ImageError(f"{self.name}: {im.format} with {frames} {what}; only still, single images are supported")
+        w, h = im.size
+        # Checked again here: catch_warnings is process-wide, so a concurrent thread could
+        # have reset the filter above; this cap does not depend on it.
+        if w * h > self.max_pixels:
+            raise ImageError(
+                f"{self.name}: {w}x{h} ({w * h:,} pixels) exceeds the input cap of "
+                f"{self.max_pixels:,} pixels (--max-pixels); not decoded"
+            )
+        if w < 1 or h < 1:
+            raise ImageError(f"{self.name}: image has no pixels ({w}x{h})")
+
+    def __exit__(self, *exc) -> None:
+        self.im.close()
+        self.stream.close()
+
+
+def sniff(head: bytes) -> str | None:
+    """Name the file type from its first bytes, for error messages; None if unknown."""
+    magic = [
+        (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+        (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"), (b"BM", "BMP"),
+        (b"\x00\x00\x01\x00", "ICO"), (b"8BPS", "PSD"), (b"%PDF", "PDF"), (b"qoif", "QOI"), (b"\xff\x0a", "JPEG XL"),
+        (b"\x00\x00\x00\x0cJXL ", "JPEG XL"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
+        (b"DDS ", "DDS"), (b"icns", "ICNS"), (b"PK\x03\x04", "ZIP archive"),
+    ]
+    for prefix, kind in magic:
+        if head.startswith(prefix):
+            return kind
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        return "AVIF" if brand in (b"avif", b"avis") else "HEIC" if brand in (b"heic", b"heix", b"mif1", b"msf1", b"heim", b"heis", b"hevc") else "ISO media"
+    if len(head) >= 3 and head[:1] == b"P" and head[1:2] in b"1234567" and head[2:3].isspace():
+        return "PNM"
+    text = head.decode("utf-8", "ignore")  # "ignore": the 64-byte cut may split a character
+    if b"\x00" in head or len(text) < len(head) - 3 or not all(c.isprintable() or c.isspace() for c in text):
+        return None
+    return "text"
+
+
+def why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

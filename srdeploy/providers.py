@@ -1,0 +1,179 @@
+"""Execution providers: which one runs a model, how its session is set up, and the
+runners that turn a session (or a TensorRT engine) into ``float32 (1, 3, h, w) ->
+(1, 3, sh, sw)``.
+
+``cpu``, ``cuda`` and ``tensorrt`` map to ONNX Runtime's execution providers. An explicit
+request that cannot be met is a ProviderError naming what is available and how to get
+the rest; ``auto`` takes CUDA when it starts, else the CPU, and says which. ONNX Runtime
+itself silently drops a GPU provider that fails to load, so every session is checked.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from srdeploy import contract
+
+PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
+EXECUTION_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+INSTALL_HINT = {
+    "cuda": "install the GPU build of ONNX Runtime (pip install 'srdeploy[gpu]'; onnxruntime-gpu replaces onnxruntime) "
+    "with CUDA 12 and cuDNN 9 on the library path, on a machine with an NVIDIA GPU",
+    "tensorrt": "install onnxruntime-gpu and TensorRT 10 (pip install 'srdeploy[gpu,tensorrt]') with its libraries "
+    "on the library path, on a machine with an NVIDIA GPU",
+}
+
+
+class ProviderError(RuntimeError):
+    """The requested execution provider is missing or failed to start."""
+
+
+def select_provider(requested: str, available: list[str]) -> str:
+    """``requested`` (auto|cpu|cuda|tensorrt) -> the provider to start, given ONNX Runtime's
+    available execution providers. ``auto`` never picks TensorRT: its first engine build
+    takes minutes, which nobody should get without asking."""
+    if requested not in PROVIDERS:
+        raise ProviderError(f"unknown provider {requested!r}: use one of {', '.join(PROVIDERS)}")
+    if requested == "auto":
+        return "cuda" if EXECUTION_PROVIDERS["cuda"] in available else "cpu"
+    if EXECUTION_PROVIDERS[requested] not in available:
+        import onnxruntime as ort
+
+        raise ProviderError(
+            f"provider {requested!r} ({EXECUTION_PROVIDERS[requested]}) is not available in this ONNX Runtime "
+            f"(onnxruntime {ort.__version__}; available: {', '.join(available) or 'none'}). To get it, {INSTALL_HINT[requested]}."
+        )
+    return requested
+
+
+def default_threads() -> int:
+    """CPUs this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def open_session(path: Path, provider: str, threads: int, window: int | None) -> Any:
+    """An ONNX Runtime session for ``provider`` (cpu|cuda|tensorrt), verified to run on it.
+
+    ``window`` is the side of the fixed tile windows (TensorRT builds its engine profile
+    for it; required for the GPU providers). Raises ProviderError when a GPU provider
+    does not start, ValueError when the CPU cannot load the model.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads if provider == "cpu" else 1  # on a GPU the CPU only feeds it
+    options.inter_op_num_threads = 1
+    # Idle pool threads sleep instead of spinning: a batch shares the CPU with image
+    # decoding/encoding, and a server with its other workers.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=_provider_list(provider, window))
+    except Exception as e:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
+        if provider != "cpu":
+            raise ProviderError(f"ONNX Runtime could not start {provider} for {path}: {e}") from None
+        raise ValueError(f"{path}: ONNX Runtime cannot load this model: {e}") from None
+    wanted = EXECUTION_PROVIDERS[provider]
+    if wanted not in session.get_providers():
+        raise ProviderError(
+            f"{wanted} is listed by ONNX Runtime but failed to start (the session would run on "
+            f"{', '.join(session.get_providers())}); check the GPU driver and libraries: {INSTALL_HINT[provider]}"
+        )
+    return session
+
+
+def _provider_list(provider: str, window: int | None) -> list[Any]:
+    # EXHAUSTIVE cuDNN search runs once per input shape; the fixed windows keep that to a few.
+    cuda = ("CUDAExecutionProvider", {"device_id": 0, "cudnn_conv_algo_search": "EXHAUSTIVE", "arena_extend_strategy": "kSameAsRequested"})
+    if provider == "cpu":
+        return ["CPUExecutionProvider"]
+    if not window:
+        raise ProviderError(f"provider {provider!r} runs fixed tiles; untiled (--tile 0) is CPU-only")
+    if provider == "cuda":
+        return [cuda, "CPUExecutionProvider"]
+    cache = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "srdeploy" / "tensorrt")
+    name = contract.INPUT_NAME
+    trt = {
+        "device_id": 0,
+        "trt_engine_cache_enable": True,  # the engine build takes minutes: once per GPU and model
+        "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": cache,
+        # Windows are window x window, except for images smaller than one window.
+        "trt_profile_min_shapes": f"{name}:1x3x1x1",
+        "trt_profile_opt_shapes": f"{name}:1x3x{window}x{window}",
+        "trt_profile_max_shapes": f"{name}:1x3x{window}x{window}",
+    }
+    return [("TensorrtExecutionProvider", trt), cuda, "CPUExecutionProvider"]
+
+
+class OrtRunner:
+    """An ONNX Runtime session as a function float32 (1, 3, h, w) -> (1, 3, sh, sw).
+
+    With I/O binding (the default on a GPU, ``device="cuda"``) each window shape gets
+    device buffers allocated and bound once per thread; a call copies the window into
+    the bound input and the result out, so no tile buffer is allocated per run and the
+    whole image never sits on the device. ``device="cpu"`` runs plain ``session.run``.
+    """
+
+    def __init__(self, session: Any, scale: int, device: str = "cpu", device_id: int = 0, io_binding: bool | None = None):
+        self.session, self.scale, self.device, self.device_id = session, scale, device, device_id
+        self.io_binding = device != "cpu" if io_binding is None else io_binding
+        self._local = threading.local()  # IOBinding objects are not shared between threads
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if not self.io_binding:
+            return self.session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: batch})[0]
+        binding, lr_value = self._bound(batch.shape)
+        lr_value.update_inplace(batch)  # host -> device, into the same buffer
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def _bound(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
+        import onnxruntime as ort
+
+        cache = self._local.__dict__.setdefault("bindings", {})
+        if shape not in cache:
+            n, c, h, w = shape
+            lr_value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, self.device, self.device_id)
+            sr_shape = [n, c, h * self.scale, w * self.scale]
+            sr_value = ort.OrtValue.ortvalue_from_shape_and_type(sr_shape, np.float32, self.device, self.device_id)
+            binding = self.session.io_binding()
+            binding.bind_ortvalue_input(contract.INPUT_NAME, lr_value)
+            binding.bind_ortvalue_output(contract.OUTPUT_NAME, sr_value)
+            cache[shape] = (binding, lr_value)
+        return cache[shape]
+
+
+class EngineRunner:
+    """A serialised TensorRT engine through srdeploy.export's runner (imported only here:
+    it needs tensorrt, torch and a GPU), behind a lock: one execution context must not
+    run two batches at once."""
+
+    def __init__(self, path: Path):
+        try:
+            from srdeploy.export.tensorrt_engine import EngineRunner as TensorRTRunner
+        except ImportError as e:
+            raise ProviderError(f"{path}: running a TensorRT engine needs torch and tensorrt ({e}); {INSTALL_HINT['tensorrt']}") from None
+        try:
+            self.engine = TensorRTRunner(path)
+        except ImportError as e:
+            raise ProviderError(f"{path}: running a TensorRT engine needs torch and tensorrt ({e}); {INSTALL_HINT['tensorrt']}") from None
+        except RuntimeError as e:  # TensorRTUnavailable: no tensorrt package or no GPU
+            raise ProviderError(f"{path}: {e}") from None
+        self.max_side = int(self.engine.profile.max_shape[2])
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self.engine(batch)

@@ -1,0 +1,191 @@
+"""The one Upscaler: a model, the provider that runs it, and tiling.
+
+Shared by ``srdeploy upscale``, ``srdeploy evaluate`` and the TorchServe handler, so the
+same input gives the same output everywhere::
+
+    up = Upscaler("default", provider="auto", tile=128)
+    sr = up.upscale_array(lr)                       # float32 (H, W, 3) in [0, 1] -> (4H, 4W, 3)
+    img = up.upscale_image(Image.open(path))        # any mode; alpha, grey, 16-bit kept
+    out = up.upscale_bytes(data, "a.png", "same")   # file bytes -> file bytes (CLI and handler)
+
+Immutable after construction and safe to share between threads (ONNX Runtime sessions
+are; GPU I/O buffers are per thread). Providers: ``cpu``, ``cuda`` and ``tensorrt`` map to
+ONNX Runtime execution providers; ``auto`` picks CUDA when it works, else CPU, and says
+so. An explicitly requested provider that cannot start is an error, never a quiet CPU
+run. ``.engine`` files run through TensorRT directly (srdeploy.export.tensorrt_engine).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from srdeploy import contract, imaging, tiling
+from srdeploy.imaging import Picture
+from srdeploy.providers import EngineRunner, OrtRunner, ProviderError, default_threads, open_session, select_provider
+from srdeploy.zoo import ModelError, ModelRef, resolve_model
+
+__all__ = ["Upscaler", "Encoded", "ProviderError", "ModelError", "select_provider", "DEFAULT_TILE"]
+
+DEFAULT_TILE = 128
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as Pillow's RGB -> L
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One upscaled file: its bytes, format, and a note when the format had to change."""
+
+    data: bytes
+    format: str
+    note: str | None
+    width: int
+    height: int
+
+
+class Upscaler:
+    """Model + provider + tiling; see the module docstring.
+
+    ``model``: default|srresnet|srgan|path (.onnx/.engine) or a resolved ModelRef.
+    ``tile``: LR core tile side (windows add the receptive radius on each side); 0 or
+    None runs each image whole, which only the CPU allows. ``threads``: CPU threads for
+    the session (default: the CPUs this process may use).
+    """
+
+    provider: str  # cpu | cuda | tensorrt: what actually runs the model
+    scale: int  # 4 for the shipped generators
+    overlap: int  # LR pixels of context around each tile: the model's receptive radius, rounded up
+
+    def __init__(self, model: str | os.PathLike | ModelRef = "default", provider: str = "auto", tile: int | None = DEFAULT_TILE, threads: int | None = None):
+        self.model = model if isinstance(model, ModelRef) else resolve_model(model)
+        self.requested_provider = provider
+        self.threads = threads or default_threads()
+        self.note: str | None = None  # what "auto" decided, for logs
+        if tile is not None and tile < 0:
+            raise ValueError(f"tile must be >= 0 (0 = untiled), got {tile}")
+        self.tile = tile or None
+        if self.model.kind == "engine":
+            self._start_engine(provider)
+        else:
+            self._start_onnx(provider)
+
+    # --- public API ---------------------------------------------------------------
+
+    def upscale_array(self, rgb: np.ndarray) -> np.ndarray:
+        """float32 (H, W, 3) RGB in [0, 1] -> float32 (sH, sW, 3) in [0, 1]."""
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"upscale_array takes an (H, W, 3) RGB array, got shape {rgb.shape}")
+        return tiling.upscale_tiled(self._run, rgb.astype(np.float32, copy=False), self.scale, self.tile, self.overlap)
+
+    def upscale_picture(self, pic: Picture) -> Picture:
+        """Colour through the model; grey goes in as RGB and comes out as BT.601 luma;
+        alpha is upscaled bicubically on its own and re-attached; depth is kept."""
+        peak = 65535.0 if pic.depth == 16 else 255.0
+        dtype = np.uint16 if pic.depth == 16 else np.uint8
+        color = pic.color.astype(np.float32) / peak
+        if pic.gray:
+            color = np.repeat(color[..., None], 3, axis=2)  # (H, W, 3)
+
+        def finish(core: np.ndarray) -> np.ndarray:  # float32 (h, w, 3) in [0, 1]
+            values = core @ LUMA if pic.gray else core
+            return np.rint(np.clip(values, 0.0, 1.0) * peak).astype(dtype)
+
+        out = tiling.upscale_tiled(self._run, color, self.scale, self.tile, self.overlap, finish)
+        alpha = None if pic.alpha is None else _resize_alpha(pic.alpha, self.scale)
+        return Picture(out, alpha, pic.icc_profile, pic.source_format)
+
+    def upscale_image(self, img: Image.Image) -> Image.Image:
+        """Any Pillow image -> upscaled Pillow image (EXIF orientation applied, mode kept:
+        L, LA, RGB, RGBA, I;16; palette, CMYK and others come back as RGB/RGBA)."""
+        pic = imaging.picture_from_pil(img, getattr(img, "filename", "") or "image")
+        pic = imaging.orient(pic, img.getexif().get(0x0112, 1))
+        return imaging.picture_to_pil(self.upscale_picture(pic))
+
+    def upscale_bytes(self, data: bytes, name: str, format: str = "same", quality: int | None = None, max_pixels: int = imaging.DEFAULT_MAX_PIXELS) -> Encoded:
+        """Image file bytes -> upscaled file bytes; ``format`` is same|png|jpg|webp.
+        Raises imaging.ImageError (naming ``name``) for input it cannot take."""
+        info = imaging.probe(data, name, max_pixels)
+        fmt, note = imaging.choose_format(format, info)
+        imaging.check_output_size(info, self.scale, fmt)
+        out = self.upscale_picture(imaging.decode(data, name, max_pixels))
+        width, height = out.size
+        return Encoded(imaging.encode(out, fmt, quality), fmt, note, width, height)
+
+    def describe(self) -> dict[str, Any]:
+        """What produced an output: for journals and logs."""
+        return {
+            "model": self.model.name, "model_sha256": self.model.sha256, "provider": self.provider,
+            "scale": self.scale, "tile": self.tile or 0, "overlap": self.overlap, "threads": self.threads,
+        }
+
+    # --- start-up -----------------------------------------------------------------
+
+    def _start_onnx(self, requested: str) -> None:
+        import onnxruntime as ort
+
+        path = self.model.path
+        try:
+            info = contract.validate_onnx_model(path)
+        except (ValueError, FileNotFoundError) as e:
+            raise ModelError(str(e)) from None
+        self.overlap = _overlap_of(path)
+        provider = select_provider(requested, ort.get_available_providers())
+        window = self.tile + 2 * self.overlap if self.tile else None
+        try:
+            session = self._open(provider, window)
+        except ProviderError as e:
+            if requested != "auto":
+                raise
+            self.note = f"auto: {e}; using cpu"
+            provider, session = "cpu", self._open("cpu", window)
+        self.provider = provider
+        self.note = self.note or (f"auto picked {provider}" if requested == "auto" else None)
+        self.scale = info["scale"] or _probe_scale(lambda x: session.run(None, {contract.INPUT_NAME: x})[0])
+        self._run = OrtRunner(session, self.scale, "cpu" if provider == "cpu" else "cuda")
+
+    def _open(self, provider: str, window: int | None) -> Any:
+        try:
+            return open_session(self.model.path, provider, self.threads, window)
+        except ValueError as e:
+            raise ModelError(str(e)) from None
+
+    def _start_engine(self, requested: str) -> None:
+        if requested not in ("auto", "tensorrt"):
+            raise ProviderError(f"{self.model.path} is a TensorRT engine: it runs only with --provider tensorrt (or auto), on an NVIDIA GPU")
+        self._run = EngineRunner(self.model.path)
+        self.provider = "tensorrt"
+        beside = self.model.path.with_suffix(".onnx")
+        self.overlap = _overlap_of(beside) if beside.is_file() else tiling.FALLBACK_OVERLAP
+        self.tile = max(1, self._run.max_side - 2 * self.overlap)  # the engine's profile fixes the window
+        self.scale = _probe_scale(self._run)
+
+
+def _probe_scale(run: Any) -> int:
+    """Scale of a model whose file does not state it: run one small input."""
+    side = 16
+    return int(run(np.zeros((1, 3, side, side), np.float32)).shape[2] // side)
+
+
+def _overlap_of(onnx_path: Path) -> int:
+    """Tile overlap: the model's receptive radius read off its graph, rounded up."""
+    import onnx
+
+    radius = tiling.graph_receptive_radius(onnx.load(str(onnx_path), load_external_data=False).graph)
+    return tiling.FALLBACK_OVERLAP if radius is None else math.ceil(radius)
+
+
+def _resize_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
+    """Bicubic x``scale`` of an alpha plane, same dtype (8-bit through Pillow's L, 16-bit
+    through F so no precision is lost)."""
+    h, w = alpha.shape
+    size = (w * scale, h * scale)
+    if alpha.dtype == np.uint8:
+        return np.asarray(Image.fromarray(alpha).resize(size, Image.Resampling.BICUBIC))
+    up = np.asarray(Image.fromarray(alpha.astype(np.float32)).resize(size, Image.Resampling.BICUBIC))
+    return np.rint(np.clip(up, 0, 65535)).astype(np.uint16)

@@ -1,0 +1,123 @@
+"""`srdeploy export` run as a subprocess on checkpoints written with save_checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from srdeploy.manifest import verify_manifest
+
+SRDEPLOY = Path(sys.executable).with_name("srdeploy")
+CONFIG = {"preset": "seed", "num_blocks": 1, "channels": 8, "lr": 1e-4, "crop": (96, 96), "degradation": "bicubic"}
+
+
+def run_export(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SRDEPLOY), "export", *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def training_checkpoint(tiny_generator, tmp_path):
+    from srdeploy.training.checkpoint import save_checkpoint
+
+    state = {"generator": tiny_generator.state_dict(), "arch": tiny_generator.arch(), "config": CONFIG, "step": 1200, "epoch": 3, "discriminator": None}
+    return save_checkpoint(state, tmp_path / "srresnet_step1200.pt")
+
+
+def test_command_module_does_not_import_torch():
+    code = "import sys, srdeploy.cli, srdeploy.export.cli; assert 'torch' not in sys.modules and 'onnx' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_export_fp16_check_writes_everything_and_passes(training_checkpoint, tmp_path):
+    out = tmp_path / "export"
+    proc = run_export(training_checkpoint, "-o", out, "--fp16", "--check")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("backend")) :]
+    assert [row.split()[0] + " " + row.split()[1] for row in table[2:]] == ["torch fp32", "onnxruntime fp32", "onnxruntime fp16"]
+    assert all(row.endswith("ok") for row in table[2:])
+
+    manifest = verify_manifest(out)  # every sha256 matches
+    assert sorted(manifest["files"]) == ["model.fp16.onnx", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.fp16.onnx", "model.onnx"]
+    assert manifest["scale"] == 4 and manifest["arch"] == {"num_blocks": 1, "channels": 8, "scale": 4}
+    assert manifest["training_config"] == {**CONFIG, "crop": [96, 96]}
+    digest = hashlib.sha256(training_checkpoint.read_bytes()).hexdigest()
+    assert manifest["source"] == {"file": training_checkpoint.name, "sha256": digest, "weights": "generator", "step": 1200, "epoch": 3}
+    assert manifest["input"]["name"] == "lr" and manifest["input"]["range"] == [0.0, 1.0]
+    assert manifest["output"]["shape"] == ["batch", 3, "4*height", "4*width"] and manifest["output"]["range"] == [0.0, 1.0]
+    assert manifest["opset"] == 18 and manifest["ir_version"] <= 13
+    assert manifest["models"]["model.fp16.onnx"]["precision"] == "fp16" and manifest["models"]["model.fp16.onnx"]["io_dtype"] == "float32"
+    versions = manifest["versions"]
+    assert versions["torch"] and versions["onnx"] and versions["onnxruntime"] and "tensorrt" in versions
+    rows = {r["backend"]: r for r in manifest["parity"]["rows"]}
+    assert rows["onnxruntime fp32 (model.onnx)"]["max_abs"] <= 1e-4
+    assert rows["onnxruntime fp16 (model.fp16.onnx)"]["psnr_db"] >= 45 and all(r["ok"] for r in rows.values())
+    assert set(manifest["export_seconds"]) == {"onnx fp32", "onnx fp16", "parity"}
+    json.dumps(manifest, allow_nan=False)
+
+
+@pytest.mark.slow
+def test_tensorrt_fails_fast_after_writing_onnx(tiny_generator, tmp_path):
+    import torch
+
+    bare = tmp_path / "generator_state.pt"
+    torch.save(tiny_generator.state_dict(), bare)  # a bare state_dict is accepted too
+    out = tmp_path / "export"
+    proc = run_export(bare, "-o", out, "--tensorrt")
+    if proc.returncode == 0:
+        pytest.skip("TensorRT and a GPU are present here: engines were built")
+    assert proc.returncode == 1
+    assert "--tensorrt: TensorRT" in proc.stderr and "pip install 'srdeploy[tensorrt]'" in proc.stderr
+    assert "The ONNX outputs are written (model.onnx" in proc.stderr
+    manifest = verify_manifest(out)
+    assert list(manifest["files"]) == ["model.onnx"] and manifest["source"]["file"] == bare.name
+    assert manifest["source"]["weights"] == "state_dict"
+    assert manifest["training_config"] is None
+    assert not list(out.glob("*.engine"))
+
+
+def test_not_a_generator_checkpoint_is_refused(tmp_path):
+    import torch
+
+    bad = tmp_path / "discriminator.pt"
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, bad)
+    proc = run_export(bad, "-o", tmp_path / "out")
+    assert proc.returncode == 1
+    assert f"{bad}: not a generator state_dict: missing key 'head.0.weight'" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+    proc = run_export(tmp_path / "absent.pt", "-o", tmp_path / "out")
+    assert proc.returncode == 1 and "checkpoint not found" in proc.stderr and "absent.pt" in proc.stderr
+
+
+@pytest.mark.slow
+def test_failed_parity_exits_non_zero_naming_artifact_and_metric(tmp_path):
+    """A generator whose weights exceed fp16's range: fp32 is exact, fp16 must fail."""
+    import torch
+
+    from srdeploy.training.checkpoint import save_checkpoint
+    from srdeploy.training.models import Generator
+
+    torch.manual_seed(0)
+    generator = Generator(num_blocks=1, channels=8, scale=4)
+    with torch.no_grad():  # same function in fp32; in fp16 the 1e6-scaled weights clip at 1e4
+        generator.upsample[-1].conv.weight.mul_(1e6)
+        generator.upsample[-1].conv.bias.mul_(1e6)
+        generator.tail.weight.div_(1e6)
+    ckpt = save_checkpoint({"generator": generator.state_dict(), "arch": generator.arch()}, tmp_path / "wide.pt")
+    proc = run_export(ckpt, "-o", tmp_path / "out", "--fp16", "--check")
+    assert proc.returncode == 1
+    assert "parity check failed" in proc.stderr
+    assert "onnxruntime fp16 (model.fp16.onnx): PSNR" in proc.stderr and "< 45 dB vs onnxruntime fp32" in proc.stderr
+    assert "weight tensors exceed the fp16 range" in proc.stderr  # the converter's clipping is reported
+    fp32_row = next(line for line in proc.stdout.splitlines() if line.startswith("onnxruntime fp32"))
+    assert fp32_row.endswith("ok")
+    manifest = verify_manifest(tmp_path / "out")
+    assert [r["ok"] for r in manifest["parity"]["rows"]] == [True, True, False]

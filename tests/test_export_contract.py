@@ -1,0 +1,107 @@
+"""srdeploy.contract.validate_onnx_model: what the runtimes refuse and what they learn.
+
+The refusal cases use small hand-built graphs (onnx.helper), so they run in milliseconds
+and each breaks exactly one rule of the contract.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from srdeploy.contract import validate_onnx_model
+
+DYNAMIC = ["batch", 3, "height", "width"]
+
+
+def _model(in_name="lr", out_name="sr", in_type=TensorProto.FLOAT, in_shape=DYNAMIC, out_shape=("batch", 3, "4*height", "4*width"), extra_inputs=()):
+    """A valid-by-the-checker graph with the given I/O declarations: sr = DepthToSpace(Conv(lr))."""
+    weight = numpy_helper.from_array(np.full((48, 3, 1, 1), 0.01, np.float32), "weight")
+    nodes = [
+        helper.make_node("Cast", [in_name], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("Conv", ["x", "weight"], ["y"]),
+        helper.make_node("DepthToSpace", ["y"], [out_name], blocksize=4, mode="CRD"),
+    ]
+    inputs = [helper.make_tensor_value_info(in_name, in_type, list(in_shape) if in_shape is not None else None), *extra_inputs]
+    outputs = [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, list(out_shape))]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=[weight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def _save(model, tmp_path, name="m.onnx"):
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    return path
+
+
+def test_accepts_the_contract_and_reports_it(tmp_path):
+    info = validate_onnx_model(_save(_model(), tmp_path))
+    assert info["opset"] == 18 and info["ir_version"] == 10
+    assert (info["input_name"], info["output_name"]) == ("lr", "sr")
+    assert info["input_shape"] == DYNAMIC
+    assert info["scale"] == 4  # read off the '4*height' output dimension
+    assert info["precision"] is None  # not an srdeploy export: it does not say
+
+
+def test_exported_model_carries_scale_and_precision(tiny_onnx):
+    info = validate_onnx_model(tiny_onnx)
+    assert info["scale"] == 4 and info["precision"] == "fp32"
+    assert info["output_shape"][:2] == ["batch", 3]
+
+
+def test_refuses_external_data(tmp_path):
+    model = _model()
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.onnx.data", size_threshold=0)
+    assert (tmp_path / "ext.onnx.data").is_file()
+    with pytest.raises(ValueError, match=r"ext\.onnx: refusing an ONNX model with external data \(weight"):
+        validate_onnx_model(path)
+
+
+def test_refuses_external_data_even_when_the_data_file_is_gone(tmp_path):
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(_model(), str(path), save_as_external_data=True, location="gone.data", size_threshold=0)
+    (tmp_path / "gone.data").unlink()
+    with pytest.raises(ValueError, match="external data"):
+        validate_onnx_model(path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, reason",
+    [
+        ({"in_name": "input"}, r"inputs are \['input'\], expected \['lr'\]"),
+        ({"out_name": "output"}, r"outputs are \['output'\], expected \['sr'\]"),
+        ({"in_type": TensorProto.FLOAT16}, "input 'lr' has element type float16, expected float32"),
+        ({"in_type": TensorProto.UINT8}, "input 'lr' has element type uint8"),
+        ({"in_shape": ["batch", 3, "height"]}, r"input 'lr' has rank 3 .*expected 4"),
+        ({"in_shape": ["batch", 1, "height", "width"]}, "input 'lr' has 1 channels, expected 3"),
+        ({"in_shape": [1, 3, 64, 64]}, r"input 'lr' has fixed N/H/W"),
+        ({"in_shape": None}, "input 'lr' has no declared shape"),
+        ({"extra_inputs": [helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1])]}, r"inputs are \['lr', 'mask'\]"),
+    ],
+)
+def test_refuses_wrong_io(tmp_path, kwargs, reason):
+    path = _save(_model(**kwargs), tmp_path, "wrong_io.onnx")
+    with pytest.raises(ValueError, match=reason) as err:
+        validate_onnx_model(path)
+    assert "wrong_io.onnx: does not match the srdeploy ONNX contract" in str(err.value)
+
+
+def test_not_onnx_and_missing_files(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00\xffthis is not protobuf" * 10)
+    with pytest.raises(ValueError, match="junk.onnx: not a readable ONNX model"):
+        validate_onnx_model(junk)
+    with pytest.raises(FileNotFoundError, match="absent.onnx"):
+        validate_onnx_model(tmp_path / "absent.onnx")
+
+
+def test_weights_listed_as_graph_inputs_are_not_model_inputs(tmp_path):
+    """Older exporters (keep_initializers_as_inputs) list every weight as a graph input."""
+    model = _model()
+    weight_input = helper.make_tensor_value_info("weight", TensorProto.FLOAT, [48, 3, 1, 1])
+    model.graph.input.insert(0, weight_input)
+    info = validate_onnx_model(_save(model, tmp_path))
+    assert info["input_shape"] == DYNAMIC

@@ -1,0 +1,293 @@
+"""Image decoding/encoding: every mode, EXIF orientations, ICC, 16-bit, and the bad-input
+corpus, each with its own clear error."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms, ImageOps
+
+from srdeploy import imaging, png16
+from srdeploy.imaging import ImageError, Picture
+
+
+def _bytes(img: Image.Image, fmt: str, **options) -> bytes:
+    out = io.BytesIO()
+    img.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def _rgb(rng, h=23, w=31) -> np.ndarray:
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+
+
+# --- modes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA"])
+def test_lossless_round_trip_keeps_pixels_and_mode(mode, rng):
+    src = Image.fromarray(rng.integers(0, 256, (17, 29, 4), dtype=np.uint8)).convert(mode)
+    pic = imaging.decode(_bytes(src, "PNG"), "in.png")
+    again = Image.open(io.BytesIO(imaging.encode(pic, "PNG")))
+    assert again.mode == mode
+    assert np.array_equal(np.asarray(again), np.asarray(src))
+    assert pic.gray == (mode in ("L", "LA")) and (pic.alpha is not None) == mode.endswith("A")
+
+
+def test_palette_without_transparency_becomes_rgb(rng):
+    src = Image.fromarray(_rgb(rng)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    pic = imaging.decode(_bytes(src, "PNG"), "p.png")
+    assert pic.color.shape == (23, 31, 3) and pic.alpha is None
+    assert np.array_equal(pic.color, np.asarray(src.convert("RGB")))
+
+
+def test_palette_with_transparency_becomes_rgba(rng):
+    src = Image.fromarray(_rgb(rng)).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    data = _bytes(src, "PNG", transparency=3)
+    pic = imaging.decode(data, "p.png")
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGBA"))
+    assert np.array_equal(pic.alpha, expected[..., 3]) and (pic.alpha == 0).any()
+    assert imaging.choose_format("jpg", imaging.probe(data, "p.png"))[0] == "PNG"  # alpha kept
+
+
+def test_gray_palette_gif_stays_gray(rng):
+    src = Image.fromarray(rng.integers(0, 256, (12, 14), dtype=np.uint8)).convert("P")
+    src.putpalette([v for i in range(256) for v in (i, i, i)])
+    pic = imaging.decode(_bytes(src, "GIF"), "g.gif")
+    assert pic.gray and pic.source_format == "GIF"
+    assert imaging.choose_format("same", pic) == ("PNG", "GIF input written as PNG")
+
+
+def test_bilevel_and_ycbcr_are_converted(rng):
+    assert imaging.decode(_bytes(Image.fromarray(_rgb(rng)).convert("1"), "PNG"), "b.png").gray
+    ycc = imaging.picture_from_pil(Image.fromarray(_rgb(rng)).convert("YCbCr"))
+    assert ycc.color.shape == (23, 31, 3)
+
+
+def test_cmyk_jpeg_is_converted_to_rgb_and_drops_the_cmyk_profile(rng):
+    src = Image.fromarray(_rgb(rng)).convert("CMYK")
+    data = _bytes(src, "JPEG", quality=95)
+    pic = imaging.decode(data, "c.jpg")
+    assert pic.color.shape == (23, 31, 3) and pic.icc_profile is None
+    assert np.array_equal(pic.color, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+
+
+def test_cmyk_with_a_profile_goes_through_colour_management(rng, monkeypatch):
+    """No CMYK profile ships with Pillow, so stand in for LittleCMS and check the call."""
+    calls = []
+
+    def convert(im, source, target, outputMode=None):
+        calls.append((source, outputMode))
+        return im.convert("RGB")
+
+    monkeypatch.setattr(ImageCms, "ImageCmsProfile", lambda f: ("profile", f.read()))
+    monkeypatch.setattr(ImageCms, "profileToProfile", convert)
+    img = Image.fromarray(_rgb(rng)).convert("CMYK")
+    img.info["icc_profile"] = b"a cmyk profile"
+    pic = imaging.picture_from_pil(img)
+    assert calls == [(("profile", b"a cmyk profile"), "RGB")]
+    assert pic.icc_profile is None and pic.color.shape == (23, 31, 3)
+
+
+def test_16bit_gray_png_and_tiff_keep_all_16_bits(rng):
+    values = rng.integers(0, 65536, (19, 27)).astype(np.uint16)
+    for fmt in ("PNG", "TIFF"):
+        pic = imaging.decode(_bytes(Image.fromarray(values), fmt), f"g16.{fmt}")
+        assert pic.depth == 16 and pic.gray and np.array_equal(pic.color, values)
+        again = imaging.decode(imaging.encode(pic, fmt), "again")
+        assert np.array_equal(again.color, values)
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_16bit_colour_png_keeps_all_16_bits(channels, rng):
+    values = rng.integers(0, 65536, (300, 21, channels)).astype(np.uint16)  # > one 256-row block
+    data = png16.encode_png16(values, b"profile")
+    info = imaging.probe(data, "c16.png")
+    assert info.depth == 16 and info.has_alpha == (channels == 4)
+    pic = imaging.decode(data, "c16.png")
+    assert np.array_equal(pic.color, values[..., :3]) and pic.icc_profile == b"profile"
+    if channels == 4:
+        assert np.array_equal(pic.alpha, values[..., 3])
+    # Pillow itself only sees the high bytes: proof that the low bytes come from us.
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data)))[..., :3], (values[..., :3] >> 8).astype(np.uint8))
+    lacks = "alpha and 16-bit samples" if channels == 4 else "16-bit samples"
+    assert imaging.choose_format("jpg", info) == ("PNG", f"JPEG cannot store {lacks}, wrote PNG")
+    assert np.array_equal(imaging.decode(imaging.encode(pic, "PNG"), "again").color, values[..., :3])
+
+
+def test_16bit_png_from_another_encoder_with_sub_and_up_filters(rng):
+    """Pillow's un-filtering is what read_png16 relies on: check it on filters we did not write."""
+    values = rng.integers(0, 65536, (6, 5, 3)).astype(">u2")
+    raw = values.reshape(6, -1).view(np.uint8)
+    rows = []
+    for y in range(6):
+        if y % 2:  # Up
+            rows.append(b"\x02" + (raw[y] - raw[y - 1]).tobytes())
+        else:  # Sub, 6 bytes per pixel
+            sub = raw[y].copy()
+            sub[6:] -= raw[y, :-6]
+            rows.append(b"\x01" + sub.tobytes())
+    ihdr = struct.pack(">IIBBBBB", 5, 6, 16, 2, 0, 0, 0)
+    data = png16.PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"".join(rows))) + _png_chunk(b"IEND", b"")
+    assert np.array_equal(imaging.decode(data, "f.png").color, values.astype(np.uint16))
+
+
+# --- orientation and metadata --------------------------------------------------------
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_exif_orientation_is_applied(orientation, fmt, rng):
+    src = Image.fromarray(_rgb(rng, 10, 16))  # not square: rotations change the shape
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _bytes(src, fmt, exif=exif.tobytes())
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    pic = imaging.decode(data, f"o{orientation}")
+    assert pic.color.shape == expected.shape
+    assert np.array_equal(pic.color, expected)
+    assert (pic.color.shape[:2] == (16, 10)) == (orientation >= 5)
+
+
+def test_exif_orientation_turns_alpha_with_colour(rng):
+    src = Image.fromarray(rng.integers(0, 256, (6, 9, 4), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _bytes(src, "PNG", exif=exif.tobytes())
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    pic = imaging.decode(data, "a.png")
+    assert pic.alpha.shape == (9, 6)
+    assert np.array_equal(pic.alpha, expected[..., 3]) and np.array_equal(pic.color, expected[..., :3])
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "TIFF"])
+def test_icc_profile_is_carried_to_the_output(fmt, rng):
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    pic = imaging.decode(_bytes(Image.fromarray(_rgb(rng)), "PNG", icc_profile=icc), "icc.png")
+    assert pic.icc_profile == icc
+    assert Image.open(io.BytesIO(imaging.encode(pic, fmt))).info.get("icc_profile") == icc
+
+
+# --- output formats ------------------------------------------------------------------
+
+
+def test_choose_format_rules():
+    info = imaging.ImageInfo("x", "JPEG", 10, 10, has_alpha=False, depth=8, gray=False)
+    assert imaging.choose_format("same", info) == ("JPEG", None)
+    assert imaging.choose_format("webp", info) == ("WEBP", None)
+    alpha = imaging.ImageInfo("x", "BMP", 10, 10, has_alpha=True, depth=8, gray=False)
+    assert imaging.choose_format("same", alpha) == ("PNG", "BMP cannot store alpha, wrote PNG")
+    assert imaging.choose_format("webp", alpha) == ("WEBP", None)
+    mpo = imaging.ImageInfo("x", "MPO", 10, 10, has_alpha=False, depth=8, gray=False)
+    assert imaging.choose_format("same", mpo)[0] == "JPEG"
+    with pytest.raises(ValueError, match="unknown output format"):
+        imaging.choose_format("gif", info)
+
+
+def test_output_size_limits_per_format():
+    wide = imaging.ImageInfo("wide.png", "PNG", 5000, 100, has_alpha=False, depth=8, gray=False)
+    imaging.check_output_size(wide, 4, "PNG")
+    with pytest.raises(ImageError, match=r"wide.png: the x4 output \(20000x400\) exceeds WEBP's limit of 16383"):
+        imaging.check_output_size(wide, 4, "WEBP")
+
+
+def test_jpeg_quality_is_applied_and_suffix_spelling_is_kept(rng):
+    pic = Picture(_rgb(rng, 64, 64))
+    assert len(imaging.encode(pic, "JPEG", 30)) < len(imaging.encode(pic, "JPEG", 95))
+    assert imaging.output_suffix("JPEG", ".JPEG") == ".JPEG"
+    assert imaging.output_suffix("PNG", ".jpg") == ".png"
+    assert imaging.output_suffix("TIFF", ".tiff") == ".tiff"
+
+
+def test_encode_is_deterministic(rng):
+    pic = Picture(_rgb(rng), rng.integers(0, 256, (23, 31), dtype=np.uint8))
+    for fmt in ("PNG", "WEBP", "TIFF"):
+        assert imaging.encode(pic, fmt) == imaging.encode(pic, fmt)
+
+
+# --- the bad-input corpus ------------------------------------------------------------
+
+
+def bad_inputs(rng) -> dict[str, tuple[bytes, str]]:
+    """name -> (file bytes, the reason its error must give). Shared with the CLI tests."""
+    png = _bytes(Image.fromarray(_rgb(rng, 64, 64)), "PNG")
+    jpeg = _bytes(Image.fromarray(_rgb(rng, 64, 64)), "JPEG")
+    bomb = png16.PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _png_chunk(b"IEND", b"")
+    frames = [Image.fromarray(_rgb(rng, 8, 8)).convert("P") for _ in range(3)]
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
+    return {
+        "empty.png": (b"", "empty file (0 bytes)"),
+        "truncated.png": (png[: len(png) // 2], "corrupt or truncated PNG data"),
+        "truncated.jpg": (jpeg[: len(jpeg) // 2], "corrupt or truncated JPEG data"),
+        "notes.jpg": (b"shopping list: eggs, milk\n", "not an image (the file holds text)"),
+        "bomb.png": (bomb, "decompression bomb"),
+        "animated.gif": (gif.getvalue(), "GIF with 3 frames; only still, single images are supported"),
+        "icon.ico": (_bytes(Image.fromarray(_rgb(rng, 16, 16)), "ICO"), "ICO is not a supported input format"),
+        "image.ppm": (_bytes(Image.fromarray(_rgb(rng, 16, 16)), "PPM"), "PNM is not a supported input format"),
+    }
+
+
+@pytest.mark.parametrize("name", list(bad_inputs(np.random.default_rng(0))))
+def test_bad_input_gets_its_own_clear_error(name):
+    data, reason = bad_inputs(np.random.default_rng(0))[name]
+    with pytest.raises(ImageError) as caught:
+        imaging.decode(data, f"folder/{name}")
+    assert str(caught.value).startswith(f"folder/{name}: ")
+    assert reason in str(caught.value)
+
+
+def test_pixel_cap_is_checked_before_decoding(rng):
+    """The IDAT here is garbage: reaching the decoder would report corruption instead."""
+    head = png16.PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 3000, 2000, 8, 2, 0, 0, 0))
+    data = head + _png_chunk(b"IDAT", b"garbage") + _png_chunk(b"IEND", b"")
+    with pytest.raises(ImageError, match=r"big.png: 3000x2000 \(6,000,000 pixels\) exceeds the input cap of 1,000,000 pixels"):
+        imaging.decode(data, "big.png", max_pixels=1_000_000)
+    with pytest.raises(ImageError, match="corrupt or truncated PNG"):
+        imaging.decode(data, "big.png", max_pixels=10_000_000)
+
+
+def test_multipage_tiff_is_refused(rng):
+    pages = [Image.fromarray(_rgb(rng, 8, 8)) for _ in range(2)]
+    out = io.BytesIO()
+    pages[0].save(out, "TIFF", save_all=True, append_images=pages[1:])
+    with pytest.raises(ImageError, match="TIFF with 2 pages"):
+        imaging.decode(out.getvalue(), "scan.tif")
+
+
+def test_probe_reads_a_path_header_only(tmp_path, rng):
+    path = tmp_path / "a.png"
+    path.write_bytes(_bytes(Image.fromarray(_rgb(rng, 40, 60)), "PNG"))
+    info = imaging.probe(path, "a.png")
+    assert (info.format, info.width, info.height, info.has_alpha, info.depth, info.gray) == ("PNG", 60, 40, False, 8, False)
+    with pytest.raises(ImageError, match="missing.png: cannot read"):
+        imaging.probe(tmp_path / "missing.png", "missing.png")
+
+
+def test_sniff_names_common_formats():
+    assert imaging.sniff(b"\x00\x00\x00\x1cftypheic....") == "HEIC"
+    assert imaging.sniff(b"\x00\x00\x00\x1cftypavif....") == "AVIF"
+    assert imaging.sniff(b"%PDF-1.7") == "PDF"
+    assert imaging.sniff("héllo wörld".encode()) == "text"
+    assert imaging.sniff(bytes(range(200, 240))) is None
+
+
+def test_decompression_bomb_warning_becomes_an_error():
+    """100 Mpx is between Pillow's warning (89 Mpx) and its own error (179 Mpx)."""
+    import warnings
+
+    head = png16.PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 10_000, 10_000, 8, 0, 0, 0, 0))
+    data = head + _png_chunk(b"IDAT", zlib.compress(b"\0" * 100)) + _png_chunk(b"IEND", b"")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(ImageError, match="huge.png: refused as a possible decompression bomb"):
+            imaging.decode(data, "huge.png", max_pixels=10**9)
+    assert not [w for w in seen if issubclass(w.category, Image.DecompressionBombWarning)]

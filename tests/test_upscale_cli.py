@@ -1,0 +1,331 @@
+"""`srdeploy upscale` run as a subprocess: examples/, the bad-input corpus, kill -9 and
+resume, reruns, mirrored trees with awkward names, provider errors, and a torch-free
+runtime."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import EXAMPLES, REPO
+from onnx_toy import build_toy_sr
+from srdeploy import imaging
+from srdeploy.batch import JOURNAL_NAME, TMP_SUFFIX
+from srdeploy.upscaler import Upscaler
+from test_imaging import bad_inputs
+
+SRDEPLOY = REPO / ".venv" / "bin" / "srdeploy"
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return build_toy_sr(tmp_path_factory.mktemp("toy") / "toy.onnx")
+
+
+def upscale(*args, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SRDEPLOY), "upscale", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def journal(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / JOURNAL_NAME).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def outputs(out: Path) -> dict[str, Path]:
+    """Visible files under OUT except the journal."""
+    return {p.relative_to(out).as_posix(): p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != JOURNAL_NAME}
+
+
+def temp_files(out: Path) -> list[Path]:
+    return [p for p in out.rglob(f"*{TMP_SUFFIX}")]
+
+
+def fingerprint(folder: Path) -> dict[str, tuple[str, int]]:
+    return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+def save(path: Path, pixels: np.ndarray, **options) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, **options)
+    return path
+
+
+def test_examples_folder_is_the_main_job(toy, tmp_path):
+    before = fingerprint(EXAMPLES)
+    out = tmp_path / "upscaled"
+    run = upscale(EXAMPLES, "-o", out, "--model", toy)
+    assert run.returncode == 0, run.stderr
+    made = outputs(out)
+    assert sorted(made) == ["astronaut_face.png", "camera_gray.png", "chelsea_cat.jpg", "coffee.png"]
+    sizes = {name: Image.open(path).size for name, path in made.items()}
+    assert sizes == {"astronaut_face.png": (256, 256), "camera_gray.png": (384, 384), "chelsea_cat.jpg": (448, 300), "coffee.png": (480, 320)}
+    assert Image.open(made["camera_gray.png"]).mode == "L"  # grey stays grey
+    assert "4 ok, 0 skipped, 0 failed of 4" in run.stderr and "provider cpu" in run.stderr
+    assert run.stdout.count("ok      ") == 4
+    # The CLI writes exactly what the shared Upscaler (and so the TorchServe handler) returns.
+    up = Upscaler(toy, provider="cpu")
+    for name, path in made.items():
+        assert path.read_bytes() == up.upscale_bytes((EXAMPLES / name).read_bytes(), name).data
+    records = journal(out)
+    assert records[0]["event"] == "run" and records[0]["provider"] == "cpu"
+    assert sorted(r["output"] for r in records if r.get("status") == "ok") == sorted(made)
+    assert fingerprint(EXAMPLES) == before  # inputs untouched
+
+
+def test_default_model_until_one_is_shipped(tmp_path):
+    from srdeploy import zoo
+
+    run = upscale(EXAMPLES / "coffee.png", "-o", tmp_path / "out")
+    if "srresnet" in zoo.shipped_models():
+        assert run.returncode == 0, run.stderr
+    else:
+        assert run.returncode == 2
+        assert "model 'srresnet' (default = srresnet) is not shipped in this build" in run.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_bad_inputs_fail_one_by_one_and_good_files_still_succeed(toy, tmp_path):
+    src = tmp_path / "in"
+    corpus = bad_inputs(np.random.default_rng(0))
+    for name, (data, _) in corpus.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    rng = np.random.default_rng(1)
+    save(src / "good_a.png", rng.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    save(src / "good_b.jpg", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    before = fingerprint(src)
+    out = tmp_path / "out"
+    run = upscale(src, "-o", out, "--model", toy)
+    assert run.returncode == 1
+    assert sorted(outputs(out)) == ["good_a.png", "good_b.jpg"]
+    failed = {r["input"]: r["reason"] for r in journal(out) if r.get("status") == "failed"}
+    assert set(failed) == {str(src / name) for name in corpus}
+    for name, (_, reason) in corpus.items():
+        assert reason in failed[str(src / name)]
+        assert f"failed  {src / name}: " in run.stderr  # one printed line per bad file
+    assert f"2 ok, 0 skipped, {len(corpus)} failed of {len(corpus) + 2}" in run.stderr
+    assert not temp_files(out)
+    assert fingerprint(src) == before
+
+
+def test_kill_9_mid_batch_then_rerun_completes_with_no_partial_file(toy, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    rng = np.random.default_rng(2)
+    names = [f"img_{i:02d}.png" for i in range(24)]
+    for name in names:  # noise compresses badly: big outputs, slow enough to kill mid-run
+        save(src / name, rng.integers(0, 256, (160, 160, 3), dtype=np.uint8))
+    proc = subprocess.Popen([str(SRDEPLOY), "upscale", str(src), "-o", str(out), "--model", str(toy), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / JOURNAL_NAME).exists() and (out / JOURNAL_NAME).read_text(encoding="utf-8").count('"status": "ok"') >= 3:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the batch finished before it could be killed; make it longer"
+    survivors = outputs(out)
+    assert 3 <= len(survivors) < len(names)
+    for name, path in survivors.items():  # whatever exists is whole
+        assert imaging.decode(path.read_bytes(), name).size == (640, 640)
+
+    rerun = upscale(src, "-o", out, "--model", toy)
+    assert rerun.returncode == 0, rerun.stderr
+    made = outputs(out)
+    assert sorted(made) == names
+    assert not temp_files(out)
+    this_run = [r for r in journal(out) if r.get("run") == journal(out)[-1]["run"] and r.get("status") in ("ok", "skipped")]
+    statuses = {Path(r["input"]).name: r["status"] for r in this_run}
+    assert {n for n, s in statuses.items() if s == "skipped"} == set(survivors)
+    assert {n for n, s in statuses.items() if s == "ok"} == set(names) - set(survivors)
+    # The journal vouches for every output with its exact bytes.
+    vouched = {}
+    for record in journal(out):
+        if record.get("status") in ("writing", "ok") and record.get("output_sha256"):
+            vouched[record["output"]] = record["output_sha256"]
+    assert {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in made.items()} == vouched
+    up = Upscaler(toy, provider="cpu")
+    for name in (names[0], names[-1]):
+        assert made[name].read_bytes() == up.upscale_bytes((src / name).read_bytes(), name).data
+
+
+def test_rerun_skips_done_work_redoes_changed_inputs_and_protects_foreign_files(toy, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    rng = np.random.default_rng(3)
+    for name in ("a.png", "b.png", "c.png"):
+        save(src / name, rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
+    assert upscale(src, "-o", out, "--model", toy).returncode == 0
+    again = upscale(src, "-o", out, "--model", toy)
+    assert again.returncode == 0 and again.stdout.count("already done (same input, model and settings)") == 3
+
+    save(src / "a.png", rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))  # changed content
+    changed = upscale(src, "-o", out, "--model", toy)
+    assert "a.png -> a.png: 48x48 PNG (replaced: input, model or settings changed)" in changed.stdout
+    assert changed.stdout.count("already done") == 2
+
+    (out / "c.png").write_bytes(b"the user's own file")  # not ours: never clobbered silently
+    kept = upscale(src, "-o", out, "--model", toy)
+    assert kept.returncode == 0 and "output exists (not made by srdeploy from this input); --overwrite replaces it" in kept.stdout
+    assert (out / "c.png").read_bytes() == b"the user's own file"
+    forced = upscale(src, "-o", out, "--model", toy, "--overwrite")
+    assert forced.returncode == 0 and Image.open(out / "c.png").size == (48, 48)
+
+    webp = upscale(src, "-o", out, "--model", toy, "--format", "webp", "--quality", "60")
+    assert webp.returncode == 0 and sorted(p.name for p in out.glob("*.webp")) == ["a.webp", "b.webp", "c.webp"]
+
+
+def test_mirrored_tree_unicode_names_collisions_and_hidden_files(toy, tmp_path):
+    src = tmp_path / "photos"
+    rng = np.random.default_rng(4)
+    pixels = lambda: rng.integers(0, 256, (10, 14, 3), dtype=np.uint8)  # noqa: E731
+    save(src / "a.png", pixels())
+    save(src / "a.jpg", pixels())
+    save(src / "trip" / "Zoë 日本 ñ.png", pixels())
+    save(src / "trip" / "deeper" / "x.webp", rng.integers(0, 256, (10, 14, 4), dtype=np.uint8))
+    save(src / ".thumbnails" / "t.png", pixels())
+    save(src / "trip" / ".hidden.png", pixels())
+    (src / "readme.txt").write_text("not an image, not picked up")
+    out = src / "upscaled"  # OUT inside the input folder must not be fed back in
+
+    flat = upscale(src, "-o", tmp_path / "flat", "--model", toy)
+    assert "1 subfolder(s) not searched; add --recursive" in flat.stderr
+    assert set(outputs(tmp_path / "flat")) == {"a.png", "a.jpg"}
+
+    run = upscale(src, "-o", out, "--model", toy, "--recursive", "--format", "png")
+    assert run.returncode == 1, run.stderr  # the collision
+    assert set(outputs(out)) == {"a.png", "trip/deeper/x.png", "trip/Zoë 日本 ñ.png"}
+    assert f"failed  {src / 'a.png'}: output name a.png is already taken by {src / 'a.jpg'}; rename one of them" in run.stderr
+    assert Image.open(out / "trip" / "deeper" / "x.png").mode == "RGBA"
+    records = journal(out)
+    assert any(r.get("output") == "trip/Zoë 日本 ñ.png" and r["status"] == "ok" for r in records)  # readable UTF-8
+
+    again = upscale(src, "-o", out, "--model", toy, "--recursive", "--format", "png")
+    second = [r for r in journal(out) if r["run"] == journal(out)[-1]["run"] and "input" in r]
+    assert sorted(Path(r["input"]).name for r in second) == sorted(["a.jpg", "a.png", "Zoë 日本 ñ.png", "x.webp"])
+    assert again.stdout.count("already done") == 3  # its own outputs were not fed back in
+
+
+def test_alpha_forces_png_and_says_so(toy, tmp_path):
+    src = save(tmp_path / "logo.png", np.random.default_rng(5).integers(0, 256, (8, 8, 4), dtype=np.uint8))
+    run = upscale(src, "-o", tmp_path / "out", "--model", toy, "--format", "jpg")
+    assert run.returncode == 0
+    assert "logo.png -> logo.png: 32x32 PNG; JPEG cannot store alpha, wrote PNG" in run.stdout
+
+
+def test_missing_inputs_and_provider_errors(toy, tmp_path):
+    missing = upscale(tmp_path / "nowhere.png", "-o", tmp_path / "out", "--model", toy)
+    assert missing.returncode == 1 and "nowhere.png: no such file or folder" in missing.stderr
+    cuda = upscale(EXAMPLES, "-o", tmp_path / "out2", "--model", toy, "--provider", "cuda")
+    assert cuda.returncode == 2
+    assert "provider 'cuda' (CUDAExecutionProvider) is not available" in cuda.stderr and "available: " in cuda.stderr
+    assert "srdeploy[gpu]" in cuda.stderr
+
+
+def test_output_folder_must_not_be_an_input_folder(toy, tmp_path):
+    src = save(tmp_path / "in" / "a.png", np.zeros((8, 8, 3), np.uint8)).parent
+    run = upscale(src, "-o", src, "--model", toy)
+    assert run.returncode == 2 and "is also an input folder" in run.stderr
+    assert sorted(p.name for p in src.iterdir()) == ["a.png"]
+
+
+def test_quiet_prints_only_failures(toy, tmp_path):
+    src = tmp_path / "in"
+    save(src / "ok.png", np.zeros((8, 8, 3), np.uint8))
+    (src / "bad.png").write_bytes(b"")
+    run = upscale(src, "-o", tmp_path / "out", "--model", toy, "--quiet")
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.strip() == f"failed  {src / 'bad.png'}: empty file (0 bytes)"
+
+
+def test_runtime_needs_no_torch_and_help_imports_nothing_heavy(toy, tmp_path):
+    block_torch = "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+    script = block_torch + (
+        "from srdeploy.cli import main\n"
+        f"main(['upscale', {str(EXAMPLES / 'coffee.png')!r}, '-o', {str(tmp_path / 'out')!r}, '--model', {str(toy)!r}, '-q'])\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "out" / "coffee.png").is_file()
+    probe = "import sys, srdeploy.cli, srdeploy.upscale_cli; print(sorted(m for m in ('torch', 'onnxruntime', 'onnx') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"
+    help_text = upscale("--help")
+    assert help_text.returncode == 0 and "--max-pixels" in help_text.stdout
+
+
+def test_max_pixels_refuses_large_inputs_before_decoding(toy, tmp_path):
+    src = save(tmp_path / "big.png", np.zeros((100, 120, 3), np.uint8))
+    run = upscale(src, "-o", tmp_path / "out", "--model", toy, "--max-pixels", "10000")
+    assert run.returncode == 1
+    assert "big.png: 120x100 (12,000 pixels) exceeds the input cap of 10,000 pixels (--max-pixels); not decoded" in run.stderr
+    assert not outputs(tmp_path / "out")
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL at one exact point of the write sequence."""
+
+
+@pytest.mark.parametrize("moment", ["before the rename", "after the rename"])
+def test_a_crash_at_either_side_of_the_rename_resumes_correctly(toy, tmp_path, monkeypatch, moment):
+    """The two windows a kill -9 can hit around one output, made deterministic in-process."""
+    from srdeploy import batch
+
+    src = save(tmp_path / "in" / "a.png", np.random.default_rng(6).integers(0, 256, (12, 12, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    up = Upscaler(toy, provider="cpu")
+    real_replace = os.replace
+
+    def replace_then_die(a, b):
+        if moment == "after the rename":
+            real_replace(a, b)
+        raise _Killed
+
+    monkeypatch.setattr(batch.os, "replace", replace_then_die)
+    with pytest.raises(_Killed):
+        batch.run_batch(up, [src.parent], out)
+    monkeypatch.setattr(batch.os, "replace", real_replace)
+    assert [r["status"] for r in journal(out) if "status" in r] == ["writing"]
+    assert (out / "a.png").exists() == (moment == "after the rename")
+    assert not temp_files(out)  # the temp file is removed even as the process goes down
+
+    summary = batch.run_batch(up, [src.parent], out)
+    (result,) = summary.results
+    if moment == "after the rename":
+        assert (result.status, result.reason) == ("skipped", "already done (same input, model and settings)")
+    else:
+        assert result.status == "ok"
+    assert (out / "a.png").read_bytes() == up.upscale_bytes(src.read_bytes(), "a.png").data
+
+
+def test_a_torn_journal_line_is_ignored_and_not_continued(toy, tmp_path):
+    from srdeploy import batch
+
+    src = save(tmp_path / "in" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / JOURNAL_NAME).write_bytes(b'{"run": "x", "status": "ok", "outp')  # killed mid-append
+    summary = batch.run_batch(Upscaler(toy, provider="cpu"), [src], out)
+    assert summary.failed == 0
+    lines = (out / JOURNAL_NAME).read_bytes().splitlines()
+    assert lines[0] == b'{"run": "x", "status": "ok", "outp'
+    assert all(json.loads(line) for line in lines[1:])  # every later record is whole JSON
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_one_is_live(toy, tmp_path):
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".srdeploy-upscale.lock", "a+b") as held:  # what a live run holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        run = upscale(EXAMPLES / "coffee.png", "-o", out, "--model", toy)
+    assert run.returncode == 2 and "another srdeploy upscale is writing to" in run.stderr
+    assert not outputs(out)

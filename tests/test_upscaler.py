@@ -1,0 +1,288 @@
+"""The Upscaler: providers (and their errors), the shipped-model mechanism with its sha256
+check, every image mode through the model, byte-identical output, thread safety, and
+parity with the PyTorch generator."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from onnx_toy import build_toy_sr
+from srdeploy import imaging, zoo
+from srdeploy.manifest import write_manifest
+from srdeploy.providers import EXECUTION_PROVIDERS, OrtRunner, ProviderError, select_provider
+from srdeploy.upscaler import Upscaler
+from srdeploy.zoo import ModelError
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return build_toy_sr(tmp_path_factory.mktemp("toy") / "toy.onnx")
+
+
+@pytest.fixture(scope="module")
+def up(toy):
+    return Upscaler(toy, provider="cpu", tile=16)
+
+
+# --- providers -----------------------------------------------------------------------
+
+
+def test_select_provider_auto_prefers_a_working_gpu_and_never_tensorrt():
+    cpu_only = ["AzureExecutionProvider", "CPUExecutionProvider"]
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert select_provider("auto", cpu_only) == "cpu"
+    assert select_provider("auto", gpu) == "cuda"
+    assert select_provider("tensorrt", gpu) == "tensorrt"
+    assert select_provider("cpu", gpu) == "cpu"
+
+
+@pytest.mark.parametrize("requested,hint", [("cuda", "srdeploy[gpu]"), ("tensorrt", "srdeploy[gpu,tensorrt]")])
+def test_missing_provider_is_an_error_naming_the_available_ones_and_the_fix(requested, hint):
+    with pytest.raises(ProviderError) as caught:
+        select_provider(requested, ["CPUExecutionProvider"])
+    text = str(caught.value)
+    assert f"provider '{requested}'" in text and "available: CPUExecutionProvider" in text and hint in text
+
+
+def test_unknown_provider_is_refused():
+    with pytest.raises(ProviderError, match="unknown provider 'gpu'"):
+        select_provider("gpu", ["CPUExecutionProvider"])
+
+
+def test_requesting_cuda_here_fails_instead_of_running_on_cpu(toy):
+    with pytest.raises(ProviderError, match="CUDAExecutionProvider"):
+        Upscaler(toy, provider="cuda")
+
+
+def test_a_listed_gpu_provider_that_cannot_start_is_caught(toy, monkeypatch):
+    """ONNX Runtime quietly drops a provider it cannot start; the Upscaler must notice."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.warns(UserWarning), pytest.raises(ProviderError, match="failed to start"):
+        Upscaler(toy, provider="cuda")
+    with pytest.warns(UserWarning):
+        auto = Upscaler(toy, provider="auto")
+    assert auto.provider == "cpu" and "failed to start" in auto.note and auto.note.endswith("using cpu")
+
+
+def test_untiled_is_cpu_only(toy, monkeypatch):
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(ProviderError, match="untiled"):
+        Upscaler(toy, provider="cuda", tile=0)
+
+
+def test_engine_files_need_tensorrt(tmp_path):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not really an engine")
+    with pytest.raises(ProviderError, match="runs only with --provider tensorrt"):
+        Upscaler(engine, provider="cpu")
+    with pytest.raises(ProviderError, match="model.engine: .*(TensorRT|tensorrt|GPU)"):
+        Upscaler(engine, provider="auto")
+
+
+def test_cpu_session_settings(up):
+    assert up.provider == "cpu" and up.scale == 4 and up.overlap == 3  # ceil(2.75), read off the graph
+    assert up.threads >= 1
+    assert up.describe()["model_sha256"] == up.model.sha256
+
+
+def test_io_binding_path_gives_the_plain_run_result(up, rng):
+    """The GPU path's buffer binding, exercised on the CPU device."""
+    batch = rng.random((1, 3, 21, 17), dtype=np.float32)
+    runner = OrtRunner(up._run.session, up.scale, device="cpu", io_binding=True)
+    first, second = runner(batch), runner(rng.random((1, 3, 21, 17), dtype=np.float32))
+    assert np.array_equal(first, up._run(batch))
+    assert not np.array_equal(first, second)  # the bound input buffer really is refilled
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
+def test_gpu_providers_match_cpu(toy, provider, rng):
+    lr = rng.random((150, 170, 3), dtype=np.float32)
+    cpu = Upscaler(toy, provider="cpu", tile=64).upscale_array(lr)
+    gpu = Upscaler(toy, provider=provider, tile=64)
+    assert gpu.provider == provider
+    assert np.abs(gpu.upscale_array(lr) - cpu).max() <= 1e-3
+
+
+# --- the shipped models --------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_models_dir(tmp_path, toy, monkeypatch):
+    """A package-data folder like the release's: models/srresnet/{model.onnx, manifest.json}."""
+    folder = tmp_path / "models" / "srresnet"
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(toy.read_bytes())
+    write_manifest(folder, {"name": "srresnet", "scale": 4, "note": "toy model for tests"})
+    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path / "models")
+    return folder
+
+
+def test_default_resolves_to_the_shipped_srresnet_after_its_sha256_check(fake_models_dir):
+    ref = zoo.resolve_model("default")
+    assert ref.name == "srresnet" and ref.path == fake_models_dir / "model.onnx"
+    assert ref.manifest["note"] == "toy model for tests"
+    assert zoo.shipped_models() == ["srresnet"]
+    assert Upscaler("default", provider="cpu").model.sha256 == ref.sha256
+
+
+def test_a_damaged_shipped_model_is_refused(fake_models_dir):
+    with open(fake_models_dir / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ModelError, match=r"shipped model 'srresnet' failed its integrity check: .*sha256 .* differs"):
+        zoo.resolve_model("default")
+
+
+def test_a_name_not_shipped_says_so(fake_models_dir):
+    with pytest.raises(ModelError, match=r"model 'srgan' is not shipped in this build .* shipped models: srresnet"):
+        zoo.resolve_model("srgan")
+
+
+def test_this_build_default_model(monkeypatch):
+    """Until a trained generator is shipped, --model default must say it is not shipped."""
+    if "srresnet" in zoo.shipped_models():
+        assert zoo.resolve_model("default").manifest is not None
+    else:
+        with pytest.raises(ModelError, match=r"model 'srresnet' \(default = srresnet\) is not shipped"):
+            zoo.resolve_model("default")
+
+
+def test_model_paths(tmp_path, toy):
+    with pytest.raises(ModelError, match="unknown model 'esrgan'"):
+        zoo.resolve_model("esrgan")
+    with pytest.raises(ModelError, match="model file not found"):
+        zoo.resolve_model(tmp_path / "absent.onnx")
+    copy = tmp_path / "mine.onnx"
+    copy.write_bytes(toy.read_bytes())
+    assert zoo.resolve_model(copy).manifest is None  # no manifest beside it: used as given
+    write_manifest(tmp_path, {}, files=["mine.onnx"])
+    assert zoo.resolve_model(copy).manifest is not None
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["files"]["mine.onnx"]["sha256"] = "0" * 64
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="differs from 0000"):
+        zoo.resolve_model(copy)
+
+
+def test_a_file_that_is_not_a_model_is_a_clear_error(tmp_path):
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_bytes(b"definitely not protobuf")
+    with pytest.raises(ModelError, match="bogus.onnx: not a readable ONNX model"):
+        Upscaler(bogus, provider="cpu")
+
+
+# --- pixels --------------------------------------------------------------------------
+
+
+def test_upscale_array_shape_range_and_tiling(up, toy, rng):
+    lr = rng.random((45, 61, 3), dtype=np.float32)
+    sr = up.upscale_array(lr)
+    assert sr.shape == (180, 244, 3) and sr.dtype == np.float32
+    assert 0.0 <= sr.min() and sr.max() <= 1.0
+    whole = Upscaler(toy, provider="cpu", tile=0).upscale_array(lr)
+    assert np.abs(sr - whole).max() <= 1e-4
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        up.upscale_array(lr[..., 0])
+
+
+def _quantise(x):
+    return np.rint(x * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "CMYK", "I;16"])
+def test_every_mode_through_the_model(up, mode, rng):
+    rgba = rng.integers(0, 256, (19, 23, 4), dtype=np.uint8)
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65536, (19, 23)).astype(np.uint16))
+    elif mode in ("P", "CMYK"):
+        img = Image.fromarray(rgba[..., :3]).convert(mode)
+    else:
+        img = Image.fromarray(rgba).convert(mode)
+    out = up.upscale_image(img)
+    expected_mode = {"P": "RGB", "CMYK": "RGB"}.get(mode, mode)
+    assert out.mode == expected_mode and out.size == (92, 76)
+    pic = imaging.picture_from_pil(img)
+    peak = 65535.0 if mode == "I;16" else 255.0
+    colour = pic.color.astype(np.float32) / peak
+    sr = up.upscale_array(np.repeat(colour[..., None], 3, 2) if pic.gray else colour)
+    if pic.gray:
+        sr = sr @ np.array([0.299, 0.587, 0.114], np.float32)
+    expected = np.rint(sr * peak).astype(np.uint16 if mode == "I;16" else np.uint8)
+    got = np.asarray(out)
+    if pic.gray:
+        got_colour = got if got.ndim == 2 else got[..., 0]  # L / I;16, or LA's grey plane
+    else:
+        got_colour = got[..., :3]
+    assert np.array_equal(got_colour, expected)
+    if pic.alpha is not None:  # alpha: bicubic on its own, not through the model
+        alpha = np.asarray(Image.fromarray(pic.alpha).resize((92, 76), Image.Resampling.BICUBIC))
+        assert np.array_equal(got[..., -1], alpha)
+
+
+def test_16bit_colour_is_upscaled_at_16_bits(up, rng):
+    from srdeploy import png16
+
+    values = rng.integers(0, 65536, (12, 10, 3)).astype(np.uint16)
+    out = imaging.decode(up.upscale_bytes(png16.encode_png16(values), "c16.png").data, "out")
+    assert out.depth == 16 and out.color.shape == (48, 40, 3)
+    expected = np.rint(up.upscale_array(values.astype(np.float32) / 65535) * 65535).astype(np.uint16)
+    assert np.array_equal(out.color, expected)
+    assert len(np.unique(out.color & 0xFF)) > 200  # low bytes carry information
+
+
+def test_exif_orientation_is_applied_before_upscaling(up, rng):
+    img = Image.fromarray(rng.integers(0, 256, (10, 16, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    img.save(buf, "PNG", exif=exif.tobytes())
+    out = up.upscale_bytes(buf.getvalue(), "rotated.png")
+    assert (out.width, out.height) == (40, 64)
+    assert Image.open(io.BytesIO(buf.getvalue())).getexif().get(0x0112) == 6  # input bytes untouched
+
+
+def test_same_input_same_bytes_across_instances_and_threads(toy, rng):
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (70, 90, 4), dtype=np.uint8)).save(buf, "PNG")
+    data = buf.getvalue()
+    first = Upscaler(toy, provider="cpu", tile=16)
+    reference = first.upscale_bytes(data, "a.png", "webp", 80).data
+    assert Upscaler(toy, provider="cpu", tile=16).upscale_bytes(data, "a.png", "webp", 80).data == reference
+    results: list[bytes] = []
+
+    def work():
+        results.append(first.upscale_bytes(data, "a.png", "webp", 80).data)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [reference] * 4
+
+
+def test_bad_bytes_raise_image_errors_naming_the_upload(up):
+    with pytest.raises(imaging.ImageError, match="upload-7: not an image"):
+        up.upscale_bytes(b"GET / HTTP/1.1\r\n", "upload-7")
+
+
+def test_matches_the_pytorch_generator(tiny_onnx, tiny_generator, rng):
+    """End to end against the model it was exported from (tiles, layout transposes, range)."""
+    import torch
+
+    lr = rng.random((41, 58, 3), dtype=np.float32)
+    sr = Upscaler(tiny_onnx, provider="cpu", tile=12).upscale_array(lr)
+    with torch.no_grad():
+        reference = ((tiny_generator(torch.from_numpy(lr.transpose(2, 0, 1)[None].copy())) + 1) / 2).clamp(0, 1)
+    assert np.abs(sr - reference[0].numpy().transpose(1, 2, 0)).max() <= 1e-4
+
+
+def test_provider_names_cover_the_cli_choices():
+    assert set(EXECUTION_PROVIDERS) == {"cpu", "cuda", "tensorrt"}

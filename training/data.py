@@ -1,0 +1,147 @@
+"""HR image folders -> (LR, HR) training pairs, degraded on the fly.
+
+Unreadable files are dealt with in two places, deliberately:
+- at construction every file's header is opened; files that fail (not an image, empty,
+  unsupported, smaller than the crop) are skipped with one warning each and counted in
+  ``dataset.skipped``, so a single bad file never stops a run before it starts;
+- a file that passes that check but fails to decode later (truncated data) raises
+  ``CorruptImageError`` naming the file, which the DataLoader re-raises in the main
+  process with the message intact: a dataset that changes under a run is an error, not
+  something to train around silently.
+
+Augmentation randomness is a pure function of (seed, epoch, index), so a resumed run sees
+exactly the crops and flips of an uninterrupted one, whatever the worker count.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from srdeploy.degrade import downscale
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+
+
+class CorruptImageError(RuntimeError):
+    pass
+
+
+def _scan(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def list_images(root: str | Path, list_file: str | Path | None = None) -> list[Path]:
+    """Image files under ``root`` (recursive, sorted), or the ones named in ``list_file``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    if list_file is not None:
+        # Names may carry their extension or not (CelebA-HQ lists give bare indices).
+        names = [n.strip() for n in Path(list_file).read_text().splitlines() if n.strip()]
+        by_stem = {p.relative_to(root).with_suffix("").as_posix(): p for p in _scan(root)}
+        paths, missing = [], []
+        for n in names:
+            p = root / n if (root / n).is_file() else by_stem.get(n)
+            (paths if p is not None else missing).append(p or n)
+        if missing:
+            raise FileNotFoundError(f"{list_file}: {len(missing)} listed images missing under {root}, e.g. {missing[0]}")
+        return paths
+    paths = _scan(root)
+    if not paths:
+        raise FileNotFoundError(f"no JPEG/PNG/WebP images under {root}")
+    return paths
+
+
+def _header_problem(path: Path, min_side: int) -> str | None:
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception as e:  # PIL raises several unrelated types for bad files
+        return f"{type(e).__name__}: {e}"
+    if min(w, h) < min_side:
+        return f"{w}x{h} is smaller than the {min_side}px crop"
+    return None
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """uint8 RGB (H, W, 3) -> float32 (3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+class SRDataset(Dataset):
+    """Items are (lr, hr): lr float32 (3, P/s, P/s) in [0, 1], hr float32 (3, P, P) in [-1, 1].
+
+    Index with an int (no augmentation: full image or centre crop, for validation) or with
+    an (epoch, index) pair from ``EpochSampler`` (random crop + flip seeded by the pair).
+    """
+
+    def __init__(self, root, list_file=None, patch: int | None = None, scale: int = 4,
+                 downsample: str = "bicubic", flip: bool = True, seed: int = 0, limit: int | None = None):
+        self.patch, self.scale, self.downsample, self.flip, self.seed = patch, scale, downsample, flip, seed
+        paths = list_images(root, list_file)[:limit]
+        self.skipped: list[tuple[Path, str]] = []
+        self.paths: list[Path] = []
+        for p in paths:
+            problem = _header_problem(p, patch or scale)
+            if problem:
+                warnings.warn(f"skipping {p}: {problem}", stacklevel=2)
+                self.skipped.append((p, problem))
+            else:
+                self.paths.append(p)
+        if not self.paths:
+            raise FileNotFoundError(f"no usable images under {root} ({len(self.skipped)} skipped)")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _load(self, path: Path) -> Image.Image:
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except Exception as e:
+            raise CorruptImageError(f"{path}: cannot decode ({type(e).__name__}: {e})") from e
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (None, key)
+        hr = self._load(self.paths[index])
+        rnd = random.Random(hash((self.seed, epoch, index))) if epoch is not None else None
+        w, h = hr.size
+        size = self.patch or min(w, h) - min(w, h) % self.scale
+        if rnd is not None:
+            x, y = rnd.randint(0, w - size), rnd.randint(0, h - size)
+        else:
+            x, y = (w - size) // 2, (h - size) // 2
+        if (x, y, size, size) != (0, 0, w, h):
+            hr = hr.crop((x, y, x + size, y + size))
+        if rnd is not None and self.flip and rnd.random() < 0.5:
+            hr = hr.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        lr = downscale(hr, self.scale, self.downsample)
+        return to_tensor(lr), to_tensor(hr) * 2.0 - 1.0
+
+
+class EpochSampler(Sampler):
+    """Yields (epoch, index) pairs: a permutation seeded by (seed, epoch), sharded by rank
+    for DDP, starting ``start`` items in (to resume mid-epoch)."""
+
+    def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return max(0, self.n // self.world_size - self.start)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        mine = order[self.rank : self.n - self.n % self.world_size : self.world_size]
+        return iter([(self.epoch, i) for i in mine[self.start :]])

@@ -1,0 +1,299 @@
+"""``srdeploy evaluate``: bicubic and every model on one set of HR images, under the quality
+protocol of srdeploy.metrics, as the seed's Table 1 (rows bicubic + models; PSNR-Y,
+SSIM-Y, RGB PSNR and the gain over bicubic).
+
+LR inputs are made from the HR images with srdeploy.degrade.downscale, the degradation
+training uses, or read from a folder of precomputed LR images (the MATLAB-bicubic
+``LR_bicubic_x4`` of the Set5/Set14 benchmarks) so benchmark numbers are comparable to
+published ones. Models are training checkpoints / state_dicts run whole-image in PyTorch,
+or exported ONNX models and the shipped names run through srdeploy.upscaler.Upscaler,
+the runtime every user gets. torch is imported only when a checkpoint is evaluated.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from srdeploy import SCALE
+from srdeploy.degrade import DOWNSAMPLE_METHODS, crop_to_multiple, downscale, upscale_bicubic
+from srdeploy.metrics import evaluate_pair
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+RUNTIME_MODEL_NAMES = ("default", "srresnet", "srgan")  # shipped models, served by the Upscaler
+BICUBIC = "bicubic"
+METRICS = ("psnr_y", "ssim_y", "psnr_rgb")
+
+
+@dataclass(frozen=True)
+class TestImage:
+    """One HR reference and where its LR input comes from (None: made by downscaling)."""
+
+    name: str  # path relative to the data folder, e.g. "10310.jpg"
+    hr_path: Path
+    lr_path: Path | None = None
+
+
+@dataclass
+class SRModel:
+    name: str
+    source: str  # what was loaded, for the report
+    upscale: Callable[[np.ndarray], np.ndarray]  # uint8 LR (h, w, 3) -> uint8 SR (4h, 4w, 3)
+
+
+@dataclass
+class Evaluation:
+    """Per-image metrics of bicubic and each model, in model order (bicubic first)."""
+
+    models: list[str]
+    degradation: str  # how LR was made, in words
+    border: int
+    per_image: list[dict] = field(default_factory=list)  # {"image", "model", *METRICS, "seconds"}
+    figure_rows: list[list[tuple[np.ndarray, str]]] = field(default_factory=list)
+    cropped: int = 0  # HR images cropped to a multiple of the scale
+
+    @property
+    def image_count(self) -> int:
+        return len({r["image"] for r in self.per_image})
+
+    def table(self) -> list[dict]:
+        """Mean of each metric over images (the usual average of per-image values), per
+        model, with the gain over the bicubic row."""
+        rows = []
+        for model in self.models:
+            recs = [r for r in self.per_image if r["model"] == model]
+            row = {"model": model, **{m: float(np.mean([r[m] for r in recs])) for m in METRICS}}
+            row["seconds_per_image"] = float(np.mean([r["seconds"] for r in recs]))
+            rows.append(row)
+        for row in rows:
+            for m in METRICS:
+                row[f"gain_{m}"] = row[m] - rows[0][m]
+        return rows
+
+
+# --- images ------------------------------------------------------------------------
+
+
+def _index_images(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def find_test_images(
+    data_dir: str | Path, list_file: str | Path | None = None, lr_dir: str | Path | None = None, limit: int | None = None
+) -> list[TestImage]:
+    """HR images under ``data_dir`` (recursive, sorted), or those named in ``list_file``
+    (one per line, relative path with or without extension: the ``test.txt`` lists name
+    ``25531`` for ``25531.jpg``), paired with same-named LR images in ``lr_dir`` if given."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    paths = _index_images(root)
+    if list_file is not None:
+        by_name: dict[str, list[Path]] = {}
+        for p in paths:
+            rel = p.relative_to(root)
+            for key in {rel.as_posix(), rel.with_suffix("").as_posix()}:
+                by_name.setdefault(key, []).append(p)
+        names = [n.strip() for n in Path(list_file).read_text().splitlines()]
+        names = [n for n in names if n and not n.startswith("#")]
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise FileNotFoundError(f"{list_file}: {len(missing)} listed images not under {root}, e.g. {missing[:3]}")
+        ambiguous = [n for n in names if len(by_name[n]) > 1]
+        if ambiguous:
+            raise ValueError(f"{list_file}: names match several files under {root}, e.g. {ambiguous[0]!r}")
+        paths = [by_name[n][0] for n in names]
+    if limit is not None:
+        paths = paths[:limit]
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    images = [TestImage(p.relative_to(root).as_posix(), p) for p in paths]
+    return [TestImage(i.name, i.hr_path, _find_lr(Path(lr_dir), i.name)) for i in images] if lr_dir else images
+
+
+def _find_lr(lr_dir: Path, name: str) -> Path:
+    """The LR image for HR ``name``: the same relative path, or the same stem with another
+    image suffix (benchmark LR sets are PNG even where HR is not)."""
+    exact = lr_dir / name
+    if exact.is_file():
+        return exact
+    for suffix in IMAGE_SUFFIXES:
+        candidate = exact.with_suffix(suffix)
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no LR image for {name} in {lr_dir} (looked for {exact.name} and other suffixes)")
+
+
+def read_rgb(path: Path) -> Image.Image:
+    """An RGB image with its EXIF orientation applied (grayscale becomes 3 equal channels)."""
+    try:
+        with Image.open(path) as im:
+            return ImageOps.exif_transpose(im).convert("RGB")
+    except Exception as e:  # PIL raises several unrelated types for bad files
+        raise ValueError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+
+
+def load_lr_hr(image: TestImage, downsample: str = "bicubic") -> tuple[Image.Image, Image.Image, bool]:
+    """(LR, HR, whether HR was cropped to a multiple of the scale)."""
+    hr = read_rgb(image.hr_path)
+    cropped = crop_to_multiple(hr, SCALE)
+    was_cropped = cropped.size != hr.size
+    if image.lr_path is None:
+        return downscale(cropped, SCALE, downsample), cropped, was_cropped
+    lr = read_rgb(image.lr_path)
+    expected = (cropped.width // SCALE, cropped.height // SCALE)
+    if lr.size != expected:
+        raise ValueError(
+            f"{image.lr_path}: LR is {lr.width}x{lr.height}, expected {expected[0]}x{expected[1]} "
+            f"(HR {image.hr_path} cropped to {cropped.width}x{cropped.height}, / {SCALE})"
+        )
+    return lr, cropped, was_cropped
+
+
+def describe_degradation(images: Sequence[TestImage], downsample: str) -> str:
+    lr_dirs = sorted({str(i.lr_path.parent) for i in images if i.lr_path is not None})
+    if lr_dirs:
+        where = lr_dirs[0] if len(lr_dirs) == 1 else os.path.commonpath(lr_dirs)
+        return f"LR = precomputed x{SCALE} images from {where}"
+    return f"LR = HR downscaled x{SCALE} with PIL {downsample} (antialiased; srdeploy.degrade.downscale)"
+
+
+# --- models ------------------------------------------------------------------------
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """float [0, 1] -> uint8, rounded to nearest (the protocol measures rounded SR)."""
+    return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def resolve_device(device: str) -> str:
+    """auto|cpu|cuda -> cpu|cuda; asking for CUDA without a visible GPU is an error, not a
+    silent CPU run whose timings would be mislabelled."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA GPU")
+    return device
+
+
+def is_runtime_model(spec: str) -> bool:
+    return spec in RUNTIME_MODEL_NAMES or spec.lower().endswith(".onnx")
+
+
+def default_model_names(specs: Sequence[str]) -> list[str]:
+    """Row names: the shipped name or the file stem; "parent/stem" where stems collide
+    (run1/best.pt and run2/best.pt)."""
+    stems = [s if s in RUNTIME_MODEL_NAMES else Path(s).stem for s in specs]
+    return [
+        f"{Path(spec).parent.name}/{stem}" if stems.count(stem) > 1 and spec not in RUNTIME_MODEL_NAMES else stem
+        for spec, stem in zip(specs, stems)
+    ]
+
+
+def _checkpoint_model(path: Path, name: str, device: str) -> SRModel:
+    import torch
+
+    from srdeploy.training.checkpoint import load_generator
+
+    generator, meta = load_generator(path, map_location="cpu")
+    if generator.scale != SCALE:
+        raise ValueError(f"{path}: generator scale is x{generator.scale}; evaluate measures x{SCALE}")
+    generator = generator.to(device)
+    step = f", step {meta['step']}" if "step" in meta else ""
+
+    def upscale(lr: np.ndarray) -> np.ndarray:
+        x = torch.tensor(lr, device=device).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, h, w)
+        with torch.inference_mode():
+            y = generator(x)  # (1, 3, 4h, 4w) in [-1, 1]
+        return to_uint8(((y[0] + 1.0) / 2.0).permute(1, 2, 0).float().cpu().numpy())
+
+    return SRModel(name, f"{path} (PyTorch, {generator.arch()}{step}, {device})", upscale)
+
+
+def _runtime_model(spec: str, name: str, device: str) -> SRModel:
+    """Through the runtime's Upscaler with its default tiling, so the numbers are those of
+    the bytes ``srdeploy upscale`` writes (tiles overlap by the receptive radius: the same
+    output as untiled)."""
+    from srdeploy.upscaler import Upscaler
+
+    upscaler = Upscaler(spec, provider=device)
+    if upscaler.scale != SCALE:
+        raise ValueError(f"{spec}: model scale is x{upscaler.scale}; evaluate measures x{SCALE}")
+    info = upscaler.describe()
+
+    def upscale(lr: np.ndarray) -> np.ndarray:
+        return to_uint8(upscaler.upscale_array(lr.astype(np.float32) / 255.0))
+
+    where = f"{info['provider']}, tile {info['tile']}, overlap {info['overlap']}"
+    return SRModel(name, f"{spec} (ONNX Runtime via srdeploy.upscaler, {where}, sha256 {info['model_sha256'][:12]})", upscale)
+
+
+def load_model(spec: str, name: str | None = None, device: str = "cpu") -> SRModel:
+    """A checkpoint/state_dict ``.pt`` path, an ``.onnx`` path, or a shipped model name.
+    Raises ValueError/FileNotFoundError naming the model and the reason."""
+    name = name or default_model_names([spec])[0]
+    if name == BICUBIC:
+        raise ValueError(f"{spec}: the name {BICUBIC!r} is taken by the baseline row; pass --name")
+    if is_runtime_model(spec):
+        return _runtime_model(spec, name, device)
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"model not found: {spec} (a .pt checkpoint, an .onnx file or one of {RUNTIME_MODEL_NAMES})")
+    return _checkpoint_model(path, name, resolve_device(device))
+
+
+# --- the evaluation loop -----------------------------------------------------------
+
+
+def _nearest_up(lr: np.ndarray) -> np.ndarray:
+    return lr.repeat(SCALE, axis=0).repeat(SCALE, axis=1)
+
+
+def evaluate(
+    images: Sequence[TestImage],
+    models: Sequence[SRModel] = (),
+    downsample: str = "bicubic",
+    border: int = 4,
+    figure_count: int = 4,
+    progress: bool = False,
+) -> Evaluation:
+    """Bicubic and every model on every image. Only the first ``figure_count`` images'
+    outputs are kept (for the comparison figure); the rest are measured and dropped."""
+    from tqdm import tqdm
+
+    if downsample not in DOWNSAMPLE_METHODS:
+        raise ValueError(f"unknown downsample method {downsample!r}; use one of {sorted(DOWNSAMPLE_METHODS)}")
+    names = [BICUBIC] + [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model names must be unique (got {names}); pass --name for each model")
+    result = Evaluation(models=names, degradation=describe_degradation(images, downsample), border=border)
+    for i, image in enumerate(tqdm(images, desc="evaluate", unit="img", disable=not progress)):
+        lr_img, hr_img, cropped = load_lr_hr(image, downsample)
+        result.cropped += cropped
+        lr, hr = np.asarray(lr_img), np.asarray(hr_img)
+        panels = [(_nearest_up(lr), f"{image.name}\nLR (nearest x{SCALE})")]
+        outputs = [(BICUBIC, lambda _: np.asarray(upscale_bicubic(lr_img, SCALE)))]
+        outputs += [(m.name, m.upscale) for m in models]
+        for name, upscale in outputs:
+            start = time.perf_counter()
+            try:
+                sr = upscale(lr)
+            except Exception as e:
+                raise RuntimeError(f"{name} failed on {image.hr_path}: {type(e).__name__}: {e}") from e
+            seconds = time.perf_counter() - start
+            if sr.shape != hr.shape:
+                raise ValueError(f"{name} returned {sr.shape} for {image.hr_path}; expected {hr.shape}")
+            scores = evaluate_pair(sr, hr, border)
+            result.per_image.append({"image": image.name, "model": name, **scores, "seconds": seconds})
+            panels.append((sr, f"{name}\n{scores['psnr_y']:.2f} dB"))
+        if i < figure_count:
+            result.figure_rows.append(panels + [(hr, "HR")])
+    return result

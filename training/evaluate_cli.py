@@ -1,0 +1,140 @@
+"""The ``srdeploy evaluate`` command and its report files.
+
+Writes into OUTDIR: results.md (the table with the protocol and degradation stated),
+results.csv (one row per model), per_image.csv (one row per image and model) and
+comparison.png (LR | bicubic | each model | HR). Imports neither torch nor matplotlib at
+module level: ``srdeploy --help`` must stay instant.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import click
+
+from srdeploy.manifest import atomic_write_bytes
+from srdeploy.metrics import PROTOCOL
+from srdeploy.training.evaluate import METRICS, Evaluation
+
+COLUMNS = {"psnr_y": ("PSNR-Y (dB)", 2), "ssim_y": ("SSIM-Y", 4), "psnr_rgb": ("PSNR-RGB (dB)", 2)}
+
+
+def protocol_line(border: int) -> str:
+    """srdeploy.metrics.PROTOCOL with the border actually used."""
+    return PROTOCOL if border == 4 else PROTOCOL.replace("4-px border", f"{border}-px border")
+
+
+def _fmt(value: float, digits: int, signed: bool = False) -> str:
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def results_markdown(result: Evaluation, data: str, sources: dict[str, str]) -> str:
+    table = result.table()
+    header = ["model"] + [COLUMNS[m][0] for m in METRICS] + [f"Δ {COLUMNS[m][0]}" for m in METRICS]
+    lines = [
+        f"# srdeploy evaluate: {data}",
+        "",
+        f"{result.image_count} images from `{data}`; {result.degradation}"
+        + (f"; {result.cropped} HR images cropped to a multiple of 4" if result.cropped else "")
+        + ".",
+        f"Protocol: {protocol_line(result.border)}. Higher is better in every column; "
+        "Δ = gain over the bicubic row.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * (len(header) - 1),
+    ]
+    for row in table:
+        values = [_fmt(row[m], COLUMNS[m][1]) for m in METRICS]
+        if row["model"] == table[0]["model"]:
+            gains = ["—"] * len(METRICS)
+        else:
+            gains = [_fmt(row[f"gain_{m}"], COLUMNS[m][1], signed=True) for m in METRICS]
+        lines.append("| " + " | ".join([row["model"], *values, *gains]) + " |")
+    lines += ["", "Models (time per image includes pre/post-processing):", ""]
+    for row in table:
+        source = sources.get(row["model"], "PIL bicubic x4 upscale of the LR input")
+        lines.append(f"- {row['model']}: {source}; {row['seconds_per_image'] * 1000:.1f} ms/image")
+    return "\n".join(lines) + "\n"
+
+
+def _csv_text(rows: list[dict], fields: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def results_csv(result: Evaluation) -> str:
+    fields = ["model", *METRICS, *(f"gain_{m}" for m in METRICS), "seconds_per_image"]
+    rows = [{**r, "images": result.image_count} for r in result.table()]
+    return _csv_text(rows, fields + ["images"])
+
+
+def per_image_csv(result: Evaluation) -> str:
+    return _csv_text(result.per_image, ["image", "model", *METRICS, "seconds"])
+
+
+def write_report(result: Evaluation, out_dir: Path, data: str, sources: dict[str, str]) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, text in (
+        ("results.md", results_markdown(result, data, sources)),
+        ("results.csv", results_csv(result)),
+        ("per_image.csv", per_image_csv(result)),
+    ):
+        written[name] = atomic_write_bytes(out_dir / name, text.encode("utf-8"))
+    if result.figure_rows:
+        from srdeploy.training.figures import save_image_grid
+
+        title = f"x4 super-resolution; PSNR-Y, {result.border}-px border; {result.degradation}"
+        written["comparison.png"] = save_image_grid(result.figure_rows, out_dir / "comparison.png", suptitle=title)
+    return written
+
+
+@click.command("evaluate")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of HR images (recursive), e.g. ../shared/data/celeba_hq_256/test.")
+@click.option("--list", "list_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Evaluate only the images named here (one per line, extension optional).")
+@click.option("--lr-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Precomputed LR images with the HR names (e.g. Set5/LR_bicubic_x4) instead of downscaling.")
+@click.option("--model", "models", multiple=True,
+              help="A .pt checkpoint/state_dict, an .onnx file, or default|srresnet|srgan. Repeatable.")
+@click.option("--name", "names", multiple=True, help="Row name for each --model, in order (default: file stem).")
+@click.option("--downsample", type=click.Choice(["bicubic", "bilinear"]), default=None,
+              help="How LR is made from HR (default bicubic, antialiased; bilinear = the seed's recipe).")
+@click.option("--border", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Pixels removed on each side before measuring.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N images.")
+@click.option("--figure-count", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Images in comparison.png (0: no figure).")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for results.md, results.csv, per_image.csv and comparison.png.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where checkpoints run (and the ONNX Runtime provider).")
+def evaluate(data_dir, list_file, lr_dir, models, names, downsample, border, limit, figure_count, out_dir, device):
+    """PSNR-Y / SSIM-Y / RGB PSNR of bicubic and each model on a folder of HR images."""
+    from srdeploy.training.evaluate import evaluate as run_evaluation
+    from srdeploy.training.evaluate import default_model_names, find_test_images, load_model
+
+    if names and len(names) != len(models):
+        raise click.UsageError(f"got {len(names)} --name for {len(models)} --model; give one per model or none")
+    if lr_dir is not None and downsample is not None:
+        raise click.UsageError("--downsample has no effect with --lr-dir (the LR images are given); drop one")
+    try:
+        images = find_test_images(data_dir, list_file, lr_dir, limit)
+        names = names or default_model_names(models)
+        loaded = [load_model(spec, name, device) for spec, name in zip(models, names)]
+        result = run_evaluation(images, loaded, downsample or "bicubic", border, figure_count, progress=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from e
+    sources = {m.name: m.source for m in loaded}
+    written = write_report(result, out_dir, str(data_dir), sources)
+    click.echo(written["results.md"].read_text(encoding="utf-8"))
+    click.echo("wrote " + ", ".join(str(p) for p in written.values()))
