@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "evaluate": ("srdeploy.training.evaluate_cli", "evaluate", "PSNR/SSIM table and figure against bicubic."),
     "upscale": ("srdeploy.upscale_cli", "upscale", "Upscale images and folders 4x with ONNX Runtime (cpu/cuda/tensorrt)."),
     "export": ("srdeploy.export.cli", "export", "Checkpoint -> ONNX (fp32/fp16) and TensorRT, manifest, parity checks."),
+    "package": ("srdeploy.handlers.cli", "package", "Build a TorchServe archive (NAME.mar) and a safe config.properties."),
 }
 
 

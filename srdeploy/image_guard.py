@@ -80,13 +80,9 @@ class open_checked:
         return self.im
 
     def _check(self, im: Image.Image) -> None:
-        frames = getattr(im, "n_frames", 1)
-        if frames > 1 and im.format != "MPO":
-            what = "pages" if im.format == "TIFF" else "frames"
-            raise ImageError(f"{self.name}: {im.format} with {frames} {what}; only still, single images are supported")
         w, h = im.size
-        # Checked again here: catch_warnings is process-wide, so a concurrent thread could
-        # have reset the filter above; this cap does not depend on it.
+        # Checked here too: catch_warnings is process-wide, so a concurrent thread may have
+        # reset the filter above; this cap does not depend on it.
         if w * h > self.max_pixels:
             raise ImageError(
                 f"{self.name}: {w}x{h} ({w * h:,} pixels) exceeds the input cap of "
@@ -94,6 +90,13 @@ class open_checked:
             )
         if w < 1 or h < 1:
             raise ImageError(f"{self.name}: image has no pixels ({w}x{h})")
+        try:
+            frames = getattr(im, "n_frames", 1)  # walks frame headers, decodes no pixels
+        except Exception as e:
+            raise ImageError(f"{self.name}: corrupt {im.format} frame table ({why(e)})") from None
+        if frames > 1 and im.format != "MPO":
+            what = "pages" if im.format == "TIFF" else "frames"
+            raise ImageError(f"{self.name}: {im.format} with {frames} {what}; only still, single images are supported")
 
     def __exit__(self, *exc) -> None:
         self.im.close()

@@ -127,7 +127,10 @@ class Upscaler:
     # --- start-up -----------------------------------------------------------------
 
     def _start_onnx(self, requested: str) -> None:
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ProviderError("ONNX Runtime is not installed: pip install 'srdeploy[cpu]' (or 'srdeploy[gpu]' for CUDA/TensorRT)") from None
 
         path = self.model.path
         try:

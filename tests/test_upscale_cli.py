@@ -329,3 +329,13 @@ def test_a_second_run_into_the_same_folder_is_refused_while_one_is_live(toy, tmp
         run = upscale(EXAMPLES / "coffee.png", "-o", out, "--model", toy)
     assert run.returncode == 2 and "another srdeploy upscale is writing to" in run.stderr
     assert not outputs(out)
+
+
+def test_cli_defaults_match_the_library():
+    """The CLI repeats two constants so that `--help` imports nothing heavy; keep them equal."""
+    from srdeploy import upscale_cli
+    from srdeploy.upscaler import DEFAULT_TILE
+
+    params = {p.name: p.default for p in upscale_cli.upscale.params}
+    assert params["max_pixels"] == upscale_cli.DEFAULT_MAX_PIXELS == imaging.DEFAULT_MAX_PIXELS
+    assert params["tile"] == DEFAULT_TILE

@@ -1,0 +1,51 @@
+"""``srdeploy package``: the model as a TorchServe archive, plus a safe config.properties.
+
+Exit status: 0 on success, 2 when the archive could not be built (model, options, tools).
+Heavy imports happen inside the command.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_MAX_PIXELS = 512 * 512  # = srdeploy.handlers.config.DEFAULT_MAX_PIXELS (not imported: keeps --help light)
+
+
+@click.command("package")
+@click.option("--model", default="default", show_default=True, help="default | srresnet | srgan | PATH.onnx")
+@click.option("-o", "--output", "store", required=True, type=click.Path(path_type=Path, file_okay=False), help="Model store folder; NAME.mar is written into it.")
+@click.option("--name", default="srgan", show_default=True, help="Model name: the archive's file name and the URL path /predictions/NAME.")
+@click.option("--config", "properties", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Where to write config.properties [default: beside the model store folder].")
+@click.option("--port", type=click.IntRange(1, 65535 - 16), default=8080, show_default=True, help="Inference port; management, metrics, gRPC and worker ports follow it (+1..+5), all on 127.0.0.1.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Requests per batch (mixed sizes are fine).")
+@click.option("--max-batch-delay", type=click.IntRange(min=0), default=50, show_default=True, help="Milliseconds TorchServe waits to fill a batch.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes; they share the cores (ONNX Runtime threads = cores / workers).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True, help="Largest input in pixels (413 above); request/response size limits follow.")
+@click.option("--tile", type=click.IntRange(min=1), default=128, show_default=True, help="LR tile side, as `srdeploy upscale --tile` (same value, same bytes).")
+@click.option("--response-timeout", type=click.IntRange(min=1), default=None, help="Seconds per batch before TorchServe restarts the worker [default: sized from the model for a CPU].")
+@click.option("--force", is_flag=True, help="Replace an existing NAME.mar.")
+def package(model, store, name, properties, port, batch_size, max_batch_delay, workers, max_pixels, tile, response_timeout, force):
+    """Build MODEL_STORE/NAME.mar for TorchServe 0.12 and a safe config.properties.
+
+    Start it from the folder that should hold key_file.json (the API tokens):
+
+        torchserve --start --ts-config config.properties --foreground
+    """
+    from srdeploy.handlers.config import Ports, ServeConfig
+    from srdeploy.handlers.package import PackageError, build_archive
+    from srdeploy.zoo import ModelError
+
+    try:
+        config = ServeConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay, workers=workers, max_pixels=max_pixels, tile=tile, response_timeout_s=response_timeout)
+        done = build_archive(model, store, name, config, Ports(port), properties, force)
+    except (ModelError, PackageError, ValueError, ImportError, OSError) as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(2)
+    click.echo(f"wrote {done.archive} (model sha256 {done.model_sha256[:12]}, responseTimeout {done.response_timeout_s} s)")
+    click.echo(f"wrote {done.config_properties}")
+    click.echo(f"start: cd {done.config_properties.parent} && torchserve --start --ts-config {done.config_properties.name} --foreground")
+    click.echo(f"call:  curl -H \"Authorization: Bearer $(python -c \"import json; print(json.load(open('key_file.json'))['inference']['key'])\")\" "
+               f"-H 'Content-Type: image/png' --data-binary @face.png -o face_x4.png http://127.0.0.1:{port}/predictions/{name}")

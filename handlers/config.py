@@ -1,0 +1,277 @@
+"""What ``srdeploy package`` writes besides the model: the archive's model-config.yaml and
+the server's config.properties, and how their numbers are sized.
+
+Sizing, in brief (the reasons are next to each function):
+
+- pixel cap: the handler refuses inputs over ``max_pixels`` LR pixels before decoding
+  (default 512x512: a 2048x2048 output). The request/response size limits follow from it.
+- responseTimeout: one batch of ``batch_size`` images at the cap, tiled, on a slow CPU,
+  estimated from the model's own convolutions (FLOPs per LR pixel read off the graph).
+- threads: one worker by default, whose ONNX Runtime pool takes the cores available to
+  it (affinity and cgroup quota, divided among the model's workers; see
+  :func:`ort_threads`); TorchServe's Netty pools stay small.
+- safety: every listener on 127.0.0.1, token authorisation on, the model register/delete
+  API off, models loadable only from the store's own .mar files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from srdeploy.upscaler import DEFAULT_TILE
+
+MODEL_CONFIG_NAME = "model-config.yaml"
+CONFIG_PROPERTIES_NAME = "config.properties"
+DEFAULT_MAX_PIXELS = 512 * 512
+# Throughput assumed for the timeout: a busy 2-core VM. This repository's 2-core build
+# machine, under load, ran the B=8 generator at ~18 GFLOP/s (benchmarks/serve_bench.py).
+ASSUMED_CPU_FLOPS = 10e9
+# FLOPs per LR pixel when the graph holds ops the estimate does not know: about the
+# 16-block generator of the SRGAN paper (the 8-block one is 3.3e6).
+FALLBACK_FLOP_PER_LR_PIXEL = 5e6
+CODEC_SECONDS_PER_IMAGE = 5  # decode + PNG encode of a capped image, with room to spare
+MIN_RESPONSE_TIMEOUT = 60
+# Largest sample a response can carry per output pixel: 16-bit RGBA PNG, plus the PNG
+# filter byte per row and deflate's stored-block overhead on incompressible data.
+RESPONSE_BYTES_PER_PIXEL = 8 * 1.01
+METADATA_ALLOWANCE = 8 << 20  # EXIF/ICC/XMP an upload may carry beside its pixels
+_POINTWISE = {"Add", "Sub", "Mul", "Div", "Relu", "PRelu", "LeakyRelu", "Tanh", "Sigmoid", "Clip", "Identity", "Cast"}
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The knobs of a served model; validated on construction."""
+
+    batch_size: int = 4
+    """Requests TorchServe hands the handler at once (mixed sizes are fine). On the CPU each
+    image is still its own tiled run, so a batch saves per-request overhead, not compute."""
+    max_batch_delay_ms: int = 50
+    """How long TorchServe waits to fill a batch: small against a CPU upscale (seconds)."""
+    workers: int = 1
+    """Worker processes; they share the cores, so one worker with all of them is the
+    default (ONNX Runtime already uses every core for one image)."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Largest input in LR pixels (width x height), refused with 413 before decoding."""
+    tile: int = DEFAULT_TILE
+    """LR tile side, as ``srdeploy upscale --tile`` (same value, same bytes out)."""
+    provider: str = "auto"
+    """ONNX Runtime provider in the worker: auto (CUDA when it works, else CPU) | cpu | cuda."""
+    queue_size: int = 32
+    """Requests TorchServe queues before answering 503: a bound on waiting time."""
+    response_timeout_s: int | None = None
+    """Seconds a worker may take for one batch before TorchServe restarts it; None sizes
+    it from the model (see :func:`response_timeout`)."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "workers", "max_pixels", "tile", "queue_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_batch_delay_ms < 0:
+            raise ValueError(f"max_batch_delay_ms must be >= 0, got {self.max_batch_delay_ms}")
+        if self.provider not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"provider must be auto, cpu or cuda, got {self.provider!r}")
+        if self.response_timeout_s is not None and self.response_timeout_s < 1:
+            raise ValueError(f"response_timeout_s must be >= 1, got {self.response_timeout_s}")
+
+
+@dataclass(frozen=True)
+class Ports:
+    """TorchServe's listeners, one block of consecutive loopback ports from ``base``."""
+
+    base: int = 8080
+    inference: int = field(init=False)
+    management: int = field(init=False)
+    metrics: int = field(init=False)
+    grpc_inference: int = field(init=False)
+    grpc_management: int = field(init=False)
+    workers: int = field(init=False)  # first backend worker port (a Unix socket name on Linux)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.base <= 65535 - 16:
+            raise ValueError(f"port must be from 1 to {65535 - 16}, got {self.base}")
+        for offset, name in enumerate(("inference", "management", "metrics", "grpc_inference", "grpc_management", "workers")):
+            object.__setattr__(self, name, self.base + offset)
+
+
+# --- sizing ---------------------------------------------------------------------------
+
+
+def available_cores() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (a
+    container limited to 2 CPUs on a 64-core host must not start 64 threads)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return max(1, cores)
+
+
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by the cgroup quota (v2 cpu.max, else v1 cfs), None when unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+def ort_threads(workers: int, cores: int | None = None) -> int:
+    """ONNX Runtime intra-op threads for one of ``workers`` worker processes: the cores
+    available to it, shared, so that the workers together do not oversubscribe them."""
+    cores = available_cores() if cores is None else cores
+    return max(1, cores // max(1, workers))
+
+
+def flop_per_lr_pixel(onnx_path: str | os.PathLike) -> float | None:
+    """Multiply-adds x 2 per input pixel of a graph of convolutions, DepthToSpace and
+    pointwise ops; None when it holds anything else. A conv running after k x2
+    upsamplers costs 4^k times more per input pixel, which the walk carries along."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    weights = {t.name: list(t.dims) for t in graph.initializer}
+    area = {v.name: 1.0 for v in graph.input if v.name not in weights}  # output pixels per input pixel
+    total = 0.0
+    for node in graph.node:
+        scales = [area[name] for name in node.input if name in area]
+        if not scales:
+            continue  # constants only
+        scale = max(scales)
+        if node.op_type == "Conv":
+            dims = weights.get(node.input[1])
+            strides = [a.ints for a in node.attribute if a.name == "strides"]
+            if dims is None or len(dims) != 4 or any(s != 1 for s in (strides[0] if strides else [])):
+                return None
+            out_channels, in_per_group, kh, kw = dims
+            total += 2.0 * out_channels * in_per_group * kh * kw * scale
+        elif node.op_type == "DepthToSpace":
+            block = next(a.i for a in node.attribute if a.name == "blocksize")
+            scale *= block * block
+        elif node.op_type not in _POINTWISE:
+            return None
+        for name in node.output:
+            area[name] = scale
+    return total
+
+
+def response_timeout(config: ServeConfig, onnx_path: str | os.PathLike) -> int:
+    """Seconds for one full batch at the pixel cap, tiled, at ASSUMED_CPU_FLOPS.
+
+    Tiling recomputes the overlap around each tile: interior windows of
+    (tile + 2 x overlap)^2 for tile^2 output, the worst-case factor used here.
+    """
+    from srdeploy import tiling
+
+    import onnx
+
+    flops = flop_per_lr_pixel(onnx_path) or FALLBACK_FLOP_PER_LR_PIXEL
+    radius = tiling.graph_receptive_radius(onnx.load(str(onnx_path), load_external_data=False).graph)
+    overlap = tiling.FALLBACK_OVERLAP if radius is None else math.ceil(radius)
+    pixels = _tiled_pixels(config.max_pixels, config.tile, overlap)
+    per_image = pixels * flops / ASSUMED_CPU_FLOPS + CODEC_SECONDS_PER_IMAGE
+    return max(MIN_RESPONSE_TIMEOUT, math.ceil(config.batch_size * per_image))
+
+
+def _tiled_pixels(max_pixels: int, tile: int, overlap: int) -> float:
+    """LR pixels the model runs on for an input of ``max_pixels``, windows included."""
+    side = math.sqrt(max_pixels)
+    if side <= tile:
+        return max_pixels  # one window, the image itself
+    return max_pixels * ((tile + 2 * overlap) / tile) ** 2
+
+
+def max_request_bytes(config: ServeConfig) -> int:
+    """An upload at the cap: 16-bit RGBA stored uncompressed, plus metadata."""
+    return config.max_pixels * 8 + METADATA_ALLOWANCE
+
+
+def max_response_bytes(config: ServeConfig, scale: int = 4) -> int:
+    """The x4 output of an input at the cap in the largest encoding the handler writes."""
+    return math.ceil(config.max_pixels * scale * scale * RESPONSE_BYTES_PER_PIXEL) + (1 << 20)
+
+
+# --- rendering --------------------------------------------------------------------------
+
+
+def model_config_yaml(config: ServeConfig, timeout_s: int, name: str) -> str:
+    """model-config.yaml inside the archive: TorchServe's worker/batch keys at the top
+    level, the handler's own settings under ``handler``."""
+    return f"""\
+# srdeploy package: worker and batching settings for the {name} model (read by TorchServe)
+minWorkers: {config.workers}
+maxWorkers: {config.workers}
+batchSize: {config.batch_size}
+maxBatchDelay: {config.max_batch_delay_ms}  # ms TorchServe waits to fill a batch
+responseTimeout: {timeout_s}  # s for one batch at the pixel cap on a slow CPU; then the worker restarts
+# Read by srdeploy.handlers.torchserve_handler
+handler:
+  max_pixels: {config.max_pixels}  # LR pixels per input; larger ones get 413
+  tile: {config.tile}  # LR tile side, as `srdeploy upscale --tile`
+  provider: {config.provider}  # ONNX Runtime provider: auto | cpu | cuda
+"""
+
+
+def config_properties(store: Path, name: str, config: ServeConfig, timeout_s: int, ports: Ports = Ports()) -> str:
+    """config.properties for ``torchserve --ts-config``: safe defaults (see module doc)."""
+    store = Path(store).resolve()
+    # allowed_urls holds regular expressions: only .mar files directly in this store.
+    store_url = "file://" + re.escape(store.as_posix()) + r"/[^/]+\.mar"
+    netty = min(2, available_cores())
+    rows: list[tuple[str, Any]] = [
+        ("inference_address", f"http://127.0.0.1:{ports.inference}"),
+        ("management_address", f"http://127.0.0.1:{ports.management}"),
+        ("metrics_address", f"http://127.0.0.1:{ports.metrics}"),
+        ("grpc_inference_address", "127.0.0.1"),
+        ("grpc_inference_port", ports.grpc_inference),
+        ("grpc_management_address", "127.0.0.1"),
+        ("grpc_management_port", ports.grpc_management),
+        ("initial_worker_port", ports.workers),
+        ("disable_token_authorization", "false"),
+        ("enable_model_api", "false"),
+        ("enable_envvars_config", "false"),
+        ("install_py_dep_per_model", "false"),
+        ("model_store", store.as_posix()),
+        ("load_models", f"{name}={name}.mar"),
+        ("allowed_urls", store_url),
+        ("max_request_size", max_request_bytes(config)),
+        ("max_response_size", max_response_bytes(config)),
+        ("default_workers_per_model", config.workers),
+        ("default_response_timeout", timeout_s),
+        ("job_queue_size", config.queue_size),
+        ("number_of_netty_threads", netty),
+        ("netty_client_threads", min(netty, config.workers)),
+        ("metrics_mode", "prometheus"),
+    ]
+    lines = [
+        "# Written by `srdeploy package`. Safe by default: every listener on 127.0.0.1, token",
+        "# authorisation on (tokens in key_file.json, in the folder torchserve starts from),",
+        "# no model register/delete API, models only from this store. Size limits follow the",
+        f"# handler's pixel cap ({config.max_pixels:,} LR pixels); the ONNX Runtime threads of each",
+        "# worker are set by the handler from the cores available to it.",
+    ]
+    lines += [f"{key}={_property_value(str(value))}" for key, value in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _property_value(text: str) -> str:
+    """Escape a value for Java's Properties.load: backslashes, and non-ASCII as \\uXXXX."""
+    if any(c in text for c in "\r\n"):
+        raise ValueError(f"a config.properties value cannot hold a line break: {text!r}")
+    out = text.replace("\\", "\\\\")
+    units = out.encode("utf-16-be")  # characters beyond U+FFFF become surrogate pairs
+    codes = [int.from_bytes(units[i : i + 2], "big") for i in range(0, len(units), 2)]
+    return "".join(chr(c) if c < 0x80 else f"\\u{c:04x}" for c in codes)

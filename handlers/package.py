@@ -1,0 +1,135 @@
+"""Build ``MODEL_STORE/<name>.mar`` with torch-model-archiver, and the server config.
+
+The archive holds the ONNX model, a manifest.json with its sha256 (checked when a worker
+loads it), model-config.yaml, and a five-line entry file that subclasses srdeploy's
+handler: the code itself comes from the srdeploy installed where TorchServe runs, never
+from this checkout. Both files appear atomically (staged, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from srdeploy import __version__
+from srdeploy.handlers import config as serve_config
+from srdeploy.handlers.config import CONFIG_PROPERTIES_NAME, MODEL_CONFIG_NAME, Ports, ServeConfig
+from srdeploy.manifest import atomic_write_bytes, write_manifest
+from srdeploy.zoo import MODEL_FILE, ModelError, resolve_model
+
+ENTRY_MODULE = "srdeploy_entry"
+# TorchServe's own rule for model names (they become URL path segments).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+ENTRY_SOURCE = '''\
+"""TorchServe entry for the {name} model. The handler is srdeploy's own, imported from
+the srdeploy installed beside TorchServe (pip install 'srdeploy[serve]')."""
+
+try:
+    from srdeploy.handlers.torchserve_handler import UpscaleHandler
+except ImportError as e:  # not ImportError: TorchServe would retry it as a built-in handler name
+    raise RuntimeError(f"the {name} model needs srdeploy {version} or later in TorchServe's Python: pip install 'srdeploy[serve]' ({{e}})") from e
+
+
+class SrdeployUpscaleHandler(UpscaleHandler):
+    """TorchServe instantiates the one class defined in its entry module."""
+'''
+
+
+class PackageError(RuntimeError):
+    """The archive could not be built; the message says why."""
+
+
+@dataclass(frozen=True)
+class Packaged:
+    archive: Path
+    config_properties: Path
+    model_name: str
+    model_sha256: str
+    response_timeout_s: int
+
+
+def build_archive(
+    model: str | os.PathLike,
+    store: str | os.PathLike,
+    name: str = "srgan",
+    config: ServeConfig = ServeConfig(),
+    ports: Ports = Ports(),
+    properties_path: str | os.PathLike | None = None,
+    force: bool = False,
+) -> Packaged:
+    """``model`` (default|srresnet|srgan|PATH.onnx) -> ``store/<name>.mar`` and
+    config.properties (default: beside the store folder). Raises ModelError for an
+    unusable model, PackageError for everything else."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise PackageError(f"model name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit")
+    ref = resolve_model(model)
+    if ref.kind != "onnx":
+        raise ModelError(f"{ref.path}: TorchServe archives carry an ONNX model; package the .onnx the engine was built from")
+    store = Path(store).expanduser().resolve()
+    if store.exists() and not store.is_dir():
+        raise PackageError(f"model store {store} exists and is not a folder")
+    store.mkdir(parents=True, exist_ok=True)
+    archive = store / f"{name}.mar"
+    if archive.exists() and not force:
+        raise PackageError(f"{archive} already exists; pass --force to replace it")
+    properties = Path(properties_path).expanduser().resolve() if properties_path else store.parent / CONFIG_PROPERTIES_NAME
+    timeout = config.response_timeout_s or serve_config.response_timeout(config, ref.path)
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.mar-", dir=store))  # same file system: os.replace is atomic
+    try:
+        files = staging / "files"
+        files.mkdir()
+        shutil.copyfile(ref.path, files / MODEL_FILE)
+        write_manifest(files, _manifest_info(ref, name, config), files=[MODEL_FILE])
+        (files / MODEL_CONFIG_NAME).write_text(serve_config.model_config_yaml(config, timeout, name), encoding="utf-8")
+        entry = files / f"{ENTRY_MODULE}.py"
+        entry.write_text(ENTRY_SOURCE.format(name=name, version=__version__), encoding="utf-8")
+        _run_archiver(name, files, entry, staging)
+        os.replace(staging / f"{name}.mar", archive)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    text = serve_config.config_properties(store, name, config, timeout, ports)
+    atomic_write_bytes(properties, text.encode("ascii"))
+    return Packaged(archive, properties, name, ref.sha256, timeout)
+
+
+def _manifest_info(ref, name: str, config: ServeConfig) -> dict:
+    """The source manifest's description of the model (training config, metrics...) with
+    the packaging facts added; no local paths."""
+    info = {k: v for k, v in (ref.manifest or {}).items() if k not in ("files", "manifest_version")}
+    source = ref.name if ref.name in ("srresnet", "srgan") else Path(ref.name).name
+    info["torchserve"] = {"model_name": name, "source_model": source, "srdeploy_version": __version__, "max_pixels": config.max_pixels, "tile": config.tile}
+    return info
+
+
+def _run_archiver(name: str, files: Path, entry: Path, staging: Path) -> None:
+    """torch-model-archiver in a subprocess, with a private TMPDIR: it assembles archives
+    in $TMPDIR/<name> and deletes that folder first, which two concurrent builds of the
+    same name would otherwise share."""
+    tmp = staging / "tmp"
+    tmp.mkdir()
+    command = [
+        sys.executable, "-m", "model_archiver.model_packaging",
+        "--model-name", name,
+        "--version", __version__,
+        "--serialized-file", str(files / MODEL_FILE),
+        "--handler", str(entry),
+        "--extra-files", str(files / "manifest.json"),
+        "--config-file", str(files / MODEL_CONFIG_NAME),
+        "--export-path", str(staging),
+    ]
+    env = {**os.environ, "TMPDIR": str(tmp), "TEMP": str(tmp), "TMP": str(tmp)}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    except FileNotFoundError as e:
+        raise PackageError(f"cannot run torch-model-archiver ({e})") from None
+    if done.returncode != 0 or not (staging / f"{name}.mar").is_file():
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        hint = " (install it: pip install 'srdeploy[serve]')" if "No module named" in done.stderr else ""
+        raise PackageError(f"torch-model-archiver failed with exit status {done.returncode}{hint}: {' / '.join(detail[-5:]) or 'no output'}")

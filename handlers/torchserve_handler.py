@@ -1,0 +1,173 @@
+"""The TorchServe handler: image bytes in, the 4x image out, one status per request.
+
+It runs the same :class:`srdeploy.upscaler.Upscaler` as ``srdeploy upscale`` (same
+tiling, image checks and encoders), so a request gives the bytes the CLI writes for the
+same input and settings: ``--format png`` for the default, ``--tile`` as configured.
+
+TorchServe batches requests; every item gets its own answer. A bad item (not an image,
+over the pixel cap, truncated, bad options) gets a 4xx status and a JSON message through
+``context.set_response_status(code, phrase, idx)`` while the others succeed:
+
+- 400: no image, bad options, or a supported format whose data is corrupt or truncated;
+- 413: more pixels than the cap (refused from the header, nothing decoded);
+- 415: not an image of a supported format (text, HEIC, ...);
+- 500/507: an internal failure or out of memory for that item only.
+
+The archive's entry file subclasses :class:`UpscaleHandler` (TorchServe wants the class
+defined in the entry module), so the archive carries no code of its own and needs
+srdeploy installed where TorchServe runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from srdeploy import imaging
+from srdeploy.handlers.config import DEFAULT_MAX_PIXELS, ort_threads
+from srdeploy.handlers.request import RequestError, parse_request
+from srdeploy.upscaler import DEFAULT_TILE, Upscaler
+from srdeploy.zoo import MODEL_FILE, ModelError, resolve_model
+
+logger = logging.getLogger(__name__)
+
+CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "TIFF": "image/tiff", "BMP": "image/bmp"}
+PHRASES = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type", 500: "Internal Server Error", 507: "Insufficient Storage"}
+ERROR_TYPES = {400: "BadRequest", 413: "PayloadTooLarge", 415: "UnsupportedMediaType", 500: "InternalServerError", 507: "InsufficientStorage"}
+NOTE_HEADER = "X-Upscale-Note"  # why the output format differs from the one asked for
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    """The ``handler:`` section of model-config.yaml, plus the worker count."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    tile: int = DEFAULT_TILE
+    provider: str = "auto"
+    workers: int = 1
+
+    @classmethod
+    def from_model_config(cls, config: dict[str, Any] | None) -> "HandlerSettings":
+        config = config or {}
+        section = config.get("handler") or {}
+        try:
+            return cls(
+                max_pixels=int(section.get("max_pixels", DEFAULT_MAX_PIXELS)),
+                tile=int(section.get("tile", DEFAULT_TILE)),
+                provider=str(section.get("provider", "auto")),
+                workers=int(config.get("maxWorkers", config.get("minWorkers", 1))),
+            )
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"model-config.yaml: bad handler setting ({e})") from None
+
+
+class UpscaleHandler:
+    """TorchServe custom handler (``initialize`` once per worker, ``handle`` per batch)."""
+
+    def __init__(self) -> None:
+        self.upscaler: Upscaler | None = None
+        self.settings = HandlerSettings()
+
+    def initialize(self, context: Any) -> None:
+        props = context.system_properties
+        model_dir = Path(props["model_dir"])
+        self.settings = HandlerSettings.from_model_config(getattr(context, "model_yaml_config", None))
+        model = resolve_model(model_dir / MODEL_FILE)  # checks its sha256 against the manifest beside it
+        if model.manifest is None:
+            raise ModelError(f"{model_dir}: the archive has no manifest.json listing {MODEL_FILE}; rebuild it with `srdeploy package`")
+        gpu_id = props.get("gpu_id")
+        if gpu_id is not None and self.settings.provider != "cpu":
+            pin_gpu(int(gpu_id))
+        # As the CLI does: Pillow's own bomb guard (89 Mpx) must not undercut a larger cap.
+        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, self.settings.max_pixels)
+        threads = ort_threads(self.settings.workers)
+        self.upscaler = Upscaler(model, provider=self.settings.provider, tile=self.settings.tile, threads=threads)
+        d = self.upscaler.describe()
+        logger.info(
+            "srdeploy handler ready: model %s (sha256 %s), x%d, provider %s%s, tile %d + %d overlap, %d ORT threads, cap %d px",
+            context.model_name, d["model_sha256"][:12], d["scale"], d["provider"],
+            f" ({self.upscaler.note})" if self.upscaler.note else "", d["tile"], d["overlap"], d["threads"], self.settings.max_pixels,
+        )
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
+        """One response per request, in order; statuses set per item on ``context``."""
+        if self.upscaler is None:
+            raise RuntimeError("UpscaleHandler.handle called before initialize")
+        return [self._answer(idx, params, context) for idx, params in enumerate(data)]
+
+    def _answer(self, idx: int, params: Any, context: Any) -> bytes:
+        request_id = context.get_request_id(idx) or str(idx)
+        name = f"request {request_id}"
+        start = time.perf_counter()
+        try:
+            request = parse_request(params, _headers(context, idx), name)
+            try:
+                encoded = self.upscaler.upscale_bytes(request.data, name, request.format, request.quality, self.settings.max_pixels)
+            except imaging.ImageError as e:
+                raise image_refusal(e, request.data, name, self.settings.max_pixels) from None
+        except RequestError as e:
+            logger.info("%s refused (%d): %s", name, e.status, e)
+            return _error(context, idx, e.status, str(e))
+        except MemoryError:
+            logger.error("%s: out of memory", name)
+            return _error(context, idx, 507, f"{name}: out of memory while upscaling; try a smaller image")
+        except Exception as e:  # one item's failure must not take the batch down
+            logger.exception("%s failed", name)
+            return _error(context, idx, 500, f"{name}: upscaling failed ({type(e).__name__}: {e})")
+        context.set_response_content_type(idx, CONTENT_TYPES[encoded.format])
+        if encoded.note:
+            context.set_response_header(idx, NOTE_HEADER, encoded.note)
+        logger.debug("%s: %dx%d %s in %.3f s", name, encoded.width, encoded.height, encoded.format, time.perf_counter() - start)
+        return encoded.data
+
+
+def image_refusal(error: imaging.ImageError, data: bytes, name: str, max_pixels: int) -> RequestError:
+    """The answer to bytes the Upscaler refused: 413 when the header declares more pixels
+    than the cap, 415 when they are not an image of a supported format, else 400."""
+    if imaging.sniff(data[:64]) not in imaging.ALLOWED_FORMATS:
+        return RequestError(415, str(error))
+    try:
+        info = imaging.probe(data, name, sys.maxsize)  # the header alone, without the cap
+    except imaging.ImageError:
+        return RequestError(400, str(error))  # a supported format with a broken header
+    pixels = info.width * info.height
+    if pixels > max_pixels:
+        # The shared message names the CLI's --max-pixels; an API client needs the server's cap.
+        return RequestError(413, f"{name}: {info.width}x{info.height} ({pixels:,} pixels) exceeds this server's cap of {max_pixels:,} pixels; send a smaller image")
+    return RequestError(400, str(error))
+
+
+def pin_gpu(gpu_id: int) -> None:
+    """Make TorchServe's GPU ``gpu_id`` (an index among the visible GPUs) the only one this
+    worker sees, so that ONNX Runtime's device 0 is the one TorchServe assigned. Must run
+    before CUDA starts in the process."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        devices = [d.strip() for d in visible.split(",") if d.strip()]
+        if gpu_id >= len(devices):
+            raise ValueError(f"TorchServe assigned GPU {gpu_id} but CUDA_VISIBLE_DEVICES={visible!r} lists {len(devices)}")
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices[gpu_id]
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_id)
+
+
+def _headers(context: Any, idx: int) -> dict[str, str]:
+    """The request's HTTP headers (TorchServe mixes per-field content types in; skip those)."""
+    headers = context.get_all_request_header(idx) or {}
+    return {k: v for k, v in headers.items() if isinstance(v, str)}
+
+
+def _error(context: Any, idx: int, status: int, message: str) -> bytes:
+    """TorchServe's own error shape ({code, type, message}), as JSON."""
+    context.set_response_status(status, PHRASES[status], idx)
+    context.set_response_content_type(idx, "application/json")
+    body = {"code": status, "type": ERROR_TYPES[status], "message": message}
+    return json.dumps(body).encode("utf-8")

@@ -1,0 +1,87 @@
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from srdeploy.degrade import downscale
+from srdeploy.training.data import CorruptImageError, EpochSampler, SRDataset, list_images
+
+
+def _save(path, size=(64, 48), seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for i in range(3):
+        _save(tmp_path / f"{i}.png", seed=i)
+    _save(tmp_path / "sub" / "3.jpg", seed=3)
+    return tmp_path
+
+
+def test_recursive_listing_and_list_files_with_or_without_extensions(folder):
+    assert [p.name for p in list_images(folder)] == ["0.png", "1.png", "2.png", "3.jpg"]
+    (folder / "names.txt").write_text("2\nsub/3.jpg\n")
+    assert [p.name for p in list_images(folder, folder / "names.txt")] == ["2.png", "3.jpg"]
+    (folder / "bad.txt").write_text("2\n99\n")
+    with pytest.raises(FileNotFoundError, match="bad.txt: 1 listed images missing.*99"):
+        list_images(folder, folder / "bad.txt")
+
+
+def test_pairs_are_the_shared_degradation_of_the_crop(folder):
+    ds = SRDataset(folder, patch=32, flip=False)
+    lr, hr = ds[0]  # int index: centre crop, no augmentation
+    assert lr.shape == (3, 8, 8) and hr.shape == (3, 32, 32)
+    assert lr.min() >= 0 and lr.max() <= 1 and hr.min() >= -1 and hr.max() <= 1
+    img = Image.open(folder / "0.png").convert("RGB").crop((16, 8, 48, 40))
+    expected = np.asarray(downscale(img, 4, "bicubic"), dtype=np.float32) / 255
+    np.testing.assert_allclose(lr.permute(1, 2, 0).numpy(), expected, atol=1e-6)
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index(folder):
+    ds = SRDataset(folder, patch=16)
+    a, b = ds[(0, 1)], ds[(0, 1)]
+    assert torch.equal(a[1], b[1])
+    assert any(not torch.equal(ds[(e, 1)][1], a[1]) for e in range(1, 6))
+
+
+def test_bad_files_are_skipped_with_a_warning_and_counted(folder):
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not an image")
+    _save(folder / "tiny.png", size=(8, 8))
+    with pytest.warns(UserWarning) as caught:
+        ds = SRDataset(folder, patch=32)
+    assert len(ds) == 4
+    assert sorted(p.name for p, _ in ds.skipped) == ["empty.png", "notes.jpg", "tiny.png"]
+    assert any("tiny.png" in str(w.message) and "smaller than" in str(w.message) for w in caught)
+
+
+def test_a_file_that_breaks_after_the_scan_names_itself_through_the_loader(folder):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = SRDataset(folder, patch=16)
+    buf = io.BytesIO()
+    Image.open(folder / "1.png").save(buf, "JPEG")
+    (folder / "1.png").write_bytes(buf.getvalue()[:300])  # truncated after the header scan
+    loader = DataLoader(ds, batch_size=2, sampler=EpochSampler(len(ds)), num_workers=1)
+    with pytest.raises(CorruptImageError, match=r"1\.png: cannot decode"):
+        list(loader)
+
+
+def test_epoch_sampler_shards_and_resumes():
+    full = list(EpochSampler(10, seed=1))
+    ranks = [EpochSampler(10, seed=1, rank=r, world_size=2) for r in range(2)]
+    shards = [list(s) for s in ranks]
+    assert sorted(i for s in shards for _, i in s) == list(range(10))
+    resumed = EpochSampler(10, seed=1)
+    resumed.set_epoch(0, start=4)
+    assert list(resumed) == full[4:]
+    later = EpochSampler(10, seed=1)
+    later.set_epoch(1)
+    assert [i for _, i in later] != [i for _, i in full]

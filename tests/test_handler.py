@@ -1,0 +1,348 @@
+"""The TorchServe handler and the archive builder without a server (no Java).
+
+The handler is loaded the way TorchServe loads it: the .mar that `srdeploy package`
+builds is unpacked, its entry module imported from the unpacked folder, and the one class
+in it instantiated; requests go through TorchServe's own Context/RequestProcessor
+objects (pure Python), with the bytearray parameters TorchServe passes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import re
+import struct
+import subprocess
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import REPO
+from srdeploy import png16, zoo
+from srdeploy.handlers import config as serve_config
+from srdeploy.handlers.config import Ports, ServeConfig
+from srdeploy.handlers.package import ENTRY_MODULE, PackageError, build_archive
+from srdeploy.upscaler import Upscaler
+
+ts_context = pytest.importorskip("ts.context", reason="torchserve is not installed (pip install 'srdeploy[serve]')")
+SRDEPLOY = REPO / ".venv" / "bin" / "srdeploy"
+ARCHIVE_FILES = {f"{ENTRY_MODULE}.py", "model.onnx", "manifest.json", "model-config.yaml", "MAR-INF/MANIFEST.json"}
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def encoded(array: np.ndarray, fmt: str, **options) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, fmt, **options)
+    return out.getvalue()
+
+
+def noise(rng, h: int, w: int, channels: int = 3) -> np.ndarray:
+    shape = (h, w) if channels == 1 else (h, w, channels)
+    return rng.integers(0, 256, shape, dtype=np.uint8)
+
+
+def unpack(archive: Path, into: Path) -> Path:
+    """What TorchServe does with a .mar before loading it."""
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(into)
+    return into
+
+
+def load_handler(model_dir: Path, gpu: int | None = None):
+    """Import the archive's entry module from its folder and initialise its one class,
+    as ts.model_loader does; returns (handler, context)."""
+    from ts.utils.util import list_classes_from_module
+
+    spec = importlib.util.spec_from_file_location(f"{ENTRY_MODULE}_{abs(hash(model_dir))}", model_dir / f"{ENTRY_MODULE}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    classes = list_classes_from_module(module)
+    assert len(classes) == 1, classes
+    manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
+    model_config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
+    context = ts_context.Context("srgan", str(model_dir), manifest, model_config["batchSize"], gpu, "0.12.0", model_yaml_config=model_config)
+    handler = classes[0]()
+    handler.initialize(context)
+    return handler, context
+
+
+def send(handler, context, requests: list[tuple[dict, dict]]) -> list[dict]:
+    """One batch of (parameters, headers) -> [{status, type, headers, body}] per request."""
+    context.request_ids = {i: f"req-{i}" for i in range(len(requests))}
+    processors = []
+    for params, headers in requests:
+        # TorchServe lists each parameter's content type among the headers, as a dict.
+        merged = {name: {"content-type": "application/octet-stream"} for name in params}
+        processors.append(ts_context.RequestProcessor({**merged, **headers}))
+    context.request_processor = processors
+    data = [{k: bytearray(v) if isinstance(v, bytes) else v for k, v in params.items()} for params, _ in requests]
+    bodies = handler.handle(data, context)
+    assert len(bodies) == len(requests)
+    answers = []
+    for idx, body in enumerate(bodies):
+        status, _ = context.get_response_status(idx)
+        answers.append({"status": status, "type": context.get_response_content_type(idx), "headers": context.get_response_headers(idx), "body": body})
+    return answers
+
+
+@pytest.fixture
+def archive(tiny_onnx, tmp_path):
+    """A real srgan.mar around the tiny generator, pixel cap 48x48, unpacked."""
+    done = build_archive(tiny_onnx, tmp_path / "store", "srgan", ServeConfig(max_pixels=48 * 48, batch_size=8, workers=2))
+    return done, unpack(done.archive, tmp_path / "unpacked")
+
+
+@pytest.fixture
+def served(archive):
+    return load_handler(archive[1])
+
+
+# --- the handler ----------------------------------------------------------------------------
+
+
+def test_initialize_takes_settings_from_the_archive_and_threads_from_the_cores(archive, monkeypatch):
+    monkeypatch.setattr(serve_config, "available_cores", lambda: 6)
+    handler, _ = load_handler(archive[1])
+    d = handler.upscaler.describe()
+    assert handler.settings.max_pixels == 48 * 48
+    assert (d["tile"], d["provider"], d["scale"]) == (128, "cpu", 4)
+    assert d["threads"] == 3  # 6 cores shared by the archive's 2 workers
+    assert d["model_sha256"] == archive[0].model_sha256
+
+
+def test_a_batch_of_mixed_sizes_gives_the_clis_bytes_for_each(served, tiny_onnx, rng):
+    handler, context = served
+    images = [encoded(noise(rng, 12, 20), "PNG"), encoded(noise(rng, 33, 17), "JPEG", quality=90), encoded(noise(rng, 16, 16, 1), "PNG"), encoded(noise(rng, 5, 40, 4), "PNG")]
+    answers = send(handler, context, [({"body": data}, {"Content-Type": "image/png"}) for data in images])
+    reference = Upscaler(tiny_onnx, provider="cpu", tile=128)  # what `srdeploy upscale --format png` runs
+    for data, answer in zip(images, answers):
+        expected = reference.upscale_bytes(data, "x", "png")
+        assert (answer["status"], answer["type"]) == (200, "image/png")
+        assert answer["body"] == expected.data
+        w, h = Image.open(io.BytesIO(data)).size
+        assert Image.open(io.BytesIO(answer["body"])).size == (4 * w, 4 * h)
+
+
+def test_bad_items_get_their_own_4xx_while_the_rest_succeed(served, rng):
+    handler, context = served
+    good = encoded(noise(rng, 10, 10), "PNG")
+    big = encoded(noise(rng, 49, 48), "PNG")  # 2352 > 48 x 48 = 2304 pixels
+    huge_header = png16.PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 3000, 2000, 8, 2, 0, 0, 0)) + _chunk(b"IDAT", b"junk")
+    requests = [
+        ({"body": good}, {}),
+        ({"body": b"shopping list: eggs, milk\n"}, {}),
+        ({"body": good[: len(good) // 2]}, {}),
+        ({"body": big}, {}),
+        ({"body": huge_header}, {}),
+        ({"body": b"GIF89a" + b"\0" * 20}, {}),
+        ({"body": b""}, {}),
+        ({"body": good}, {"X-Output-Format": "gif"}),
+        ({"body": good, "quality": b"high"}, {"X-Output-Format": "jpeg"}),
+        ({"body": {"url": "http://example.com/face.png"}}, {}),
+        ({"photo": good, "scan": good}, {}),
+        ({"body": good}, {}),
+    ]
+    answers = send(handler, context, requests)
+    statuses = [a["status"] for a in answers]
+    assert statuses == [200, 415, 400, 413, 413, 400, 400, 400, 400, 400, 400, 200]
+    reasons = [
+        None, "not an image (the file holds text)", "corrupt or truncated PNG data", "48x49 (2,352 pixels) exceeds this server's cap of 2,304 pixels",
+        "3000x2000 (6,000,000 pixels) exceeds", "GIF", "'body' is empty", "unknown output format 'gif'", "quality must be a whole number from 1 to 100, got 'high'",
+        "holds dict data", "no image found", None,
+    ]
+    for idx, (answer, reason) in enumerate(zip(answers, reasons)):
+        if reason is None:
+            assert answer["type"] == "image/png" and answer["body"] == answers[0]["body"]
+            continue
+        error = json.loads(answer["body"])
+        assert answer["type"] == "application/json"
+        assert error["code"] == answer["status"]
+        assert error["message"].startswith(f"request req-{idx}: "), error
+        assert reason in error["message"], error
+
+
+def test_output_format_from_header_or_field(served, tiny_onnx, rng):
+    handler, context = served
+    rgb, rgba = encoded(noise(rng, 12, 14), "PNG"), encoded(noise(rng, 12, 14, 4), "PNG")
+    jpeg = encoded(noise(rng, 8, 8), "JPEG")
+    answers = send(handler, context, [
+        ({"body": rgb}, {"X-Output-Format": "JPEG", "X-Output-Quality": "80"}),
+        ({"image": rgb, "format": b"webp", "quality": b"70"}, {}),
+        ({"image": rgb, "format": b"png"}, {"x-output-format": "webp"}),  # the field wins
+        ({"body": jpeg}, {"X-Output-Format": "same"}),
+        ({"body": rgba}, {"X-Output-Format": "jpg"}),
+    ])
+    reference = Upscaler(tiny_onnx, provider="cpu", tile=128)
+    expected = [
+        ("image/jpeg", reference.upscale_bytes(rgb, "x", "jpg", 80)),
+        ("image/webp", reference.upscale_bytes(rgb, "x", "webp", 70)),
+        ("image/png", reference.upscale_bytes(rgb, "x", "png")),
+        ("image/jpeg", reference.upscale_bytes(jpeg, "x", "same")),
+        ("image/png", reference.upscale_bytes(rgba, "x", "jpg")),  # alpha forces PNG
+    ]
+    for answer, (content_type, out) in zip(answers, expected):
+        assert (answer["status"], answer["type"]) == (200, content_type)
+        assert answer["body"] == out.data
+    assert answers[4]["headers"]["X-Upscale-Note"] == "JPEG cannot store alpha, wrote PNG"
+    assert "X-Upscale-Note" not in answers[0]["headers"]
+
+
+def test_the_gpu_torchserve_assigns_becomes_the_workers_only_visible_one(archive, monkeypatch):
+    """The GPU is mocked: TorchServe's gpu_id reaches CUDA_VISIBLE_DEVICES; without CUDA in
+    this ONNX Runtime, provider auto still runs on the CPU."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    handler, _ = load_handler(archive[1], gpu=1)
+    import os
+
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+    assert handler.upscaler.provider == "cpu"
+
+
+def test_a_damaged_or_incomplete_archive_is_refused_at_load(archive):
+    _, model_dir = archive
+    model = model_dir / "model.onnx"
+    model.write_bytes(model.read_bytes()[:-1] + b"\0")
+    with pytest.raises(zoo.ModelError, match="sha256 .* differs"):
+        load_handler(model_dir)
+    (model_dir / "manifest.json").unlink()
+    with pytest.raises(zoo.ModelError, match="no manifest.json"):
+        load_handler(model_dir)
+
+
+# --- the archive and the server config ----------------------------------------------------
+
+
+def test_archive_holds_only_the_model_manifest_config_and_entry(archive, tiny_onnx):
+    done, model_dir = archive
+    with zipfile.ZipFile(done.archive) as z:
+        assert set(z.namelist()) == ARCHIVE_FILES
+        texts = [z.read(n) for n in z.namelist()]
+    for text in texts:  # nothing points back into this checkout or the build folder
+        assert str(REPO).encode() not in text and str(tiny_onnx.parent).encode() not in text
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["files"]["model.onnx"]["sha256"] == done.model_sha256 == zoo.resolve_model(tiny_onnx).sha256
+    model_config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
+    assert model_config["batchSize"] == 8 and model_config["minWorkers"] == model_config["maxWorkers"] == 2
+    assert model_config["responseTimeout"] == done.response_timeout_s >= serve_config.MIN_RESPONSE_TIMEOUT
+    assert model_config["handler"] == {"max_pixels": 48 * 48, "tile": 128, "provider": "auto"}
+    entry = (model_dir / f"{ENTRY_MODULE}.py").read_text()
+    assert "from srdeploy.handlers.torchserve_handler import UpscaleHandler" in entry
+
+
+def test_config_properties_is_safe_by_default(archive):
+    done, _ = archive
+    props = dict(line.split("=", 1) for line in done.config_properties.read_text().splitlines() if line and not line.startswith("#"))
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert props[key].startswith("http://127.0.0.1:"), key
+    assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
+    assert props["disable_token_authorization"] == "false"
+    assert props["enable_model_api"] == "false"
+    assert props["install_py_dep_per_model"] == "false"
+    assert props["load_models"] == "srgan=srgan.mar"
+    store = done.archive.parent
+    assert props["model_store"] == store.as_posix()
+    allowed = re.compile(props["allowed_urls"].replace("\\\\", "\\"))  # Java properties escape backslashes
+    assert allowed.fullmatch(f"file://{store.as_posix()}/srgan.mar")
+    for other in (f"file://{store.as_posix()}/sub/x.mar", f"file://{store.as_posix()}X/srgan.mar", "https://example.com/srgan.mar", f"file://{store.as_posix()}/srgan.marx"):
+        assert not allowed.fullmatch(other), other
+    assert done.config_properties == store.parent / "config.properties"
+
+
+def test_size_limits_hold_the_worst_case_request_and_response(rng):
+    """16-bit RGBA noise, the largest thing the handler reads or writes per pixel."""
+    config = ServeConfig(max_pixels=40 * 30)
+    upload = png16.encode_png16(rng.integers(0, 65536, (30, 40, 4), dtype=np.uint16))
+    output = png16.encode_png16(rng.integers(0, 65536, (120, 160, 4), dtype=np.uint16))
+    assert len(upload) <= serve_config.max_request_bytes(config)
+    assert len(output) <= serve_config.max_response_bytes(config) - (1 << 20)  # without the headroom
+    default = ServeConfig()
+    assert serve_config.max_response_bytes(default) > 2048 * 2048 * 8  # TorchServe's 6.5 MB default is far too small
+
+
+def test_ports_follow_the_base_and_threads_never_oversubscribe():
+    ports = Ports(20000)
+    assert (ports.inference, ports.management, ports.metrics, ports.grpc_inference, ports.grpc_management, ports.workers) == tuple(range(20000, 20006))
+    with pytest.raises(ValueError):
+        Ports(65530)
+    assert [serve_config.ort_threads(w, cores=8) for w in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+
+
+def test_cgroup_quota_caps_the_cores(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert serve_config._cgroup_cpu_quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert serve_config._cgroup_cpu_quota(tmp_path) is None
+
+
+def test_flops_and_timeout_come_from_the_graph(tiny_onnx):
+    # B=1, 8 channels: head 9x9 3->8, block 2 x 3x3 8->8, body conv 3x3 8->8, upsamplers
+    # 3x3 8->32 at x1 and x2 (4x the pixels), tail 9x9 8->3 at x4 (16x): multiply-adds x 2.
+    expected = 2 * (8 * 3 * 81 + 2 * 8 * 8 * 9 + 8 * 8 * 9 + 32 * 8 * 9 * (1 + 4) + 3 * 8 * 81 * 16)
+    assert serve_config.flop_per_lr_pixel(tiny_onnx) == expected
+    slow = ServeConfig(max_pixels=4096 * 4096, batch_size=2)
+    per_image = 4096 * 4096 * expected * ((128 + 2 * 6) / 128) ** 2 / serve_config.ASSUMED_CPU_FLOPS
+    assert serve_config.response_timeout(slow, tiny_onnx) >= 2 * per_image
+    assert serve_config.response_timeout(ServeConfig(), tiny_onnx) == serve_config.MIN_RESPONSE_TIMEOUT
+
+
+def test_property_values_are_escaped_for_java():
+    assert serve_config._property_value(r"a\b") == r"a\\b"
+    assert serve_config._property_value("/srv/modèles/😀") == "/srv/mod\\u00e8les/\\ud83d\\ude00"
+    with pytest.raises(ValueError, match="line break"):
+        serve_config._property_value("a\nb")
+
+
+# --- srdeploy package ---------------------------------------------------------------------
+
+
+def test_package_cli_builds_refuses_to_overwrite_and_reports_errors(tiny_onnx, tmp_path):
+    store = tmp_path / "models"
+    first = subprocess.run([str(SRDEPLOY), "package", "--model", str(tiny_onnx), "-o", str(store), "--name", "faces", "--port", "18500"], capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert (store / "faces.mar").is_file() and (tmp_path / "config.properties").is_file()
+    assert "inference_address=http://127.0.0.1:18500" in (tmp_path / "config.properties").read_text()
+    again = subprocess.run([str(SRDEPLOY), "package", "--model", str(tiny_onnx), "-o", str(store), "--name", "faces"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "faces.mar already exists; pass --force" in again.stderr
+    bad = subprocess.run([str(SRDEPLOY), "package", "--model", str(tmp_path / "none.onnx"), "-o", str(store)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "model file not found" in bad.stderr
+    assert sorted(p.name for p in store.iterdir()) == ["faces.mar"]  # no staging left behind
+
+
+def test_bad_names_and_engines_are_refused(tiny_onnx, tmp_path):
+    with pytest.raises(PackageError, match="model name"):
+        build_archive(tiny_onnx, tmp_path / "s", "../evil")
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"\0" * 16)
+    with pytest.raises(zoo.ModelError, match="carry an ONNX model"):
+        build_archive(engine, tmp_path / "s")
+
+
+def test_default_model_not_shipped_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path / "empty")
+    with pytest.raises(zoo.ModelError, match="not shipped in this build"):
+        build_archive("default", tmp_path / "store")
+    assert not (tmp_path / "store" / "srgan.mar").exists()
+
+
+@pytest.mark.skipif("srresnet" not in zoo.shipped_models(), reason="no default (srresnet) model is shipped in this build yet")
+def test_package_default_model(tmp_path):
+    done = build_archive("default", tmp_path / "store")
+    unpacked = unpack(done.archive, tmp_path / "unpacked")
+    assert done.model_sha256 == zoo.resolve_model("default").sha256
+    handler, context = load_handler(unpacked)
+    face = Image.open(REPO / "examples" / "astronaut_face.png")
+    data = encoded(np.asarray(face.convert("RGB")), "PNG")
+    [answer] = send(handler, context, [({"body": data}, {})])
+    assert answer["status"] == 200 and Image.open(io.BytesIO(answer["body"])).size == (4 * face.width, 4 * face.height)
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
