@@ -2,17 +2,17 @@
 same run, same model, same 256x256 inputs (not a test).
 
     .venv/bin/python benchmarks/serve_bench.py [--model default|PATH.onnx] [--size 256]
-        [--concurrency 1,4,16] [--requests 4] [--batch-size 4] [--json out.json]
+        [--concurrency 1,4,16] [--requests 4] [--batch-size 1] [--json out.json]
 
-1. The CLI: `srdeploy upscale` on ``--cli-images`` inputs; its own images/s line.
-2. The server: `srdeploy package` with the real defaults (batch 4, one worker, cap
-   512x512), TorchServe started from a scratch folder; at each concurrency c, c clients
-   send max(c, --requests) requests in all (one warm-up request first): images/s, p50 and
-   p99 latency (with n requests, p99 is about the slowest), and the overhead ratio
-   CLI images/s / server images/s.
-3. TorchServe's own metrics over the last (highest) concurrency run: mean queue time per
-   request (Prometheus counters ts_queue_latency_microseconds / ts_inference_requests_total),
-   mean frontend latency, and the handler time per batch (the worker's PredictionTime).
+1. The CLI: `srdeploy upscale` on ``--cli-images`` inputs; images/s from its summary.
+2. The server: `srdeploy package` with the real defaults (batch 1, one worker, cap
+   512x512; --batch-size to compare), TorchServe started from a scratch folder. At each
+   concurrency c, c clients send max(c, --requests) requests in all, after one warm-up
+   request: images/s, p50 and p99 latency (with n requests, p99 is about the slowest),
+   and the overhead ratio CLI images/s / server images/s.
+3. TorchServe's own metrics for each level: mean queue time per request (Prometheus
+   counters ts_queue_latency_microseconds / ts_inference_requests_total), mean frontend
+   latency, and the handler time per batch (the worker's PredictionTime in ts_log.log).
 
 Model: ``--model`` (default: the shipped default model when there is one, else a seeded
 random-weight B=8, 64-channel generator exported with srdeploy.export; speed does not
@@ -204,7 +204,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--requests", type=int, default=4, help="requests per level at least (and at least one per client)")
     parser.add_argument("--cli-images", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()

@@ -20,7 +20,7 @@ DEFAULT_MAX_PIXELS = 512 * 512  # = srdeploy.handlers.config.DEFAULT_MAX_PIXELS 
 @click.option("--name", default="srgan", show_default=True, help="Model name: the archive's file name and the URL path /predictions/NAME.")
 @click.option("--config", "properties", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Where to write config.properties [default: beside the model store folder].")
 @click.option("--port", type=click.IntRange(1, 65535 - 16), default=8080, show_default=True, help="Inference port; management, metrics, gRPC and worker ports follow it (+1..+5), all on 127.0.0.1.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Requests per batch (mixed sizes are fine).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Requests per batch (mixed sizes are fine); on a CPU batches add latency, not throughput.")
 @click.option("--max-batch-delay", type=click.IntRange(min=0), default=50, show_default=True, help="Milliseconds TorchServe waits to fill a batch.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes; they share the cores (ONNX Runtime threads = cores / workers).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True, help="Largest input in pixels (413 above); request/response size limits follow.")

@@ -29,7 +29,7 @@ MODEL_CONFIG_NAME = "model-config.yaml"
 CONFIG_PROPERTIES_NAME = "config.properties"
 DEFAULT_MAX_PIXELS = 512 * 512
 # Throughput assumed for the timeout: a busy 2-core VM. This repository's 2-core build
-# machine, under load, ran the B=8 generator at ~18 GFLOP/s (benchmarks/serve_bench.py).
+# machine, under load, ran the B=8 generator at ~16 GFLOP/s (benchmarks/serve_bench.py).
 ASSUMED_CPU_FLOPS = 10e9
 # FLOPs per LR pixel when the graph holds ops the estimate does not know: about the
 # 16-block generator of the SRGAN paper (the 8-block one is 3.3e6).
@@ -47,11 +47,15 @@ _POINTWISE = {"Add", "Sub", "Mul", "Div", "Relu", "PRelu", "LeakyRelu", "Tanh", 
 class ServeConfig:
     """The knobs of a served model; validated on construction."""
 
-    batch_size: int = 4
-    """Requests TorchServe hands the handler at once (mixed sizes are fine). On the CPU each
-    image is still its own tiled run, so a batch saves per-request overhead, not compute."""
+    batch_size: int = 1
+    """Requests TorchServe hands the handler at once (mixed sizes are fine). Each image is
+    still its own tiled run, so a batch saves only per-request overhead (milliseconds
+    against seconds of CPU work) while every answer in it waits for the whole batch:
+    measured on 2 cores, batches of 4 gave the same images/s and twice the median latency
+    at 4 clients (benchmarks/serve_bench.py). Raise it where requests are cheap (GPU)."""
     max_batch_delay_ms: int = 50
-    """How long TorchServe waits to fill a batch: small against a CPU upscale (seconds)."""
+    """How long TorchServe waits to fill a batch (batch_size > 1): small against a CPU
+    upscale (seconds)."""
     workers: int = 1
     """Worker processes; they share the cores, so one worker with all of them is the
     default (ONNX Runtime already uses every core for one image)."""

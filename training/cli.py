@@ -14,7 +14,7 @@ import click
 from srdeploy.training.config import resolve_config
 
 _COMMON = [
-    click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of HR images (recursive)."),
+    click.option("--data", type=click.Path(exists=True, file_okay=False), help="Folder of HR images (recursive). Required unless --resume."),
     click.option("--data-list", type=click.Path(exists=True, dir_okay=False), help="File of image names to use from --data."),
     click.option("--val-data", type=click.Path(exists=True, file_okay=False), help="Folder of HR validation images."),
     click.option("--val-list", type=click.Path(exists=True, dir_okay=False)),
@@ -68,6 +68,8 @@ def _run(stage: str, preset: str | None, resume: bool, overrides: dict) -> None:
 
         cfg = TrainConfig(**stored)
     else:
+        if not overrides.get("data"):
+            raise click.UsageError("--data is required (a folder of HR images)")
         try:
             cfg = resolve_config(stage, preset, overrides)
         except ValueError as e:

@@ -92,9 +92,10 @@ def _init_generator(cfg: TrainConfig, g: Generator) -> None:
     """srgan: start from a pre-trained generator (a run's checkpoint, or a shipped model name)."""
     path = cfg.init
     if path in ("default", "srresnet", "srgan"):
-        from srdeploy.zoo import shipped_state_dict_path
+        from srdeploy.zoo import resolve_model
 
-        path = str(shipped_state_dict_path(path))
+        # Shipped models carry their state_dict beside model.onnx, checked by the manifest.
+        path = str(resolve_model(path).path.parent / "generator.pt")
     src, _ = load_generator(path)
     if src.arch() != g.arch():
         raise ValueError(f"--init {cfg.init}: generator {src.arch()} does not match the configured {g.arch()}")
