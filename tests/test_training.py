@@ -129,3 +129,22 @@ def test_vgg_features_are_frozen_phi54():
     vgg.train()
     assert not vgg.training and not any(p.requires_grad for p in vgg.parameters())
     assert vgg(torch.zeros(1, 3, 64, 64)).shape == (1, 512, 4, 4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", [torch.bfloat16, torch.float16])
+def test_amp_steps_on_cuda(amp):
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    g = Generator(num_blocks=1, channels=8).to(dev, memory_format=torch.channels_last)
+    d = Discriminator(channels=8, hidden=32).to(dev, memory_format=torch.channels_last)
+    cfg = TrainConfig(data="x", stage="srgan")
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    ctx = StepContext(cfg, g, torch.optim.Adam(g.parameters(), 1e-4), d, torch.optim.Adam(d.parameters(), 1e-4),
+                      None, scaler, amp)
+    lr = torch.rand(4, 3, 16, 16, device=dev).to(memory_format=torch.channels_last)
+    hr = (torch.rand(4, 3, 64, 64, device=dev) * 2 - 1).to(memory_format=torch.channels_last)
+    for _ in range(3):
+        losses = srgan_step(ctx, lr, hr)
+    assert all(np.isfinite(v) for v in losses.values())
+    assert all(torch.isfinite(p).all() for p in g.parameters())
