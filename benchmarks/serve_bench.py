@@ -24,12 +24,10 @@ machine the numbers move with it.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random
 import re
-import shutil
 import signal
 import socket
 import statistics

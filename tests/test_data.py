@@ -8,7 +8,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from srdeploy.degrade import downscale
-from srdeploy.training.data import CorruptImageError, EpochSampler, SRDataset, list_images
+from srdeploy.folders import list_images
+from srdeploy.training.data import CorruptImageError, EpochSampler, SRDataset
 
 
 def _save(path, size=(64, 48), seed=0):

@@ -5,7 +5,6 @@ runtime."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import signal

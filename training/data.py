@@ -25,38 +25,11 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from srdeploy.degrade import downscale
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+from srdeploy.folders import list_images
 
 
 class CorruptImageError(RuntimeError):
     pass
-
-
-def _scan(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def list_images(root: str | Path, list_file: str | Path | None = None) -> list[Path]:
-    """Image files under ``root`` (recursive, sorted), or the ones named in ``list_file``."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data folder not found: {root}")
-    if list_file is not None:
-        # Names may carry their extension or not (CelebA-HQ lists give bare indices).
-        names = [n.strip() for n in Path(list_file).read_text().splitlines() if n.strip()]
-        by_stem = {p.relative_to(root).with_suffix("").as_posix(): p for p in _scan(root)}
-        paths, missing = [], []
-        for n in names:
-            p = root / n if (root / n).is_file() else by_stem.get(n)
-            (paths if p is not None else missing).append(p or n)
-        if missing:
-            raise FileNotFoundError(f"{list_file}: {len(missing)} listed images missing under {root}, e.g. {missing[0]}")
-        return paths
-    paths = _scan(root)
-    if not paths:
-        raise FileNotFoundError(f"no JPEG/PNG/WebP images under {root}")
-    return paths
 
 
 def _header_problem(path: Path, min_side: int) -> str | None:

@@ -22,10 +22,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from srdeploy import SCALE
+from srdeploy.folders import IMAGE_SUFFIXES, list_images
 from srdeploy.degrade import DOWNSAMPLE_METHODS, crop_to_multiple, downscale, upscale_bicubic
 from srdeploy.metrics import evaluate_pair
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 RUNTIME_MODEL_NAMES = ("default", "srresnet", "srgan")  # shipped models, served by the Upscaler
 BICUBIC = "bicubic"
 METRICS = ("psnr_y", "ssim_y", "psnr_rgb")
@@ -80,10 +80,6 @@ class Evaluation:
 # --- images ------------------------------------------------------------------------
 
 
-def _index_images(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def find_test_images(
     data_dir: str | Path, list_file: str | Path | None = None, lr_dir: str | Path | None = None, limit: int | None = None
 ) -> list[TestImage]:
@@ -91,28 +87,7 @@ def find_test_images(
     (one per line, relative path with or without extension: the ``test.txt`` lists name
     ``25531`` for ``25531.jpg``), paired with same-named LR images in ``lr_dir`` if given."""
     root = Path(data_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data folder not found: {root}")
-    paths = _index_images(root)
-    if list_file is not None:
-        by_name: dict[str, list[Path]] = {}
-        for p in paths:
-            rel = p.relative_to(root)
-            for key in {rel.as_posix(), rel.with_suffix("").as_posix()}:
-                by_name.setdefault(key, []).append(p)
-        names = [n.strip() for n in Path(list_file).read_text().splitlines()]
-        names = [n for n in names if n and not n.startswith("#")]
-        missing = [n for n in names if n not in by_name]
-        if missing:
-            raise FileNotFoundError(f"{list_file}: {len(missing)} listed images not under {root}, e.g. {missing[:3]}")
-        ambiguous = [n for n in names if len(by_name[n]) > 1]
-        if ambiguous:
-            raise ValueError(f"{list_file}: names match several files under {root}, e.g. {ambiguous[0]!r}")
-        paths = [by_name[n][0] for n in names]
-    if limit is not None:
-        paths = paths[:limit]
-    if not paths:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    paths = list_images(root, list_file)[:limit]
     images = [TestImage(p.relative_to(root).as_posix(), p) for p in paths]
     return [TestImage(i.name, i.hr_path, _find_lr(Path(lr_dir), i.name)) for i in images] if lr_dir else images
 

@@ -1,0 +1,40 @@
+"""Folders of images and list files, shared by training and evaluation (torch-free)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def scan_images(root: Path) -> list[Path]:
+    """Image files under ``root``, recursive, sorted."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def list_images(root: str | Path, list_file: str | Path | None = None) -> list[Path]:
+    """Images under ``root``, or those named in ``list_file`` in its order (one relative
+    path per line, with or without extension: CelebA-HQ's ``test.txt`` names ``25531`` for
+    ``25531.jpg``; blank lines and ``#`` comments ignored)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    paths = scan_images(root)
+    if list_file is not None:
+        by_name: dict[str, list[Path]] = {}
+        for p in paths:
+            rel = p.relative_to(root)
+            for key in {rel.as_posix(), rel.with_suffix("").as_posix()}:
+                by_name.setdefault(key, []).append(p)
+        names = [n.strip() for n in Path(list_file).read_text().splitlines()]
+        names = [n for n in names if n and not n.startswith("#")]
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise FileNotFoundError(f"{list_file}: {len(missing)} listed images missing under {root}, e.g. {missing[:3]}")
+        ambiguous = [n for n in names if len(by_name[n]) > 1]
+        if ambiguous:
+            raise ValueError(f"{list_file}: names match several files under {root}, e.g. {ambiguous[0]!r}")
+        paths = [by_name[n][0] for n in names]
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    return paths
