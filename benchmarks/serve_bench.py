@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -179,22 +177,6 @@ def handler_times(log_text: str) -> list[float]:
     return [float(re.match(r"PredictionTime\.Milliseconds:([\d.]+)", r)[1]) for r in records]
 
 
-def free_port_block(count: int = 6) -> int:
-    for _ in range(200):
-        base = random.randrange(20000, 60000)
-        sockets = [socket.socket() for _ in range(count)]
-        try:
-            for port, s in zip(range(base, base + count), sockets):
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise SystemExit("no free ports")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="default | PATH.onnx [default: shipped default, else random B=8]")
@@ -207,7 +189,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
-    from srdeploy.handlers.config import Ports, ServeConfig, available_cores
+    from srdeploy.handlers.config import Ports, ServeConfig, available_cores, free_port_block
     from srdeploy.handlers.package import build_archive
 
     levels = [int(c) for c in args.concurrency.split(",")]

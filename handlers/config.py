@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,27 @@ class Ports:
 
 
 # --- sizing ---------------------------------------------------------------------------
+
+
+def free_port_block(count: int = 6) -> int:
+    """A base port whose ``count`` successors are all free on 127.0.0.1 right now (for
+    tests and benchmarks that start their own TorchServe)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 60000)
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no block of free ports found on 127.0.0.1")
 
 
 def available_cores() -> int:

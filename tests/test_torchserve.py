@@ -11,10 +11,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -25,6 +23,7 @@ import pytest
 from PIL import Image
 
 from conftest import EXAMPLES, REPO
+from srdeploy.handlers.config import free_port_block
 
 requests = pytest.importorskip("requests")
 pytest.importorskip("ts", reason="torchserve is not installed (pip install 'srdeploy[serve]')")
@@ -36,26 +35,6 @@ pytestmark = [
 BIN = REPO / ".venv" / "bin"
 MAX_PIXELS = 96 * 96
 READY_TIMEOUT = 300  # s: the JVM and a worker importing torch, on a loaded 2-core machine
-
-
-def free_port_block(count: int = 6) -> int:
-    """A base port whose ``count`` successors are all free on 127.0.0.1 right now."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 60000)
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no block of free ports found")
 
 
 def png(array: np.ndarray) -> bytes:
