@@ -101,6 +101,84 @@ def test_srgan_init_must_match_the_architecture(tmp_path, image_folder):
         train(cfg)
 
 
+def test_preloaded_batches_match_the_files_and_are_seeded(image_folder):
+    from srdeploy.training.data import EpochSampler, PreloadedLoader, PreloadedPairs, SRDataset
+
+    whole = SRDataset(image_folder, patch=None, flip=False, seed=3)
+    pairs = PreloadedPairs(whole, torch.device("cpu"))
+    lr, hr = pairs.batch(0, [2, 5])
+    # Whole images without flips: exactly what the file dataset gives for the same images.
+    for j, i in enumerate([2, 5]):
+        lr_f, hr_f = whole[i]
+        torch.testing.assert_close(lr[j], lr_f, atol=1e-6, rtol=0)
+        torch.testing.assert_close(hr[j], hr_f, atol=1e-6, rtol=0)
+
+    cropped = PreloadedPairs(SRDataset(image_folder, patch=16, seed=3), torch.device("cpu"))
+    lr_a, hr_a = cropped.batch(4, [1, 7, 3])
+    lr_b, hr_b = cropped.batch(4, [1, 7, 3])
+    assert lr_a.shape == (3, 3, 4, 4) and hr_a.shape == (3, 3, 16, 16)
+    assert torch.equal(lr_a, lr_b) and torch.equal(hr_a, hr_b)  # a pure function of (seed, epoch, indices)
+    assert not torch.equal(cropped.batch(5, [1, 7, 3])[1], hr_a)
+    assert 0.0 <= lr_a.min() and lr_a.max() <= 1.0 and -1.0 <= hr_a.min() and hr_a.max() <= 1.0
+
+    sampler = EpochSampler(len(pairs), seed=3)
+    loader = PreloadedLoader(pairs, sampler, batch_size=4)
+    assert len(loader) == 2 and [b[0].shape[0] for b in loader] == [4, 4]  # drop_last
+
+
+def test_preload_refuses_mixed_sizes(tmp_path, image_folder):
+    from srdeploy.training.data import PreloadedPairs, SRDataset
+
+    Image.new("RGB", (40, 36)).save(image_folder / "odd.png")
+    with pytest.raises(ValueError, match="one size"):
+        PreloadedPairs(SRDataset(image_folder, patch=16), torch.device("cpu"))
+
+
+def test_preloaded_run_validates_every_n_epochs_and_resumes(tmp_path, image_folder):
+    cfg = tiny_config(tmp_path / "a", image_folder, preload=True, patch=None, steps=None, epochs=3, val_every=2,
+                      val_data=str(image_folder), val_limit=2, batch_size=5)
+    train(cfg)
+    records = [json.loads(line) for line in open(tmp_path / "a/run/metrics.jsonl")]
+    assert [r["epoch"] for r in records if r["split"] == "val"] == [2, 3]  # every 2nd epoch, and the last
+    assert sum(r["split"] == "train" for r in records) == 6
+
+    train(tiny_config(tmp_path / "b", image_folder, preload=True, steps=2))
+    train(tiny_config(tmp_path / "b", image_folder, preload=True, steps=4), resume=True)
+    train(tiny_config(tmp_path / "c", image_folder, preload=True, steps=4))
+    losses = [[r["loss_g"] for r in map(json.loads, open(tmp_path / d / "run/metrics.jsonl"))] for d in "bc"]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
+
+
+def test_slim_checkpoint_keeps_the_generator_only(tmp_path, image_folder):
+    from srdeploy.training.checkpoint import slim_checkpoint
+
+    out = train(tiny_config(tmp_path, image_folder, stage="srgan", init=None, steps=1, ema=0.9))
+    slim = slim_checkpoint(out / "last.pt", tmp_path / "slim.pt")
+    kept = load_checkpoint(slim)
+    assert "discriminator" not in kept and "g_optimizer" not in kept and kept["step"] == 1
+    for weights in ("ema", "raw"):
+        a, _ = load_generator(out / "last.pt", weights=weights)
+        b, _ = load_generator(slim, weights=weights)
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(ValueError, match="not a training checkpoint"):
+        slim_checkpoint(_bare_state(tmp_path), tmp_path / "again.pt")
+
+
+def _bare_state(tmp_path):
+    path = tmp_path / "bare.pt"
+    torch.save(Generator(num_blocks=1, channels=8).state_dict(), path)
+    return path
+
+
+def test_srresnet_can_continue_from_a_generator(tmp_path, image_folder):
+    train(tiny_config(tmp_path / "pre", image_folder, steps=2))
+    g0, _ = load_generator(tmp_path / "pre/run/last.pt")
+    out = train(tiny_config(tmp_path / "more", image_folder, init=str(tmp_path / "pre/run/last.pt"), steps=1))
+    start = json.loads(open(out / "metrics.jsonl").readline())["loss_g"]
+    fresh = train(tiny_config(tmp_path / "fresh", image_folder, steps=1))
+    assert start != json.loads(open(fresh / "metrics.jsonl").readline())["loss_g"]  # not a random init
+
+
 def test_presets_and_overrides():
     seed = resolve_config("srresnet", "seed", {"data": "d"})
     assert (seed.num_blocks, seed.downsample, seed.lr, seed.batch_size, seed.epochs) == (8, "bilinear", 2e-4, 64, 30)
@@ -148,3 +226,17 @@ def test_amp_steps_on_cuda(amp):
         losses = srgan_step(ctx, lr, hr)
     assert all(np.isfinite(v) for v in losses.values())
     assert all(torch.isfinite(p).all() for p in g.parameters())
+
+
+@pytest.mark.gpu
+def test_preloaded_run_on_cuda(tmp_path, image_folder):
+    """The GPU path end to end: data on the device, channels_last, bf16 autocast, EMA,
+    validation and a checkpoint that loads on the CPU."""
+    cfg = tiny_config(tmp_path, image_folder, preload=True, device="cuda", amp="bf16", ema=0.9, steps=4,
+                      val_data=str(image_folder), val_limit=2)
+    out = train(cfg)
+    g, meta = load_generator(out / "last.pt")
+    assert meta["weights"] == "generator_ema" and meta["step"] == 4
+    assert all(torch.isfinite(p).all() for p in g.parameters())
+    val = [json.loads(line) for line in open(out / "metrics.jsonl") if '"val"' in line]
+    assert val and np.isfinite(val[-1]["psnr_y"])

@@ -34,11 +34,13 @@ _COMMON = [
     click.option("--lr-step", type=int, help="Step where the 'step' schedule divides lr by 10."),
     click.option("--ema", type=float, help="Generator weight EMA decay, e.g. 0.999 [off]."),
     click.option("--workers", type=int, help="DataLoader workers [2]."),
+    click.option("--preload/--no-preload", default=None, help="Decode the data once and keep it on the device (GPU runs)."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"])),
     click.option("--amp", type=click.Choice(["bf16", "fp16", "none"]), help="Autocast on CUDA [bf16]."),
     click.option("--seed", type=int),
     click.option("--ckpt-every", type=int, help="Checkpoint every N steps [500]."),
     click.option("--log-every", type=int, help="Log losses and samples/s every N steps [20]."),
+    click.option("--val-every", type=int, help="Validate, checkpoint and plot every N epochs [1]."),
     click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt."),
 ]
 
@@ -63,7 +65,7 @@ def _run(stage: str, preset: str | None, resume: bool, overrides: dict) -> None:
             raise click.UsageError(f"--resume: no last.pt in {out}")
         # The saved config wins, except for the stopping criteria, which a resume extends.
         stored = json.loads(saved.read_text())
-        stored.update({k: overrides[k] for k in ("epochs", "steps", "max_minutes", "workers") if overrides.get(k) is not None})
+        stored.update({k: overrides[k] for k in ("epochs", "steps", "max_minutes", "workers", "preload", "val_every") if overrides.get(k) is not None})
         from srdeploy.training.config import TrainConfig
 
         cfg = TrainConfig(**stored)
@@ -90,6 +92,7 @@ def train() -> None:
 
 @train.command()
 @common_options
+@click.option("--init", help="Start from a generator: a run's last.pt/best.pt, or 'default' (the shipped SRResNet).")
 def srresnet(preset, resume, **overrides):
     """MSE pre-training of the SRResNet generator (seed: Adam 2e-4, batch 64, 30 epochs)."""
     _run("srresnet", preset, resume, overrides)

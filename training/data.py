@@ -118,3 +118,82 @@ class EpochSampler(Sampler):
         order = torch.randperm(self.n, generator=g).tolist()
         mine = order[self.rank : self.n - self.n % self.world_size : self.world_size]
         return iter([(self.epoch, i) for i in mine[self.start :]])
+
+
+class PreloadedPairs:
+    """The whole training set decoded once and kept on the training device as uint8
+    (N, 3, H, W) HR and (N, 3, H/s, W/s) LR tensors; batches are gathered, cropped and
+    flipped there.
+
+    On a GPU this takes JPEG decoding and the bicubic degradation out of the step (a B=8
+    SRResNet step on a batch of 64 whole faces is a few milliseconds on an H100, far less
+    than decoding 64 JPEGs on a few cores). The LR images are degraded from the *whole*
+    HR image and patches are cut from both on the scale grid, so an LR patch sees its true
+    neighbourhood instead of a cropped border. All images must share one size. Memory:
+    5,000 256x256 faces take 0.98 GB (HR) + 61 MB (LR).
+    """
+
+    def __init__(self, dataset: SRDataset, device: torch.device, workers: int | None = None):
+        from concurrent.futures import ThreadPoolExecutor
+        import os
+
+        self.patch, self.scale, self.flip, self.seed = dataset.patch, dataset.scale, dataset.flip, dataset.seed
+        self.paths = dataset.paths
+
+        def decode(path: Path) -> tuple[np.ndarray, np.ndarray]:
+            hr = dataset._load(path)
+            w, h = hr.size
+            hr = hr.crop((0, 0, w - w % self.scale, h - h % self.scale))
+            return np.asarray(hr), np.asarray(downscale(hr, self.scale, dataset.downsample))
+
+        # Pillow's decoders and resamplers release the GIL: threads scale with cores.
+        with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+            pairs = list(pool.map(decode, self.paths))
+        sizes = {hr.shape for hr, _ in pairs}
+        if len(sizes) != 1:
+            raise ValueError(f"--preload needs images of one size; found {len(sizes)} sizes, e.g. "
+                             + ", ".join(f"{s[1]}x{s[0]}" for s in sorted(sizes)[:3]))
+        as_tensor = lambda arrays: torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(device)  # noqa: E731
+        self.hr = as_tensor([hr for hr, _ in pairs])
+        self.lr = as_tensor([lr for _, lr in pairs])
+        height, width = self.hr.shape[2:]
+        if self.patch is not None and self.patch > min(height, width):
+            raise ValueError(f"--patch {self.patch} is larger than the {width}x{height} images")
+
+    def __len__(self) -> int:
+        return self.hr.shape[0]
+
+    def batch(self, epoch: int, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lr float32 [0, 1], hr float32 [-1, 1]) on the device; crops and flips are a pure
+        function of (seed, epoch, first index), so a resumed run draws the same ones."""
+        idx = torch.tensor(indices, device=self.hr.device)
+        hr, lr = self.hr.index_select(0, idx), self.lr.index_select(0, idx)
+        g = torch.Generator().manual_seed(hash((self.seed, epoch, indices[0])) & 0x7FFF_FFFF_FFFF)
+        if self.patch is not None:
+            s, p = self.scale, self.patch // self.scale
+            h, w = lr.shape[2:]
+            ys = torch.randint(0, h - p + 1, (len(indices),), generator=g).tolist()
+            xs = torch.randint(0, w - p + 1, (len(indices),), generator=g).tolist()
+            lr = torch.stack([lr[i, :, y : y + p, x : x + p] for i, (y, x) in enumerate(zip(ys, xs))])
+            hr = torch.stack([hr[i, :, y * s : (y + p) * s, x * s : (x + p) * s] for i, (y, x) in enumerate(zip(ys, xs))])
+        if self.flip:
+            flip = (torch.rand(len(indices), generator=g) < 0.5).to(hr.device).view(-1, 1, 1, 1)
+            hr, lr = torch.where(flip, hr.flip(-1), hr), torch.where(flip, lr.flip(-1), lr)
+        return lr.float() / 255.0, hr.float() / 127.5 - 1.0
+
+
+class PreloadedLoader:
+    """A DataLoader stand-in over ``PreloadedPairs``: iterates the sampler's (epoch, index)
+    pairs in full batches (drop_last), so resume and DDP sharding work as with files."""
+
+    def __init__(self, pairs: PreloadedPairs, sampler: EpochSampler, batch_size: int):
+        self.pairs, self.sampler, self.batch_size = pairs, sampler, batch_size
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def __iter__(self):
+        keys = list(self.sampler)
+        for start in range(0, len(keys) - self.batch_size + 1, self.batch_size):
+            chunk = keys[start : start + self.batch_size]
+            yield self.pairs.batch(chunk[0][0], [i for _, i in chunk])

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from srdeploy.training import distributed as dist
 from srdeploy.training.checkpoint import load_checkpoint, load_generator, save_checkpoint
 from srdeploy.training.config import TrainConfig
-from srdeploy.training.data import EpochSampler, SRDataset
+from srdeploy.training.data import EpochSampler, PreloadedLoader, PreloadedPairs, SRDataset
 from srdeploy.training.models import Discriminator, Generator
 from srdeploy.training.steps import StepContext, srgan_step, srresnet_step
 from srdeploy.training.validate import Validator
@@ -111,7 +111,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
     generator = Generator(cfg.num_blocks, cfg.channels, cfg.scale)
     discriminator = Discriminator() if cfg.stage == "srgan" else None
-    if cfg.stage == "srgan" and cfg.init and not resume:
+    if cfg.init and not resume:
         _init_generator(cfg, generator)
     vgg = None
     if cfg.uses_vgg:
@@ -120,6 +120,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         vgg = load_vgg_features(cfg.vgg_weights).to(device)
 
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input size per run: autotune the convolutions once
     generator.to(device, memory_format=memory_format)
     g_opt = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas)
     d_opt = None
@@ -148,11 +150,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
     dataset = SRDataset(cfg.data, cfg.data_list, cfg.patch, cfg.scale, cfg.downsample, cfg.flip, cfg.seed)
     sampler = EpochSampler(len(dataset), cfg.seed, env.rank, env.world_size)
-    loader_kw = dict(batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
-                     pin_memory=device.type == "cuda", persistent_workers=False)
-    if cfg.workers:
-        loader_kw["prefetch_factor"] = 4
-    loader = DataLoader(dataset, **loader_kw)
+    if cfg.preload:
+        loader = PreloadedLoader(PreloadedPairs(dataset, device), sampler, cfg.batch_size)
+    else:
+        loader_kw = dict(batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
+                         pin_memory=device.type == "cuda", persistent_workers=False)
+        if cfg.workers:
+            loader_kw["prefetch_factor"] = 4
+        loader = DataLoader(dataset, **loader_kw)
     steps_per_epoch = len(dataset) // env.world_size // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(dataset)} images cannot fill one batch of {cfg.batch_size} per process")
@@ -223,8 +228,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                 save()
             if done():
                 break
-        else:  # the epoch ran to its end
+        if epoch_start >= steps_per_epoch:  # the epoch ran to its end (also when the budget ended with it)
             epoch, epoch_start = epoch + 1, 0
+        finished = done() or (cfg.epochs is not None and cfg.steps is None and epoch >= cfg.epochs)
+        if epoch % cfg.val_every and not finished:
+            continue
         if validator is not None:
             result = validator.run(ema.model if ema else generator, out / "samples" / f"epoch_{epoch:03d}.png")
             logger.log({"split": "val", "step": step, "epoch": epoch, **result})
