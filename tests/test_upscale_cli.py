@@ -24,7 +24,7 @@ from srdeploy.batch import JOURNAL_NAME, TMP_SUFFIX
 from srdeploy.upscaler import Upscaler
 from test_imaging import bad_inputs
 
-SRDEPLOY = REPO / ".venv" / "bin" / "srdeploy"
+SRDEPLOY = Path(sys.executable).with_name("srdeploy")  # the console script of the running environment
 
 
 @pytest.fixture(scope="module")

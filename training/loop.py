@@ -134,7 +134,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
     step, epoch, epoch_start, best, minutes_before = 0, 0, 0, -math.inf, 0.0
     if resume:
-        ckpt = load_checkpoint(out / "last.pt", map_location=device)
+        # Loaded on the CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest.
+        ckpt = load_checkpoint(out / "last.pt", map_location="cpu")
         generator.load_state_dict(ckpt["generator"])
         g_opt.load_state_dict(ckpt["g_optimizer"])
         if discriminator is not None:
