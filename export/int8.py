@@ -181,8 +181,7 @@ def quality_vs_fp32(fp32: str | os.PathLike, int8: str | os.PathLike, calibratio
     from srdeploy.metrics import psnr_y
 
     reference, candidate = parity.onnxruntime_backend(fp32), parity.onnxruntime_backend(int8)
-    to_uint8 = lambda x: np.rint(np.clip(x, 0.0, 1.0) * 255).astype(np.uint8).transpose(0, 2, 3, 1)  # noqa: E731
-    ref, out = to_uint8(reference(calibration.check_lr)), to_uint8(candidate(calibration.check_lr))
+    ref, out = _as_uint8_images(reference(calibration.check_lr)), _as_uint8_images(candidate(calibration.check_lr))
     per_image = [psnr_y(o, r) for o, r in zip(out, ref)]
     batches = batches if batches is not None else parity.parity_batches()
     rows = parity.compare("int8", parity.run_backend(candidate, batches), "fp32", parity.run_backend(reference, batches), parity.Limits())
@@ -196,9 +195,14 @@ def quality_vs_fp32(fp32: str | os.PathLike, int8: str | os.PathLike, calibratio
     failures = [f"{Path(int8).name}: PSNR-Y {p:.2f} dB < {MIN_PSNR_Y:g} dB vs fp32 on {name}" for p, name in zip(per_image, calibration.check_files) if p < MIN_PSNR_Y]
     failures += rows.failures  # NaN/Inf or collapsed outputs
     return {
-        "reference": "onnxruntime fp32 (model.onnx)",
+        "reference": f"onnxruntime fp32 ({Path(fp32).name})",
         "natural_images": natural,
         "parity_inputs": {"psnr_db": round(rows.psnr, 3), "max_abs": round(rows.max_abs, 5), "mean_abs": round(rows.mean_abs, 6)},
         "ok": not failures,
         "failures": failures,
     }
+
+
+def _as_uint8_images(sr: np.ndarray) -> np.ndarray:
+    """float32 (N, 3, H, W) in [0, 1] -> uint8 (N, H, W, 3), rounded as every output is."""
+    return np.rint(np.clip(sr, 0.0, 1.0) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
