@@ -1,4 +1,4 @@
-"""``srdeploy export CKPT -o DIR [--fp16] [--tensorrt] [--opset N] [--check]``.
+"""``srdeploy export CKPT -o DIR [--fp16] [--int8 --calibration DIR] [--tensorrt] [--opset N] [--check]``.
 
 torch and onnx are imported inside the command, so ``srdeploy --help`` stays instant.
 Exit status: 0 when everything asked for was written (and passed ``--check``), 1 with a
@@ -16,6 +16,9 @@ import click
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for model.onnx, the other artifacts and manifest.json.")
 @click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx: fp16 weights and compute, float32 inputs/outputs.")
+@click.option("--int8", is_flag=True, help="Also write model.int8.onnx: ONNX Runtime static quantisation (QDQ, per-channel int8 weights), calibrated on --calibration; float32 inputs/outputs.")
+@click.option("--calibration", type=click.Path(path_type=Path), default=None, help="With --int8: folder of HR images (e.g. CelebA-HQ val faces); each is centre-cropped and degraded (bicubic x4) to a 64x64 LR input.")
+@click.option("--calibration-limit", type=click.IntRange(min=1), default=300, show_default=True, help="With --int8: calibration images used (the first, sorted by path); the next 8 check the int8 quality.")
 @click.option("--tensorrt", is_flag=True, help="Also build TensorRT engines (model.fp32.engine, model.fp16.engine with --fp16); needs tensorrt and a CUDA GPU.")
 @click.option("--opset", type=click.IntRange(min=17), default=None, help="ONNX opset (default 18, the exporter's native one).")
 @click.option("--check", is_flag=True, help="Compare every artifact with the PyTorch generator and print the parity table; exit 1 on a failed bound.")
@@ -24,16 +27,22 @@ import click
 @click.option("--tile", type=click.IntRange(min=8), default=128, show_default=True, help="TensorRT profile: the runtime's LR tile size.")
 @click.option("--overlap", type=click.IntRange(min=0), default=24, show_default=True, help="TensorRT profile: LR halo on each tile side.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=4, show_default=True, help="TensorRT profile: most tiles per engine call.")
-def export(checkpoint: Path, out_dir: Path, fp16: bool, tensorrt: bool, opset: int | None, check: bool, weights: str, images: Path | None, tile: int, overlap: int, max_batch: int) -> None:
+def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration: Path | None, calibration_limit: int, tensorrt: bool, opset: int | None, check: bool, weights: str, images: Path | None, tile: int, overlap: int, max_batch: int) -> None:
     """Export a training checkpoint (or bare generator state_dict) CHECKPOINT to ONNX
     (and TensorRT), with manifest.json and optional parity checks.
 
     Parity inputs: generated gradients, noise, edges, a checkerboard and black/white
     frames at 37x53 LR in batches of 4 and 2. Bounds: ONNX Runtime fp32 vs torch max abs
     error <= 1e-4 on the [0,1] scale; fp16 artifacts vs ONNX Runtime fp32 PSNR >= 45 dB;
-    no NaN/Inf and no output collapsed to flat black/white.
+    no NaN/Inf and no output collapsed to flat black/white. The int8 model is always
+    checked against model.onnx on 8 natural images from the calibration folder (held
+    out when it has more than --calibration-limit): PSNR-Y >= 35 dB on each, or exit 1.
     """
-    from srdeploy.export.pipeline import export_artifacts, load_export_generator
+    if int8 and calibration is None:
+        raise click.UsageError("--int8 needs --calibration DIR: a folder of HR images to calibrate the activation ranges on")
+    if calibration is not None and not int8:
+        raise click.UsageError("--calibration is used only with --int8")
+    from srdeploy.export.pipeline import Int8Request, export_artifacts, load_export_generator
     from srdeploy.export.tensorrt_engine import TensorRTUnavailable, TileProfile
     from srdeploy.manifest import read_manifest
 
@@ -50,6 +59,7 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, tensorrt: bool, opset: i
             meta=meta,
             source=checkpoint,
             fp16=fp16,
+            int8=Int8Request(calibration, calibration_limit) if int8 else None,
             tensorrt=tensorrt,
             opset=opset,
             check=check,
@@ -68,6 +78,8 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, tensorrt: bool, opset: i
     for name, entry in files.items():
         click.echo(f"  {name:<26} {entry['bytes'] / 2**20:8.2f} MiB  sha256 {entry['sha256'][:16]}")
     click.echo("  time: " + ", ".join(f"{step} {sec:.1f}s" for step, sec in result.seconds.items()))
+    if "model.int8.onnx" in result.models:
+        click.echo(_int8_summary(result.models["model.int8.onnx"]))
     if result.parity:
         from srdeploy.export.parity import format_table
 
@@ -75,3 +87,16 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, tensorrt: bool, opset: i
         click.echo(format_table(result.parity))
     if result.failures:
         raise click.ClickException("parity check failed:\n  " + "\n  ".join(result.failures))
+
+
+def _int8_summary(entry: dict) -> str:
+    cal, quality = entry["calibration"], entry["parity"]
+    natural = quality["natural_images"]
+    kept = ", ".join(f"{k['node']} ({k['op']})" for k in entry["quantization"]["fp32_nodes"])
+    where = "held out from calibration" if natural["held_out"] else "in-sample: the folder has no images beyond the calibration ones"
+    return (
+        f"\nint8: calibrated on {cal['images']} images of {cal['folder']} ({cal['method']}); kept fp32: {kept}\n"
+        f"  vs model.onnx: PSNR-Y {natural['psnr_y_db_mean']:.2f} dB mean, {natural['psnr_y_db_min']:.2f} dB worst on "
+        f"{len(natural['images'])} images ({where}; bound >= {natural['min_psnr_y_db']:g} dB); "
+        f"PSNR {quality['parity_inputs']['psnr_db']:.2f} dB on the parity inputs ([0,1] output)"
+    )

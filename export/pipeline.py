@@ -1,8 +1,10 @@
-"""One export run: generator -> model.onnx [+ model.fp16.onnx] [+ engines] + manifest.json.
+"""One export run: generator -> model.onnx [+ model.fp16.onnx] [+ model.int8.onnx]
+[+ engines] + manifest.json.
 
-Order matters for the user: the ONNX files and a manifest describing them are written
-first, so a missing TensorRT (checked next, failing fast) still leaves usable ONNX
-outputs; parity runs last, and its figures go into the manifest.
+Order matters for the user: the calibration images (for int8) are read before anything
+is written, so a bad folder costs nothing; the ONNX files and a manifest describing them
+are written next, so a missing TensorRT (checked next, failing fast) still leaves usable
+ONNX outputs; parity runs last, and its figures go into the manifest.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from typing import Any
 
 from srdeploy import __version__, contract
 from srdeploy.export import parity
+from srdeploy.export.int8 import MIN_PSNR_Y as MIN_INT8_PSNR_Y
 from srdeploy.export.tensorrt_engine import TileProfile
 from srdeploy.manifest import sha256_file, write_manifest
 
 FP32_ONNX = "model.onnx"
 FP16_ONNX = "model.fp16.onnx"
+INT8_ONNX = "model.int8.onnx"
 TIMING_CACHE = "tensorrt.timing.cache"
 # The reference each artifact is held to (issue 3): ORT fp32 against torch, the rest
 # against ORT fp32, with the fp32 or fp16 bounds.
@@ -34,7 +38,16 @@ def engine_name(precision: str) -> str:
 
 
 # Written only on request, so removed first (model.onnx is always rewritten in place).
-STALE_CANDIDATES = (FP16_ONNX, engine_name("fp32"), engine_name("fp16"))
+STALE_CANDIDATES = (FP16_ONNX, INT8_ONNX, engine_name("fp32"), engine_name("fp16"))
+
+
+@dataclass(frozen=True)
+class Int8Request:
+    """What ``--int8`` asks for."""
+
+    calibration: Path  # folder of HR images (recursive); each becomes a 64x64 LR input
+    limit: int = 300  # calibration images used (the first ones, sorted by path)
+    method: str = "percentile"  # minmax | percentile | entropy; see srdeploy.export.int8
 
 
 @dataclass
@@ -45,10 +58,11 @@ class ExportResult:
     parity: list[parity.ParityRow] = field(default_factory=list)
     parity_inputs: list[str] = field(default_factory=list)  # "name NxCxHxW" per batch
     removed: list[str] = field(default_factory=list)  # earlier exports' artifacts deleted, not rewritten
+    int8_failures: list[str] = field(default_factory=list)  # int8 vs fp32 quality bound, checked on every int8 export
 
     @property
     def failures(self) -> list[str]:
-        return [f for row in self.parity for f in row.failures]
+        return [f for row in self.parity for f in row.failures] + self.int8_failures
 
 
 def export_artifacts(
@@ -58,6 +72,7 @@ def export_artifacts(
     meta: dict[str, Any] | None = None,
     source: Path | None = None,
     fp16: bool = False,
+    int8: Int8Request | None = None,
     tensorrt: bool = False,
     opset: int | None = None,
     check: bool = False,
@@ -66,13 +81,20 @@ def export_artifacts(
 ) -> ExportResult:
     """Write the requested artifacts and manifest.json into ``out_dir``.
 
-    Raises TensorRTUnavailable (after the ONNX files and their manifest are written) when
-    ``tensorrt`` is asked for without TensorRT or a GPU. Parity failures do not raise:
-    they are in ``result.failures`` and the manifest.
+    Raises ValueError naming the folder, before writing anything, when ``int8`` names a
+    calibration folder without readable images; TensorRTUnavailable (after the ONNX files
+    and their manifest are written) when ``tensorrt`` is asked for without TensorRT or a
+    GPU. Parity and int8 quality failures do not raise: they are in ``result.failures``
+    and the manifest.
     """
     from srdeploy.export.fp16 import convert_fp16
     from srdeploy.export.onnx_export import export_onnx
 
+    calibration = None
+    if int8 is not None:
+        from srdeploy.export.calibration import load_calibration
+
+        calibration = load_calibration(int8.calibration, int8.limit)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = ExportResult(out_dir, models={})
@@ -90,6 +112,8 @@ def export_artifacts(
         with _timed(result, "onnx fp16"):
             convert_fp16(out_dir / FP32_ONNX, out_dir / FP16_ONNX)
         result.models[FP16_ONNX] = _onnx_entry(out_dir / FP16_ONNX)
+    if int8 is not None:
+        _write_int8(result, int8, calibration, images_dir)
     _write(result, generator, meta, source)
 
     if tensorrt:
@@ -115,6 +139,25 @@ def export_artifacts(
     return result
 
 
+def _write_int8(result: ExportResult, request: Int8Request, calibration, images_dir: Path | None) -> None:
+    """Quantise model.onnx into model.int8.onnx and measure it against model.onnx."""
+    from srdeploy.export.int8 import quality_vs_fp32, quantize_int8
+
+    out_dir = result.out_dir
+    with _timed(result, "onnx int8"):
+        quantization = quantize_int8(out_dir / FP32_ONNX, out_dir / INT8_ONNX, calibration, request.method)
+    with _timed(result, "int8 quality"):
+        quality = quality_vs_fp32(out_dir / FP32_ONNX, out_dir / INT8_ONNX, calibration, parity.parity_batches(images_dir=images_dir))
+    result.models[INT8_ONNX] = {
+        **_onnx_entry(out_dir / INT8_ONNX),
+        "built_from": FP32_ONNX,
+        "quantization": quantization,
+        "calibration": {**calibration.describe(), "limit": request.limit, "method": quantization["calibration_method"]},
+        "parity": quality,
+    }
+    result.int8_failures = list(quality["failures"])
+
+
 def load_export_generator(path: Path, weights: str = "auto"):
     """(Generator in eval mode, checkpoint metadata) for export; see
     ``srdeploy.training.checkpoint.generator_state`` for ``weights``."""
@@ -132,7 +175,7 @@ def check_parity(generator, out_dir: Path, models: dict[str, dict[str, Any]], ba
     for name, entry in models.items():
         if name == FP32_ONNX:
             continue
-        limits = parity.FP16_LIMITS if entry["precision"] == "fp16" else parity.FP32_LIMITS
+        limits = parity.LIMITS[entry["precision"]]
         if entry["format"] == "onnx":
             label, backend = f"onnxruntime {entry['precision']} ({name})", parity.onnxruntime_backend(out_dir / name)
         else:
@@ -162,7 +205,7 @@ def build_manifest_info(generator, meta: dict[str, Any] | None, source: Path | N
         "source": _source_entry(source, meta),
         "training_config": _jsonable(meta.get("config")),
         "training_metrics": _jsonable(meta.get("metrics")),
-        "exporter": "torch.onnx.export(dynamo=True), onnxconverter-common float16 (keep_io_types)",
+        "exporter": "torch.onnx.export(dynamo=True), onnxconverter-common float16 (keep_io_types), onnxruntime.quantization int8 (QDQ)",
         "versions": _versions(),
         "export_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
     }
@@ -170,7 +213,11 @@ def build_manifest_info(generator, meta: dict[str, Any] | None, source: Path | N
         info["parity"] = {
             "inputs": result.parity_inputs,
             "patterns": "gradient, noise, edges, checkerboard; black+white: all-0 and all-1 frames; images: centre squares of a folder at 64x64",
-            "limits": {"fp32_max_abs": parity.FP32_LIMITS.max_abs, "fp16_min_psnr_db": parity.FP16_LIMITS.min_psnr},
+            "limits": {
+                "fp32_max_abs": parity.FP32_LIMITS.max_abs,
+                "fp16_min_psnr_db": parity.FP16_LIMITS.min_psnr,
+                "int8": f"no NaN/Inf or flat outputs here; PSNR-Y >= {MIN_INT8_PSNR_Y:g} dB vs fp32 on natural images (models.{INT8_ONNX}.parity)",
+            },
             "rows": [r.as_dict() for r in result.parity],
         }
     return info

@@ -21,7 +21,7 @@ MANIFEST_NAME = "manifest.json"
 MAX_IR_VERSION = 13
 # Model-level metadata_props srdeploy writes into every exported ONNX file.
 META_SCALE = "srdeploy.scale"
-META_PRECISION = "srdeploy.precision"  # "fp32" | "fp16" (compute; the I/O stays float32)
+META_PRECISION = "srdeploy.precision"  # "fp32" | "fp16" | "int8" (compute; the I/O stays float32)
 META_CONTRACT = "srdeploy.contract"
 CONTRACT_TEXT = "lr: float32 NCHW RGB [0,1] -> sr: float32 NCHW RGB [0,1], batch/height/width dynamic"
 

@@ -39,6 +39,15 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     return float("inf") if mse == 0 else float(10.0 * np.log10(peak**2 / mse))
 
 
+def psnr_y(a: np.ndarray, b: np.ndarray, border: int = 4) -> float:
+    """PSNR on BT.601 Y between two uint8 RGB images, ``border`` pixels removed (no SSIM,
+    so no scikit-image: the export extra uses this)."""
+    a, b = _as_rgb_uint8(a, "a"), _as_rgb_uint8(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"images {a.shape} and {b.shape} differ in shape")
+    return psnr(_crop(rgb_to_y(a), border), _crop(rgb_to_y(b), border))
+
+
 def evaluate_pair(sr: np.ndarray, hr: np.ndarray, border: int = 4) -> dict[str, float]:
     """PSNR-Y, SSIM-Y and RGB PSNR of one uint8 SR image against its HR reference."""
     from skimage.metrics import structural_similarity

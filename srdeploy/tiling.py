@@ -114,18 +114,22 @@ _POINTWISE = {
     "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Exp", "Log", "Pow", "Sqrt", "Reciprocal", "Max", "Min",
     "Relu", "PRelu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "Tanh", "Erf", "Gelu", "Clip",
     "Identity", "Cast", "Sin", "Cos", "Softplus", "Mish", "HardSwish", "BatchNormalization",  # BN at inference: per-pixel affine
+    "QuantizeLinear", "DequantizeLinear",  # an int8 (QDQ) export's per-value (de)quantisation
 }
 
 
 def graph_receptive_radius(graph: Any) -> float | None:
     """Receptive radius in input pixels of an ONNX graph (an ``onnx.GraphProto``) built from
-    stride-1 convolutions, DepthToSpace and pointwise ops; None when it holds anything else.
+    stride-1 convolutions, DepthToSpace and pointwise ops (Q/DQ included, so int8 QDQ
+    exports are read too); None when it holds anything else.
 
     Walks the nodes (ONNX stores them topologically sorted), carrying for every tensor
     how far its values reach into the input and its resolution relative to the input; a
     conv adds its half-extent divided by that resolution.
     """
     weights = {t.name: list(t.dims) for t in graph.initializer}
+    # In a QDQ graph a conv's weight is a DequantizeLinear of an int8 initializer.
+    weights.update({n.output[0]: weights[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights})
     reach: dict[str, tuple[float, float]] = {v.name: (0.0, 1.0) for v in graph.input if v.name not in weights}
     for node in graph.node:
         inputs = [reach[name] for name in node.input if name in reach]
