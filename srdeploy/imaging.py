@@ -34,8 +34,10 @@ SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP":
 SUFFIXES = {"PNG": {".png"}, "JPEG": {".jpg", ".jpeg", ".jpe"}, "WEBP": {".webp"}, "TIFF": {".tif", ".tiff"}, "BMP": {".bmp", ".dib"}}
 KEEPS_ALPHA = {"PNG", "WEBP", "TIFF"}
 DEFAULT_QUALITY = {"JPEG": 95, "WEBP": 90}
-# zlib level of PNG outputs, 0-9: lower is faster and bigger, the pixels are the same.
-DEFAULT_PNG_COMPRESSION = 6
+# zlib level of PNG outputs, 0-9: lower is faster and bigger, the pixels are the same. 1,
+# as OpenCV's imwrite: on 256x256 faces it encodes about 4x faster than Pillow's 6 for
+# files about 10% larger, and at 6 encoding took a tenth of the CPU model time (README).
+DEFAULT_PNG_COMPRESSION = 1
 _EXIF_ORIENTATION = 0x0112
 
 
