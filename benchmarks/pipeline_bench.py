@@ -171,7 +171,7 @@ def measure(name: str, tree: Path, cfg: dict, inputs: Path, scratch: Path) -> di
 def throughput(variants: list[str], trees: dict[str, Path], inputs: Path, scratch: Path, repeats: int) -> list[dict]:
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(repeats):
-        for name in variants:
+        for name in variants[r % len(variants):] + variants[: r % len(variants)]:  # rotated: no variant always runs first
             tree, cfg = variant_config(name, trees)
             row = measure(name, tree, cfg, inputs, scratch)
             runs[name].append(row)

@@ -13,7 +13,7 @@ import click
 
 # = srdeploy.imaging.DEFAULT_MAX_PIXELS and DEFAULT_PNG_COMPRESSION (not imported: keeps --help light)
 DEFAULT_MAX_PIXELS = 4095 * 4095
-DEFAULT_PNG_COMPRESSION = 1
+DEFAULT_PNG_COMPRESSION = 4
 
 
 @click.command("upscale")
