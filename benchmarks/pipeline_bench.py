@@ -1,7 +1,7 @@
 """`srdeploy upscale` end to end against the bare model, on 64x64 faces (not a test).
 
     .venv/bin/python benchmarks/pipeline_bench.py [--count 100] [--repeats 3] [--before REV]
-        [--variants bare,before,after] [--parts encode,throughput]
+        [--variants bare,before,after] [--parts encode,busy,throughput]
 
 Inputs: the CelebA-HQ test faces (../shared/data/celeba_hq_256/test) downscaled to 64x64
 with srdeploy.degrade.downscale (bicubic, antialiased), written as PNGs to a temp folder.
@@ -9,6 +9,8 @@ Model: the shipped default (SRResNet B=8), CPU provider, default threads and til
 
 - ``encode``: per image, the model time (Upscaler.upscale_array) against the PNG encode
   time of its 256x256 output at each zlib level, with the output sizes.
+- ``busy``: in-process, the share of run_batch's wall time the model is running, one
+  input at a time vs pipelined (see model_busy_share).
 - ``throughput``: each variant runs in a fresh subprocess, one after the other, repeated;
   medians are reported, with the 1-minute load average seen before each run (the machine
   is shared, so read the ratios).
@@ -189,6 +191,58 @@ def throughput(variants: list[str], trees: dict[str, Path], inputs: Path, scratc
     return rows
 
 
+def model_busy_share(inputs: Path, scratch: Path, repeats: int) -> list[dict]:
+    """In-process: run_batch one input at a time (Limits(workers=1, in_flight=1): each
+    input is read, upscaled, written and journalled before the next is read, as before the
+    pipeline; with PNG level 6, the old default) and pipelined, timing the model calls. The share of the batch's
+    wall time the model was running is what end to end can reach of the bare model on an
+    otherwise idle machine; other jobs on the machine slow both alike."""
+    from srdeploy import batch, pipeline
+    from srdeploy.upscaler import Upscaler
+
+    up = Upscaler("default", provider="cpu")
+    model_seconds: list[float] = []
+    upscale_picture = up.upscale_picture
+
+    def timed_upscale_picture(picture):
+        t0 = time.perf_counter()
+        try:
+            return upscale_picture(picture)
+        finally:
+            model_seconds.append(time.perf_counter() - t0)
+
+    up.upscale_picture = timed_upscale_picture
+    up.upscale_picture(make_warmup_picture())
+    one_at_a_time, png6 = pipeline.Limits(workers=1, in_flight=1), batch.Settings(png_compression=6)
+    modes = {  # name -> (limits, settings)
+        "one at a time, PNG level 6 (as before)": (one_at_a_time, png6),
+        "pipelined, PNG level 6": (batch.LIMITS, png6),
+        "pipelined, PNG level 4 (default)": (batch.LIMITS, batch.Settings()),
+    }
+    runs: dict[str, list[dict]] = {name: [] for name in modes}
+    for r in range(repeats):
+        for name, (limits, settings) in modes.items():
+            model_seconds.clear()
+            out = Path(tempfile.mkdtemp(dir=scratch, prefix="busy-"))
+            load = os.getloadavg()[0]
+            summary = batch.run_batch(up, [inputs], out, settings, limits=limits)
+            if summary.failed:
+                raise RuntimeError(f"{summary.failed} inputs failed: {summary.line()}")
+            runs[name].append({"busy": sum(model_seconds) / summary.seconds, "images_per_s": len(model_seconds) / summary.seconds, "load": load})
+            print(f"  repeat {r + 1}: {name}: model busy {runs[name][-1]['busy']:.3f} of the batch's wall time, "
+                  f"{runs[name][-1]['images_per_s']:.3f} images/s, load {load:.2f}", flush=True)
+    return [{
+        "batch": name, "model_busy_share": round(median(r["busy"] for r in rs), 3), "images_per_s": round(median(r["images_per_s"] for r in rs), 3),
+        "busy_runs": [round(r["busy"], 3) for r in rs], "load_before": [round(r["load"], 2) for r in rs],
+    } for name, rs in runs.items()]
+
+
+def make_warmup_picture():
+    from srdeploy.imaging import Picture
+
+    return Picture(np.zeros((64, 64, 3), np.uint8))
+
+
 def encode_share(inputs: Path, count: int) -> list[dict]:
     """Model seconds per image vs PNG encode seconds of its 256x256 output, per zlib level."""
     from PIL import Image
@@ -225,7 +279,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--before", default="HEAD", help="git revision for the 'before' variant")
     parser.add_argument("--variants", default="bare,before,after")
-    parser.add_argument("--parts", default="encode,throughput")
+    parser.add_argument("--parts", default="encode,busy,throughput")
     parser.add_argument("--encode-count", type=int, default=20, help="images for the encode part")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -241,6 +295,10 @@ def main() -> None:
         if "encode" in parts:
             results["encode"] = encode_share(inputs, args.encode_count)
             _print("Model vs PNG encode, 64x64 -> 256x256 faces (in-process)", results["encode"])
+        if "busy" in parts:
+            print(f"\n## Model busy share, {args.count} faces, {args.repeats} repeats (in-process)", flush=True)
+            results["busy"] = model_busy_share(inputs, scratch, args.repeats)
+            _print("Medians: share of run_batch's wall time spent in the model", results["busy"])
         if "throughput" in parts:
             trees = {"after": REPO}
             variants = args.variants.split(",")
