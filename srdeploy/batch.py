@@ -221,8 +221,10 @@ def run_batch(
                 record(result, **extra)
                 bar.update()
 
+            def output_pixels(job: Job) -> int:  # its weight against the pipeline's memory budget
+                return job.pixels * upscaler.scale**2
+
             steps = InputSteps(upscaler, out_dir, settings, journal, finish)
-            output_pixels = lambda job: job.pixels * upscaler.scale**2  # noqa: E731
             pipeline.run_in_order(jobs, steps.as_pipeline(), limits or LIMITS, output_pixels)
     summary.seconds = time.perf_counter() - start
     return summary
