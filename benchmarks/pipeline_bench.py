@@ -15,7 +15,7 @@ Model: the shipped default (SRResNet B=8), CPU provider, default threads and til
   medians are reported, with the 1-minute load average seen before each run (the machine
   is shared, so read the ratios).
   * ``bare``: Upscaler.upscale_array on the pre-decoded float32 arrays (one warm-up image
-    first), the same session settings as the CLI; ``bare-spin`` with spinning on.
+    first), the same session settings as the CLI (``bare-spin``, ``bare-threadsN``: as below).
   * ``before``: `srdeploy upscale IN -o OUT` from the tree at ``--before`` (git archive).
   * ``after``: the same command from this working tree; ``after-pngN`` adds
     ``--png-compression N``; ``after-spin`` turns ONNX Runtime's spinning back on;
@@ -277,7 +277,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=100, help="faces to use (the test split has 100)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--before", default="HEAD", help="git revision for the 'before' variant")
+    parser.add_argument("--before", default="8467c2b", help="git revision for the 'before' variant (default: the last one-file-at-a-time batch)")
     parser.add_argument("--variants", default="bare,before,after")
     parser.add_argument("--parts", default="encode,busy,throughput")
     parser.add_argument("--encode-count", type=int, default=20, help="images for the encode part")
