@@ -4,20 +4,28 @@ Every input ends as ``ok``, ``skipped`` or ``failed`` with a one-line reason, pr
 appended to the JSONL journal ``OUT/upscale-journal.jsonl``. One bad file never stops the
 batch. Inputs are only read.
 
-Crash safety: an output is written to a hidden temp file beside it and fsynced; then its
-``ok`` record (with the output's sha256) is appended to the journal; then the temp file
-is renamed over the output (os.replace, atomic). A run killed at any point leaves each
-output either absent or complete. On the next run an output counts as done only if the
-journal's last ok record for it matches the file's sha256 *and* the same input content,
-model and settings; anything else is redone. Temp files a killed run left are removed
-when the next run starts (it holds a lock on OUT, so none of them is live).
+Throughput: inputs go through srdeploy.pipeline. Worker threads read and decode the next
+inputs and encode and stage finished outputs while the model runs on the calling thread;
+one commit thread journals and renames outputs, and reports results, strictly in input
+order. At most a few inputs (and a bounded number of output pixels) are in flight; an
+input too large for that budget runs alone. Results and journal records appear in input
+order; a result's ``seconds`` run from reading its input to its commit, so they overlap.
+
+Crash safety: an output is written to a hidden temp file beside it and fsynced; then a
+``writing`` record (with the output's sha256) is appended to the journal; then the temp
+file is renamed over the output (os.replace, atomic), and the ``ok`` record follows. A
+run killed at any point leaves each output either absent or complete. On the next run an
+output counts as done only if the journal's last record vouching for it matches the
+file's sha256 *and* the same input content, model and settings; anything else is redone.
+Temp files a killed run left are removed when the next run starts (it holds a lock on
+OUT, so none of them is live). A run stopped by Ctrl-C or an error it cannot go on from
+(an unwritable journal) finishes the commit under way and removes the temp files of the
+outputs it did not commit before it raises.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import secrets
 import sys
 import time
 import unicodedata
@@ -25,12 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from srdeploy import imaging
+from srdeploy import imaging, pipeline
 from srdeploy.journal import Journal, display
 from srdeploy.upscaler import Upscaler
 
 JOURNAL_NAME = "upscale-journal.jsonl"
 TMP_SUFFIX = ".srdeploy-tmp"
+# In flight at once. Two worker threads: one decodes ahead while the other encodes, each
+# mostly in Pillow/zlib code that releases the GIL; see README "Batch throughput".
+LIMITS = pipeline.Limits(workers=2, in_flight=6, budget=32 * 2**20)
 # Suffixes picked up inside folders (files named explicitly are always tried). The
 # unsupported ones are listed so that they are reported rather than silently passed over.
 IMAGE_SUFFIXES = {
@@ -41,13 +52,19 @@ IMAGE_SUFFIXES = {
 
 @dataclass(frozen=True)
 class Settings:
-    """What changes the bytes of an output (format, quality) and how the batch behaves."""
+    """What changes the bytes of an output (format, quality, PNG compression) and how the
+    batch behaves."""
 
     format: str = "same"  # same | png | jpg | webp
     quality: int | None = None  # JPEG/WebP quality 1-100; None = 95 (JPEG) / 90 (WebP)
     recursive: bool = False
     overwrite: bool = False  # replace outputs this tool cannot prove it made from this input
     max_pixels: int = imaging.DEFAULT_MAX_PIXELS
+    png_compression: int = imaging.DEFAULT_PNG_COMPRESSION  # zlib level 0-9 of PNG outputs
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.png_compression <= 9:
+            raise ValueError(f"png_compression must be a zlib level from 0 to 9, got {self.png_compression}")
 
 
 @dataclass
@@ -66,6 +83,7 @@ class Job:
     output: PurePosixPath  # relative to OUT
     format: str
     note: str | None
+    pixels: int  # input width x height, from the header
 
 
 @dataclass
@@ -145,7 +163,7 @@ def plan(files: list[tuple[Path, PurePosixPath]], settings: Settings, scale: int
             fmt, note = imaging.choose_format(settings.format, info)
             imaging.check_output_size(info, scale, fmt)
         except imaging.ImageError as e:
-            failures.append(Result(shown, "failed", _reason(e, shown)))
+            failures.append(Result(shown, "failed", failure_reason(e, shown)))
             continue
         output = rel.with_suffix(imaging.output_suffix(fmt, rel.suffix))
         # Case- and Unicode-normalisation-insensitive, as macOS and Windows file systems are.
@@ -154,7 +172,7 @@ def plan(files: list[tuple[Path, PurePosixPath]], settings: Settings, scale: int
             failures.append(Result(shown, "failed", f"output name {output} is already taken by {claimed[key]}; rename one of them", str(output)))
             continue
         claimed[key] = shown
-        jobs.append(Job(path, shown, output, fmt, note))
+        jobs.append(Job(path, shown, output, fmt, note, info.width * info.height))
     return jobs, failures
 
 
@@ -165,11 +183,16 @@ def run_batch(
     settings: Settings = Settings(),
     report: Callable[[Result], None] | None = None,
     progress: bool = False,
+    limits: pipeline.Limits | None = None,
 ) -> Summary:
     """Upscale ``inputs`` (files and folders) into ``out_dir``; ``report`` is called once
-    per input as it finishes. Returns the summary; nothing raises for a bad input (only for
-    an unusable OUT: ValueError when it is an input folder, RuntimeError when locked)."""
+    per input, in input order, from the pipeline's commit thread. Returns the summary;
+    nothing raises for a bad input (only for an unusable OUT: ValueError when it is an
+    input folder, RuntimeError when locked; OSError when the journal cannot be written).
+    ``limits``: how many inputs are in flight at once (default :data:`LIMITS`)."""
     from tqdm import tqdm
+
+    from srdeploy.batch_steps import InputSteps  # here: it imports this module's types
 
     start = time.perf_counter()
     if any(given.is_dir() and given.resolve() == out_dir.resolve() for given in inputs):
@@ -193,97 +216,33 @@ def run_batch(
         for result in failures + refused:
             record(result)
         with tqdm(total=len(jobs), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
-            for job in jobs:
-                result, extra = _process(upscaler, job, out_dir, settings, journal)
+
+            def finish(result: Result, extra: dict) -> None:
                 record(result, **extra)
                 bar.update()
+
+            def output_pixels(job: Job) -> int:  # its weight against the pipeline's memory budget
+                return job.pixels * upscaler.scale**2
+
+            steps = InputSteps(upscaler, out_dir, settings, journal, finish)
+            pipeline.run_in_order(jobs, steps.as_pipeline(), limits or LIMITS, output_pixels)
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _process(upscaler: Upscaler, job: Job, out_dir: Path, settings: Settings, journal: Journal) -> tuple[Result, dict]:
-    t0 = time.perf_counter()
-    target = out_dir / job.output
-    source = str(job.source.resolve())
-
-    def result(status: str, reason: str) -> Result:
-        return Result(job.shown, status, reason, str(job.output), time.perf_counter() - t0)
-
-    try:
-        if target.resolve() == job.source.resolve():
-            return result("failed", "the output would replace the input; choose another -o"), {}
-        data = job.source.read_bytes()
-    except OSError as e:
-        return result("failed", f"cannot read ({e.strerror or e})"), {}
-    key = {"source": source, "input_sha256": hashlib.sha256(data).hexdigest(), "model_sha256": upscaler.model.sha256, "format": job.format, "quality": settings.quality}
-    replacing = ""
-    if target.exists():
-        made = journal.last_ok(str(job.output))
-        ours = made is not None and made.get("output_sha256") == _sha256_file(target)
-        if ours and all(made.get(k) == v for k, v in key.items()):
-            return result("skipped", "already done (same input, model and settings)"), key
-        if ours and made.get("source") == source:
-            replacing = " (replaced: input, model or settings changed)"
-        elif not settings.overwrite:
-            whose = f"made from {made.get('input')}" if ours else "not made by srdeploy from this input"
-            return result("skipped", f"output exists ({whose}); --overwrite replaces it"), key
-    try:
-        encoded = upscaler.upscale_bytes(data, job.shown, job.format, settings.quality, settings.max_pixels)
-        if encoded.format != job.format:
-            return result("failed", f"format changed from {job.format} to {encoded.format} after decoding; nothing written"), key
-        tmp = _stage(target, encoded.data)
-        try:
-            output_sha = hashlib.sha256(encoded.data).hexdigest()
-            journal.append({"input": job.shown, "status": "writing", "output": str(job.output), "output_sha256": output_sha, **key})
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    except imaging.ImageError as e:
-        return result("failed", _reason(e, job.shown)), key
-    except MemoryError:
-        return result("failed", "out of memory (try a smaller --tile or --max-pixels)"), key
-    except Exception as e:  # one file must not end the batch; the reason names the cause
-        return result("failed", f"{type(e).__name__}: {e}"), key
-    note = f"; {job.note}" if job.note else ""
-    extra = {**key, "output_sha256": output_sha, "size": [encoded.width, encoded.height]}
-    return result("ok", f"{encoded.width}x{encoded.height} {job.format}{note}{replacing}"), extra
-
-
-def _stage(target: Path, data: bytes) -> Path:
-    """Write ``data`` to a fsynced temp file beside ``target`` and return its path."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
-    # os.open with 0o666 lets the umask decide the mode, as for any file the user writes
-    # (tempfile.mkstemp would make every output private, 0o600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
-def _sha256_file(path: Path) -> str | None:
-    try:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-        return digest.hexdigest()
-    except OSError:
-        return None
-
-
-def _reason(error: Exception, shown: str) -> str:
-    """ImageError texts start with the file name; the batch shows the name separately."""
-    text = str(error)
-    return text[len(shown) + 2 :] if text.startswith(f"{shown}: ") else text
-
-
 def _settings_record(settings: Settings) -> dict:
-    return {"format": settings.format, "quality": settings.quality, "recursive": settings.recursive, "overwrite": settings.overwrite, "max_pixels": settings.max_pixels}
+    return {
+        "format": settings.format, "quality": settings.quality, "png_compression": settings.png_compression,
+        "recursive": settings.recursive, "overwrite": settings.overwrite, "max_pixels": settings.max_pixels,
+    }
+
+
+def failure_reason(error: Exception, shown: str) -> str:
+    """The one-line reason an input failed. ImageError texts start with the file name,
+    which the batch shows separately."""
+    if isinstance(error, imaging.ImageError):
+        text = str(error)
+        return text[len(shown) + 2 :] if text.startswith(f"{shown}: ") else text
+    if isinstance(error, MemoryError):
+        return "out of memory (try a smaller --tile or --max-pixels)"
+    return f"{type(error).__name__}: {error}"

@@ -25,7 +25,7 @@ from srdeploy import png16
 from srdeploy.image_guard import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, ImageError, open_checked, sniff, why
 
 __all__ = [
-    "ALLOWED_FORMATS", "DEFAULT_MAX_PIXELS", "ImageError", "ImageInfo", "Picture", "probe", "decode", "encode",
+    "ALLOWED_FORMATS", "DEFAULT_MAX_PIXELS", "DEFAULT_PNG_COMPRESSION", "ImageError", "ImageInfo", "Picture", "probe", "decode", "encode",
     "choose_format", "check_output_size", "output_suffix", "picture_from_pil", "picture_to_pil", "orient", "sniff",
 ]
 
@@ -34,6 +34,11 @@ SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP":
 SUFFIXES = {"PNG": {".png"}, "JPEG": {".jpg", ".jpeg", ".jpe"}, "WEBP": {".webp"}, "TIFF": {".tif", ".tiff"}, "BMP": {".bmp", ".dib"}}
 KEEPS_ALPHA = {"PNG", "WEBP", "TIFF"}
 DEFAULT_QUALITY = {"JPEG": 95, "WEBP": 90}
+# zlib level of PNG outputs, 0-9: lower is faster and bigger, the pixels are the same. At
+# Pillow's 6, encoding a 256x256 face took about a tenth of the model's time on 2 cores; 4
+# makes files as small (within 1%) 2.5x faster, 1 (OpenCV's default) 4x faster but 15%
+# bigger. Levels 4-9 differ little on photographic content. Measured: README "Batch throughput".
+DEFAULT_PNG_COMPRESSION = 4
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -208,16 +213,21 @@ def check_output_size(info: ImageInfo, scale: int, fmt: str) -> None:
         )
 
 
-def encode(pic: Picture, fmt: str, quality: int | None = None) -> bytes:
-    """Picture -> file bytes in ``fmt`` (PNG, JPEG, WEBP, TIFF, BMP), ICC profile carried."""
+def encode(pic: Picture, fmt: str, quality: int | None = None, png_compression: int = DEFAULT_PNG_COMPRESSION) -> bytes:
+    """Picture -> file bytes in ``fmt`` (PNG, JPEG, WEBP, TIFF, BMP), ICC profile carried.
+    ``quality`` applies to JPEG/WebP, ``png_compression`` (zlib level 0-9) to PNG."""
+    if not 0 <= png_compression <= 9:
+        raise ValueError(f"png_compression must be a zlib level from 0 to 9, got {png_compression}")
     if fmt == "PNG" and pic.depth == 16 and not (pic.gray and pic.alpha is None):
         planes = pic.color if pic.alpha is None else np.dstack([pic.color, pic.alpha])
-        return png16.encode_png16(planes, pic.icc_profile)
+        return png16.encode_png16(planes, pic.icc_profile, png_compression)
     if pic.depth == 16 and fmt not in ("PNG", "TIFF"):
         pic = to_8bit(pic)  # explicit callers only: choose_format never picks this
     img = picture_to_pil(pic)
     options: dict = {"icc_profile": pic.icc_profile} if pic.icc_profile else {}
-    if fmt == "JPEG":
+    if fmt == "PNG":
+        options.update(compress_level=png_compression)
+    elif fmt == "JPEG":
         q = quality or DEFAULT_QUALITY["JPEG"]
         options.update(quality=q, subsampling=0 if q >= 90 else 2)  # 4:4:4 keeps the detail SR adds
     elif fmt == "WEBP":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,6 +24,7 @@ class Journal:
         self.path = Path(path)
         self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         self._made: dict[str, dict[str, Any]] | None = None
+        self._reading = threading.Lock()  # the batch's loader threads ask last_ok at once
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Every complete record, oldest first."""
@@ -39,12 +41,14 @@ class Journal:
                 yield record
 
     def last_ok(self, output: str) -> dict[str, Any] | None:
-        """The newest record that vouches for ``output`` (relative path), as of opening."""
-        if self._made is None:
-            self._made = {}
-            for record in self.records():
-                if record.get("status") in _VOUCHING and record.get("output") and record.get("output_sha256"):
-                    self._made[record["output"]] = record
+        """The newest record that vouches for ``output`` (relative path), as of the first call."""
+        with self._reading:
+            if self._made is None:
+                made = {}
+                for record in self.records():
+                    if record.get("status") in _VOUCHING and record.get("output") and record.get("output_sha256"):
+                        made[record["output"]] = record
+                self._made = made
         return self._made.get(output)
 
     def append(self, record: dict[str, Any]) -> None:

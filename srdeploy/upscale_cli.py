@@ -11,7 +11,9 @@ from pathlib import Path
 
 import click
 
-DEFAULT_MAX_PIXELS = 4095 * 4095  # = srdeploy.imaging.DEFAULT_MAX_PIXELS (not imported: keeps --help light)
+# = srdeploy.imaging.DEFAULT_MAX_PIXELS and DEFAULT_PNG_COMPRESSION (not imported: keeps --help light)
+DEFAULT_MAX_PIXELS = 4095 * 4095
+DEFAULT_PNG_COMPRESSION = 4
 
 
 @click.command("upscale")
@@ -22,11 +24,12 @@ DEFAULT_MAX_PIXELS = 4095 * 4095  # = srdeploy.imaging.DEFAULT_MAX_PIXELS (not i
 @click.option("--tile", type=click.IntRange(min=0), default=128, show_default=True, help="LR tile side in pixels (tiles overlap by the model's receptive radius, so the output equals untiled); 0 = whole image (CPU only).")
 @click.option("--format", "fmt", type=click.Choice(["same", "png", "jpg", "webp"]), default="same", show_default=True, help="Output format; alpha and 16-bit inputs are written as PNG when the format cannot hold them.")
 @click.option("--quality", type=click.IntRange(1, 100), default=None, help="JPEG/WebP quality [default: 95 JPEG, 90 WebP]; PNG/TIFF/BMP are lossless.")
+@click.option("--png-compression", type=click.IntRange(0, 9), default=DEFAULT_PNG_COMPRESSION, show_default=True, help="zlib level of PNG outputs, 0-9: higher is smaller and slower (6 is Pillow's and libpng's default); the pixels are the same.")
 @click.option("-r", "--recursive", is_flag=True, help="Descend into subfolders.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs this tool did not make from the same input.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-file lines; failures still go to stderr.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True, help="Refuse inputs with more pixels (checked before decoding).")
-def upscale(inputs, out_dir, model, provider, tile, fmt, quality, recursive, overwrite, quiet, max_pixels):
+def upscale(inputs, out_dir, model, provider, tile, fmt, quality, png_compression, recursive, overwrite, quiet, max_pixels):
     """Upscale INPUT images and folders 4x into OUTPUT.
 
     Every input ends ok, skipped or failed with a reason, also appended to
@@ -62,7 +65,7 @@ def upscale(inputs, out_dir, model, provider, tile, fmt, quality, recursive, ove
         elif not quiet:
             tqdm.write(line, file=sys.stdout)
 
-    settings = batch.Settings(format=fmt, quality=quality, recursive=recursive, overwrite=overwrite, max_pixels=max_pixels)
+    settings = batch.Settings(format=fmt, quality=quality, png_compression=png_compression, recursive=recursive, overwrite=overwrite, max_pixels=max_pixels)
     try:
         summary = batch.run_batch(upscaler, list(inputs), out_dir, settings, report=report, progress=not quiet)
     except (ValueError, RuntimeError, OSError) as e:  # OUT unusable (an input, locked, not writable)

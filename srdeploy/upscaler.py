@@ -7,6 +7,7 @@ same input gives the same output everywhere::
     sr = up.upscale_array(lr)                       # float32 (H, W, 3) in [0, 1] -> (4H, 4W, 3)
     img = up.upscale_image(Image.open(path))        # any mode; alpha, grey, 16-bit kept
     out = up.upscale_bytes(data, "a.png", "same")   # file bytes -> file bytes (CLI and handler)
+    # the same in three steps (the batch overlaps them on threads): decode, upscale_picture, encode
 
 Immutable after construction and safe to share between threads (ONNX Runtime sessions
 are; GPU I/O buffers are per thread). Providers: ``cpu``, ``cuda`` and ``tensorrt`` map to
@@ -31,10 +32,19 @@ from srdeploy.imaging import Picture
 from srdeploy.providers import EngineRunner, OrtRunner, ProviderError, default_threads, open_session, select_provider
 from srdeploy.zoo import ModelError, ModelRef, resolve_model
 
-__all__ = ["Upscaler", "Encoded", "ProviderError", "ModelError", "select_provider", "DEFAULT_TILE"]
+__all__ = ["Upscaler", "Decoded", "Encoded", "ProviderError", "ModelError", "select_provider", "DEFAULT_TILE"]
 
 DEFAULT_TILE = 128
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as Pillow's RGB -> L
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One input ready for the model: its pixels and the output format chosen for them."""
+
+    picture: Picture
+    format: str  # Pillow's name: PNG, JPEG, WEBP, TIFF, BMP
+    note: str | None  # why the format differs from the one asked for
 
 
 @dataclass(frozen=True)
@@ -107,15 +117,34 @@ class Upscaler:
         pic = imaging.orient(pic, img.getexif().get(0x0112, 1))
         return imaging.picture_to_pil(self.upscale_picture(pic))
 
-    def upscale_bytes(self, data: bytes, name: str, format: str = "same", quality: int | None = None, max_pixels: int = imaging.DEFAULT_MAX_PIXELS) -> Encoded:
+    def upscale_bytes(
+        self, data: bytes, name: str, format: str = "same", quality: int | None = None,
+        max_pixels: int = imaging.DEFAULT_MAX_PIXELS, png_compression: int = imaging.DEFAULT_PNG_COMPRESSION,
+    ) -> Encoded:
         """Image file bytes -> upscaled file bytes; ``format`` is same|png|jpg|webp.
-        Raises imaging.ImageError (naming ``name``) for input it cannot take."""
+        Raises imaging.ImageError (naming ``name``) for input it cannot take.
+
+        The same as :meth:`decode`, :meth:`upscale_picture`, :meth:`encode` in turn, which
+        the batch runs on different threads to overlap them."""
+        decoded = self.decode(data, name, format, max_pixels)
+        return self.encode(self.upscale_picture(decoded.picture), decoded.format, decoded.note, quality, png_compression)
+
+    def decode(self, data: bytes, name: str, format: str = "same", max_pixels: int = imaging.DEFAULT_MAX_PIXELS) -> Decoded:
+        """Image file bytes -> the picture and the output format for it (header checks
+        first: pixel cap, format, and that the x``scale`` output fits the format)."""
         info = imaging.probe(data, name, max_pixels)
         fmt, note = imaging.choose_format(format, info)
         imaging.check_output_size(info, self.scale, fmt)
-        out = self.upscale_picture(imaging.decode(data, name, max_pixels))
-        width, height = out.size
-        return Encoded(imaging.encode(out, fmt, quality), fmt, note, width, height)
+        return Decoded(imaging.decode(data, name, max_pixels), fmt, note)
+
+    @staticmethod
+    def encode(
+        upscaled: Picture, format: str, note: str | None = None, quality: int | None = None,
+        png_compression: int = imaging.DEFAULT_PNG_COMPRESSION,
+    ) -> Encoded:
+        """An upscaled picture -> file bytes in the ``format`` :meth:`decode` chose (with its note)."""
+        width, height = upscaled.size
+        return Encoded(imaging.encode(upscaled, format, quality, png_compression), format, note, width, height)
 
     def describe(self) -> dict[str, Any]:
         """What produced an output: for journals and logs."""

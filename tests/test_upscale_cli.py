@@ -331,10 +331,11 @@ def test_a_second_run_into_the_same_folder_is_refused_while_one_is_live(toy, tmp
 
 
 def test_cli_defaults_match_the_library():
-    """The CLI repeats two constants so that `--help` imports nothing heavy; keep them equal."""
+    """The CLI repeats these constants so that `--help` imports nothing heavy; keep them equal."""
     from srdeploy import upscale_cli
     from srdeploy.upscaler import DEFAULT_TILE
 
     params = {p.name: p.default for p in upscale_cli.upscale.params}
     assert params["max_pixels"] == upscale_cli.DEFAULT_MAX_PIXELS == imaging.DEFAULT_MAX_PIXELS
+    assert params["png_compression"] == upscale_cli.DEFAULT_PNG_COMPRESSION == imaging.DEFAULT_PNG_COMPRESSION
     assert params["tile"] == DEFAULT_TILE

@@ -1,0 +1,183 @@
+"""The batch on its pipeline, in-process with a toy ONNX model: results and journal records
+in input order while inputs overlap, a bad file in the middle, stopping on Ctrl-C or an
+unwritable journal without leaving temp files, and the PNG compression setting."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from onnx_toy import build_toy_sr
+from srdeploy import batch, batch_steps, imaging, pipeline
+from srdeploy.batch import JOURNAL_NAME, TMP_SUFFIX, Settings, run_batch
+from srdeploy.journal import Journal
+from srdeploy.upscaler import Upscaler
+from test_imaging import bad_inputs
+
+OVERLAPPING = pipeline.Limits(workers=2, in_flight=4)
+
+
+@pytest.fixture(scope="module")
+def upscaler(tmp_path_factory):
+    return Upscaler(build_toy_sr(tmp_path_factory.mktemp("toy") / "toy.onnx"), provider="cpu")
+
+
+def make_inputs(folder: Path, count: int, bad: dict[int, bytes] = {}, seed: int = 0) -> list[Path]:
+    """``count`` noisy PNGs of varied sizes (so their steps take different times), named in
+    order; ``bad`` replaces some of them with the given bytes."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"img_{i:02d}.png"
+        side = int(rng.integers(8, 40))
+        Image.fromarray(rng.integers(0, 256, (side, side + 3, 3), dtype=np.uint8)).save(path)
+        if i in bad:
+            path.write_bytes(bad[i])
+        paths.append(path)
+    return paths
+
+
+def journal(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / JOURNAL_NAME).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def temp_files(out: Path) -> list[Path]:
+    return list(out.rglob(f"*{TMP_SUFFIX}"))
+
+
+def pipeline_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(("srdeploy-io", "srdeploy-commit"))]
+
+
+def assert_outputs_vouched_for(out: Path) -> None:
+    """Every output present is whole and is the one the journal's last record vouches for."""
+    vouched = {r["output"]: r["output_sha256"] for r in journal(out) if r.get("status") in ("writing", "ok")}
+    for path in out.glob("*.png"):
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == vouched[path.name]
+
+
+def test_a_corrupt_file_in_the_middle_fails_alone_and_everything_stays_in_input_order(upscaler, tmp_path):
+    truncated, reason = bad_inputs(np.random.default_rng(0))["truncated.png"]  # passes the header check, fails to decode
+    paths = make_inputs(tmp_path / "in", 12, bad={5: truncated})
+    out = tmp_path / "out"
+    reported = []
+    summary = run_batch(upscaler, [tmp_path / "in"], out, report=reported.append, limits=OVERLAPPING)
+
+    names = [p.name for p in paths]
+    assert [Path(r.input).name for r in reported] == names  # printed in input order
+    assert [r.status for r in reported] == ["ok"] * 5 + ["failed"] + ["ok"] * 6
+    assert reason in reported[5].reason
+    assert summary.failed == 1 and summary.count("ok") == 11
+    # Journal: each output's writing record right before its ok record, inputs in order.
+    records = [(r["status"], Path(r["input"]).name) for r in journal(out) if "status" in r]
+    expected = []
+    for i, name in enumerate(names):
+        expected += [("failed", name)] if i == 5 else [("writing", name), ("ok", name)]
+    assert records == expected
+    assert sorted(p.name for p in out.glob("*.png")) == names[:5] + names[6:]
+    assert_outputs_vouched_for(out)
+    assert not temp_files(out) and not pipeline_threads()
+
+
+def test_overlapped_outputs_equal_one_at_a_time_outputs_and_the_shared_upscaler(upscaler, tmp_path):
+    paths = make_inputs(tmp_path / "in", 6, seed=1)
+    run_batch(upscaler, [tmp_path / "in"], tmp_path / "overlapped", limits=OVERLAPPING)
+    run_batch(upscaler, [tmp_path / "in"], tmp_path / "serial", limits=pipeline.Limits(workers=1, in_flight=1))
+    for path in paths:
+        overlapped = (tmp_path / "overlapped" / path.name).read_bytes()
+        assert overlapped == (tmp_path / "serial" / path.name).read_bytes()
+        assert overlapped == upscaler.upscale_bytes(path.read_bytes(), path.name).data
+
+
+def test_ctrl_c_mid_batch_leaves_no_temp_file_then_a_rerun_resumes(upscaler, tmp_path, monkeypatch):
+    make_inputs(tmp_path / "in", 10, seed=2)
+    out = tmp_path / "out"
+    real_stage, real_upscale = batch_steps._stage, upscaler.upscale_picture
+    calls = []
+
+    def slow_stage(target, data):  # staged temp files wait, uncommitted, when Ctrl-C comes
+        tmp = real_stage(target, data)
+        time.sleep(0.05)
+        return tmp
+
+    def interrupted(picture):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real_upscale(picture)
+
+    monkeypatch.setattr(batch_steps, "_stage", slow_stage)
+    monkeypatch.setattr(upscaler, "upscale_picture", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(upscaler, [tmp_path / "in"], out, limits=OVERLAPPING)
+    assert not temp_files(out) and not pipeline_threads()
+    done = sorted(p.name for p in out.glob("*.png"))
+    assert done == [f"img_{i:02d}.png" for i in range(len(done))] and len(done) < 6  # an in-order prefix
+    assert_outputs_vouched_for(out)
+
+    monkeypatch.undo()
+    summary = run_batch(upscaler, [tmp_path / "in"], out, limits=OVERLAPPING)  # the lock was released
+    assert [r.status for r in summary.results] == ["skipped"] * len(done) + ["ok"] * (10 - len(done))
+    assert len(list(out.glob("*.png"))) == 10 and not temp_files(out)
+
+
+def test_an_unwritable_journal_stops_the_batch_without_temp_files(upscaler, tmp_path, monkeypatch):
+    make_inputs(tmp_path / "in", 10, seed=3)
+    out = tmp_path / "out"
+    real_append = Journal.append
+    oks = []
+
+    def append(self, record):
+        if record.get("status") == "ok":
+            oks.append(record)
+            if len(oks) == 3:
+                raise OSError(28, "No space left on device")
+        real_append(self, record)
+
+    monkeypatch.setattr(Journal, "append", append)
+    with pytest.raises(OSError, match="No space left"):
+        run_batch(upscaler, [tmp_path / "in"], out, limits=OVERLAPPING)
+    assert not temp_files(out) and not pipeline_threads()
+    statuses = [(r["status"], Path(r["input"]).name) for r in journal(out) if "status" in r]
+    # Two whole commits, the third output's writing record (its file is in place and vouched
+    # for), and nothing after it.
+    assert statuses == [("writing", "img_00.png"), ("ok", "img_00.png"), ("writing", "img_01.png"), ("ok", "img_01.png"), ("writing", "img_02.png")]
+    assert_outputs_vouched_for(out)
+
+
+def test_png_compression_changes_bytes_not_pixels_and_counts_only_for_png_outputs(upscaler, tmp_path):
+    src = tmp_path / "in"
+    make_inputs(src, 1, seed=4)
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(src / "photo.jpg", quality=90)
+    out = tmp_path / "out"
+    run_batch(upscaler, [src], out)
+    default_png = (out / "img_00.png").read_bytes()
+
+    fast = run_batch(upscaler, [src], out, Settings(png_compression=0))
+    status = {Path(r.input).name: (r.status, r.reason) for r in fast.results}
+    width, height = Image.open(src / "img_00.png").size
+    assert status["img_00.png"] == ("ok", f"{4 * width}x{4 * height} PNG (replaced: input, model or settings changed)")
+    assert status["photo.jpg"] == ("skipped", "already done (same input, model and settings)")  # JPEG bytes do not depend on it
+    stored = (out / "img_00.png").read_bytes()
+    assert len(stored) > len(default_png)  # level 0 stores the deflate blocks uncompressed
+    assert np.array_equal(imaging.decode(stored, "a").color, imaging.decode(default_png, "b").color)
+
+    again = run_batch(upscaler, [src], out, Settings(png_compression=0))
+    assert [r.status for r in again.results] == ["skipped", "skipped"]
+    run_batch(upscaler, [src], tmp_path / "elsewhere", Settings(png_compression=0))
+    assert (tmp_path / "elsewhere" / "img_00.png").read_bytes() == stored  # same settings, same bytes
+    assert journal(out)[-3]["settings"]["png_compression"] == 0
+
+
+def test_png_compression_is_a_zlib_level():
+    with pytest.raises(ValueError, match="zlib level from 0 to 9"):
+        Settings(png_compression=10)
+    assert batch.Settings().png_compression == imaging.DEFAULT_PNG_COMPRESSION
