@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from srdeploy import contract
+from srdeploy import contract, cpu_graph
 
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 EXECUTION_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -78,7 +78,8 @@ def open_session(path: Path, provider: str, threads: int, window: int | None) ->
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=_provider_list(provider, window))
+        model = cpu_graph.optimized_bytes(path) if provider == "cpu" and cpu_graph.nchwc_cpu() else None
+        session = ort.InferenceSession(model or str(path), sess_options=options, providers=_provider_list(provider, window))
     except Exception as e:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
         if provider != "cpu":
             raise ProviderError(f"ONNX Runtime could not start {provider} for {path}: {e}") from None
