@@ -9,8 +9,9 @@ B=8 generator, 64x64 input, 2 AVX2 cores):
 1. PRelu is not an NCHWc op, so each of the 11 PReLUs costs a ReorderOutput, the PRelu
    itself and a ReorderInput, and the residual Adds run outside the convolutions
    (together ~25% of the time). ``PRelu(y, a) = a*y + Relu((1-a)*y)`` (exact for slopes
-   a <= 1) in two depthwise 1x1 convolutions keeps the trunk NCHWc end to end: the Relu
-   fuses into the first, the Add into the second, the skip Adds into the next conv.
+   a <= 1) in two depthwise 1x1 convolutions keeps the low-resolution trunk NCHWc end to
+   end: the Relu fuses into the first, the Add into the second, the skip Adds into the
+   next conv. (The upsamplers' PReLUs stay, for memory: see _prelus_as_depthwise.)
 2. The 9x9 tail conv (64 -> 3 channels at 4x resolution) has its 3 output channels padded
    to a block of 8 and runs at a third of the other convs' rate; with the full-resolution
    DepthToSpace and PRelu in front of it, it took ~45% of the time for 15% of the FLOPs.
@@ -51,15 +52,16 @@ def optimized_bytes(path: str | os.PathLike) -> bytes | None:
     return model.SerializeToString() if done else None
 
 
-def rewrite_for_cpu(model: Any) -> tuple[Any, list[str]]:
-    """An optimised copy of ``model`` (onnx.ModelProto) and what was rewritten."""
+def rewrite_for_cpu(model: Any, rewrites: tuple[str, ...] = ("tail", "prelu")) -> tuple[Any, list[str]]:
+    """An optimised copy of ``model`` (onnx.ModelProto) and what was rewritten; ``rewrites``
+    picks among the two (benchmarks measure each alone)."""
     if any(n.op_type in _QUANTISED_OPS for n in model.graph.node):
         return model, []  # quantised graphs have their own fusions; leave them alone
     model = copy.deepcopy(model)
     done = []
-    if _tail_before_shuffle(model.graph):
+    if "tail" in rewrites and _tail_before_shuffle(model.graph):
         done.append("tail conv moved before the last pixel shuffle")
-    count = _prelus_as_depthwise(model.graph)
+    count = _prelus_as_depthwise(model.graph) if "prelu" in rewrites else 0
     if count:
         done.append(f"{count} PRelu as depthwise convs")
     return model, done
@@ -224,15 +226,20 @@ def _subpixel_weight(weight: np.ndarray, r: int, pad: int, low: int, k_low: int)
 
 
 def _prelus_as_depthwise(graph: Any) -> int:
-    """Rewrite every ``Conv -> PRelu(a)`` with per-channel slopes a <= 1 as
-    ``Add(DWConv_a(y), Relu(DWConv_{1-a}(y)))``: for y > 0 that is a*y + (1-a)*y = y, for
-    y <= 0 it is a*y + 0. Returns how many were rewritten."""
+    """Rewrite each ``Conv -> PRelu(a)`` of the low-resolution trunk (upstream of every
+    DepthToSpace) with per-channel slopes a <= 1 as ``Add(DWConv_a(y), Relu(DWConv_{1-a}(y)))``:
+    for y > 0 that is a*y + (1-a)*y = y, for y <= 0 it is a*y + 0. Returns how many.
+
+    The PReLUs after an upsampler stay: there the tensors are 16x larger, and the rewrite
+    keeps one more of them alive at a time (+350 MiB in a 304x304 tile window, which took
+    a 2048x2048 upscale at tile 256 to 2 GiB), for ~5% of speed."""
     from onnx import helper
 
     g = _Graph(graph)
+    upsampled = _downstream_of(graph, "DepthToSpace")
     count = 0
     for prelu in list(graph.node):
-        if prelu.op_type != "PRelu":
+        if prelu.op_type != "PRelu" or prelu.input[0] in upsampled:
             continue
         producer = g.producer.get(prelu.input[0])
         slopes = _channel_slopes(g, prelu)
@@ -254,6 +261,15 @@ def _prelus_as_depthwise(graph: Any) -> int:
         count += 1
     g.drop_unused_weights()
     return count
+
+
+def _downstream_of(graph: Any, op_type: str) -> set[str]:
+    """Names of the tensors computed from an output of any ``op_type`` node."""
+    reached: set[str] = set()
+    for node in graph.node:  # topologically sorted, as ONNX requires
+        if node.op_type == op_type or any(name in reached for name in node.input):
+            reached.update(node.output)
+    return reached
 
 
 def _replace(graph: Any, old: list[Any], new: list[Any]) -> None:

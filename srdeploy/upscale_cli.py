@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 DEFAULT_MAX_PIXELS = 4095 * 4095  # = srdeploy.imaging.DEFAULT_MAX_PIXELS (not imported: keeps --help light)
+DEFAULT_TILE = 256  # = srdeploy.upscaler.DEFAULT_TILE (likewise)
 
 
 @click.command("upscale")
@@ -19,7 +20,7 @@ DEFAULT_MAX_PIXELS = 4095 * 4095  # = srdeploy.imaging.DEFAULT_MAX_PIXELS (not i
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False), help="Output folder; input folders are mirrored inside it.")
 @click.option("--model", default="default", show_default=True, help="default | srresnet | srgan | PATH.onnx | PATH.engine")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True, help="ONNX Runtime execution provider; auto = cuda if usable, else cpu.")
-@click.option("--tile", type=click.IntRange(min=0), default=128, show_default=True, help="LR tile side in pixels (tiles overlap by the model's receptive radius, so the output equals untiled); 0 = whole image (CPU only).")
+@click.option("--tile", type=click.IntRange(min=0), default=DEFAULT_TILE, show_default=True, help="LR tile side in pixels (tiles overlap by the model's receptive radius, so the output equals untiled); 0 = whole image (CPU only).")
 @click.option("--format", "fmt", type=click.Choice(["same", "png", "jpg", "webp"]), default="same", show_default=True, help="Output format; alpha and 16-bit inputs are written as PNG when the format cannot hold them.")
 @click.option("--quality", type=click.IntRange(1, 100), default=None, help="JPEG/WebP quality [default: 95 JPEG, 90 WebP]; PNG/TIFF/BMP are lossless.")
 @click.option("-r", "--recursive", is_flag=True, help="Descend into subfolders.")
