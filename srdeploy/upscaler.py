@@ -34,8 +34,9 @@ from srdeploy.zoo import ModelError, ModelRef, resolve_model
 __all__ = ["Upscaler", "Encoded", "ProviderError", "ModelError", "select_provider", "DEFAULT_TILE"]
 
 # 256 LR pixels + the 24-px overlap: a 512x512 input is 4 windows that compute 1.41x its
-# FLOPs (128: 16 windows, 1.89x), 1.3x faster; a 2048x2048 input peaks at 1.7 GiB RSS
-# (128: 1.0 GiB). benchmarks/upscale_bench.py --parts tiling,rss measures both.
+# FLOPs (tile 128: 16 windows, 1.89x) and run 1.7x faster than at 128, within 10% of
+# untiled; a 2048x2048 input peaks at 1.6 GiB RSS (128: 1.0 GiB; untiled 512x512 alone
+# takes 3.3 GiB). benchmarks/upscale_bench.py --parts tiling,rss measures both.
 DEFAULT_TILE = 256
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as Pillow's RGB -> L
 
