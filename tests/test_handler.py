@@ -288,7 +288,7 @@ def test_flops_and_timeout_come_from_the_graph(tiny_onnx):
     expected = 2 * (8 * 3 * 81 + 2 * 8 * 8 * 9 + 8 * 8 * 9 + 32 * 8 * 9 * (1 + 4) + 3 * 8 * 81 * 16)
     assert serve_config.flop_per_lr_pixel(tiny_onnx) == expected
     slow = ServeConfig(max_pixels=4096 * 4096, batch_size=2)
-    per_image = 4096 * 4096 * expected * ((128 + 2 * 6) / 128) ** 2 / serve_config.ASSUMED_CPU_FLOPS
+    per_image = 4096 * 4096 * expected * ((DEFAULT_TILE + 2 * 6) / DEFAULT_TILE) ** 2 / serve_config.ASSUMED_CPU_FLOPS
     assert serve_config.response_timeout(slow, tiny_onnx) >= 2 * per_image
     assert serve_config.response_timeout(ServeConfig(), tiny_onnx) == serve_config.MIN_RESPONSE_TIMEOUT
 
