@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from srdeploy import degrade, tiling
+from srdeploy import cpu_graph, degrade, tiling
 from srdeploy.folders import list_images
 from srdeploy.upscaler import Upscaler
 
@@ -128,6 +128,11 @@ def build_rows(upscaler: Upscaler, int8_path: Path | None, workdir: Path) -> tup
             tiled = lambda lr: tiling.upscale_tiled(run, lr, upscaler.scale, upscaler.tile, upscaler.overlap)  # noqa: E731
             rows.append(engine_row("torch", "PyTorch eager fp32", tiled))
     rows.append(engine_row("ort_fp32", "ORT fp32", upscaler.upscale_array))
+    if cpu_graph.nchwc_cpu():
+        import onnx
+
+        _, rewrites = cpu_graph.rewrite_for_cpu(onnx.load(str(model), load_external_data=False))
+        notes.append(f"ORT fp32 runs the graph as srdeploy.cpu_graph rewrites it: {'; '.join(rewrites) or 'nothing to rewrite'}")
     int8 = int8_path or model.parent / INT8_FILE
     if int8_path is None and not int8.is_file():
         notes.append(f"ORT INT8 row absent: no --int8 given and no {INT8_FILE} beside {model}")
