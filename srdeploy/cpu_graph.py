@@ -20,7 +20,7 @@ B=8 generator, 64x64 input, 2 AVX2 cores):
    ``D2S_r(Conv_k'(PRelu'(x)))`` with k' = 5 for k = 9, r = 2, r^2 times the channels in
    and out, the weights scattered by sub-pixel phase and the slopes repeated. That conv
    (256 -> 12 channels at 2x) costs 1.2x the multiply-adds but runs 3-5x faster: the
-   model as a whole 1.4-1.5x.
+   model as a whole 1.3-1.5x.
 
 Outputs match the original graph to float rounding (~1e-6; tests/test_cpu_graph.py).
 Graphs without these patterns, or quantised graphs, are returned unchanged.
