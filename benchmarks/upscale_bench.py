@@ -5,10 +5,12 @@
 Measures, for one seeded B=8, 64-channel SRResNet generator (the seed's architecture;
 random weights: speed and memory do not depend on the values):
 
-1. ONNX Runtime (through the Upscaler, untiled) vs PyTorch eager, batch 1, the same
-   thread count, at 64x64 and 256x256 inputs: images/s and output Mpx/s, and their ratio.
-2. The tiling overhead: a 512x512 input untiled vs the default tiles (and 256-px tiles),
-   with the largest difference between the outputs.
+1. ONNX Runtime (through the Upscaler, untiled) vs PyTorch eager (channels_last), batch 1,
+   the same thread count, at 64x64 and 256x256 inputs: images/s and output Mpx/s, and
+   their ratio. `srdeploy bench` does this on real faces, with the whole pipeline too.
+2. The tiling overhead: a 512x512 input untiled and at tiles 128, 192 and 256 (``--tiles``):
+   median seconds, the FLOPs the windows recompute, the largest difference from the
+   untiled output, and the peak RSS of a fresh `srdeploy upscale` of that one image.
 3. The peak RSS of `srdeploy upscale` turning a 2048x2048 PNG into its 8192x8192 PNG
    through the tiled path (a fresh process; its VmHWM), and how long it takes.
 
@@ -63,11 +65,12 @@ def throughput(generator, onnx_path: Path, threads: int, repeats: int) -> list[d
     from srdeploy.upscaler import Upscaler
 
     torch.set_num_threads(threads)
+    generator = generator.to(memory_format=torch.channels_last)  # oneDNN's fast layout, as `srdeploy bench` runs it
     ort_upscaler = Upscaler(onnx_path, provider="cpu", tile=0, threads=threads)
     rows = []
     for side in (64, 256):
         lr = np.random.default_rng(side).random((side, side, 3), dtype=np.float32)
-        lr_t = torch.from_numpy(lr.transpose(2, 0, 1)[None].copy())
+        lr_t = torch.from_numpy(lr.transpose(2, 0, 1)[None].copy()).contiguous(memory_format=torch.channels_last)
 
         def eager():
             with torch.inference_mode():
@@ -85,21 +88,40 @@ def throughput(generator, onnx_path: Path, threads: int, repeats: int) -> list[d
     return rows
 
 
-def tiling_overhead(onnx_path: Path, threads: int, repeats: int) -> list[dict]:
-    from srdeploy.upscaler import DEFAULT_TILE, Upscaler
+def tiling_overhead(onnx_path: Path, threads: int, repeats: int, tiles: list[int], folder: Path) -> list[dict]:
+    """A 512x512 input through the Upscaler at each tile (0 = untiled), rounds interleaved;
+    the median seconds, the FLOPs the windows recompute, the largest difference from the
+    untiled output, and the peak RSS of a fresh process upscaling that one image."""
+    import onnx
 
-    lr = np.random.default_rng(512).random((512, 512, 3), dtype=np.float32)
-    untiled_up = Upscaler(onnx_path, provider="cpu", tile=0, threads=threads)
-    reference = untiled_up.upscale_array(lr)
-    base = timed(lambda: untiled_up.upscale_array(lr), repeats, min_seconds=0)
-    rows = [{"tile": "untiled", "seconds": round(base, 2), "overhead": "-"}]
-    for tile in (DEFAULT_TILE, 256):
-        up = Upscaler(onnx_path, provider="cpu", tile=tile, threads=threads)
-        out = up.upscale_array(lr)
-        s = timed(lambda: up.upscale_array(lr), repeats, min_seconds=0)
+    from srdeploy.flops import count_flops
+    from srdeploy.tiling import plan_tiles
+    from srdeploy.upscaler import Upscaler
+
+    side = 512
+    lr = np.random.default_rng(side).random((side, side, 3), dtype=np.float32)
+    graph = onnx.load(str(onnx_path))
+    image_flops = count_flops(graph, side, side).conv
+    upscalers = {tile: Upscaler(onnx_path, provider="cpu", tile=tile, threads=threads) for tile in tiles}
+    outputs = {tile: up.upscale_array(lr) for tile, up in upscalers.items()}  # also the warm-up
+    seconds: dict[int, list[float]] = {tile: [] for tile in tiles}
+    for _ in range(repeats):
+        for tile, up in upscalers.items():
+            t0 = time.perf_counter()
+            up.upscale_array(lr)
+            seconds[tile].append(time.perf_counter() - t0)
+    reference = outputs[0] if 0 in outputs else None
+    rows = []
+    for tile, up in upscalers.items():
+        windows = plan_tiles(side, side, up.tile, up.overlap)
+        window_flops = sum(count_flops(graph, r.stop - r.start, c.stop - c.start).conv for r, c in windows)
+        s = float(np.median(seconds[tile]))
         rows.append({
-            "tile": f"{tile} (+{up.overlap} px overlap)", "seconds": round(s, 2), "overhead": f"{100 * (s / base - 1):.0f}%",
-            "max_abs_diff_vs_untiled": float(np.abs(out - reference).max()),
+            "tile": tile or "untiled", "window": windows[0][0].stop - windows[0][0].start, "windows": len(windows),
+            "recompute": round(window_flops / image_flops, 2), "seconds": round(s, 2),
+            "vs_untiled": round(s / float(np.median(seconds[0])), 2) if 0 in seconds else None,
+            "max_abs_diff_vs_untiled": None if reference is None else float(np.abs(outputs[tile] - reference).max()),
+            "peak_rss_mib_one_image": peak_rss(onnx_path, side, tile, folder, threads)["peak_rss_mib"],
         })
     return rows
 
@@ -118,8 +140,9 @@ finally:
 """
 
 
-def peak_rss(onnx_path: Path, side: int, tile: int | None, folder: Path) -> dict:
-    """Run `srdeploy upscale` in a fresh process on a side x side PNG; its peak RSS."""
+def peak_rss(onnx_path: Path, side: int, tile: int | None, folder: Path, threads: int | None = None) -> dict:
+    """Run `srdeploy upscale` in a fresh process on a side x side PNG; its peak RSS.
+    ``threads`` pins the process to that many CPUs (the runtime uses the CPUs it may run on)."""
     from PIL import Image
     from skimage import data
 
@@ -127,9 +150,12 @@ def peak_rss(onnx_path: Path, side: int, tile: int | None, folder: Path) -> dict
     src = folder / f"input_{side}.png"
     source.save(src)
     out = folder / f"out_{side}_{tile}"
-    cmd = [sys.executable, "-c", _CLI_WITH_PEAK, "upscale", str(src), "-o", str(out), "--model", str(onnx_path), "--provider", "cpu", "--quiet"]
+    cmd = [sys.executable, "-c", _CLI_WITH_PEAK, "upscale", str(src), "-o", str(out), "--model", str(onnx_path), "--provider", "cpu", "--quiet", "--overwrite"]
     if tile is not None:
         cmd += ["--tile", str(tile)]
+    cpus = sorted(os.sched_getaffinity(0))[:threads] if threads else None
+    if cpus:
+        cmd = ["taskset", "-c", ",".join(map(str, cpus)), *cmd]
     t0 = time.perf_counter()
     run = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -139,7 +165,8 @@ def peak_rss(onnx_path: Path, side: int, tile: int | None, folder: Path) -> dict
     with Image.open(out / src.name) as result:
         size = result.size
     return {
-        "input": f"{side}x{side}", "output": f"{size[0]}x{size[1]}", "tile": tile or "default", "seconds": round(seconds, 1),
+        "input": f"{side}x{side}", "output": f"{size[0]}x{size[1]}", "tile": "default" if tile is None else tile or "untiled",
+        "threads": len(cpus) if cpus else len(os.sched_getaffinity(0)), "seconds": round(seconds, 1),
         "peak_rss_mib": round(int(peak[0].split()[1]) / 1024, 1), "output_png_mib": round((out / src.name).stat().st_size / 2**20, 1),
     }
 
@@ -152,6 +179,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--rss-side", type=int, default=2048)
     parser.add_argument("--rss-tile", type=int, default=None, help="tile for the RSS run (default: the CLI's)")
+    parser.add_argument("--tiles", default="0,128,192,256", help="tiles for the 512x512 tiling part (0 = untiled)")
     parser.add_argument("--parts", default="throughput,tiling,rss", help="comma-separated subset of throughput,tiling,rss")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -172,10 +200,11 @@ def main() -> None:
             results["throughput"] = throughput(generator, onnx_path, args.threads, args.repeats)
             _print("ORT vs PyTorch eager", results["throughput"])
         if "tiling" in parts:
-            results["tiling_512"] = tiling_overhead(onnx_path, args.threads, 1)
+            tiles = [int(t) for t in args.tiles.split(",")]
+            results["tiling_512"] = tiling_overhead(onnx_path, args.threads, args.repeats, tiles, folder)
             _print("Tiling overhead, 512x512 input", results["tiling_512"])
         if "rss" in parts:
-            results["rss"] = peak_rss(onnx_path, args.rss_side, args.rss_tile, folder)
+            results["rss"] = peak_rss(onnx_path, args.rss_side, args.rss_tile, folder, args.threads)
             _print("Peak RSS, tiled CLI path", [results["rss"]])
     results["machine"]["load_avg_after"] = os.getloadavg()
     print(f"\nload average before {results['machine']['load_avg_before']}, after {results['machine']['load_avg_after']} "

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 DEFAULT_MAX_PIXELS = 512 * 512  # = srdeploy.handlers.config.DEFAULT_MAX_PIXELS (not imported: keeps --help light)
+DEFAULT_TILE = 256  # = srdeploy.upscaler.DEFAULT_TILE (likewise)
 
 
 @click.command("package")
@@ -24,7 +25,7 @@ DEFAULT_MAX_PIXELS = 512 * 512  # = srdeploy.handlers.config.DEFAULT_MAX_PIXELS 
 @click.option("--max-batch-delay", type=click.IntRange(min=0), default=50, show_default=True, help="Milliseconds TorchServe waits to fill a batch.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes; they share the cores (ONNX Runtime threads = cores / workers).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True, help="Largest input in pixels (413 above); request/response size limits follow.")
-@click.option("--tile", type=click.IntRange(min=1), default=128, show_default=True, help="LR tile side, as `srdeploy upscale --tile` (same value, same bytes).")
+@click.option("--tile", type=click.IntRange(min=1), default=DEFAULT_TILE, show_default=True, help="LR tile side, as `srdeploy upscale --tile` (same value, same bytes).")
 @click.option("--response-timeout", type=click.IntRange(min=1), default=None, help="Seconds per batch before TorchServe restarts the worker [default: sized from the model for a CPU].")
 @click.option("--force", is_flag=True, help="Replace an existing NAME.mar.")
 def package(model, store, name, properties, port, batch_size, max_batch_delay, workers, max_pixels, tile, response_timeout, force):

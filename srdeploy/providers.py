@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from srdeploy import contract
+from srdeploy import contract, cpu_graph
 
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 EXECUTION_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -68,19 +68,10 @@ def open_session(path: Path, provider: str, threads: int, window: int | None) ->
     """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = threads if provider == "cpu" else 1  # on a GPU the CPU only feeds it
-    options.inter_op_num_threads = 1
-    # Idle pool threads sleep instead of spinning: a batch shares the CPU with image
-    # decoding/encoding, and a server with its other workers. Measured on 2 cores, 64x64
-    # faces: spinning took 19-24% more CPU per image and lost 14-19% of the images/s
-    # (README "Batch throughput").
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
+    options = session_options(provider, threads)
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=_provider_list(provider, window))
+        model = cpu_graph.optimized_bytes(path) if provider == "cpu" and cpu_graph.nchwc_cpu() else None
+        session = ort.InferenceSession(model or str(path), sess_options=options, providers=_provider_list(provider, window))
     except Exception as e:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
         if provider != "cpu":
             raise ProviderError(f"ONNX Runtime could not start {provider} for {path}: {e}") from None
@@ -92,6 +83,31 @@ def open_session(path: Path, provider: str, threads: int, window: int | None) ->
             f"{', '.join(session.get_providers())}); check the GPU driver and libraries: {INSTALL_HINT[provider]}"
         )
     return session
+
+
+def session_options(provider: str, threads: int) -> Any:
+    """The ONNX Runtime settings every srdeploy session uses (benchmarks/ort_cpu_variants.py
+    measures the alternatives)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # ENABLE_ALL adds the NCHWc layout on x86: 1.2-1.25x over EXTENDED with the graph
+    # rewrites of srdeploy.cpu_graph, which target it.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops: nothing to run in parallel
+    options.intra_op_num_threads = threads if provider == "cpu" else 1  # on a GPU the CPU only feeds it
+    options.inter_op_num_threads = 1
+    # Idle pool threads sleep instead of spinning: a batch shares the CPU with image
+    # decoding/encoding, and a server with its other workers. Measured on 2 cores, 64x64
+    # faces: spinning took 19-24% more CPU per image and lost 14-19% of the images/s
+    # (README "Batch throughput").
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # On the CPU, no memory pattern: planning one block for all of a run's tensors nearly
+    # doubled the peak RSS of a tile window (2.7 GiB vs 1.5 GiB at 304x304) and ran no
+    # faster. GPU sessions keep ONNX Runtime's default.
+    options.enable_mem_pattern = provider != "cpu"
+    options.log_severity_level = 3
+    return options
 
 
 def _provider_list(provider: str, window: int | None) -> list[Any]:

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import click
 
-# = srdeploy.imaging.DEFAULT_MAX_PIXELS and DEFAULT_PNG_COMPRESSION (not imported: keeps --help light)
+# = srdeploy.imaging.DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION and srdeploy.upscaler.DEFAULT_TILE
+# (not imported: keeps --help light)
 DEFAULT_MAX_PIXELS = 4095 * 4095
 DEFAULT_PNG_COMPRESSION = 4
+DEFAULT_TILE = 256
 
 
 @click.command("upscale")
@@ -21,7 +23,7 @@ DEFAULT_PNG_COMPRESSION = 4
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False), help="Output folder; input folders are mirrored inside it.")
 @click.option("--model", default="default", show_default=True, help="default | srresnet | srgan | PATH.onnx | PATH.engine")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True, help="ONNX Runtime execution provider; auto = cuda if usable, else cpu.")
-@click.option("--tile", type=click.IntRange(min=0), default=128, show_default=True, help="LR tile side in pixels (tiles overlap by the model's receptive radius, so the output equals untiled); 0 = whole image (CPU only).")
+@click.option("--tile", type=click.IntRange(min=0), default=DEFAULT_TILE, show_default=True, help="LR tile side in pixels (tiles overlap by the model's receptive radius, so the output equals untiled); 0 = whole image (CPU only).")
 @click.option("--format", "fmt", type=click.Choice(["same", "png", "jpg", "webp"]), default="same", show_default=True, help="Output format; alpha and 16-bit inputs are written as PNG when the format cannot hold them.")
 @click.option("--quality", type=click.IntRange(1, 100), default=None, help="JPEG/WebP quality [default: 95 JPEG, 90 WebP]; PNG/TIFF/BMP are lossless.")
 @click.option("--png-compression", type=click.IntRange(0, 9), default=DEFAULT_PNG_COMPRESSION, show_default=True, help="zlib level of PNG outputs, 0-9: higher is smaller and slower (6 is Pillow's and libpng's default); the pixels are the same.")

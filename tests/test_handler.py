@@ -28,7 +28,7 @@ from srdeploy import png16, zoo
 from srdeploy.handlers import config as serve_config
 from srdeploy.handlers.config import Ports, ServeConfig
 from srdeploy.handlers.package import ENTRY_MODULE, PackageError, build_archive
-from srdeploy.upscaler import Upscaler
+from srdeploy.upscaler import DEFAULT_TILE, Upscaler
 
 ts_context = pytest.importorskip("ts.context", reason="torchserve is not installed (pip install 'srdeploy[serve]')")
 SRDEPLOY = REPO / ".venv" / "bin" / "srdeploy"
@@ -113,7 +113,7 @@ def test_initialize_takes_settings_from_the_archive_and_threads_from_the_cores(a
     handler, _ = load_handler(archive[1])
     d = handler.upscaler.describe()
     assert handler.settings.max_pixels == 48 * 48
-    assert (d["tile"], d["provider"], d["scale"]) == (128, "cpu", 4)
+    assert (d["tile"], d["provider"], d["scale"]) == (DEFAULT_TILE, "cpu", 4)
     assert d["threads"] == 3  # 6 cores shared by the archive's 2 workers
     assert d["model_sha256"] == archive[0].model_sha256
 
@@ -122,7 +122,7 @@ def test_a_batch_of_mixed_sizes_gives_the_clis_bytes_for_each(served, tiny_onnx,
     handler, context = served
     images = [encoded(noise(rng, 12, 20), "PNG"), encoded(noise(rng, 33, 17), "JPEG", quality=90), encoded(noise(rng, 16, 16, 1), "PNG"), encoded(noise(rng, 5, 40, 4), "PNG")]
     answers = send(handler, context, [({"body": data}, {"Content-Type": "image/png"}) for data in images])
-    reference = Upscaler(tiny_onnx, provider="cpu", tile=128)  # what `srdeploy upscale --format png` runs
+    reference = Upscaler(tiny_onnx, provider="cpu", tile=DEFAULT_TILE)  # what `srdeploy upscale --format png` runs
     for data, answer in zip(images, answers):
         expected = reference.upscale_bytes(data, "x", "png")
         assert (answer["status"], answer["type"]) == (200, "image/png")
@@ -180,7 +180,7 @@ def test_output_format_from_header_or_field(served, tiny_onnx, rng):
         ({"body": jpeg}, {"X-Output-Format": "same"}),
         ({"body": rgba}, {"X-Output-Format": "jpg"}),
     ])
-    reference = Upscaler(tiny_onnx, provider="cpu", tile=128)
+    reference = Upscaler(tiny_onnx, provider="cpu", tile=DEFAULT_TILE)
     expected = [
         ("image/jpeg", reference.upscale_bytes(rgb, "x", "jpg", 80)),
         ("image/webp", reference.upscale_bytes(rgb, "x", "webp", 70)),
@@ -232,7 +232,7 @@ def test_archive_holds_only_the_model_manifest_config_and_entry(archive, tiny_on
     model_config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
     assert model_config["batchSize"] == 8 and model_config["minWorkers"] == model_config["maxWorkers"] == 2
     assert model_config["responseTimeout"] == done.response_timeout_s >= serve_config.MIN_RESPONSE_TIMEOUT
-    assert model_config["handler"] == {"max_pixels": 48 * 48, "tile": 128, "provider": "auto"}
+    assert model_config["handler"] == {"max_pixels": 48 * 48, "tile": DEFAULT_TILE, "provider": "auto"}
     entry = (model_dir / f"{ENTRY_MODULE}.py").read_text()
     assert "from srdeploy.handlers.torchserve_handler import UpscaleHandler" in entry
 
@@ -288,7 +288,7 @@ def test_flops_and_timeout_come_from_the_graph(tiny_onnx):
     expected = 2 * (8 * 3 * 81 + 2 * 8 * 8 * 9 + 8 * 8 * 9 + 32 * 8 * 9 * (1 + 4) + 3 * 8 * 81 * 16)
     assert serve_config.flop_per_lr_pixel(tiny_onnx) == expected
     slow = ServeConfig(max_pixels=4096 * 4096, batch_size=2)
-    per_image = 4096 * 4096 * expected * ((128 + 2 * 6) / 128) ** 2 / serve_config.ASSUMED_CPU_FLOPS
+    per_image = 4096 * 4096 * expected * ((DEFAULT_TILE + 2 * 6) / DEFAULT_TILE) ** 2 / serve_config.ASSUMED_CPU_FLOPS
     assert serve_config.response_timeout(slow, tiny_onnx) >= 2 * per_image
     assert serve_config.response_timeout(ServeConfig(), tiny_onnx) == serve_config.MIN_RESPONSE_TIMEOUT
 
@@ -346,3 +346,12 @@ def test_package_default_model(tmp_path):
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def test_package_cli_defaults_match_the_library():
+    """`srdeploy package` repeats two constants so that `--help` imports nothing heavy."""
+    from srdeploy.handlers import cli
+
+    params = {p.name: p.default for p in cli.package.params}
+    assert params["tile"] == cli.DEFAULT_TILE == DEFAULT_TILE
+    assert params["max_pixels"] == cli.DEFAULT_MAX_PIXELS == serve_config.DEFAULT_MAX_PIXELS

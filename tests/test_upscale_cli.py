@@ -338,4 +338,4 @@ def test_cli_defaults_match_the_library():
     params = {p.name: p.default for p in upscale_cli.upscale.params}
     assert params["max_pixels"] == upscale_cli.DEFAULT_MAX_PIXELS == imaging.DEFAULT_MAX_PIXELS
     assert params["png_compression"] == upscale_cli.DEFAULT_PNG_COMPRESSION == imaging.DEFAULT_PNG_COMPRESSION
-    assert params["tile"] == DEFAULT_TILE
+    assert params["tile"] == upscale_cli.DEFAULT_TILE == DEFAULT_TILE

@@ -1,0 +1,210 @@
+"""Measurements behind ``srdeploy bench``: the same inputs through PyTorch eager, ONNX
+Runtime fp32 (and INT8) and the whole ``srdeploy upscale`` pipeline.
+
+Every engine row runs each image through ``tiling.upscale_tiled`` with the same tile and
+overlap, so the rows do identical work and differ only in what runs a window: the
+PyTorch generator (channels_last, ``torch.inference_mode``), or the ORT session that
+``srdeploy upscale`` opens (``Upscaler``, provider cpu). The INT8 row runs its file as
+``srdeploy upscale`` would, with the overlap read off its own graph. The pipeline row runs
+``srdeploy.batch.run_batch`` in this process on the same inputs saved as PNG files:
+decode, tiles, inference, PNG encode, fsync and atomic write, journal; process start-up
+and session creation are not in it.
+
+Timing: each row first runs one image of each set untimed (thread pools, allocator
+arenas, the window shapes). Then ``repeats`` rounds; in each round every row makes one
+timed pass over the whole set, rows interleaved so that other load on a shared machine
+falls on all of them alike. A row's figure is its median pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from srdeploy import cpu_graph, degrade, tiling
+from srdeploy.folders import list_images
+from srdeploy.upscaler import Upscaler
+
+LR_SCALE = 4  # HR faces -> LR inputs, as in training and evaluation
+GENERATOR_FILE = "generator.pt"  # the PyTorch weights shipped beside model.onnx
+INT8_FILE = "model.int8.onnx"
+
+
+@dataclass
+class InputSet:
+    """One group of inputs: float32 (H, W, 3) arrays in [0, 1] for the engine rows and the
+    same pixels as PNG files for the pipeline row."""
+
+    name: str  # e.g. "100 x 64x64"
+    arrays: list[np.ndarray]
+    files: list[Path]
+
+    @property
+    def lr_pixels(self) -> int:
+        return sum(a.shape[0] * a.shape[1] for a in self.arrays)
+
+
+def make_input_sets(data: Path, workdir: Path, limit: int | None = None, large: int = 3, large_side: int = 512) -> list[InputSet]:
+    """The HR images under ``data`` (the first ``limit``) downscaled x4 (bicubic with
+    antialias, the quality protocol's LR), and ``large`` of them resized (bicubic) to
+    ``large_side`` a side as large inputs. PNG copies go under ``workdir``."""
+    hr_paths = list_images(data)[:limit]
+    faces = []
+    for path in hr_paths:
+        with Image.open(path) as hr:
+            faces.append(degrade.downscale(degrade.crop_to_multiple(hr.convert("RGB"), LR_SCALE), LR_SCALE))
+    sets = [_input_set(_set_name(faces), faces, workdir / "lr")]
+    if large > 0:
+        big = []
+        for i in range(large):
+            with Image.open(hr_paths[i % len(hr_paths)]) as hr:
+                big.append(hr.convert("RGB").resize((large_side, large_side), Image.Resampling.BICUBIC))
+        sets.append(_input_set(_set_name(big), big, workdir / "large"))
+    return sets
+
+
+def _set_name(images: list[Image.Image]) -> str:
+    sizes = {im.size for im in images}
+    size = "x".join(map(str, next(iter(sizes)))) if len(sizes) == 1 else "mixed sizes"
+    return f"{len(images)} x {size}"
+
+
+def _input_set(name: str, images: list[Image.Image], folder: Path) -> InputSet:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, im in enumerate(images):
+        files.append(folder / f"{i:04d}.png")
+        im.save(files[-1])
+    arrays = [np.asarray(im, dtype=np.float32) / 255.0 for im in images]  # (H, W, 3) in [0, 1]
+    return InputSet(name, arrays, files)
+
+
+@dataclass
+class Row:
+    """One way of upscaling a set; ``run_pass`` upscales every input of a set (or only the
+    first) once and returns the first output, for the accuracy column (None: no array)."""
+
+    key: str  # torch | ort_fp32 | ort_int8 | pipeline (JSON)
+    label: str  # table
+    run_pass: Callable[[InputSet, bool], np.ndarray | None]  # (set, first image only)
+    seconds: dict[str, list[float]] = field(default_factory=dict)  # set name -> timed passes
+    first_output: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def engine_row(key: str, label: str, upscale: Callable[[np.ndarray], np.ndarray]) -> Row:
+    """A row from a function float32 (H, W, 3) in [0, 1] -> (4H, 4W, 3), one image a call."""
+
+    def run_pass(inputs: InputSet, first_only: bool) -> np.ndarray:
+        outputs = [upscale(lr) for lr in inputs.arrays[: 1 if first_only else None]]
+        return outputs[0]
+
+    return Row(key, label, run_pass)
+
+
+def build_rows(upscaler: Upscaler, int8_path: Path | None, workdir: Path) -> tuple[list[Row], list[str]]:
+    """The rows for ``upscaler``'s model (an ORT fp32 Upscaler on the CPU), and notes on
+    rows left out and why. The PyTorch row needs generator.pt beside model.onnx and torch;
+    the INT8 row an INT8 model (``int8_path``, else model.int8.onnx beside model.onnx)."""
+    from srdeploy.upscaler import ModelError, ProviderError
+
+    model = upscaler.model.path
+    rows, notes = [], []
+    generator = model.parent / GENERATOR_FILE
+    if not generator.is_file():
+        notes.append(f"PyTorch row absent: no {GENERATOR_FILE} beside {model}")
+    else:
+        try:
+            run = torch_runner(generator, upscaler.threads)
+        except ImportError as e:
+            notes.append(f"PyTorch row absent: {e} (pip install 'srdeploy[train]')")
+        else:
+            tiled = lambda lr: tiling.upscale_tiled(run, lr, upscaler.scale, upscaler.tile, upscaler.overlap)  # noqa: E731
+            rows.append(engine_row("torch", "PyTorch eager fp32", tiled))
+    rows.append(engine_row("ort_fp32", "ORT fp32", upscaler.upscale_array))
+    if cpu_graph.nchwc_cpu():
+        import onnx
+
+        _, rewrites = cpu_graph.rewrite_for_cpu(onnx.load(str(model), load_external_data=False))
+        notes.append(f"ORT fp32 runs the graph as srdeploy.cpu_graph rewrites it: {'; '.join(rewrites) or 'nothing to rewrite'}")
+    int8 = int8_path or model.parent / INT8_FILE
+    if int8_path is None and not int8.is_file():
+        notes.append(f"ORT INT8 row absent: no --int8 given and no {INT8_FILE} beside {model}")
+    else:
+        try:
+            quantized = Upscaler(int8, provider="cpu", tile=upscaler.tile, threads=upscaler.threads)
+        except (ModelError, ProviderError, ValueError) as e:
+            notes.append(f"ORT INT8 row absent: {e}")
+        else:
+            if quantized.overlap != upscaler.overlap and upscaler.tile:
+                notes.append(f"ORT INT8 runs as `srdeploy upscale` would: its tiles overlap by {quantized.overlap} px "
+                             f"(fp32: {upscaler.overlap}), so on tiled inputs its windows compute more")
+            rows.append(engine_row("ort_int8", "ORT INT8", quantized.upscale_array))
+            notes.append("ORT INT8: GFLOP/s counts the fp32 graph's multiply-adds; % peak is of the fp32 peak")
+    rows.append(pipeline_row(upscaler, workdir))
+    notes.append("upscale pipeline: srdeploy.batch.run_batch in this process (decode PNG, tiles, ORT fp32, encode PNG, "
+                 "fsync, write, journal); no process start-up or session creation")
+    return rows, notes
+
+
+def torch_runner(generator_path: Path, threads: int) -> tiling.Runner:
+    """The PyTorch reference as a tile runner: the generator from ``generator_path`` in
+    channels_last with ``threads`` intra-op threads, followed by the contract's [-1, 1] ->
+    [0, 1] rescale and clamp that the ONNX graph holds. Raises ImportError without torch."""
+    import torch
+
+    from srdeploy.training.checkpoint import load_generator
+
+    torch.set_num_threads(threads)
+    generator, _ = load_generator(generator_path)
+    generator = generator.to(memory_format=torch.channels_last).eval()
+
+    def run(batch: np.ndarray) -> np.ndarray:  # float32 (1, 3, h, w) -> (1, 3, 4h, 4w)
+        with torch.inference_mode():
+            lr = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+            sr = generator(lr)  # [-1, 1]
+            return ((sr + 1.0) * 0.5).clamp_(0.0, 1.0).numpy()
+
+    return run
+
+
+def pipeline_row(upscaler: Upscaler, workdir: Path) -> Row:
+    """``srdeploy upscale``'s batch path (PNG out) into a fresh folder each pass."""
+    from srdeploy import batch
+
+    passes = itertools.count()
+
+    def run_pass(inputs: InputSet, first_only: bool) -> None:
+        out = workdir / f"out-{next(passes)}"
+        files = inputs.files[:1] if first_only else inputs.files
+        summary = batch.run_batch(upscaler, files, out, batch.Settings(format="png"))
+        failed = [f"{r.input}: {r.reason}" for r in summary.results if r.status != "ok"]
+        shutil.rmtree(out, ignore_errors=True)
+        if failed:
+            raise RuntimeError(f"the upscale pipeline did not finish every input: {failed[:3]}")
+        return None
+
+    return Row("pipeline", "upscale pipeline", run_pass)
+
+
+def measure(rows: list[Row], sets: list[InputSet], repeats: int, progress: Callable[[str], None] = lambda _: None) -> None:
+    """Warm up, then time ``repeats`` interleaved passes of every row over every set
+    (see the module docstring); fills ``row.seconds`` and ``row.first_output``."""
+    for inputs in sets:
+        for row in rows:
+            progress(f"warm-up: {row.label}, {inputs.name}")
+            output = row.run_pass(inputs, True)
+            if output is not None:
+                row.first_output[inputs.name] = output
+        for round_ in range(repeats):
+            for row in rows:
+                progress(f"round {round_ + 1}/{repeats}: {row.label}, {inputs.name}")
+                start = time.perf_counter()
+                row.run_pass(inputs, False)
+                row.seconds.setdefault(inputs.name, []).append(time.perf_counter() - start)

@@ -1,0 +1,155 @@
+"""``srdeploy bench`` results: the JSON record and the printed table.
+
+GFLOP/s are the *image's* convolution FLOPs (srdeploy.flops, counted on the ONNX graph at
+the image's size) over the median pass time. With tiling the windows compute more than
+that (each tile's overlap is computed again by its neighbours); that factor is reported
+per input set, and is not counted as useful work.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+from typing import Any
+
+import numpy as np
+
+from srdeploy import cpu_peak, tiling
+from srdeploy.bench import InputSet, Row
+from srdeploy.flops import count_flops
+from srdeploy.providers import default_threads
+from srdeploy.upscaler import Upscaler
+
+
+class FlopCounter:
+    """Conv FLOPs of one model's graph per input size (shape inference is cached)."""
+
+    def __init__(self, graph: Any):
+        self.graph = graph  # onnx.ModelProto
+        self._by_size: dict[tuple[int, int], int] = {}
+
+    def conv(self, height: int, width: int) -> int:
+        if (height, width) not in self._by_size:
+            self._by_size[height, width] = count_flops(self.graph, height, width).conv
+        return self._by_size[height, width]
+
+    def of_image(self, lr: np.ndarray) -> int:
+        return self.conv(lr.shape[0], lr.shape[1])
+
+    def of_windows(self, lr: np.ndarray, tile: int | None, overlap: int) -> int:
+        """What the tile windows of ``lr`` compute together."""
+        return sum(self.conv(r.stop - r.start, c.stop - c.start) for r, c in tiling.plan_tiles(lr.shape[0], lr.shape[1], tile, overlap))
+
+
+def machine_info(peak_gflops: float | None) -> dict[str, Any]:
+    """The CPU, its peak (given, else estimated) with the method, and a sgemm measured now."""
+    estimate = cpu_peak.estimate_peak()
+    if peak_gflops:
+        peak, method = peak_gflops, f"{peak_gflops:.0f} GFLOP/s (given with --peak)"
+    elif estimate:
+        peak, method = estimate.gflops, estimate.method()
+    else:
+        peak, method = None, "unknown (no clock in /proc/cpuinfo; pass --peak)"
+    return {
+        "cpu": estimate.model_name if estimate else "unknown CPU", "cpus_usable": default_threads(),
+        "peak_gflop_per_s": peak, "peak_method": method,
+        "numpy_sgemm_gflop_per_s": round(cpu_peak.measured_sgemm_gflops(), 1),
+    }
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def summarize(rows: list[Row], sets: list[InputSet], upscaler: Upscaler, flops: FlopCounter, machine: dict[str, Any],
+              repeats: int, notes: list[str]) -> dict[str, Any]:
+    """Everything the table shows, as one JSON-able dict."""
+    import onnxruntime
+
+    versions = {"onnxruntime": onnxruntime.__version__}
+    if "torch" in sys.modules:  # only when the PyTorch row ran
+        versions["torch"] = sys.modules["torch"].__version__
+    first = sets[0].arrays[0]
+    first_flops = flops.of_image(first)
+    per_set = []
+    for inputs in sets:
+        image = sum(flops.of_image(a) for a in inputs.arrays)
+        windows = sum(flops.of_windows(a, upscaler.tile, upscaler.overlap) for a in inputs.arrays)
+        per_set.append({"set": inputs.name, "images": len(inputs.arrays), "gflop_per_image": image / len(inputs.arrays) / 1e9,
+                        "tile_recompute": windows / image})
+    return {
+        "model": {"name": upscaler.model.name, "path": str(upscaler.model.path), "sha256": upscaler.model.sha256, "scale": upscaler.scale},
+        "settings": {"threads": upscaler.threads, "tile": upscaler.tile or 0, "overlap": upscaler.overlap, "repeats": repeats, "provider": upscaler.provider},
+        "machine": {**machine, **versions},
+        "flops": {
+            "counted": "Conv only, from the ONNX graph: 2 * Cin/groups * kH * kW * Cout * Hout * Wout per image",
+            "first_input": f"{first.shape[0]}x{first.shape[1]}", "gflop": first_flops / 1e9,
+            "kflop_per_output_pixel": first_flops / (first.shape[0] * first.shape[1] * upscaler.scale**2) / 1e3,
+        },
+        "sets": per_set,
+        "rows": _row_records(rows, sets, flops, machine["peak_gflop_per_s"], upscaler.scale),
+        "notes": notes,
+    }
+
+
+def _row_records(rows: list[Row], sets: list[InputSet], flops: FlopCounter, peak: float | None, scale: int) -> list[dict[str, Any]]:
+    """One record per (set, row): rates, GFLOP/s, share of peak, ratio to the PyTorch row,
+    and the largest difference of the row's first output from PyTorch's."""
+    reference = next((r for r in rows if r.key == "torch"), None)
+    records = []
+    for inputs in sets:
+        image_flops = sum(flops.of_image(a) for a in inputs.arrays)
+        out_mpx = inputs.lr_pixels * scale * scale / 1e6
+        torch_seconds = _median(reference, inputs.name) if reference else None
+        for row in rows:
+            seconds = _median(row, inputs.name)
+            if seconds is None:
+                continue
+            gflops = image_flops / seconds / 1e9
+            diff = None
+            if reference is not None and row is not reference and inputs.name in row.first_output:
+                diff = float(np.abs(row.first_output[inputs.name] - reference.first_output[inputs.name]).max())
+            records.append({
+                "set": inputs.name, "row": row.key, "label": row.label, "images": len(inputs.arrays),
+                "seconds_per_pass": seconds, "passes": row.seconds[inputs.name],
+                "images_per_s": len(inputs.arrays) / seconds, "output_mpx_per_s": out_mpx / seconds,
+                "gflop_per_s": gflops, "peak_share": gflops / peak if peak else None,
+                "vs_torch": torch_seconds / seconds if torch_seconds else None, "max_abs_diff_vs_torch": diff,
+            })
+    return records
+
+
+def _median(row: Row, set_name: str) -> float | None:
+    times = row.seconds.get(set_name)
+    return statistics.median(times) if times else None
+
+
+def format_table(result: dict[str, Any]) -> list[str]:
+    s, machine, fl = result["settings"], result["machine"], result["flops"]
+    tiles = f"tile {s['tile']} (+{s['overlap']} px overlap)" if s["tile"] else "untiled"
+    lines = [
+        f"model {result['model']['name']} (sha256 {result['model']['sha256'][:12]}), x{result['model']['scale']}; provider {s['provider']}, "
+        f"{s['threads']} threads; {tiles}; median of {s['repeats']} passes after a warm-up",
+        f"CPU {machine['cpu']}; peak {machine['peak_method']}; numpy sgemm 2048^3 measured now: {machine['numpy_sgemm_gflop_per_s']:.0f} GFLOP/s",
+        f"FLOPs ({fl['counted']}): {fl['gflop']:.2f} GFLOP per {fl['first_input']} input, {fl['kflop_per_output_pixel']:.1f} kFLOP per output pixel",
+    ]
+    for item in result["sets"]:
+        if item["tile_recompute"] > 1.0005:
+            lines.append(f"{item['set']}: the tile windows compute {item['tile_recompute']:.2f}x the image's FLOPs; GFLOP/s counts the image's")
+    header = f"{'inputs':<14} {'row':<20} {'images/s':>9} {'out Mpx/s':>10} {'GFLOP/s':>8} {'% peak':>7} {'vs PyTorch':>10} {'max|diff|':>9}"
+    lines += ["", header, "-" * len(header)]
+    previous = None
+    for r in result["rows"]:
+        shown, previous = ("" if r["set"] == previous else r["set"]), r["set"]
+        share = f"{100 * r['peak_share']:.1f}" if r["peak_share"] is not None else "-"
+        ratio = f"{r['vs_torch']:.2f}x" if r["vs_torch"] is not None else "-"
+        diff = f"{r['max_abs_diff_vs_torch']:.1e}" if r["max_abs_diff_vs_torch"] is not None else "-"
+        lines.append(f"{shown:<14} {r['label']:<20} {r['images_per_s']:>9.3f} {r['output_mpx_per_s']:>10.3f} {r['gflop_per_s']:>8.1f} {share:>7} {ratio:>10} {diff:>9}")
+    lines.append("")
+    lines += [f"note: {n}" for n in result["notes"]]
+    lines.append(f"load average before {machine['load_average_before']}, after {machine['load_average_after']} (1/5/15 min; {machine['cpus_usable']} CPUs usable)")
+    return lines

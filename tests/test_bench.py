@@ -1,0 +1,111 @@
+"""`srdeploy bench` as a subprocess on a tiny model and a tiny data folder: the rows and
+fields of its JSON and table (no timing assertions), and the FLOP count it reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+
+SRDEPLOY = REPO / ".venv" / "bin" / "srdeploy"
+ROW_FIELDS = {"set", "row", "images", "images_per_s", "output_mpx_per_s", "gflop_per_s", "peak_share", "vs_torch", "max_abs_diff_vs_torch", "passes"}
+
+
+def bench(*args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SRDEPLOY), "bench", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def hr_folder(tmp_path, rng) -> Path:
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"face{i}.png")
+    return folder
+
+
+def srresnet_conv_flops(blocks: int, channels: int, height: int, width: int) -> int:
+    """Conv FLOPs of the SRResNet generator (x4) from its architecture: 9x9 head, two 3x3
+    convs per block, the 3x3 after the blocks, two x2 sub-pixel 3x3 convs (C -> 4C, the
+    second at 2x), 9x9 tail at 4x; 2 FLOPs per multiply-add."""
+    c, lr = channels, height * width
+    macs = 81 * 3 * c * lr + 2 * blocks * 9 * c * c * lr + 9 * c * c * lr
+    macs += 9 * c * 4 * c * lr + 9 * c * 4 * c * 4 * lr + 81 * c * 3 * 16 * lr
+    return 2 * macs
+
+
+def test_flops_of_the_shipped_default_match_the_architecture():
+    import onnx
+
+    from srdeploy.flops import count_flops
+    from srdeploy.zoo import resolve_model
+
+    model = onnx.load(str(resolve_model("default").path))
+    counted = count_flops(model, 64, 64)
+    assert counted.conv == srresnet_conv_flops(8, 64, 64, 64)
+    assert abs(counted.conv / 1e9 - 13.34) < 0.01  # the issue's ~13.3 GFLOP per 64x64 input
+    assert abs(counted.per_output_pixel - 203_544) < 1
+    assert 0 < counted.pointwise < 0.001 * counted.conv
+    assert count_flops(model, 32, 48).conv == srresnet_conv_flops(8, 64, 32, 48)
+
+
+@pytest.mark.slow
+def test_bench_reports_every_row_for_both_input_sets(tiny_generator, tiny_onnx, hr_folder, tmp_path):
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    model = model_dir / "model.onnx"
+    model.write_bytes(tiny_onnx.read_bytes())
+    torch.save(tiny_generator.state_dict(), model_dir / "generator.pt")
+    int8 = tmp_path / "tiny.int8.onnx"
+    quantize_dynamic(str(model), str(int8), weight_type=QuantType.QUInt8)
+
+    out = tmp_path / "bench.json"
+    # A 96x96 "large" input keeps this quick; 32-px tiles make it tiled like 512x512 at the default.
+    run = bench("--model", model, "--data", hr_folder, "--large", 1, "--large-side", 96, "--repeats", 1, "--tile", 32, "--int8", int8, "--json", out)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+
+    sets = [s["set"] for s in result["sets"]]
+    assert sets == ["3 x 8x8", "1 x 96x96"]
+    rows = {(r["set"], r["row"]): r for r in result["rows"]}
+    assert set(rows) == {(s, row) for s in sets for row in ("torch", "ort_fp32", "ort_int8", "pipeline")}
+    for record in rows.values():
+        assert ROW_FIELDS <= set(record)
+        assert record["images_per_s"] > 0 and record["output_mpx_per_s"] > 0 and record["gflop_per_s"] > 0
+        assert len(record["passes"]) == 1
+    for s in sets:
+        assert rows[s, "torch"]["vs_torch"] == pytest.approx(1.0)
+        assert rows[s, "ort_fp32"]["max_abs_diff_vs_torch"] < 1e-4  # the same network
+        assert rows[s, "ort_int8"]["max_abs_diff_vs_torch"] is not None
+    assert result["flops"]["gflop"] == pytest.approx(srresnet_conv_flops(1, 8, 8, 8) / 1e9)
+    big = next(s for s in result["sets"] if s["set"] == "1 x 96x96")
+    assert big["tile_recompute"] > 1  # 32-px tiles plus overlap
+    assert result["settings"]["tile"] == 32 and result["machine"]["peak_method"]
+    for text in ("images/s", "out Mpx/s", "GFLOP/s", "% peak", "vs PyTorch", "PyTorch eager fp32", "ORT INT8", "upscale pipeline", "load average"):
+        assert text in run.stdout
+
+
+def test_bench_says_which_rows_are_absent_and_json_to_stdout(tiny_onnx, hr_folder):
+    run = bench("--model", tiny_onnx, "--data", hr_folder, "--large", 0, "--repeats", 1, "--json", "-")
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)  # the table went to stderr
+    assert [r["row"] for r in result["rows"]] == ["ort_fp32", "pipeline"]
+    notes = " ".join(result["notes"])
+    assert "PyTorch row absent: no generator.pt" in notes and "ORT INT8 row absent" in notes
+    assert all(r["vs_torch"] is None for r in result["rows"])
+    assert "images/s" in run.stderr
+
+
+def test_bench_refuses_a_missing_data_folder(tiny_onnx, tmp_path):
+    run = bench("--model", tiny_onnx, "--data", tmp_path / "nowhere", "--repeats", 1)
+    assert run.returncode == 2
+    assert "data folder not found" in run.stderr

@@ -1,0 +1,89 @@
+"""srdeploy.cpu_graph: the CPU-session rewrites keep outputs (to float rounding) and the
+receptive radius, apply where they pay, and leave everything else alone."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from onnx_toy import build_toy_sr
+from srdeploy.cpu_graph import rewrite_for_cpu
+from srdeploy.tiling import graph_receptive_radius
+from srdeploy.zoo import resolve_model
+
+TAIL = "tail conv moved before the last pixel shuffle"
+
+
+def run(model: onnx.ModelProto, lr: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"lr": lr})[0]
+
+
+def assert_same_network(model: onnx.ModelProto, rewritten: onnx.ModelProto, rng) -> None:
+    onnx.checker.check_model(rewritten, full_check=True)
+    lr = rng.random((1, 3, 24, 40), dtype=np.float32)  # not square: rows and columns must not mix
+    assert np.abs(run(rewritten, lr) - run(model, lr)).max() < 1e-5
+    assert graph_receptive_radius(rewritten.graph) == graph_receptive_radius(model.graph)  # tiling stays exact
+
+
+def test_shipped_generator_keeps_its_outputs(rng):
+    model = onnx.load(str(resolve_model("default").path))
+    rewritten, done = rewrite_for_cpu(model)
+    assert done == [TAIL, "9 PRelu as depthwise convs"]  # the head's and the 8 blocks'
+    assert_same_network(model, rewritten, rng)
+    ops = Counter(n.op_type for n in rewritten.graph.node)
+    assert ops["PRelu"] == 2  # the upsamplers' stay: their tensors are 16x larger
+    weights = {t.name: tuple(t.dims) for t in rewritten.graph.initializer}
+    last_conv = [n for n in rewritten.graph.node if n.op_type == "Conv"][-1]
+    assert weights[last_conv.input[1]] == (12, 256, 5, 5)  # 9x9 at 4x -> 5x5 at 2x, 4x channels in and out
+    assert model.graph.node[0].op_type == "Conv" and len(model.graph.node) == 47  # the input is not modified
+
+
+def test_tiny_generator_keeps_its_outputs(tiny_onnx, rng):
+    model = onnx.load(str(tiny_onnx))
+    rewritten, done = rewrite_for_cpu(model)
+    assert done == [TAIL, "2 PRelu as depthwise convs"]  # B=1: the head's and the block's
+    assert_same_network(model, rewritten, rng)
+
+
+def test_small_tail_kernels_stay_and_slopes_above_one_keep_their_prelu(tmp_path, rng):
+    model = onnx.load(str(build_toy_sr(tmp_path / "toy.onnx")))  # 3x3 tail: cheaper where it is
+    rewritten, done = rewrite_for_cpu(model)
+    assert done == ["1 PRelu as depthwise convs"]
+    assert_same_network(model, rewritten, rng)
+
+    slope = next(t for t in model.graph.initializer if t.name == "slope")
+    values = numpy_helper.to_array(slope).copy()
+    values[::2] = 1.5  # a*y + Relu((1-a)*y) needs a <= 1
+    slope.CopyFrom(numpy_helper.from_array(values, "slope"))
+    unchanged, done = rewrite_for_cpu(model)
+    assert done == []
+    assert [n.op_type for n in unchanged.graph.node] == [n.op_type for n in model.graph.node]
+
+
+def test_quantised_graphs_are_left_alone(tiny_onnx, tmp_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantized = tmp_path / "tiny.int8.onnx"
+    quantize_dynamic(str(tiny_onnx), str(quantized), weight_type=QuantType.QUInt8)
+    model = onnx.load(str(quantized))
+    same, done = rewrite_for_cpu(model)
+    assert done == [] and same is model
+
+
+@pytest.mark.parametrize("tile", [0, 16])
+def test_cpu_upscaler_matches_the_file_as_exported(tiny_onnx, rng, tile):
+    from srdeploy.upscaler import Upscaler
+
+    lr = rng.random((40, 40, 3), dtype=np.float32)
+    expected = run(onnx.load(str(tiny_onnx)), np.ascontiguousarray(lr.transpose(2, 0, 1)[None]))[0].transpose(1, 2, 0)
+    got = Upscaler(tiny_onnx, provider="cpu", tile=tile).upscale_array(lr)
+    assert np.abs(got - expected).max() < 1e-5
