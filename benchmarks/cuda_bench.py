@@ -22,6 +22,7 @@ forward FLOPs of every network it trains (2x for D in the generator's adversaria
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -99,7 +100,7 @@ def train_rows(args) -> list[dict]:
                 lr = torch.rand(batch, 3, 64, 64, device="cuda").to(memory_format=layout)
                 hr = (torch.rand(batch, 3, 256, 256, device="cuda") * 2 - 1).to(memory_format=layout)
                 step = srgan_step if stage == "srgan" else srresnet_step
-                sec = cuda_time(lambda: step(ctx, lr, hr), args.warmup, args.iters)
+                sec = cuda_time(functools.partial(step, ctx, lr, hr), args.warmup, args.iters)
                 # G forward + backward (~3x forward); SRGAN adds D forward + backward on real and
                 # fake (3x each) and D forward + input-gradient backward for G's loss (2x).
                 flops = 3 * g_flops + (8 * d_flops if stage == "srgan" else 0)

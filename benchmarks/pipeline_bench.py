@@ -44,6 +44,8 @@ from statistics import median
 
 import numpy as np
 
+from _report import finish, print_rows  # benchmarks/ is on sys.path when run as a script
+
 REPO = Path(__file__).resolve().parents[1]
 FACES = REPO.parent / "shared" / "data" / "celeba_hq_256" / "test"
 
@@ -294,11 +296,11 @@ def main() -> None:
         inputs = make_faces(scratch, args.count)
         if "encode" in parts:
             results["encode"] = encode_share(inputs, args.encode_count)
-            _print("Model vs PNG encode, 64x64 -> 256x256 faces (in-process)", results["encode"])
+            print_rows("Model vs PNG encode, 64x64 -> 256x256 faces (in-process)", results["encode"])
         if "busy" in parts:
             print(f"\n## Model busy share, {args.count} faces, {args.repeats} repeats (in-process)", flush=True)
             results["busy"] = model_busy_share(inputs, scratch, args.repeats)
-            _print("Medians: share of run_batch's wall time spent in the model", results["busy"])
+            print_rows("Medians: share of run_batch's wall time spent in the model", results["busy"])
         if "throughput" in parts:
             trees = {"after": REPO}
             variants = args.variants.split(",")
@@ -307,19 +309,8 @@ def main() -> None:
                 results["before_rev"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.before], capture_output=True, text=True).stdout.strip()
             print(f"\n## Throughput, {args.count} faces 64x64 -> 256x256, {args.repeats} repeats (each a fresh subprocess)", flush=True)
             results["throughput"] = throughput(variants, trees, inputs, scratch, args.repeats)
-            _print("Medians (images/s: batch rate from the CLI summary; bare: upscale_array loop)", results["throughput"])
-    results["machine"]["load_avg_after"] = os.getloadavg()
-    print(f"\nload average before {results['machine']['load_avg_before']}, after {results['machine']['load_avg_after']} "
-          f"({os.cpu_count()} CPUs, shared with other jobs)")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-
-
-def _print(title: str, rows: list[dict]) -> None:
-    print(f"\n## {title}")
-    for row in rows:
-        print("  " + ", ".join(f"{k}={v}" for k, v in row.items()))
-    sys.stdout.flush()
+            print_rows("Medians (images/s: batch rate from the CLI summary; bare: upscale_array loop)", results["throughput"])
+    finish(results, args.json)
 
 
 if __name__ == "__main__":

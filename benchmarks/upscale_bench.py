@@ -21,7 +21,6 @@ the load average before and after is printed with the numbers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -30,6 +29,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from _report import finish, print_rows  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 FLOP_PER_LR_PIXEL = 2 * 1.63e6  # B=8, C=64, x4: multiply-adds per LR pixel x 2
@@ -198,26 +199,15 @@ def main() -> None:
         parts = set(args.parts.split(","))
         if "throughput" in parts:
             results["throughput"] = throughput(generator, onnx_path, args.threads, args.repeats)
-            _print("ORT vs PyTorch eager", results["throughput"])
+            print_rows("ORT vs PyTorch eager", results["throughput"])
         if "tiling" in parts:
             tiles = [int(t) for t in args.tiles.split(",")]
             results["tiling_512"] = tiling_overhead(onnx_path, args.threads, args.repeats, tiles, folder)
-            _print("Tiling overhead, 512x512 input", results["tiling_512"])
+            print_rows("Tiling overhead, 512x512 input", results["tiling_512"])
         if "rss" in parts:
             results["rss"] = peak_rss(onnx_path, args.rss_side, args.rss_tile, folder, args.threads)
-            _print("Peak RSS, tiled CLI path", [results["rss"]])
-    results["machine"]["load_avg_after"] = os.getloadavg()
-    print(f"\nload average before {results['machine']['load_avg_before']}, after {results['machine']['load_avg_after']} "
-          f"({os.cpu_count()} CPUs; other jobs share them)")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-
-
-def _print(title: str, rows: list[dict]) -> None:
-    print(f"\n## {title}")
-    for row in rows:
-        print("  " + ", ".join(f"{k}={v}" for k, v in row.items()))
-    sys.stdout.flush()
+            print_rows("Peak RSS, tiled CLI path", [results["rss"]])
+    finish(results, args.json)
 
 
 if __name__ == "__main__":

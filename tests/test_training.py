@@ -172,7 +172,6 @@ def _bare_state(tmp_path):
 
 def test_srresnet_can_continue_from_a_generator(tmp_path, image_folder):
     train(tiny_config(tmp_path / "pre", image_folder, steps=2))
-    g0, _ = load_generator(tmp_path / "pre/run/last.pt")
     out = train(tiny_config(tmp_path / "more", image_folder, init=str(tmp_path / "pre/run/last.pt"), steps=1))
     start = json.loads(open(out / "metrics.jsonl").readline())["loss_g"]
     fresh = train(tiny_config(tmp_path / "fresh", image_folder, steps=1))

@@ -15,8 +15,10 @@ exactly the crops and flips of an uninterrupted one, whatever the worker count.
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -134,9 +136,6 @@ class PreloadedPairs:
     """
 
     def __init__(self, dataset: SRDataset, device: torch.device, workers: int | None = None):
-        from concurrent.futures import ThreadPoolExecutor
-        import os
-
         self.patch, self.scale, self.flip, self.seed = dataset.patch, dataset.scale, dataset.flip, dataset.seed
         self.paths = dataset.paths
 
@@ -153,9 +152,8 @@ class PreloadedPairs:
         if len(sizes) != 1:
             raise ValueError(f"--preload needs images of one size; found {len(sizes)} sizes, e.g. "
                              + ", ".join(f"{s[1]}x{s[0]}" for s in sorted(sizes)[:3]))
-        as_tensor = lambda arrays: torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(device)  # noqa: E731
-        self.hr = as_tensor([hr for hr, _ in pairs])
-        self.lr = as_tensor([lr for _, lr in pairs])
+        self.hr = _stacked_nchw([hr for hr, _ in pairs], device)
+        self.lr = _stacked_nchw([lr for _, lr in pairs], device)
         height, width = self.hr.shape[2:]
         if self.patch is not None and self.patch > min(height, width):
             raise ValueError(f"--patch {self.patch} is larger than the {width}x{height} images")
@@ -180,6 +178,11 @@ class PreloadedPairs:
             flip = (torch.rand(len(indices), generator=g) < 0.5).to(hr.device).view(-1, 1, 1, 1)
             hr, lr = torch.where(flip, hr.flip(-1), hr), torch.where(flip, lr.flip(-1), lr)
         return lr.float() / 255.0, hr.float() / 127.5 - 1.0
+
+
+def _stacked_nchw(images: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """uint8 (H, W, 3) arrays -> one uint8 (N, 3, H, W) tensor on ``device``."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().to(device)
 
 
 class PreloadedLoader:
