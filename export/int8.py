@@ -12,14 +12,18 @@ AVX2+FMA CPU without VNNI; README "INT8" has the numbers.
   run unfused lost 0.14 dB; 7-bit weights cannot saturate and run at the same speed.
   u8 x u8 avoids it too, but ran about 15% slower.
 - Per-channel weight scales; per-tensor activations (what QLinearConv takes).
+- The graph is rewritten before quantisation (srdeploy.cpu_graph.INT8_REWRITES; exact in
+  fp32): the 9x9 tail conv moved before the last pixel shuffle, every PReLU turned into
+  two 1x1 depthwise convs, a ReLU and an Add (ORT has no quantised PReLU: as fp32
+  between DequantizeLinear and QuantizeLinear the upsamplers' PReLUs took a quarter of
+  the int8 run), and the tail's 12 output channels padded to 16 (MLAS's int8 kernels
+  run 12 channels 2.6x slower than 16). So the graph is uint8 from the head conv's
+  output to the tail conv's.
 - Kept fp32 (``fp32_nodes``): the head conv (it reads the image; quantising it cost 0.05
-  dB and it is about 1% of the work), and the tail conv with the output mapping after it
-  (tanh, rescale, clamp). The tail 9x9 conv has 3 output channels: as QLinearConv it ran
-  about 6x slower than in fp32 (MLAS packs output channels in blocks of 16), and its
-  output quantisation would put 8-bit steps straight into the image.
-- The PReLUs and PixelShuffles (DepthToSpace) stay fp32 between a DequantizeLinear and a
-  QuantizeLinear: ORT has no quantised PReLU, and the upsampler convs around them are
-  the expensive part that int8 speeds up.
+  dB and it is about 1% of the work), and everything after the tail conv (channel slice,
+  pixel shuffle, tanh, rescale, clamp). A tail with a channel count MLAS cannot run at
+  full rate (the 3-channel 9x9 conv of a graph the rewrites do not match) stays fp32 too:
+  as QLinearConv it ran about 6x slower than in fp32.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from srdeploy import contract
+from srdeploy import contract, cpu_graph
 from srdeploy.export.calibration import CalibrationReader, CalibrationSet
 from srdeploy.manifest import atomic_write_bytes
 
@@ -47,26 +51,30 @@ MIN_PSNR_Y = 35.0
 
 METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_METHOD = "percentile"
-PERCENTILE = 99.999  # of |activation| over the calibration set; clips rare outliers
+PERCENTILE = 99.9999  # two-sided, of each activation over the calibration set: clips only the rarest outliers
 WEIGHTS = "int8 per output channel, symmetric, 7-bit range (reduce_range: no int16 saturation without VNNI)"
 ACTIVATIONS = "uint8 per tensor, asymmetric"
 
 
 def fp32_nodes(model: onnx.ModelProto) -> list[dict[str, str]]:
     """Nodes to keep in fp32, each ``{"node", "op", "why"}``: the convs that read the
-    input ``lr``, the last conv and every node after it (the output mapping)."""
+    input ``lr``, the tail conv unless its output channels fill MLAS's int8 blocks (the
+    export pads them: see srdeploy.cpu_graph), and every node after the tail conv."""
     graph = model.graph
     convs = [n for n in graph.node if n.op_type == "Conv"]
     if not convs:
         raise ValueError("no Conv node: not an srdeploy generator graph")
     keep = [{"node": n.name, "op": n.op_type, "why": "head: reads the RGB input (3 channels, ~1% of the work)"} for n in convs if contract.INPUT_NAME in n.input]
     tail = convs[-1]
-    keep.append({"node": tail.name, "op": tail.op_type, "why": "tail: 3 output channels run slower as QLinearConv than fp32; 8-bit output steps would land in the image"})
+    weights = {t.name: t for t in graph.initializer}
+    tail_channels = weights[tail.input[1]].dims[0] if tail.input[1] in weights else 0
+    if tail_channels % cpu_graph.INT8_CHANNEL_BLOCK:
+        keep.append({"node": tail.name, "op": tail.op_type, "why": f"tail: {tail_channels} output channels run slower as QLinearConv than fp32; 8-bit output steps would land in the image"})
     downstream = set(tail.output)
     for node in graph.node[list(graph.node).index(tail) + 1 :]:  # ONNX nodes are topologically sorted
         if downstream.intersection(node.input):
             downstream.update(node.output)
-            keep.append({"node": node.name, "op": node.op_type, "why": "output mapping after the tail: tanh -> [0, 1] rescale and clamp"})
+            keep.append({"node": node.name, "op": node.op_type, "why": "after the tail conv: channel slice, pixel shuffle, tanh -> [0, 1] rescale and clamp"})
     unnamed = [k for k in keep if not k["node"]]
     if unnamed:
         raise ValueError(f"unnamed {unnamed[0]['op']} node: nodes_to_exclude needs node names")
@@ -89,10 +97,15 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: C
     if method == "percentile":
         extra["CalibPercentile"] = PERCENTILE
     with tempfile.TemporaryDirectory(prefix="srdeploy-int8-") as tmp:
-        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        # Shape inference and ORT's basic fusions first, as ORT's quantisation guide asks:
+        prepared, pre, out = Path(tmp) / "prepared.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        # The exact CPU rewrites, the int8-only ones included, go in before quantisation:
+        # ORT does not rewrite a quantised graph, and the quantiser must see the
+        # depthwise PReLUs and the padded tail to put them in uint8 (srdeploy.cpu_graph).
+        rewritten, rewrites = cpu_graph.rewrite_for_cpu(onnx.load(str(src)), cpu_graph.INT8_REWRITES)
+        onnx.save(rewritten, str(prepared))
+        # Shape inference and ORT's basic fusions next, as ORT's quantisation guide asks:
         # the quantiser needs every tensor's shape to place Q/DQ pairs and per-channel axes.
-        quant_pre_process(str(src), str(pre))
+        quant_pre_process(str(prepared), str(pre))
         keep = fp32_nodes(onnx.load(str(pre)))
         # The histogram calibrators print their settings to stdout; the CLI prints its own summary.
         with contextlib.redirect_stdout(io.StringIO()):
@@ -118,6 +131,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: C
         "activations": ACTIVATIONS,
         "weights": WEIGHTS,
         "calibration_method": f"percentile {PERCENTILE}" if method == "percentile" else method,
+        "graph_rewrites": rewrites,
         "fp32_nodes": keep,
         "quantized_convs": summary["quantized_convs"],
         "qdq_nodes": summary["quantize_linear"] + summary["dequantize_linear"],

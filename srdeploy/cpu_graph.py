@@ -22,6 +22,20 @@ B=8 generator, 64x64 input, 2 AVX2 cores):
    (256 -> 12 channels at 2x) costs 1.2x the multiply-adds but runs 3-5x faster: the
    model as a whole 1.3-1.5x.
 
+The INT8 export (srdeploy.export.int8) quantises a rewritten graph, with two more
+rewrites that only pay off there (``INT8_REWRITES``):
+
+3. Every PReLU as the depthwise pair, the upsamplers' too (the one after the first pixel
+   shuffle moved before it: slopes repeated, as in 2.). ORT's PRelu is a branch per
+   value, and in a quantised graph each also needs a DequantizeLinear before it and a
+   QuantizeLinear after it: on the 128x128x256 tensor before the tail that chain took
+   ~30 ms of a ~130 ms int8 run. As 1x1 depthwise QLinearConvs, a ReLU folded into the
+   requantisation and a QLinearAdd, the whole upsampler stays in uint8 (1.5x -> 1.8x
+   the fp32 session's speed). In fp32 the upsamplers' pairs would cost memory (see 1.).
+4. The tail conv's 12 output channels padded with zero filters to 16, and a Slice after
+   it: MLAS's int8 convolution is 2.6x faster for channel counts that are multiples of
+   16 (256 -> 12 channels, 5x5, 128x128, one thread: 75 ms; 256 -> 16: 29 ms).
+
 Outputs match the original graph to float rounding (~1e-6; tests/test_cpu_graph.py).
 Graphs without these patterns, or quantised graphs, are returned unchanged.
 """
@@ -36,6 +50,9 @@ from typing import Any
 import numpy as np
 
 NCHWC_BLOCK = 8  # AVX2; cost comparisons below assume ORT pads channels to this
+INT8_CHANNEL_BLOCK = 16  # MLAS's int8 convolutions run output channels in blocks of this
+FP32_REWRITES = ("tail", "prelu")
+INT8_REWRITES = ("tail", "prelu", "upsampler_prelu", "pad_tail")
 _QUANTISED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"}
 
 
@@ -54,18 +71,32 @@ def optimized_bytes(path: str | os.PathLike) -> bytes | None:
     return model.SerializeToString() if done else None
 
 
-def rewrite_for_cpu(model: Any, rewrites: tuple[str, ...] = ("tail", "prelu")) -> tuple[Any, list[str]]:
-    """An optimised copy of ``model`` (onnx.ModelProto) and what was rewritten; ``rewrites``
-    picks among the two (benchmarks measure each alone)."""
+def rewrite_for_cpu(model: Any, rewrites: tuple[str, ...] = FP32_REWRITES) -> tuple[Any, list[str]]:
+    """An optimised copy of ``model`` (onnx.ModelProto) and what was rewritten. ``rewrites``
+    picks among "tail", "prelu" (the trunk's), "upsampler_prelu" (the upsamplers' too)
+    and "pad_tail" (benchmarks measure each alone; FP32_REWRITES and INT8_REWRITES are
+    the two sets srdeploy uses)."""
+    unknown = set(rewrites) - set(INT8_REWRITES)
+    if unknown:
+        raise ValueError(f"unknown graph rewrite(s): {', '.join(sorted(unknown))}")
     if any(n.op_type in _QUANTISED_OPS for n in model.graph.node):
         return model, []  # quantised graphs have their own fusions; leave them alone
     model = copy.deepcopy(model)
     done = []
     if "tail" in rewrites and _tail_before_shuffle(model.graph):
         done.append("tail conv moved before the last pixel shuffle")
-    count = _prelus_as_depthwise(model.graph) if "prelu" in rewrites else 0
-    if count:
-        done.append(f"{count} PRelu as depthwise convs")
+    if "upsampler_prelu" in rewrites:
+        moved = _prelus_before_shuffles(model.graph)
+        if moved:
+            done.append(f"{moved} PRelu moved before its pixel shuffle")
+    if "prelu" in rewrites:
+        count = _prelus_as_depthwise(model.graph, upsamplers="upsampler_prelu" in rewrites)
+        if count:
+            done.append(f"{count} PRelu as depthwise convs")
+    if "pad_tail" in rewrites:
+        padded = _pad_tail_channels(model.graph, INT8_CHANNEL_BLOCK)
+        if padded:
+            done.append(f"tail conv padded to {padded} output channels")
     return model, done
 
 
@@ -165,11 +196,8 @@ def _tail_before_shuffle(graph: Any) -> bool:
         source = shuffle.input[0]
         nodes = []
         if prelu is not None:
-            # PRelu commutes with the CRD shuffle when pre-shuffle channel c*r^2 + i gets slope c's.
-            slope = g.add_weight(f"{prelu.input[1]}_subpixel", np.repeat(slopes, r * r).reshape(-1, 1, 1))
-            activated = g.unique(f"{prelu.output[0]}_subpixel")
-            nodes.append(helper.make_node("PRelu", [source, slope], [activated], name=activated))
-            source = activated
+            nodes.append(_subpixel_prelu(g, prelu, slopes, r, source))
+            source = nodes[-1].output[0]
         w_name = g.add_weight(f"{conv.input[1]}_subpixel", low_weight)
         b_name = g.add_weight(f"{conv.input[1]}_subpixel_bias", low_bias)
         low_out = g.unique(f"{conv.output[0]}_subpixel")
@@ -180,6 +208,78 @@ def _tail_before_shuffle(graph: Any) -> bool:
         g.drop_unused_weights()
         return True
     return False
+
+
+def _subpixel_prelu(g: _Graph, prelu: Any, slopes: np.ndarray, r: int, source: str) -> Any:
+    """``prelu`` as it runs before a CRD pixel shuffle of factor r, on ``source``:
+    pre-shuffle channel c*r^2 + i belongs to output channel c, so it gets slope c's."""
+    from onnx import helper
+
+    slope = g.add_weight(f"{prelu.input[1]}_subpixel", np.repeat(slopes, r * r).reshape(-1, 1, 1))
+    activated = g.unique(f"{prelu.output[0]}_subpixel")
+    return helper.make_node("PRelu", [source, slope], [activated], name=activated)
+
+
+def _prelus_before_shuffles(graph: Any) -> int:
+    """Rewrite ``X -> DepthToSpace(r, CRD) -> PRelu(a)`` as ``X -> PRelu(a repeated r^2)
+    -> DepthToSpace(r, CRD)`` (exact: the shuffle only moves values). Returns how many."""
+    from onnx import helper
+
+    g = _Graph(graph)
+    count = 0
+    for shuffle in list(graph.node):
+        a = _attrs(shuffle)
+        if shuffle.op_type != "DepthToSpace" or a.get("mode", b"DCR") != b"CRD":
+            continue
+        prelu = g.only_consumer(shuffle.output[0])
+        slopes = _channel_slopes(g, prelu) if prelu is not None and prelu.op_type == "PRelu" else None
+        if slopes is None:
+            continue
+        r = int(a["blocksize"])
+        activated = _subpixel_prelu(g, prelu, slopes, r, shuffle.input[0])
+        moved = helper.make_node("DepthToSpace", activated.output, [prelu.output[0]], name=g.unique(f"{shuffle.name or prelu.output[0]}_moved"), blocksize=r, mode="CRD")
+        _replace(graph, [shuffle, prelu], [activated, moved])
+        count += 1
+    g.drop_unused_weights()
+    return count
+
+
+def _pad_tail_channels(graph: Any, block: int) -> int:
+    """Give the last conv zero filters up to a multiple of ``block`` output channels and
+    slice the extra channels off after it. Returns the padded count (0: nothing to do)."""
+    from onnx import helper, numpy_helper
+
+    g = _Graph(graph)
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    if not convs or convs[-1].input[1] not in g.weights:
+        return 0
+    conv = convs[-1]
+    weight = g.weights[conv.input[1]]
+    bias = g.weights.get(conv.input[2]) if len(conv.input) > 2 else np.zeros(weight.shape[0], np.float32)
+    if bias is None:
+        return 0
+    cout = weight.shape[0]
+    padded = -(-cout // block) * block
+    if padded == cout:
+        return 0
+    extra = padded - cout
+    w_name = g.add_weight(f"{conv.input[1]}_padded", np.concatenate([weight, np.zeros((extra, *weight.shape[1:]), np.float32)]))
+    b_name = g.add_weight(f"{conv.input[1]}_padded_bias", np.concatenate([bias, np.zeros(extra, np.float32)]))
+    bounds = []
+    for part, value in (("starts", 0), ("ends", cout), ("axes", 1)):
+        name = g.unique(f"{conv.output[0]}_slice_{part}")
+        graph.initializer.append(numpy_helper.from_array(np.array([value], np.int64), name))
+        bounds.append(name)
+    wide = g.unique(f"{conv.output[0]}_padded")
+    new_conv = copy.deepcopy(conv)
+    del new_conv.input[:]
+    new_conv.input.extend([conv.input[0], w_name, b_name])
+    new_conv.output[0] = wide
+    new_conv.name = wide
+    cut = helper.make_node("Slice", [wide, *bounds], [conv.output[0]], name=g.unique(f"{conv.output[0]}_slice"))
+    _replace(graph, [conv], [new_conv, cut])
+    g.drop_unused_weights()
+    return padded
 
 
 def _plain_conv(g: _Graph, conv: Any) -> bool:
@@ -227,18 +327,19 @@ def _subpixel_weight(weight: np.ndarray, r: int, pad: int, low: int, k_low: int)
     return out
 
 
-def _prelus_as_depthwise(graph: Any) -> int:
+def _prelus_as_depthwise(graph: Any, upsamplers: bool = False) -> int:
     """Rewrite each ``Conv -> PRelu(a)`` of the low-resolution trunk (upstream of every
     DepthToSpace) with per-channel slopes a <= 1 as ``Add(DWConv_a(y), Relu(DWConv_{1-a}(y)))``:
     for y > 0 that is a*y + (1-a)*y = y, for y <= 0 it is a*y + 0. Returns how many.
 
-    The PReLUs after an upsampler stay: there the tensors are 16x larger, and the rewrite
-    keeps one more of them alive at a time (+350 MiB in a 304x304 tile window, which took
-    a 2048x2048 upscale at tile 256 to 2 GiB), for ~5% of speed."""
+    The PReLUs after an upsampler stay unless ``upsamplers``: there the tensors are 16x
+    larger, and in fp32 the rewrite keeps one more of them alive at a time (+350 MiB in a
+    304x304 tile window, which took a 2048x2048 upscale at tile 256 to 2 GiB), for ~5% of
+    speed. In uint8 that tensor is a quarter the size and the rewrite is worth 1.2x."""
     from onnx import helper
 
     g = _Graph(graph)
-    upsampled = _downstream_of(graph, "DepthToSpace")
+    upsampled = set() if upsamplers else _downstream_of(graph, "DepthToSpace")
     count = 0
     for prelu in list(graph.node):
         if prelu.op_type != "PRelu" or prelu.input[0] in upsampled:
@@ -249,10 +350,10 @@ def _prelus_as_depthwise(graph: Any) -> int:
             continue
         channels, y, name = slopes.size, prelu.input[0], prelu.output[0]
         zero = g.add_weight(f"{name}_zero_bias", np.zeros(channels, np.float32))
+        depthwise = dict(group=channels, kernel_shape=[1, 1])
         keep = g.add_weight(f"{name}_positive_part", (1 - slopes).reshape(-1, 1, 1, 1))
         scale = g.add_weight(f"{name}_slope", slopes.reshape(-1, 1, 1, 1))
         scaled, positive, negative = (g.unique(f"{name}_{part}") for part in ("scaled", "positive", "negative"))
-        depthwise = dict(group=channels, kernel_shape=[1, 1])
         nodes = [
             helper.make_node("Conv", [y, keep, zero], [scaled], name=scaled, **depthwise),  # (1-a)*y
             helper.make_node("Relu", [scaled], [positive], name=positive),

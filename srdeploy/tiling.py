@@ -120,8 +120,8 @@ _POINTWISE = {
 
 def graph_receptive_radius(graph: Any) -> float | None:
     """Receptive radius in input pixels of an ONNX graph (an ``onnx.GraphProto``) built from
-    stride-1 convolutions, DepthToSpace and pointwise ops (Q/DQ included, so int8 QDQ
-    exports are read too); None when it holds anything else.
+    stride-1 convolutions, DepthToSpace, channel Slices and pointwise ops (Q/DQ included,
+    so int8 QDQ exports are read too); None when it holds anything else.
 
     Walks the nodes (ONNX stores them topologically sorted), carrying for every tensor
     how far its values reach into the input and its resolution relative to the input; a
@@ -144,6 +144,9 @@ def graph_receptive_radius(graph: Any) -> float | None:
             radius += extent / resolution
         elif node.op_type == "DepthToSpace":
             resolution *= attrs["blocksize"].i
+        elif node.op_type == "Slice":
+            if not _channel_slice(node, graph):
+                return None
         elif node.op_type not in _POINTWISE:
             return None
         for name in node.output:
@@ -152,6 +155,17 @@ def graph_receptive_radius(graph: Any) -> float | None:
     if not outputs or any(o is None for o in outputs):
         return None
     return max(r for r, _ in outputs)
+
+
+def _channel_slice(node: Any, graph: Any) -> bool:
+    """Whether a Slice cuts only channels (axis 1 of NCHW), as the int8 export's padded
+    tail does: then it moves no pixels."""
+    from onnx import numpy_helper
+
+    if len(node.input) < 4:
+        return False  # no axes: every axis may be cut
+    axes = next((t for t in graph.initializer if t.name == node.input[3]), None)
+    return axes is not None and all(int(a) in (1, -3) for a in numpy_helper.to_array(axes).reshape(-1))
 
 
 def _conv_extent(attrs: dict[str, Any], weight_dims: list[int] | None) -> float | None:

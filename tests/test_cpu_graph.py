@@ -11,7 +11,7 @@ import pytest
 from onnx import numpy_helper
 
 from onnx_toy import build_toy_sr
-from srdeploy.cpu_graph import rewrite_for_cpu
+from srdeploy.cpu_graph import INT8_REWRITES, rewrite_for_cpu
 from srdeploy.tiling import graph_receptive_radius
 from srdeploy.zoo import resolve_model
 
@@ -45,6 +45,25 @@ def test_shipped_generator_keeps_its_outputs(rng):
     last_conv = [n for n in rewritten.graph.node if n.op_type == "Conv"][-1]
     assert weights[last_conv.input[1]] == (12, 256, 5, 5)  # 9x9 at 4x -> 5x5 at 2x, 4x channels in and out
     assert model.graph.node[0].op_type == "Conv" and len(model.graph.node) == 47  # the input is not modified
+
+
+def test_int8_rewrites_keep_outputs_and_leave_no_prelu(rng):
+    """What the int8 export quantises: every PReLU as a depthwise pair (the first
+    upsampler's moved before its shuffle), the tail padded to 16 channels, then sliced."""
+    model = onnx.load(str(resolve_model("default").path))
+    rewritten, done = rewrite_for_cpu(model, INT8_REWRITES)
+    assert done == [TAIL, "1 PRelu moved before its pixel shuffle", "11 PRelu as depthwise convs", "tail conv padded to 16 output channels"]
+    assert_same_network(model, rewritten, rng)
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert "PRelu" not in ops and ops[-6:] == ["Slice", "DepthToSpace", "Tanh", "Add", "Mul", "Clip"]
+    weights = {t.name: tuple(t.dims) for t in rewritten.graph.initializer}
+    last_conv = [n for n in rewritten.graph.node if n.op_type == "Conv"][-1]
+    assert weights[last_conv.input[1]] == (16, 256, 5, 5)
+
+
+def test_unknown_rewrites_are_refused():
+    with pytest.raises(ValueError, match="unknown graph rewrite"):
+        rewrite_for_cpu(onnx.load(str(resolve_model("default").path)), ("tail", "fold_everything"))
 
 
 def test_tiny_generator_keeps_its_outputs(tiny_onnx, rng):
