@@ -86,10 +86,11 @@ def test_int8_graph_is_qdq_per_channel_and_keeps_the_contract(tiny_onnx, tmp_pat
     kept = {k["node"]: k["op"] for k in info["fp32_nodes"]}
     convs = [n for n in fp32.graph.node if n.op_type == "Conv"]
     assert convs[0].name in kept  # the head reads the image
-    assert list(kept.values())[1:] == ["Slice", "DepthToSpace", "Tanh", "Add", "Mul", "Clip"]  # after the tail conv
+    assert sorted(list(kept.values())[1:5]) == ["Add", "Conv", "Conv", "Relu"]  # the head's PReLU, as depthwise convs
+    assert list(kept.values())[5:] == ["Slice", "DepthToSpace", "Tanh", "Add", "Mul", "Clip"]  # after the tail conv
     # B=1: 2 block convs, body tail, 2 upsamplers and the padded tail, plus 2 depthwise convs
-    # for each of the 4 PReLUs (head, block, two upsamplers): no fp32 PRelu left in between.
-    assert info["quantized_convs"] == len(convs) - 1 + 2 * 4 == 14
+    # for each of the 3 PReLUs after the head's (block, two upsamplers): no fp32 PRelu between.
+    assert info["quantized_convs"] == len(convs) - 1 + 2 * 3 == 12
     assert info["graph_rewrites"][-1] == "tail conv padded to 16 output channels"
     assert "PRelu" not in {n.op_type for n in model.graph.node}
 
@@ -124,8 +125,9 @@ def test_int8_fuses_to_qlinearconv_in_onnxruntime(tiny_onnx, tmp_path):
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(dst), options, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
-    assert ops.count("QLinearConv") == 14 and ops.count("Conv") == 1  # every quantised conv fused; the fp32 head stays Conv
-    assert ops.count("QLinearAdd") == 4 + 1 + 1  # the 4 PReLUs' sums, the block's skip, the global skip
+    assert ops.count("QLinearConv") == 12  # every quantised conv fused
+    assert ops.count("Conv") == 3  # the fp32 head and its PReLU's two depthwise convs (ReLU and Add fused in)
+    assert ops.count("QLinearAdd") == 3 + 1 + 1  # the other 3 PReLUs' sums, the block's skip, the global skip
     assert "PRelu" not in ops and ops.count("DequantizeLinear") == 1  # uint8 from the head's output to the tail's
 
 
@@ -211,8 +213,10 @@ def test_cli_int8_writes_model_manifest_entry_and_upscales(tiny_generator, tmp_p
     assert entry["precision"] == "int8" and entry["io_dtype"] == "float32" and entry["built_from"] == "model.onnx"
     assert entry["calibration"]["folder"] == str(folder) and entry["calibration"]["images"] == 5
     assert entry["calibration"]["method"] == "percentile 99.9999" and entry["calibration"]["limit"] == 5
-    assert entry["quantization"]["format"] == "QDQ" and entry["quantization"]["quantized_convs"] == 14
-    assert [k["op"] for k in entry["quantization"]["fp32_nodes"]] == ["Conv", "Slice", "DepthToSpace", "Tanh", "Add", "Mul", "Clip"]
+    assert entry["quantization"]["format"] == "QDQ" and entry["quantization"]["quantized_convs"] == 12
+    fp32_ops = [k["op"] for k in entry["quantization"]["fp32_nodes"]]
+    assert fp32_ops[0] == "Conv" and sorted(fp32_ops[1:5]) == ["Add", "Conv", "Conv", "Relu"]  # head, its PReLU
+    assert fp32_ops[5:] == ["Slice", "DepthToSpace", "Tanh", "Add", "Mul", "Clip"]  # after the tail conv
     parity = entry["parity"]
     assert parity["ok"] and parity["natural_images"]["images"] == ["img05.png", "img06.png"]
     assert parity["natural_images"]["min_psnr_y_db"] == 35.0 and parity["parity_inputs"]["psnr_db"] > 0
