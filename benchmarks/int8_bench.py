@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/int8_bench.py EXPORT_DIR [--rounds 7] [--threads 2] [--profile]
 
 EXPORT_DIR holds model.onnx and model.int8.onnx (``srdeploy export ... --int8``). Both
-run on 64x64 LR inputs at batch 1 and 8 with the same session settings as the Upscaler
-(ORT_ENABLE_ALL, idle threads sleep). The two models alternate run by run, so a shared
+run on 64x64 LR inputs at batch 1 and 8 as the Upscaler runs them (its session settings;
+the fp32 graph with srdeploy.cpu_graph's rewrites). The two models alternate run by run, so a shared
 CPU's load hits both alike; the ratio of medians is the figure to read. CPU seconds per
 image (the process's, which spinning threads would inflate: spinning is off) are printed
 too: they are less sensitive to other processes than wall time. ``--profile`` adds ORT's
@@ -25,17 +25,19 @@ import numpy as np
 
 
 def session(path: Path, threads: int, profile: bool = False):
+    """A CPU session as srdeploy opens one (its session options, and an fp32 model
+    rewritten by srdeploy.cpu_graph): the int8 model is measured against the fp32 model
+    that actually deploys."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
+    from srdeploy import cpu_graph, providers
+
+    options = providers.session_options("cpu", threads)
     if profile:
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / path.stem)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = cpu_graph.optimized_bytes(path) if cpu_graph.nchwc_cpu() else None
+    return ort.InferenceSession(model or str(path), options, providers=["CPUExecutionProvider"])
 
 
 def throughput(paths: dict[str, Path], batch: int, rounds: int, threads: int) -> dict[str, dict[str, float]]:
