@@ -25,19 +25,16 @@ import numpy as np
 
 
 def session(path: Path, threads: int, profile: bool = False):
-    """A CPU session as srdeploy opens one (its session options, and an fp32 model
-    rewritten by srdeploy.cpu_graph): the int8 model is measured against the fp32 model
-    that actually deploys."""
-    import onnxruntime as ort
-
-    from srdeploy import cpu_graph, providers
+    """A CPU session as srdeploy opens one (providers.open_session: its session options,
+    and an fp32 model rewritten by srdeploy.cpu_graph): the int8 model is measured against
+    the fp32 model that actually deploys."""
+    from srdeploy import providers
 
     options = providers.session_options("cpu", threads)
     if profile:
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / path.stem)
-    model = cpu_graph.optimized_bytes(path) if cpu_graph.nchwc_cpu() else None
-    return ort.InferenceSession(model or str(path), options, providers=["CPUExecutionProvider"])
+    return providers.open_session(path, "cpu", threads, None, options)
 
 
 def throughput(paths: dict[str, Path], batch: int, rounds: int, threads: int) -> dict[str, dict[str, float]]:

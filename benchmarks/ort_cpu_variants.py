@@ -77,19 +77,11 @@ def variants(model_path: Path, threads: int, x: np.ndarray) -> dict[str, Callabl
 
 
 def torch_eager(generator_path: Path, threads: int, x: np.ndarray) -> Callable[[], object]:
-    import torch
+    """The `srdeploy bench` PyTorch reference (srdeploy.bench.torch_runner) on ``x``."""
+    from srdeploy.bench import torch_runner
 
-    from srdeploy.training.checkpoint import load_generator
-
-    torch.set_num_threads(threads)
-    generator = load_generator(generator_path)[0].to(memory_format=torch.channels_last).eval()
-    lr = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
-
-    def run():
-        with torch.inference_mode():
-            return generator(lr)
-
-    return run
+    run = torch_runner(generator_path, threads)
+    return lambda: run(x)
 
 
 def main() -> None:

@@ -106,17 +106,12 @@ SUMMARY = re.compile(r"(\d+) ok, \d+ skipped, (\d+) failed of \d+ in ([\d.]+) s"
 
 
 def make_faces(folder: Path, count: int) -> Path:
-    """The first ``count`` test faces as 64x64 PNGs in ``folder``/in."""
-    from PIL import Image
+    """The first ``count`` test faces as 64x64 PNGs in ``folder``/lr, made as `srdeploy
+    bench` makes its inputs (srdeploy.bench.make_input_sets)."""
+    from srdeploy.bench import make_input_sets
 
-    from srdeploy.degrade import downscale
-
-    inputs = folder / "in"
-    inputs.mkdir()
-    for path in sorted(FACES.glob("*.jpg"))[:count]:
-        with Image.open(path) as hr:
-            downscale(hr.convert("RGB")).save(inputs / f"{path.stem}.png")
-    return inputs
+    faces = make_input_sets(FACES, folder, count, large=0)[0]
+    return faces.files[0].parent
 
 
 def export_tree(rev: str, folder: Path) -> Path:

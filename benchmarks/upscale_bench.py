@@ -95,14 +95,14 @@ def tiling_overhead(onnx_path: Path, threads: int, repeats: int, tiles: list[int
     untiled output, and the peak RSS of a fresh process upscaling that one image."""
     import onnx
 
-    from srdeploy.flops import count_flops
+    from srdeploy.bench_report import FlopCounter
     from srdeploy.tiling import plan_tiles
     from srdeploy.upscaler import Upscaler
 
     side = 512
     lr = np.random.default_rng(side).random((side, side, 3), dtype=np.float32)
-    graph = onnx.load(str(onnx_path))
-    image_flops = count_flops(graph, side, side).conv
+    flops = FlopCounter(onnx.load(str(onnx_path)))
+    image_flops = flops.of_image(lr)
     upscalers = {tile: Upscaler(onnx_path, provider="cpu", tile=tile, threads=threads) for tile in tiles}
     outputs = {tile: up.upscale_array(lr) for tile, up in upscalers.items()}  # also the warm-up
     seconds: dict[int, list[float]] = {tile: [] for tile in tiles}
@@ -115,7 +115,7 @@ def tiling_overhead(onnx_path: Path, threads: int, repeats: int, tiles: list[int
     rows = []
     for tile, up in upscalers.items():
         windows = plan_tiles(side, side, up.tile, up.overlap)
-        window_flops = sum(count_flops(graph, r.stop - r.start, c.stop - c.start).conv for r, c in windows)
+        window_flops = flops.of_windows(lr, up.tile, up.overlap)
         s = float(np.median(seconds[tile]))
         rows.append({
             "tile": tile or "untiled", "window": windows[0][0].stop - windows[0][0].start, "windows": len(windows),

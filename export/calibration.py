@@ -127,6 +127,3 @@ class CalibrationReader:
         i = self._next * self.batch
         self._next += 1
         return {self.input_name: self.lr[i : i + self.batch]}
-
-    def rewind(self) -> None:
-        self.set_range(0, len(self))

@@ -24,7 +24,7 @@ import click
 @click.option("--check", is_flag=True, help="Compare every artifact with the PyTorch generator and print the parity table; exit 1 on a failed bound.")
 @click.option("--weights", type=click.Choice(["auto", "ema", "raw"]), default="auto", show_default=True, help="Which generator weights of a training checkpoint: the EMA ones (auto: when present) or the raw trained ones.")
 @click.option("--images", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None, help="Folder of images (e.g. examples/) added to the parity inputs: up to 4, centre square at 64x64 LR.")
-@click.option("--tile", type=click.IntRange(min=8), default=128, show_default=True, help="TensorRT profile: the runtime's LR tile size.")
+@click.option("--tile", type=click.IntRange(min=8), default=128, show_default=True, help="TensorRT profile: the LR tile size the engine is built for (srdeploy upscale reads it back from the engine; the CPU default tile is 256).")
 @click.option("--overlap", type=click.IntRange(min=0), default=24, show_default=True, help="TensorRT profile: LR halo on each tile side.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=4, show_default=True, help="TensorRT profile: most tiles per engine call.")
 def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration: Path | None, calibration_limit: int, tensorrt: bool, opset: int | None, check: bool, weights: str, images: Path | None, tile: int, overlap: int, max_batch: int) -> None:

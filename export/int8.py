@@ -73,8 +73,8 @@ def fp32_nodes(model: onnx.ModelProto) -> list[dict[str, str]]:
     weights = {t.name: t for t in graph.initializer}
     keep += _head_activation(graph, heads, weights)
     tail = convs[-1]
-    tail_channels = weights[tail.input[1]].dims[0] if tail.input[1] in weights else 0
-    if tail_channels % cpu_graph.INT8_CHANNEL_BLOCK:
+    tail_channels = weights[tail.input[1]].dims[0] if tail.input[1] in weights else None
+    if tail_channels is None or tail_channels % cpu_graph.INT8_CHANNEL_BLOCK:
         keep.append({"node": tail.name, "op": tail.op_type, "why": f"tail: {tail_channels} output channels run slower as QLinearConv than fp32; 8-bit output steps would land in the image"})
     downstream = set(tail.output)
     for node in graph.node[list(graph.node).index(tail) + 1 :]:  # ONNX nodes are topologically sorted
@@ -130,7 +130,8 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: C
         # The exact CPU rewrites, the int8-only ones included, go in before quantisation:
         # ORT does not rewrite a quantised graph, and the quantiser must see the
         # depthwise PReLUs and the padded tail to put them in uint8 (srdeploy.cpu_graph).
-        rewritten, rewrites = cpu_graph.rewrite_for_cpu(onnx.load(str(src)), cpu_graph.INT8_REWRITES)
+        source = onnx.load(str(src))
+        rewritten, rewrites = cpu_graph.rewrite_for_cpu(source, cpu_graph.INT8_REWRITES)  # a copy
         onnx.save(rewritten, str(prepared))
         # Shape inference next, as ORT's quantisation guide asks: the quantiser needs every
         # tensor's shape to place Q/DQ pairs and per-channel axes. Without ORT's basic
@@ -154,8 +155,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: C
                 extra_options=extra,
             )
         model = onnx.load(str(out))
-    _finish(model, src, dst)
-    summary = qdq_summary(model)
+    summary = _finish(model, source, dst)
     return {
         "tool": "onnxruntime.quantization.quantize_static (after quant_pre_process)",
         "format": "QDQ",
@@ -169,9 +169,9 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: C
     }
 
 
-def _finish(model: onnx.ModelProto, src: Path, dst: Path) -> None:
-    """Mark the model int8, check it like every export, write it atomically."""
-    source = onnx.load(str(src), load_external_data=False)
+def _finish(model: onnx.ModelProto, source: onnx.ModelProto, dst: Path) -> dict[str, int]:
+    """Mark the model int8, check it like every export, write it atomically; returns its
+    qdq_summary. ``source`` is the fp32 model it was quantised from."""
     # Symbolic shape inference renamed the dynamic output dims (e.g. "DepthToSpace_40_o0__d2");
     # the fp32 model's declared I/O ("batch", "4*height", ...) is the contract's wording.
     for mine, theirs in ((model.graph.input, source.graph.input), (model.graph.output, source.graph.output)):
@@ -192,6 +192,7 @@ def _finish(model: onnx.ModelProto, src: Path, dst: Path) -> None:
     onnx.checker.check_model(model, full_check=True)
     contract.check_onnx_io(model, dst.name)
     atomic_write_bytes(dst, model.SerializeToString())
+    return summary
 
 
 def qdq_summary(model: onnx.ModelProto) -> dict[str, int]:
@@ -229,7 +230,7 @@ def quality_vs_fp32(fp32: str | os.PathLike, int8: str | os.PathLike, calibratio
     ref, out = _as_uint8_images(reference(calibration.check_lr)), _as_uint8_images(candidate(calibration.check_lr))
     per_image = [psnr_y(o, r) for o, r in zip(out, ref)]
     batches = batches if batches is not None else parity.parity_batches()
-    rows = parity.compare("int8", parity.run_backend(candidate, batches), "fp32", parity.run_backend(reference, batches), parity.Limits())
+    rows = parity.compare("int8", parity.run_backend(candidate, batches), "fp32", parity.run_backend(reference, batches), parity.INT8_LIMITS)
     natural = {
         "images": calibration.check_files,
         "held_out": calibration.check_held_out,

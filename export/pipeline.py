@@ -47,7 +47,6 @@ class Int8Request:
 
     calibration: Path  # folder of HR images (recursive); each becomes a 64x64 LR input
     limit: int = 300  # calibration images used (the first ones, sorted by path)
-    method: str = "percentile"  # minmax | percentile | entropy; see srdeploy.export.int8
 
 
 @dataclass
@@ -112,8 +111,11 @@ def export_artifacts(
         with _timed(result, "onnx fp16"):
             convert_fp16(out_dir / FP32_ONNX, out_dir / FP16_ONNX)
         result.models[FP16_ONNX] = _onnx_entry(out_dir / FP16_ONNX)
+    # The parity inputs (synthetic patterns and the --images folder), decoded once for the
+    # int8 quality check and --check.
+    batches = parity.parity_batches(images_dir=images_dir) if int8 is not None or check else []
     if int8 is not None:
-        _write_int8(result, int8, calibration, images_dir)
+        _write_int8(result, int8, calibration, batches)
     _write(result, generator, meta, source)
 
     if tensorrt:
@@ -130,7 +132,6 @@ def export_artifacts(
         _write(result, generator, meta, source)
 
     if check:
-        batches = parity.parity_batches(images_dir=images_dir)
         result.parity_inputs = [f"{name} {'x'.join(map(str, b.shape))}" for name, b in batches]
         with _timed(result, "parity"):
             result.parity = check_parity(generator, out_dir, result.models, batches)
@@ -139,15 +140,15 @@ def export_artifacts(
     return result
 
 
-def _write_int8(result: ExportResult, request: Int8Request, calibration, images_dir: Path | None) -> None:
+def _write_int8(result: ExportResult, request: Int8Request, calibration, batches: list[tuple[str, parity.Batch]]) -> None:
     """Quantise model.onnx into model.int8.onnx and measure it against model.onnx."""
     from srdeploy.export.int8 import quality_vs_fp32, quantize_int8
 
     out_dir = result.out_dir
     with _timed(result, "onnx int8"):
-        quantization = quantize_int8(out_dir / FP32_ONNX, out_dir / INT8_ONNX, calibration, request.method)
+        quantization = quantize_int8(out_dir / FP32_ONNX, out_dir / INT8_ONNX, calibration)
     with _timed(result, "int8 quality"):
-        quality = quality_vs_fp32(out_dir / FP32_ONNX, out_dir / INT8_ONNX, calibration, parity.parity_batches(images_dir=images_dir))
+        quality = quality_vs_fp32(out_dir / FP32_ONNX, out_dir / INT8_ONNX, calibration, batches)
     result.models[INT8_ONNX] = {
         **_onnx_entry(out_dir / INT8_ONNX),
         "built_from": FP32_ONNX,

@@ -54,8 +54,9 @@ class TileProfile:
     """The ``lr`` shapes (N, 3, H, W) an engine accepts: TensorRT tunes kernels for ``opt``
     and accepts anything between ``min`` and ``max`` elementwise.
 
-    The defaults fit the runtime's tiling: a 128x128 LR tile plus a 24-px halo on each
-    side is 176x176; edge tiles and small whole images go down to 16x16.
+    The defaults fit 128x128 LR tiles (the engine's tile, which the Upscaler reads back
+    from the engine) plus a 24-px halo on each side: 176x176; edge tiles and small whole
+    images go down to 16x16.
     """
 
     min_shape: tuple[int, int, int, int] = (1, 3, 16, 16)

@@ -41,7 +41,7 @@ JOURNAL_NAME = "upscale-journal.jsonl"
 TMP_SUFFIX = ".srdeploy-tmp"
 # In flight at once. Two worker threads: one decodes ahead while the other encodes, each
 # mostly in Pillow/zlib code that releases the GIL; see README "Batch throughput".
-LIMITS = pipeline.Limits(workers=2, in_flight=6, budget=32 * 2**20)
+LIMITS = pipeline.Limits()  # 2 workers, 6 in flight, 32 Mpx (the numbers live there)
 # Suffixes picked up inside folders (files named explicitly are always tried). The
 # unsupported ones are listed so that they are reported rather than silently passed over.
 IMAGE_SUFFIXES = {

@@ -20,10 +20,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from srdeploy import imaging, pipeline
+from srdeploy import pipeline
 from srdeploy.batch import TMP_SUFFIX, Job, Result, Settings, failure_reason
 from srdeploy.imaging import Picture
 from srdeploy.journal import Journal
+from srdeploy.manifest import sha256_file
 from srdeploy.upscaler import Decoded, Upscaler
 
 
@@ -155,10 +156,8 @@ class InputSteps:
         try:
             self.journal.append({"input": job.shown, "status": "writing", "output": str(job.output), "output_sha256": value.output_sha256, **item.key})
             os.replace(value.tmp, item.target)
-        except BaseException as e:
+        except Exception as e:  # anything else reaches the pipeline, which discards the temp file
             value.tmp.unlink(missing_ok=True)
-            if not isinstance(e, Exception):
-                raise
             self.finish(item.result("failed", failure_reason(e, job.shown)), item.key)  # raises again if the journal is what failed
             return
         width, height = value.size
@@ -190,11 +189,8 @@ def _stage(target: Path, data: bytes) -> Path:
 
 
 def _sha256_file(path: Path) -> str | None:
+    """The file's sha256, or None when it cannot be read (no output there yet)."""
     try:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-        return digest.hexdigest()
+        return sha256_file(path)
     except OSError:
         return None

@@ -121,12 +121,13 @@ class _Graph:
         users = self.consumers.get(tensor, [])
         return users[0] if len(users) == 1 and tensor not in self.outputs else None
 
-    def add_weight(self, name: str, value: np.ndarray) -> str:
+    def add_weight(self, name: str, value: np.ndarray, dtype: type = np.float32) -> str:
         from onnx import numpy_helper
 
         name = self.unique(name)
-        self.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name))
-        self.weights[name] = value
+        self.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value, dtype), name))
+        if dtype == np.float32:
+            self.weights[name] = value
         return name
 
     def drop_unused_weights(self) -> None:
@@ -168,10 +169,9 @@ def _tail_before_shuffle(graph: Any) -> bool:
 
     g = _Graph(graph)
     for shuffle in list(graph.node):
-        a = _attrs(shuffle)
-        if shuffle.op_type != "DepthToSpace" or a.get("mode", b"DCR") != b"CRD":
+        r = _crd_shuffle_factor(shuffle)
+        if not r:
             continue
-        r = int(a["blocksize"])
         prelu = g.only_consumer(shuffle.output[0])
         slopes = None
         if prelu is not None and prelu.op_type == "PRelu":
@@ -211,6 +211,14 @@ def _tail_before_shuffle(graph: Any) -> bool:
     return False
 
 
+def _crd_shuffle_factor(node: Any) -> int:
+    """The blocksize of a CRD DepthToSpace (PyTorch's PixelShuffle), else 0."""
+    if node.op_type != "DepthToSpace":
+        return 0
+    a = _attrs(node)
+    return int(a["blocksize"]) if a.get("mode", b"DCR") == b"CRD" else 0
+
+
 def _subpixel_prelu(g: _Graph, prelu: Any, slopes: np.ndarray, r: int, source: str) -> Any:
     """``prelu`` as it runs before a CRD pixel shuffle of factor r, on ``source``:
     pre-shuffle channel c*r^2 + i belongs to output channel c, so it gets slope c's."""
@@ -229,14 +237,11 @@ def _prelus_before_shuffles(graph: Any) -> int:
     g = _Graph(graph)
     count = 0
     for shuffle in list(graph.node):
-        a = _attrs(shuffle)
-        if shuffle.op_type != "DepthToSpace" or a.get("mode", b"DCR") != b"CRD":
-            continue
-        prelu = g.only_consumer(shuffle.output[0])
+        r = _crd_shuffle_factor(shuffle)
+        prelu = g.only_consumer(shuffle.output[0]) if r else None
         slopes = _channel_slopes(g, prelu) if prelu is not None and prelu.op_type == "PRelu" else None
         if slopes is None:
             continue
-        r = int(a["blocksize"])
         activated = _subpixel_prelu(g, prelu, slopes, r, shuffle.input[0])
         moved = helper.make_node("DepthToSpace", activated.output, [prelu.output[0]], name=g.unique(f"{shuffle.name or prelu.output[0]}_moved"), blocksize=r, mode="CRD")
         _replace(graph, [shuffle, prelu], [activated, moved])
@@ -248,7 +253,7 @@ def _prelus_before_shuffles(graph: Any) -> int:
 def _pad_tail_channels(graph: Any, block: int) -> int:
     """Give the last conv zero filters up to a multiple of ``block`` output channels and
     slice the extra channels off after it. Returns the padded count (0: nothing to do)."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     g = _Graph(graph)
     convs = [n for n in graph.node if n.op_type == "Conv"]
@@ -266,11 +271,7 @@ def _pad_tail_channels(graph: Any, block: int) -> int:
     extra = padded - cout
     w_name = g.add_weight(f"{conv.input[1]}_padded", np.concatenate([weight, np.zeros((extra, *weight.shape[1:]), np.float32)]))
     b_name = g.add_weight(f"{conv.input[1]}_padded_bias", np.concatenate([bias, np.zeros(extra, np.float32)]))
-    bounds = []
-    for part, value in (("starts", 0), ("ends", cout), ("axes", 1)):
-        name = g.unique(f"{conv.output[0]}_slice_{part}")
-        graph.initializer.append(numpy_helper.from_array(np.array([value], np.int64), name))
-        bounds.append(name)
+    bounds = [g.add_weight(f"{conv.output[0]}_slice_{part}", np.array([value]), np.int64) for part, value in (("starts", 0), ("ends", cout), ("axes", 1))]
     wide = g.unique(f"{conv.output[0]}_padded")
     new_conv = copy.deepcopy(conv)
     del new_conv.input[:]
@@ -351,10 +352,10 @@ def _prelus_as_depthwise(graph: Any, upsamplers: bool = False) -> int:
             continue
         channels, y, name = slopes.size, prelu.input[0], prelu.output[0]
         zero = g.add_weight(f"{name}_zero_bias", np.zeros(channels, np.float32))
-        depthwise = dict(group=channels, kernel_shape=[1, 1])
         keep = g.add_weight(f"{name}_positive_part", (1 - slopes).reshape(-1, 1, 1, 1))
         scale = g.add_weight(f"{name}_slope", slopes.reshape(-1, 1, 1, 1))
         scaled, positive, negative = (g.unique(f"{name}_{part}") for part in ("scaled", "positive", "negative"))
+        depthwise = dict(group=channels, kernel_shape=[1, 1])
         nodes = [
             helper.make_node("Conv", [y, keep, zero], [scaled], name=scaled, **depthwise),  # (1-a)*y
             helper.make_node("Relu", [scaled], [positive], name=positive),

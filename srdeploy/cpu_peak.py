@@ -43,7 +43,7 @@ class CpuPeak:
         )
 
 
-def estimate_peak(cores: int | None = None) -> CpuPeak | None:
+def estimate_peak() -> CpuPeak | None:
     """The estimate described in the module docstring; None when /proc/cpuinfo is absent
     or names no clock (not Linux, or an unusual kernel)."""
     try:
@@ -67,7 +67,7 @@ def estimate_peak(cores: int | None = None) -> CpuPeak | None:
         ghz, source = max(mhz) / 1e3, "/proc/cpuinfo cpu MHz"
     lanes = 16 if "avx512f" in flags else 8 if "avx" in flags else 4
     fma_units = 2 if "fma" in flags else 1
-    cores = cores or default_threads()
+    cores = default_threads()
     gflops = cores * ghz * fma_units * lanes * 2
     return CpuPeak(gflops, cores, ghz, source, fma_units, lanes, fields.get("model name", "unknown CPU"))
 

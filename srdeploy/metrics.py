@@ -39,12 +39,18 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     return float("inf") if mse == 0 else float(10.0 * np.log10(peak**2 / mse))
 
 
+def _rgb_pair(a: np.ndarray, b: np.ndarray, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """Both images as uint8 (H, W, 3) of one shape, else TypeError/ValueError naming them."""
+    a, b = _as_rgb_uint8(a, names[0]), _as_rgb_uint8(b, names[1])
+    if a.shape != b.shape:
+        raise ValueError(f"{names[0]} {a.shape} and {names[1]} {b.shape} differ in shape")
+    return a, b
+
+
 def psnr_y(a: np.ndarray, b: np.ndarray, border: int = 4) -> float:
     """PSNR on BT.601 Y between two uint8 RGB images, ``border`` pixels removed (no SSIM,
     so no scikit-image: the export extra uses this)."""
-    a, b = _as_rgb_uint8(a, "a"), _as_rgb_uint8(b, "b")
-    if a.shape != b.shape:
-        raise ValueError(f"images {a.shape} and {b.shape} differ in shape")
+    a, b = _rgb_pair(a, b, ("a", "b"))
     return psnr(_crop(rgb_to_y(a), border), _crop(rgb_to_y(b), border))
 
 
@@ -52,9 +58,7 @@ def evaluate_pair(sr: np.ndarray, hr: np.ndarray, border: int = 4) -> dict[str, 
     """PSNR-Y, SSIM-Y and RGB PSNR of one uint8 SR image against its HR reference."""
     from skimage.metrics import structural_similarity
 
-    sr, hr = _as_rgb_uint8(sr, "sr"), _as_rgb_uint8(hr, "hr")
-    if sr.shape != hr.shape:
-        raise ValueError(f"sr {sr.shape} and hr {hr.shape} differ in shape")
+    sr, hr = _rgb_pair(sr, hr, ("sr", "hr"))
     sr_y, hr_y = _crop(rgb_to_y(sr), border), _crop(rgb_to_y(hr), border)
     ssim = structural_similarity(
         sr_y, hr_y, data_range=255.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False

@@ -59,16 +59,18 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def open_session(path: Path, provider: str, threads: int, window: int | None) -> Any:
+def open_session(path: Path, provider: str, threads: int, window: int | None, options: Any = None) -> Any:
     """An ONNX Runtime session for ``provider`` (cpu|cuda|tensorrt), verified to run on it.
 
     ``window`` is the side of the fixed tile windows (TensorRT builds its engine profile
-    for it; required for the GPU providers). Raises ProviderError when a GPU provider
-    does not start, ValueError when the CPU cannot load the model.
+    for it; required for the GPU providers). ``options``: SessionOptions to use instead of
+    ``session_options(provider, threads)`` (benchmarks add profiling to those). Raises
+    ProviderError when a GPU provider does not start, ValueError when the CPU cannot load
+    the model.
     """
     import onnxruntime as ort
 
-    options = session_options(provider, threads)
+    options = options or session_options(provider, threads)
     try:
         model = cpu_graph.optimized_bytes(path) if provider == "cpu" and cpu_graph.nchwc_cpu() else None
         session = ort.InferenceSession(model or str(path), sess_options=options, providers=_provider_list(provider, window))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -15,11 +14,12 @@ import pytest
 from PIL import Image
 
 from onnx_toy import build_toy_sr
-from srdeploy import batch, batch_steps, imaging, pipeline
+from srdeploy import batch_steps, imaging, pipeline
 from srdeploy.batch import JOURNAL_NAME, TMP_SUFFIX, Settings, run_batch
 from srdeploy.journal import Journal
 from srdeploy.upscaler import Upscaler
 from test_imaging import bad_inputs
+from test_pipeline import pipeline_threads
 
 OVERLAPPING = pipeline.Limits(workers=2, in_flight=4)
 
@@ -51,10 +51,6 @@ def journal(out: Path) -> list[dict]:
 
 def temp_files(out: Path) -> list[Path]:
     return list(out.rglob(f"*{TMP_SUFFIX}"))
-
-
-def pipeline_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith(("srdeploy-io", "srdeploy-commit"))]
 
 
 def assert_outputs_vouched_for(out: Path) -> None:
@@ -180,4 +176,3 @@ def test_png_compression_changes_bytes_not_pixels_and_counts_only_for_png_output
 def test_png_compression_is_a_zlib_level():
     with pytest.raises(ValueError, match="zlib level from 0 to 9"):
         Settings(png_compression=10)
-    assert batch.Settings().png_compression == imaging.DEFAULT_PNG_COMPRESSION

@@ -83,7 +83,6 @@ def test_bench_reports_every_row_for_both_input_sets(tiny_generator, tiny_onnx, 
         assert record["images_per_s"] > 0 and record["output_mpx_per_s"] > 0 and record["gflop_per_s"] > 0
         assert len(record["passes"]) == 1
     for s in sets:
-        assert rows[s, "torch"]["vs_torch"] == pytest.approx(1.0)
         assert rows[s, "ort_fp32"]["max_abs_diff_vs_torch"] < 1e-4  # the same network
         assert rows[s, "ort_int8"]["max_abs_diff_vs_torch"] is not None
     assert result["flops"]["gflop"] == pytest.approx(srresnet_conv_flops(1, 8, 8, 8) / 1e9)
