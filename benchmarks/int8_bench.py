@@ -4,7 +4,7 @@
 
 EXPORT_DIR holds model.onnx and model.int8.onnx (``srdeploy export ... --int8``). Both
 run on 64x64 LR inputs at batch 1 and 8 as the Upscaler runs them (its session settings;
-the fp32 graph with srdeploy.cpu_graph's rewrites). The two models alternate run by run, so a shared
+the fp32 graph with srdeploy.runtime.cpu_graph's rewrites). The two models alternate run by run, so a shared
 CPU's load hits both alike; the ratio of medians is the figure to read. CPU seconds per
 image (the process's, which spinning threads would inflate: spinning is off) are printed
 too: they are less sensitive to other processes than wall time. ``--profile`` adds ORT's
@@ -26,9 +26,9 @@ import numpy as np
 
 def session(path: Path, threads: int, profile: bool = False):
     """A CPU session as srdeploy opens one (providers.open_session: its session options,
-    and an fp32 model rewritten by srdeploy.cpu_graph): the int8 model is measured against
+    and an fp32 model rewritten by srdeploy.runtime.cpu_graph): the int8 model is measured against
     the fp32 model that actually deploys."""
-    from srdeploy import providers
+    from srdeploy.runtime import providers
 
     options = providers.session_options("cpu", threads)
     if profile:

@@ -9,8 +9,8 @@ time is compared with the baseline's in that same round: on a CPU shared with ot
 the median of those paired ratios is far steadier than two separate medians.
 
 "before" is what `srdeploy upscale` ran before these changes: the exported graph with
-srdeploy.providers.session_options plus the memory pattern; "now" is what it runs: both
-srdeploy.cpu_graph rewrites and the current session options. The other rows change one
+srdeploy.runtime.providers.session_options plus the memory pattern; "now" is what it runs: both
+srdeploy.runtime.cpu_graph rewrites and the current session options. The other rows change one
 thing each.
 """
 
@@ -29,8 +29,8 @@ def variants(model_path: Path, threads: int, x: np.ndarray) -> dict[str, Callabl
     import onnx
     import onnxruntime as ort
 
-    from srdeploy.cpu_graph import rewrite_for_cpu
-    from srdeploy.providers import session_options
+    from srdeploy.runtime.cpu_graph import rewrite_for_cpu
+    from srdeploy.runtime.providers import session_options
 
     exported = onnx.load(str(model_path))
     graphs = {name: rewrite_for_cpu(exported, rewrites)[0].SerializeToString() for name, rewrites in
@@ -77,16 +77,16 @@ def variants(model_path: Path, threads: int, x: np.ndarray) -> dict[str, Callabl
 
 
 def torch_eager(generator_path: Path, threads: int, x: np.ndarray) -> Callable[[], object]:
-    """The `srdeploy bench` PyTorch reference (srdeploy.bench.torch_runner) on ``x``."""
-    from srdeploy.bench import torch_runner
+    """The `srdeploy bench` PyTorch reference (srdeploy.bench.measure.torch_runner) on ``x``."""
+    from srdeploy.bench.measure import torch_runner
 
     run = torch_runner(generator_path, threads)
     return lambda: run(x)
 
 
 def main() -> None:
-    from srdeploy.providers import default_threads
-    from srdeploy.zoo import resolve_model
+    from srdeploy.runtime.providers import default_threads
+    from srdeploy.runtime.zoo import resolve_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="shipped name or model.onnx (with generator.pt beside it)")

@@ -4,7 +4,7 @@
         [--variants bare,before,after] [--parts encode,busy,throughput]
 
 Inputs: the CelebA-HQ test faces (../shared/data/celeba_hq_256/test) downscaled to 64x64
-with srdeploy.degrade.downscale (bicubic, antialiased), written as PNGs to a temp folder.
+with srdeploy.quality.degrade.downscale (bicubic, antialiased), written as PNGs to a temp folder.
 Model: the shipped default (SRResNet B=8), CPU provider, default threads and tile.
 
 - ``encode``: per image, the model time (Upscaler.upscale_array) against the PNG encode
@@ -43,7 +43,6 @@ from pathlib import Path
 from statistics import median
 
 import numpy as np
-
 from _report import finish, print_rows  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,16 +65,16 @@ if cfg.get("spin"):
         real_entry(self, key, "1" if key == "session.intra_op.allow_spinning" else value)
     ort.SessionOptions.add_session_config_entry = entry
 if cfg.get("threads"):
-    import srdeploy.providers, srdeploy.upscaler
-    srdeploy.upscaler.default_threads = lambda: cfg["threads"]
+    import srdeploy.runtime.providers, srdeploy.runtime.upscaler
+    srdeploy.runtime.upscaler.default_threads = lambda: cfg["threads"]
 if cfg.get("workers") is not None:
-    import dataclasses, srdeploy.batch
-    srdeploy.batch.LIMITS = dataclasses.replace(srdeploy.batch.LIMITS, workers=cfg["workers"])
+    import dataclasses, srdeploy.batch.run
+    srdeploy.batch.run.LIMITS = dataclasses.replace(srdeploy.batch.run.LIMITS, workers=cfg["workers"])
 if cfg["mode"] == "bare":
     import numpy as np
     from pathlib import Path
-    from srdeploy import imaging
-    from srdeploy.upscaler import Upscaler
+    from srdeploy.io import imaging
+    from srdeploy.runtime.upscaler import Upscaler
     arrays = [imaging.decode(p.read_bytes(), p.name).color.astype(np.float32) / 255 for p in sorted(Path(cfg["inputs"]).glob("*.png"))]
     up = Upscaler("default", provider="cpu")
     up.upscale_array(arrays[0])
@@ -85,16 +84,16 @@ if cfg["mode"] == "bare":
     print("BARE", len(arrays), time.perf_counter() - t0, file=sys.stderr)
     print("CPU", cpu_seconds() - cpu0, file=sys.stderr)
 else:
-    import srdeploy.batch
+    import srdeploy.batch.run
     from srdeploy.cli import main
-    run_batch = srdeploy.batch.run_batch
+    run_batch = srdeploy.batch.run.run_batch
     def measured_run_batch(*args, **kwargs):  # the CPU of the batch alone, as its summary times it
         cpu0 = cpu_seconds()
         try:
             return run_batch(*args, **kwargs)
         finally:
             print("CPU", cpu_seconds() - cpu0, file=sys.stderr)
-    srdeploy.batch.run_batch = measured_run_batch
+    srdeploy.batch.run.run_batch = measured_run_batch
     try:
         main(["upscale", cfg["inputs"], "-o", cfg["out"], "--provider", "cpu", *cfg.get("args", [])])
     except SystemExit as e:
@@ -107,8 +106,8 @@ SUMMARY = re.compile(r"(\d+) ok, \d+ skipped, (\d+) failed of \d+ in ([\d.]+) s"
 
 def make_faces(folder: Path, count: int) -> Path:
     """The first ``count`` test faces as 64x64 PNGs in ``folder``/lr, made as `srdeploy
-    bench` makes its inputs (srdeploy.bench.make_input_sets)."""
-    from srdeploy.bench import make_input_sets
+    bench` makes its inputs (srdeploy.bench.measure.make_input_sets)."""
+    from srdeploy.bench.measure import make_input_sets
 
     faces = make_input_sets(FACES, folder, count, large=0)[0]
     return faces.files[0].parent
@@ -194,8 +193,10 @@ def model_busy_share(inputs: Path, scratch: Path, repeats: int) -> list[dict]:
     pipeline; with PNG level 6, the old default) and pipelined, timing the model calls. The share of the batch's
     wall time the model was running is what end to end can reach of the bare model on an
     otherwise idle machine; other jobs on the machine slow both alike."""
-    from srdeploy import batch, pipeline
-    from srdeploy.upscaler import Upscaler
+    from srdeploy.batch import pipeline
+    from srdeploy.batch.jobs import Settings
+    from srdeploy.batch.run import LIMITS, run_batch
+    from srdeploy.runtime.upscaler import Upscaler
 
     up = Upscaler("default", provider="cpu")
     model_seconds: list[float] = []
@@ -210,11 +211,11 @@ def model_busy_share(inputs: Path, scratch: Path, repeats: int) -> list[dict]:
 
     up.upscale_picture = timed_upscale_picture
     up.upscale_picture(make_warmup_picture())
-    one_at_a_time, png6 = pipeline.Limits(workers=1, in_flight=1), batch.Settings(png_compression=6)
+    one_at_a_time, png6 = pipeline.Limits(workers=1, in_flight=1), Settings(png_compression=6)
     modes = {  # name -> (limits, settings)
         "one at a time, PNG level 6 (as before)": (one_at_a_time, png6),
-        "pipelined, PNG level 6": (batch.LIMITS, png6),
-        "pipelined, PNG level 4 (default)": (batch.LIMITS, batch.Settings()),
+        "pipelined, PNG level 6": (LIMITS, png6),
+        "pipelined, PNG level 4 (default)": (LIMITS, Settings()),
     }
     runs: dict[str, list[dict]] = {name: [] for name in modes}
     for r in range(repeats):
@@ -222,7 +223,7 @@ def model_busy_share(inputs: Path, scratch: Path, repeats: int) -> list[dict]:
             model_seconds.clear()
             out = Path(tempfile.mkdtemp(dir=scratch, prefix="busy-"))
             load = os.getloadavg()[0]
-            summary = batch.run_batch(up, [inputs], out, settings, limits=limits)
+            summary = run_batch(up, [inputs], out, settings, limits=limits)
             if summary.failed:
                 raise RuntimeError(f"{summary.failed} inputs failed: {summary.line()}")
             runs[name].append({"busy": sum(model_seconds) / summary.seconds, "images_per_s": len(model_seconds) / summary.seconds, "load": load})
@@ -235,7 +236,7 @@ def model_busy_share(inputs: Path, scratch: Path, repeats: int) -> list[dict]:
 
 
 def make_warmup_picture():
-    from srdeploy.imaging import Picture
+    from srdeploy.io.imaging import Picture
 
     return Picture(np.zeros((64, 64, 3), np.uint8))
 
@@ -244,8 +245,8 @@ def encode_share(inputs: Path, count: int) -> list[dict]:
     """Model seconds per image vs PNG encode seconds of its 256x256 output, per zlib level."""
     from PIL import Image
 
-    from srdeploy import imaging
-    from srdeploy.upscaler import Upscaler
+    from srdeploy.io import imaging
+    from srdeploy.runtime.upscaler import Upscaler
 
     paths = sorted(inputs.glob("*.png"))[:count]
     arrays = [imaging.decode(p.read_bytes(), p.name).color.astype(np.float32) / 255 for p in paths]

@@ -42,7 +42,7 @@ BIN = Path(sys.executable).parent
 
 def build_model(folder: Path, spec: str | None) -> tuple[str, str]:
     """-> (model spec for --model, what it is)."""
-    from srdeploy import zoo
+    from srdeploy.runtime import zoo
 
     if spec:
         return spec, spec

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _report import finish, print_rows  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +62,7 @@ def timed(fn, repeats: int, min_seconds: float = 2.0) -> float:
 def throughput(generator, onnx_path: Path, threads: int, repeats: int) -> list[dict]:
     import torch
 
-    from srdeploy.upscaler import Upscaler
+    from srdeploy.runtime.upscaler import Upscaler
 
     torch.set_num_threads(threads)
     generator = generator.to(memory_format=torch.channels_last)  # oneDNN's fast layout, as `srdeploy bench` runs it
@@ -95,9 +94,9 @@ def tiling_overhead(onnx_path: Path, threads: int, repeats: int, tiles: list[int
     untiled output, and the peak RSS of a fresh process upscaling that one image."""
     import onnx
 
-    from srdeploy.bench_report import FlopCounter
-    from srdeploy.tiling import plan_tiles
-    from srdeploy.upscaler import Upscaler
+    from srdeploy.bench.report import FlopCounter
+    from srdeploy.runtime.tiling import plan_tiles
+    from srdeploy.runtime.upscaler import Upscaler
 
     side = 512
     lr = np.random.default_rng(side).random((side, side, 3), dtype=np.float32)

@@ -3,7 +3,7 @@
 Static quantisation fixes every activation's range from the values seen here, so the
 inputs must look like production inputs: each HR image is centre-cropped to a square,
 brought to ``side * scale`` pixels and degraded with the project's one degradation
-(``srdeploy.degrade.downscale``, bicubic x4 with antialias), exactly as evaluation makes
+(``srdeploy.quality.degrade.downscale``, bicubic x4 with antialias), exactly as evaluation makes
 its LR inputs. CelebA-HQ 256x256 faces need no resize: their LR is the evaluation LR.
 """
 
@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from srdeploy.degrade import downscale
-from srdeploy.folders import IMAGE_SUFFIXES, scan_images
+from srdeploy.io.folders import IMAGE_SUFFIXES, scan_images
+from srdeploy.quality.degrade import downscale
 
 LR_SIDE = 64  # the serving shape the issue targets (64x64 -> 256x256)
-DEGRADATION = "centre square, resized to side*scale if needed (Pillow bicubic), then srdeploy.degrade.downscale bicubic x4 with antialias"
+DEGRADATION = "centre square, resized to side*scale if needed (Pillow bicubic), then srdeploy.quality.degrade.downscale bicubic x4 with antialias"
 
 
 @dataclass(frozen=True)

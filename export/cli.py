@@ -44,7 +44,7 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
         raise click.UsageError("--calibration is used only with --int8")
     from srdeploy.export.pipeline import Int8Request, export_artifacts, load_export_generator
     from srdeploy.export.tensorrt_engine import TensorRTUnavailable, TileProfile
-    from srdeploy.manifest import read_manifest
+    from srdeploy.runtime.manifest import read_manifest
 
     try:
         generator, meta = load_export_generator(checkpoint, weights)

@@ -12,7 +12,7 @@ AVX2+FMA CPU without VNNI; README "INT8" has the numbers.
   run unfused lost 0.14 dB; 7-bit weights cannot saturate and run at the same speed.
   u8 x u8 avoids it too, but ran about 15% slower.
 - Per-channel weight scales; per-tensor activations (what QLinearConv takes).
-- The graph is rewritten before quantisation (srdeploy.cpu_graph.INT8_REWRITES; exact in
+- The graph is rewritten before quantisation (srdeploy.runtime.cpu_graph.INT8_REWRITES; exact in
   fp32): the 9x9 tail conv moved before the last pixel shuffle, every PReLU turned into
   two 1x1 depthwise convs, a ReLU and an Add (ORT has no quantised PReLU: as fp32
   between DequantizeLinear and QuantizeLinear the upsamplers' PReLUs took a fifth of
@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from srdeploy import contract, cpu_graph
 from srdeploy.export.calibration import CalibrationReader, CalibrationSet
-from srdeploy.manifest import atomic_write_bytes
+from srdeploy.runtime import contract, cpu_graph
+from srdeploy.runtime.manifest import atomic_write_bytes
 
 # The int8 quality bound: PSNR-Y of the int8 model's output against the fp32 model's, both
 # rounded to uint8, 4-px border removed, on every natural check image (faces held out from
@@ -63,7 +63,7 @@ ACTIVATIONS = "uint8 per tensor, asymmetric"
 def fp32_nodes(model: onnx.ModelProto) -> list[dict[str, str]]:
     """Nodes to keep in fp32, each ``{"node", "op", "why"}``: the convs that read the
     input ``lr``, the tail conv unless its output channels fill MLAS's int8 blocks (the
-    export pads them: see srdeploy.cpu_graph), and every node after the tail conv."""
+    export pads them: see srdeploy.runtime.cpu_graph), and every node after the tail conv."""
     graph = model.graph
     convs = [n for n in graph.node if n.op_type == "Conv"]
     if not convs:
@@ -129,7 +129,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: C
         prepared, pre, out = Path(tmp) / "prepared.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         # The exact CPU rewrites, the int8-only ones included, go in before quantisation:
         # ORT does not rewrite a quantised graph, and the quantiser must see the
-        # depthwise PReLUs and the padded tail to put them in uint8 (srdeploy.cpu_graph).
+        # depthwise PReLUs and the padded tail to put them in uint8 (srdeploy.runtime.cpu_graph).
         source = onnx.load(str(src))
         rewritten, rewrites = cpu_graph.rewrite_for_cpu(source, cpu_graph.INT8_REWRITES)  # a copy
         onnx.save(rewritten, str(prepared))
@@ -224,7 +224,7 @@ def quality_vs_fp32(fp32: str | os.PathLike, int8: str | os.PathLike, calibratio
     (recorded: synthetic patterns such as noise lie outside the calibrated ranges, so
     they get no bound of their own)."""
     from srdeploy.export import parity
-    from srdeploy.metrics import psnr_y
+    from srdeploy.quality.metrics import psnr_y
 
     reference, candidate = parity.onnxruntime_backend(fp32), parity.onnxruntime_backend(int8)
     ref, out = _as_uint8_images(reference(calibration.check_lr)), _as_uint8_images(candidate(calibration.check_lr))

@@ -1,4 +1,4 @@
-"""Generator -> ONNX file that meets the exported-model contract (srdeploy.contract).
+"""Generator -> ONNX file that meets the exported-model contract (srdeploy.runtime.contract).
 
 The graph takes ``lr`` float32 NCHW RGB in [0, 1] and returns ``sr`` float32 NCHW in
 [0, 1]: the generator's tanh output in [-1, 1] is rescaled and clamped inside the graph,
@@ -20,8 +20,8 @@ import onnx
 import torch
 from torch import nn
 
-from srdeploy import contract
-from srdeploy.manifest import atomic_write_bytes
+from srdeploy.runtime import contract
+from srdeploy.runtime.manifest import atomic_write_bytes
 from srdeploy.training.models import Generator
 
 DEFAULT_OPSET = 18

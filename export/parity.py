@@ -142,7 +142,7 @@ def onnxruntime_backend(path: str | Path) -> Backend:
     """A CPU ONNX Runtime session over a contract-checked model."""
     import onnxruntime as ort
 
-    from srdeploy import contract
+    from srdeploy.runtime import contract
 
     contract.validate_onnx_model(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

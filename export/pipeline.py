@@ -18,11 +18,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from srdeploy import __version__, contract
+from srdeploy import __version__
 from srdeploy.export import parity
 from srdeploy.export.int8 import MIN_PSNR_Y as MIN_INT8_PSNR_Y
 from srdeploy.export.tensorrt_engine import TileProfile
-from srdeploy.manifest import sha256_file, write_manifest
+from srdeploy.runtime import contract
+from srdeploy.runtime.manifest import sha256_file, write_manifest
 
 FP32_ONNX = "model.onnx"
 FP16_ONNX = "model.fp16.onnx"

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 DEFAULT_MAX_PIXELS = 512 * 512  # = srdeploy.handlers.config.DEFAULT_MAX_PIXELS (not imported: keeps --help light)
-DEFAULT_TILE = 256  # = srdeploy.upscaler.DEFAULT_TILE (likewise)
+DEFAULT_TILE = 256  # = srdeploy.runtime.upscaler.DEFAULT_TILE (likewise)
 
 
 @click.command("package")
@@ -37,7 +37,7 @@ def package(model, store, name, properties, port, batch_size, max_batch_delay, w
     """
     from srdeploy.handlers.config import Ports, ServeConfig
     from srdeploy.handlers.package import PackageError, build_archive
-    from srdeploy.zoo import ModelError
+    from srdeploy.runtime.zoo import ModelError
 
     try:
         config = ServeConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay, workers=workers, max_pixels=max_pixels, tile=tile, response_timeout_s=response_timeout)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from srdeploy.upscaler import DEFAULT_TILE
+from srdeploy.runtime.upscaler import DEFAULT_TILE
 
 MODEL_CONFIG_NAME = "model-config.yaml"
 CONFIG_PROPERTIES_NAME = "config.properties"
@@ -202,9 +202,9 @@ def response_timeout(config: ServeConfig, onnx_path: str | os.PathLike) -> int:
     Tiling recomputes the overlap around each tile: interior windows of
     (tile + 2 x overlap)^2 for tile^2 output, the worst-case factor used here.
     """
-    from srdeploy import tiling
-
     import onnx
+
+    from srdeploy.runtime import tiling
 
     flops = flop_per_lr_pixel(onnx_path) or FALLBACK_FLOP_PER_LR_PIXEL
     radius = tiling.graph_receptive_radius(onnx.load(str(onnx_path), load_external_data=False).graph)

@@ -26,7 +26,7 @@ FORMAT_HEADER = "x-output-format"
 QUALITY_HEADER = "x-output-quality"
 OPTION_FIELDS = ("format", "quality")
 IMAGE_FIELDS = ("image", "file", "body", "data")  # where the image is looked for, in order
-# Request format name -> the name srdeploy.imaging.choose_format takes.
+# Request format name -> the name srdeploy.io.imaging.choose_format takes.
 FORMATS = {"png": "png", "jpeg": "jpg", "jpg": "jpg", "webp": "webp", "same": "same"}
 DEFAULT_FORMAT = "png"
 

@@ -1,6 +1,6 @@
 """The TorchServe handler: image bytes in, the 4x image out, one status per request.
 
-It runs the same :class:`srdeploy.upscaler.Upscaler` as ``srdeploy upscale`` (same
+It runs the same :class:`srdeploy.runtime.upscaler.Upscaler` as ``srdeploy upscale`` (same
 tiling, image checks and encoders), so a request gives the bytes the CLI writes for the
 same input and settings: ``--format png`` for the default, ``--tile`` as configured.
 
@@ -31,11 +31,11 @@ from typing import Any
 
 from PIL import Image
 
-from srdeploy import imaging
 from srdeploy.handlers.config import DEFAULT_MAX_PIXELS, ort_threads
 from srdeploy.handlers.request import RequestError, parse_request
-from srdeploy.upscaler import DEFAULT_TILE, Upscaler
-from srdeploy.zoo import MODEL_FILE, ModelError, resolve_model
+from srdeploy.io import imaging
+from srdeploy.runtime.upscaler import DEFAULT_TILE, Upscaler
+from srdeploy.runtime.zoo import MODEL_FILE, ModelError, resolve_model
 
 logger = logging.getLogger(__name__)
 

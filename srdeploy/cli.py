@@ -16,10 +16,10 @@ from srdeploy import __version__
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("srdeploy.training.cli", "train", "Train SRResNet (MSE) or fine-tune an SRGAN."),
     "evaluate": ("srdeploy.training.evaluate_cli", "evaluate", "PSNR/SSIM table and figure against bicubic."),
-    "upscale": ("srdeploy.upscale_cli", "upscale", "Upscale images and folders 4x with ONNX Runtime (cpu/cuda/tensorrt)."),
+    "upscale": ("srdeploy.batch.cli", "upscale", "Upscale images and folders 4x with ONNX Runtime (cpu/cuda/tensorrt)."),
     "export": ("srdeploy.export.cli", "export", "Checkpoint -> ONNX (fp32/fp16) and TensorRT, manifest, parity checks."),
     "package": ("srdeploy.handlers.cli", "package", "Build a TorchServe archive (NAME.mar) and a safe config.properties."),
-    "bench": ("srdeploy.bench_cli", "bench", "Time PyTorch eager, ORT fp32/INT8 and the upscale pipeline on the same inputs (GFLOP/s vs peak)."),
+    "bench": ("srdeploy.bench.cli", "bench", "Time PyTorch eager, ORT fp32/INT8 and the upscale pipeline on the same inputs (GFLOP/s vs peak)."),
 }
 
 

@@ -11,15 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from onnx_toy import build_toy_sr
-from srdeploy import batch_steps, imaging, pipeline
-from srdeploy.batch import JOURNAL_NAME, TMP_SUFFIX, Settings, run_batch
-from srdeploy.journal import Journal
-from srdeploy.upscaler import Upscaler
+from PIL import Image
 from test_imaging import bad_inputs
 from test_pipeline import pipeline_threads
+
+from srdeploy.batch import pipeline
+from srdeploy.batch import steps as batch_steps
+from srdeploy.batch.jobs import JOURNAL_NAME, TMP_SUFFIX, Settings
+from srdeploy.batch.journal import Journal
+from srdeploy.batch.run import run_batch
+from srdeploy.io import imaging
+from srdeploy.runtime.upscaler import Upscaler
 
 OVERLAPPING = pipeline.Limits(workers=2, in_flight=4)
 

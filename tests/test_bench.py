@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import REPO
+from PIL import Image
 
 SRDEPLOY = REPO / ".venv" / "bin" / "srdeploy"
 ROW_FIELDS = {"set", "row", "images", "images_per_s", "output_mpx_per_s", "gflop_per_s", "peak_share", "vs_torch", "max_abs_diff_vs_torch", "passes"}
@@ -43,8 +42,8 @@ def srresnet_conv_flops(blocks: int, channels: int, height: int, width: int) -> 
 def test_flops_of_the_shipped_default_match_the_architecture():
     import onnx
 
-    from srdeploy.flops import count_flops
-    from srdeploy.zoo import resolve_model
+    from srdeploy.bench.flops import count_flops
+    from srdeploy.runtime.zoo import resolve_model
 
     model = onnx.load(str(resolve_model("default").path))
     counted = count_flops(model, 64, 64)

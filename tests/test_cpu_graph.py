@@ -1,4 +1,4 @@
-"""srdeploy.cpu_graph: the CPU-session rewrites keep outputs (to float rounding) and the
+"""srdeploy.runtime.cpu_graph: the CPU-session rewrites keep outputs (to float rounding) and the
 receptive radius, apply where they pay, and leave everything else alone."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-
 from onnx_toy import build_toy_sr
-from srdeploy.cpu_graph import INT8_REWRITES, rewrite_for_cpu
-from srdeploy.tiling import graph_receptive_radius
-from srdeploy.zoo import resolve_model
+
+from srdeploy.runtime.cpu_graph import INT8_REWRITES, rewrite_for_cpu
+from srdeploy.runtime.tiling import graph_receptive_radius
+from srdeploy.runtime.zoo import resolve_model
 
 TAIL = "tail conv moved before the last pixel shuffle"
 
@@ -100,7 +100,7 @@ def test_quantised_graphs_are_left_alone(tiny_onnx, tmp_path):
 
 @pytest.mark.parametrize("tile", [0, 16])
 def test_cpu_upscaler_matches_the_file_as_exported(tiny_onnx, rng, tile):
-    from srdeploy.upscaler import Upscaler
+    from srdeploy.runtime.upscaler import Upscaler
 
     lr = rng.random((40, 40, 3), dtype=np.float32)
     expected = run(onnx.load(str(tiny_onnx)), np.ascontiguousarray(lr.transpose(2, 0, 1)[None]))[0].transpose(1, 2, 0)

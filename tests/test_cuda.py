@@ -5,10 +5,10 @@ Skipped without a GPU (tests/conftest.py)."""
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLES, REPO
 from PIL import Image
 
-from conftest import EXAMPLES, REPO
-from srdeploy.degrade import downscale
+from srdeploy.quality.degrade import downscale
 from srdeploy.training.models import Generator
 
 pytestmark = pytest.mark.gpu

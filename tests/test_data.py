@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from srdeploy.degrade import downscale
-from srdeploy.folders import list_images
+from srdeploy.io.folders import list_images
+from srdeploy.quality.degrade import downscale
 from srdeploy.training.data import CorruptImageError, EpochSampler, SRDataset
 
 

@@ -3,11 +3,10 @@
 it was shipped, minus 0.1 dB, through the same Upscaler as `srdeploy upscale`."""
 
 import pytest
-
-from srdeploy.manifest import read_manifest
-from srdeploy.zoo import MODELS_DIR, shipped_models
-
 from conftest import CELEBA
+
+from srdeploy.runtime.manifest import read_manifest
+from srdeploy.runtime.zoo import MODELS_DIR, shipped_models
 
 SHIPPED = shipped_models()
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CELEBA
 from PIL import Image
 
-from conftest import CELEBA
-from srdeploy.metrics import evaluate_pair
+from srdeploy.quality.metrics import evaluate_pair
 from srdeploy.training.evaluate import SRModel, evaluate, find_test_images, load_model, to_uint8
 
 SRDEPLOY = Path(sys.executable).with_name("srdeploy")
@@ -266,13 +266,13 @@ def test_command_module_imports_neither_torch_nor_matplotlib():
 
 @pytest.mark.slow
 def test_exported_onnx_through_the_upscaler_matches_the_checkpoint(hr_dir, checkpoint, tiny_generator, tmp_path):
-    """The same weights through PyTorch and through export + srdeploy.upscaler give the same
+    """The same weights through PyTorch and through export + srdeploy.runtime.upscaler give the same
     table (to rounding: the graph folds BatchNorm, so a few pixels may round the other way)."""
     from srdeploy.export.onnx_export import export_onnx
 
     onnx_path = export_onnx(tiny_generator, tmp_path / "tiny.onnx")
     runtime = load_model(str(onnx_path), name="onnx", device="cpu")
-    assert "srdeploy.upscaler" in runtime.source
+    assert "srdeploy.runtime.upscaler" in runtime.source
     _, torch_row, onnx_row = evaluate(find_test_images(hr_dir), [load_model(str(checkpoint)), runtime], figure_count=0).table()
     for metric in ("psnr_y", "psnr_rgb"):
         assert onnx_row[metric] == pytest.approx(torch_row[metric], abs=0.01)

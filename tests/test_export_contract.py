@@ -1,4 +1,4 @@
-"""srdeploy.contract.validate_onnx_model: what the runtimes refuse and what they learn.
+"""srdeploy.runtime.contract.validate_onnx_model: what the runtimes refuse and what they learn.
 
 The refusal cases use small hand-built graphs (onnx.helper), so they run in milliseconds
 and each breaks exactly one rule of the contract.
@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from srdeploy.contract import validate_onnx_model
+from srdeploy.runtime.contract import validate_onnx_model
 
 DYNAMIC = ["batch", 3, "height", "width"]
 

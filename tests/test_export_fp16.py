@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 import pytest
 
-from srdeploy import contract
 from srdeploy.export import parity
 from srdeploy.export.fp16 import convert_fp16
+from srdeploy.runtime import contract
 
 
 @pytest.fixture

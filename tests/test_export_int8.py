@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import EXAMPLES, REPO
 from onnx import numpy_helper
 from PIL import Image
 
-from conftest import EXAMPLES, REPO
-from srdeploy import contract
 from srdeploy.export.calibration import CalibrationReader, load_calibration
 from srdeploy.export.int8 import MIN_PSNR_Y, fp32_nodes, quality_vs_fp32, quantize_int8
-from srdeploy.manifest import verify_manifest
+from srdeploy.runtime import contract
+from srdeploy.runtime.manifest import verify_manifest
 
 SRDEPLOY = Path(sys.executable).with_name("srdeploy")
 SHIPPED = REPO / "srdeploy" / "models" / "srresnet"
@@ -41,7 +41,7 @@ def run_export(*args) -> subprocess.CompletedProcess:
 
 
 def test_calibration_inputs_are_the_evaluation_degradation(tmp_path):
-    from srdeploy.degrade import downscale
+    from srdeploy.quality.degrade import downscale
 
     folder = smooth_images(tmp_path / "hr", 5, side=256)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -134,7 +134,7 @@ def test_int8_fuses_to_qlinearconv_in_onnxruntime(tiny_onnx, tmp_path):
 def test_upscaler_runs_int8_with_tiling_read_off_the_qdq_graph(tiny_onnx, tmp_path, rng):
     import math
 
-    from srdeploy.upscaler import Upscaler
+    from srdeploy.runtime.upscaler import Upscaler
 
     cal = load_calibration(smooth_images(tmp_path / "hr", 4), limit=4)
     dst = tmp_path / "tiny.int8.onnx"

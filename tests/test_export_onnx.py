@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from srdeploy import contract
 from srdeploy.export.onnx_export import ContractGenerator, export_onnx
+from srdeploy.runtime import contract
 from srdeploy.training.models import Generator
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from srdeploy.export.pipeline import _jsonable, export_artifacts
 from srdeploy.export.tensorrt_engine import TensorRTUnavailable
-from srdeploy.manifest import verify_manifest
+from srdeploy.runtime.manifest import verify_manifest
 
 
 def test_earlier_artifacts_are_removed_and_onnx_survives_missing_tensorrt(tiny_generator, tmp_path):

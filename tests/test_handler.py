@@ -21,14 +21,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import REPO
 from PIL import Image
 
-from conftest import REPO
-from srdeploy import png16, zoo
 from srdeploy.handlers import config as serve_config
 from srdeploy.handlers.config import Ports, ServeConfig
 from srdeploy.handlers.package import ENTRY_MODULE, PackageError, build_archive
-from srdeploy.upscaler import DEFAULT_TILE, Upscaler
+from srdeploy.io import png16
+from srdeploy.runtime import zoo
+from srdeploy.runtime.upscaler import DEFAULT_TILE, Upscaler
 
 ts_context = pytest.importorskip("ts.context", reason="torchserve is not installed (pip install 'srdeploy[serve]')")
 SRDEPLOY = REPO / ".venv" / "bin" / "srdeploy"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageOps
 
-from srdeploy import imaging, png16
-from srdeploy.imaging import ImageError, Picture
+from srdeploy.io import imaging, png16
+from srdeploy.io.imaging import ImageError, Picture
 
 
 def _bytes(img: Image.Image, fmt: str, **options) -> bytes:

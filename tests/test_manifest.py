@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
-from srdeploy.contract import MANIFEST_NAME
-from srdeploy.manifest import atomic_write_bytes, read_manifest, verify_manifest, write_manifest
+from srdeploy.runtime.contract import MANIFEST_NAME
+from srdeploy.runtime.manifest import atomic_write_bytes, read_manifest, verify_manifest, write_manifest
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The quality metric pinned against values derived by hand and an independent SSIM.
 
-Everything here follows from the protocol in srdeploy.metrics: BT.601 luma in [16, 235]
+Everything here follows from the protocol in srdeploy.quality.metrics: BT.601 luma in [16, 235]
 (Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255, coefficients summing to 219), a border
 crop, uint8 inputs, and Wang et al.'s SSIM with an 11x11 Gaussian window of sigma 1.5.
 """
@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from srdeploy.metrics import evaluate_pair, psnr, rgb_to_y
+from srdeploy.quality.metrics import evaluate_pair, psnr, rgb_to_y
 
 LUMA_GAIN = 219.0 / 255.0  # dY per unit change of R, G and B together
 C1, C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2  # Wang et al.'s constants for data range 255

@@ -1,4 +1,4 @@
-"""srdeploy.pipeline with stand-in steps: input order, bounds, and stopping cleanly."""
+"""srdeploy.batch.pipeline with stand-in steps: input order, bounds, and stopping cleanly."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from srdeploy import pipeline
+from srdeploy.batch import pipeline
 
 
 class Recorder:

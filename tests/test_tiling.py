@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from srdeploy.tiling import axis_spans, graph_receptive_radius, plan_tiles, srresnet_receptive_radius, upscale_tiled
+from srdeploy.runtime.tiling import axis_spans, graph_receptive_radius, plan_tiles, srresnet_receptive_radius, upscale_tiled
 
 
 @pytest.mark.parametrize("length", [1, 5, 47, 48, 49, 100, 131, 257])

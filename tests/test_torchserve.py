@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES, REPO
 from PIL import Image
 
-from conftest import EXAMPLES, REPO
 from srdeploy.handlers.config import free_port_block
 
 requests = pytest.importorskip("requests")

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import EXAMPLES, REPO
 from onnx_toy import build_toy_sr
-from srdeploy import imaging
-from srdeploy.batch import JOURNAL_NAME, TMP_SUFFIX
-from srdeploy.upscaler import Upscaler
+from PIL import Image
 from test_imaging import bad_inputs
+
+from srdeploy.batch.jobs import JOURNAL_NAME, TMP_SUFFIX
+from srdeploy.io import imaging
+from srdeploy.runtime.upscaler import Upscaler
 
 SRDEPLOY = Path(sys.executable).with_name("srdeploy")  # the console script of the running environment
 
@@ -82,7 +82,7 @@ def test_examples_folder_is_the_main_job(toy, tmp_path):
 
 
 def test_default_model_until_one_is_shipped(tmp_path):
-    from srdeploy import zoo
+    from srdeploy.runtime import zoo
 
     run = upscale(EXAMPLES / "coffee.png", "-o", tmp_path / "out")
     if "srresnet" in zoo.shipped_models():
@@ -254,7 +254,7 @@ def test_runtime_needs_no_torch_and_help_imports_nothing_heavy(toy, tmp_path):
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "out" / "coffee.png").is_file()
-    probe = "import sys, srdeploy.cli, srdeploy.upscale_cli; print(sorted(m for m in ('torch', 'onnxruntime', 'onnx') if m in sys.modules))"
+    probe = "import sys, srdeploy.cli, srdeploy.batch.cli; print(sorted(m for m in ('torch', 'onnxruntime', 'onnx') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"
     help_text = upscale("--help")
     assert help_text.returncode == 0 and "--max-pixels" in help_text.stdout
@@ -275,7 +275,8 @@ class _Killed(BaseException):
 @pytest.mark.parametrize("moment", ["before the rename", "after the rename"])
 def test_a_crash_at_either_side_of_the_rename_resumes_correctly(toy, tmp_path, monkeypatch, moment):
     """The two windows a kill -9 can hit around one output, made deterministic in-process."""
-    from srdeploy import batch
+    from srdeploy.batch import steps
+    from srdeploy.batch.run import run_batch
 
     src = save(tmp_path / "in" / "a.png", np.random.default_rng(6).integers(0, 256, (12, 12, 3), dtype=np.uint8))
     out = tmp_path / "out"
@@ -287,15 +288,15 @@ def test_a_crash_at_either_side_of_the_rename_resumes_correctly(toy, tmp_path, m
             real_replace(a, b)
         raise _Killed
 
-    monkeypatch.setattr(batch.os, "replace", replace_then_die)
+    monkeypatch.setattr(steps.os, "replace", replace_then_die)
     with pytest.raises(_Killed):
-        batch.run_batch(up, [src.parent], out)
-    monkeypatch.setattr(batch.os, "replace", real_replace)
+        run_batch(up, [src.parent], out)
+    monkeypatch.setattr(steps.os, "replace", real_replace)
     assert [r["status"] for r in journal(out) if "status" in r] == ["writing"]
     assert (out / "a.png").exists() == (moment == "after the rename")
     assert not temp_files(out)  # the temp file is removed even as the process goes down
 
-    summary = batch.run_batch(up, [src.parent], out)
+    summary = run_batch(up, [src.parent], out)
     (result,) = summary.results
     if moment == "after the rename":
         assert (result.status, result.reason) == ("skipped", "already done (same input, model and settings)")
@@ -305,13 +306,13 @@ def test_a_crash_at_either_side_of_the_rename_resumes_correctly(toy, tmp_path, m
 
 
 def test_a_torn_journal_line_is_ignored_and_not_continued(toy, tmp_path):
-    from srdeploy import batch
+    from srdeploy.batch.run import run_batch
 
     src = save(tmp_path / "in" / "a.png", np.zeros((8, 8, 3), np.uint8))
     out = tmp_path / "out"
     out.mkdir()
     (out / JOURNAL_NAME).write_bytes(b'{"run": "x", "status": "ok", "outp')  # killed mid-append
-    summary = batch.run_batch(Upscaler(toy, provider="cpu"), [src], out)
+    summary = run_batch(Upscaler(toy, provider="cpu"), [src], out)
     assert summary.failed == 0
     lines = (out / JOURNAL_NAME).read_bytes().splitlines()
     assert lines[0] == b'{"run": "x", "status": "ok", "outp'
@@ -332,8 +333,8 @@ def test_a_second_run_into_the_same_folder_is_refused_while_one_is_live(toy, tmp
 
 def test_cli_defaults_match_the_library():
     """The CLI repeats these constants so that `--help` imports nothing heavy; keep them equal."""
-    from srdeploy import upscale_cli
-    from srdeploy.upscaler import DEFAULT_TILE
+    from srdeploy.batch import cli as upscale_cli
+    from srdeploy.runtime.upscaler import DEFAULT_TILE
 
     params = {p.name: p.default for p in upscale_cli.upscale.params}
     assert params["max_pixels"] == upscale_cli.DEFAULT_MAX_PIXELS == imaging.DEFAULT_MAX_PIXELS

@@ -11,14 +11,15 @@ import threading
 import numpy as np
 import onnxruntime as ort
 import pytest
+from onnx_toy import build_toy_sr
 from PIL import Image
 
-from onnx_toy import build_toy_sr
-from srdeploy import imaging, zoo
-from srdeploy.manifest import write_manifest
-from srdeploy.providers import EXECUTION_PROVIDERS, OrtRunner, ProviderError, select_provider
-from srdeploy.upscaler import Upscaler
-from srdeploy.zoo import ModelError
+from srdeploy.io import imaging
+from srdeploy.runtime import zoo
+from srdeploy.runtime.manifest import write_manifest
+from srdeploy.runtime.providers import EXECUTION_PROVIDERS, OrtRunner, ProviderError, select_provider
+from srdeploy.runtime.upscaler import Upscaler
+from srdeploy.runtime.zoo import ModelError
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_io_binding_path_gives_the_plain_run_result(up, rng):
 def test_gpu_providers_match_cpu(toy, provider, rng):
     import onnxruntime as ort
 
-    from srdeploy.providers import EXECUTION_PROVIDERS
+    from srdeploy.runtime.providers import EXECUTION_PROVIDERS
 
     if EXECUTION_PROVIDERS[provider] not in ort.get_available_providers():
         pytest.skip(f"this onnxruntime has no {EXECUTION_PROVIDERS[provider]} (pip install 'srdeploy[gpu]')")
@@ -233,7 +234,7 @@ def test_every_mode_through_the_model(up, mode, rng):
 
 
 def test_16bit_colour_is_upscaled_at_16_bits(up, rng):
-    from srdeploy import png16
+    from srdeploy.io import png16
 
     values = rng.integers(0, 65536, (12, 10, 3)).astype(np.uint16)
     out = imaging.decode(up.upscale_bytes(png16.encode_png16(values), "c16.png").data, "out")

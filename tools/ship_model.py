@@ -39,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from srdeploy.export.pipeline import export_artifacts
-    from srdeploy.manifest import atomic_write_bytes, read_manifest, write_manifest
+    from srdeploy.runtime.manifest import atomic_write_bytes, read_manifest, write_manifest
+    from srdeploy.runtime.upscaler import DEFAULT_TILE
     from srdeploy.training.checkpoint import load_generator
     from srdeploy.training.evaluate import evaluate, find_test_images, load_model
-    from srdeploy.upscaler import DEFAULT_TILE
 
     out = REPO / "srdeploy" / "models" / args.name
     generator, meta = load_generator(args.checkpoint, weights=args.weights)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "test_metrics": {"bicubic": bicubic, args.name: model},
         "gain_psnr_y_db": model["psnr_y"] - bicubic["psnr_y"],
         "protocol": "PSNR/SSIM on BT.601 Y, 4-px border, SR rounded to uint8; SSIM Gaussian 11x11 sigma 1.5; "
-                    f"through srdeploy.upscaler.Upscaler (tile {DEFAULT_TILE}, CPU)",
+                    f"through srdeploy.runtime.upscaler.Upscaler (tile {DEFAULT_TILE}, CPU)",
         "licence": LICENCE,
         "notes": args.notes,
     }

@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from srdeploy.degrade import downscale
-from srdeploy.folders import list_images
+from srdeploy.io.folders import list_images
+from srdeploy.quality.degrade import downscale
 
 
 class CorruptImageError(RuntimeError):

@@ -1,12 +1,12 @@
 """``srdeploy evaluate``: bicubic and every model on one set of HR images, under the quality
-protocol of srdeploy.metrics, as the seed's Table 1 (rows bicubic + models; PSNR-Y,
+protocol of srdeploy.quality.metrics, as the seed's Table 1 (rows bicubic + models; PSNR-Y,
 SSIM-Y, RGB PSNR and the gain over bicubic).
 
-LR inputs are made from the HR images with srdeploy.degrade.downscale, the degradation
+LR inputs are made from the HR images with srdeploy.quality.degrade.downscale, the degradation
 training uses, or read from a folder of precomputed LR images (the MATLAB-bicubic
 ``LR_bicubic_x4`` of the Set5/Set14 benchmarks) so benchmark numbers are comparable to
 published ones. Models are training checkpoints / state_dicts run whole-image in PyTorch,
-or exported ONNX models and the shipped names run through srdeploy.upscaler.Upscaler,
+or exported ONNX models and the shipped names run through srdeploy.runtime.upscaler.Upscaler,
 the runtime every user gets. torch is imported only when a checkpoint is evaluated.
 """
 
@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from srdeploy import SCALE
-from srdeploy.folders import IMAGE_SUFFIXES, list_images
-from srdeploy.degrade import DOWNSAMPLE_METHODS, crop_to_multiple, downscale, upscale_bicubic
-from srdeploy.metrics import evaluate_pair
+from srdeploy.io.folders import IMAGE_SUFFIXES, list_images
+from srdeploy.quality.degrade import DOWNSAMPLE_METHODS, crop_to_multiple, downscale, upscale_bicubic
+from srdeploy.quality.metrics import evaluate_pair
 
 RUNTIME_MODEL_NAMES = ("default", "srresnet", "srgan")  # shipped models, served by the Upscaler
 BICUBIC = "bicubic"
@@ -136,7 +136,7 @@ def describe_degradation(images: Sequence[TestImage], downsample: str) -> str:
     if lr_dirs:
         where = lr_dirs[0] if len(lr_dirs) == 1 else os.path.commonpath(lr_dirs)
         return f"LR = precomputed x{SCALE} images from {where}"
-    return f"LR = HR downscaled x{SCALE} with PIL {downsample} (antialiased; srdeploy.degrade.downscale)"
+    return f"LR = HR downscaled x{SCALE} with PIL {downsample} (antialiased; srdeploy.quality.degrade.downscale)"
 
 
 # --- models ------------------------------------------------------------------------
@@ -197,7 +197,7 @@ def _runtime_model(spec: str, name: str, device: str) -> SRModel:
     """Through the runtime's Upscaler with its default tiling, so the numbers are those of
     the bytes ``srdeploy upscale`` writes (tiles overlap by the receptive radius: the same
     output as untiled)."""
-    from srdeploy.upscaler import Upscaler
+    from srdeploy.runtime.upscaler import Upscaler
 
     upscaler = Upscaler(spec, provider=device)
     if upscaler.scale != SCALE:
@@ -208,7 +208,7 @@ def _runtime_model(spec: str, name: str, device: str) -> SRModel:
         return to_uint8(upscaler.upscale_array(lr.astype(np.float32) / 255.0))
 
     where = f"{info['provider']}, tile {info['tile']}, overlap {info['overlap']}"
-    return SRModel(name, f"{spec} (ONNX Runtime via srdeploy.upscaler, {where}, sha256 {info['model_sha256'][:12]})", upscale)
+    return SRModel(name, f"{spec} (ONNX Runtime via srdeploy.runtime.upscaler, {where}, sha256 {info['model_sha256'][:12]})", upscale)
 
 
 def load_model(spec: str, name: str | None = None, device: str = "cpu") -> SRModel:

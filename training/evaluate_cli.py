@@ -15,15 +15,15 @@ from pathlib import Path
 
 import click
 
-from srdeploy.manifest import atomic_write_bytes
-from srdeploy.metrics import PROTOCOL
+from srdeploy.quality.metrics import PROTOCOL
+from srdeploy.runtime.manifest import atomic_write_bytes
 from srdeploy.training.evaluate import METRICS, Evaluation
 
 COLUMNS = {"psnr_y": ("PSNR-Y (dB)", 2), "ssim_y": ("SSIM-Y", 4), "psnr_rgb": ("PSNR-RGB (dB)", 2)}
 
 
 def protocol_line(border: int) -> str:
-    """srdeploy.metrics.PROTOCOL with the border actually used."""
+    """srdeploy.quality.metrics.PROTOCOL with the border actually used."""
     return PROTOCOL if border == 4 else PROTOCOL.replace("4-px border", f"{border}-px border")
 
 
@@ -120,8 +120,8 @@ def write_report(result: Evaluation, out_dir: Path, data: str, sources: dict[str
               help="Where checkpoints run (and the ONNX Runtime provider).")
 def evaluate(data_dir, list_file, lr_dir, models, names, downsample, border, limit, figure_count, out_dir, device):
     """PSNR-Y / SSIM-Y / RGB PSNR of bicubic and each model on a folder of HR images."""
-    from srdeploy.training.evaluate import evaluate as run_evaluation
     from srdeploy.training.evaluate import default_model_names, find_test_images, load_model
+    from srdeploy.training.evaluate import evaluate as run_evaluation
 
     if names and len(names) != len(models):
         raise click.UsageError(f"got {len(names)} --name for {len(models)} --model; give one per model or none")

@@ -92,7 +92,7 @@ def _init_generator(cfg: TrainConfig, g: Generator) -> None:
     """srgan: start from a pre-trained generator (a run's checkpoint, or a shipped model name)."""
     path = cfg.init
     if path in ("default", "srresnet", "srgan"):
-        from srdeploy.zoo import resolve_model
+        from srdeploy.runtime.zoo import resolve_model
 
         # Shipped models carry their state_dict beside model.onnx, checked by the manifest.
         path = str(resolve_model(path).path.parent / "generator.pt")

@@ -1,4 +1,4 @@
-"""Validation during training: PSNR/SSIM-Y (the quality protocol of srdeploy.metrics) on
+"""Validation during training: PSNR/SSIM-Y (the quality protocol of srdeploy.quality.metrics) on
 held-out HR images, the bicubic baseline for reference, and a bicubic | SR | HR grid."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from srdeploy.metrics import evaluate_pair
+from srdeploy.quality.metrics import evaluate_pair
 from srdeploy.training.config import TrainConfig
 from srdeploy.training.data import SRDataset
 
@@ -25,7 +25,7 @@ def bicubic_x(lr: torch.Tensor, scale: int) -> np.ndarray:
     """The PIL bicubic baseline of one LR tensor (3, h, w) in [0, 1] -> uint8 (sh, sw, 3)."""
     from PIL import Image
 
-    from srdeploy.degrade import upscale_bicubic
+    from srdeploy.quality.degrade import upscale_bicubic
 
     arr = (lr.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     return np.asarray(upscale_bicubic(Image.fromarray(arr), scale))

@@ -1,8 +1,8 @@
 """``srdeploy bench``: PyTorch eager vs ONNX Runtime fp32 (and INT8) vs the whole upscale
 pipeline, on the same inputs, with achieved GFLOP/s against the CPU's peak.
 
-What each row measures and how it is timed: srdeploy.bench; the figures and the table:
-srdeploy.bench_report. Heavy imports happen inside the command (torch only when the
+What each row measures and how it is timed: srdeploy.bench.measure; the figures and the table:
+srdeploy.bench.report. Heavy imports happen inside the command (torch only when the
 PyTorch row runs), so ``srdeploy --help`` stays light.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "celeba_hq_256" / "test"
 
 
@@ -37,9 +37,8 @@ def bench(model, data, limit, large, large_side, repeats, threads, tile, int8_pa
     share of the CPU's peak and the ratio to PyTorch (medians; warm-up excluded)."""
     import onnx
 
-    from srdeploy import bench as measure
-    from srdeploy import bench_report as report
-    from srdeploy.upscaler import DEFAULT_TILE, ModelError, ProviderError, Upscaler
+    from srdeploy.bench import measure, report
+    from srdeploy.runtime.upscaler import DEFAULT_TILE, ModelError, ProviderError, Upscaler
 
     to_stdout = str(json_out) == "-"
     echo = (lambda text: click.echo(text, err=True)) if to_stdout else click.echo

@@ -1,6 +1,6 @@
 """``srdeploy bench`` results: the JSON record and the printed table.
 
-GFLOP/s are the *image's* convolution FLOPs (srdeploy.flops, counted on the ONNX graph at
+GFLOP/s are the *image's* convolution FLOPs (srdeploy.bench.flops, counted on the ONNX graph at
 the image's size) over the median pass time. With tiling the windows compute more than
 that (each tile's overlap is computed again by its neighbours); that factor is reported
 per input set, and is not counted as useful work.
@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from srdeploy import cpu_peak, tiling
-from srdeploy.bench import InputSet, Row
-from srdeploy.flops import count_flops
-from srdeploy.providers import default_threads
-from srdeploy.upscaler import Upscaler
+from srdeploy.bench import peak as cpu_peak
+from srdeploy.bench.flops import count_flops
+from srdeploy.bench.measure import InputSet, Row
+from srdeploy.runtime import tiling
+from srdeploy.runtime.providers import default_threads
+from srdeploy.runtime.upscaler import Upscaler
 
 
 class FlopCounter:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-# = srdeploy.imaging.DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION and srdeploy.upscaler.DEFAULT_TILE
+# = srdeploy.io.imaging.DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION and srdeploy.runtime.upscaler.DEFAULT_TILE
 # (not imported: keeps --help light)
 DEFAULT_MAX_PIXELS = 4095 * 4095
 DEFAULT_PNG_COMPRESSION = 4
@@ -41,10 +41,11 @@ def upscale(inputs, out_dir, model, provider, tile, fmt, quality, png_compressio
     from PIL import Image
     from tqdm import tqdm
 
-    from srdeploy import batch
-    from srdeploy.imaging import ImageError
-    from srdeploy.upscaler import ProviderError, Upscaler
-    from srdeploy.zoo import ModelError
+    from srdeploy.batch.jobs import Result, Settings
+    from srdeploy.batch.run import run_batch
+    from srdeploy.io.imaging import ImageError
+    from srdeploy.runtime.upscaler import ProviderError, Upscaler
+    from srdeploy.runtime.zoo import ModelError
 
     # Pillow's own bomb guard (89 Mpx) must not undercut a larger --max-pixels.
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
@@ -59,7 +60,7 @@ def upscale(inputs, out_dir, model, provider, tile, fmt, quality, png_compressio
         picked = f" ({upscaler.note})" if upscaler.note else ""
         click.echo(f"model {d['model']} (sha256 {d['model_sha256'][:12]}), x{d['scale']}, provider {d['provider']}{picked}, {tiling}", err=True)
 
-    def report(result: batch.Result) -> None:
+    def report(result: Result) -> None:
         arrow = f" -> {result.output}" if result.status == "ok" else ""
         line = f"{result.status:<7} {result.input}{arrow}: {result.reason}"
         if result.status == "failed":
@@ -67,9 +68,9 @@ def upscale(inputs, out_dir, model, provider, tile, fmt, quality, png_compressio
         elif not quiet:
             tqdm.write(line, file=sys.stdout)
 
-    settings = batch.Settings(format=fmt, quality=quality, png_compression=png_compression, recursive=recursive, overwrite=overwrite, max_pixels=max_pixels)
+    settings = Settings(format=fmt, quality=quality, png_compression=png_compression, recursive=recursive, overwrite=overwrite, max_pixels=max_pixels)
     try:
-        summary = batch.run_batch(upscaler, list(inputs), out_dir, settings, report=report, progress=not quiet)
+        summary = run_batch(upscaler, list(inputs), out_dir, settings, report=report, progress=not quiet)
     except (ValueError, RuntimeError, OSError) as e:  # OUT unusable (an input, locked, not writable)
         click.echo(f"Error: {e}", err=True)
         sys.exit(2)

@@ -6,7 +6,7 @@ overlap, so the rows do identical work and differ only in what runs a window: th
 PyTorch generator (channels_last, ``torch.inference_mode``), or the ORT session that
 ``srdeploy upscale`` opens (``Upscaler``, provider cpu). The INT8 row runs its file as
 ``srdeploy upscale`` would, with the overlap read off its own graph. The pipeline row runs
-``srdeploy.batch.run_batch`` in this process on the same inputs saved as PNG files:
+``srdeploy.batch.run.run_batch`` in this process on the same inputs saved as PNG files:
 decode, tiles, inference, PNG encode, fsync and atomic write, journal; process start-up
 and session creation are not in it.
 
@@ -28,9 +28,10 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from srdeploy import cpu_graph, degrade, tiling
-from srdeploy.folders import list_images
-from srdeploy.upscaler import Upscaler
+from srdeploy.io.folders import list_images
+from srdeploy.quality import degrade
+from srdeploy.runtime import cpu_graph, tiling
+from srdeploy.runtime.upscaler import Upscaler
 
 LR_SCALE = 4  # HR faces -> LR inputs, as in training and evaluation
 GENERATOR_FILE = "generator.pt"  # the PyTorch weights shipped beside model.onnx
@@ -114,7 +115,7 @@ def build_rows(upscaler: Upscaler, int8_path: Path | None, workdir: Path) -> tup
     """The rows for ``upscaler``'s model (an ORT fp32 Upscaler on the CPU), and notes on
     rows left out and why. The PyTorch row needs generator.pt beside model.onnx and torch;
     the INT8 row an INT8 model (``int8_path``, else model.int8.onnx beside model.onnx)."""
-    from srdeploy.upscaler import ModelError, ProviderError
+    from srdeploy.runtime.upscaler import ModelError, ProviderError
 
     model = upscaler.model.path
     rows, notes = [], []
@@ -134,7 +135,7 @@ def build_rows(upscaler: Upscaler, int8_path: Path | None, workdir: Path) -> tup
         import onnx
 
         _, rewrites = cpu_graph.rewrite_for_cpu(onnx.load(str(model), load_external_data=False))
-        notes.append(f"ORT fp32 runs the graph as srdeploy.cpu_graph rewrites it: {'; '.join(rewrites) or 'nothing to rewrite'}")
+        notes.append(f"ORT fp32 runs the graph as srdeploy.runtime.cpu_graph rewrites it: {'; '.join(rewrites) or 'nothing to rewrite'}")
     int8 = int8_path or model.parent / INT8_FILE
     if int8_path is None and not int8.is_file():
         notes.append(f"ORT INT8 row absent: no --int8 given and no {INT8_FILE} beside {model}")
@@ -150,7 +151,7 @@ def build_rows(upscaler: Upscaler, int8_path: Path | None, workdir: Path) -> tup
             rows.append(engine_row("ort_int8", "ORT INT8", quantized.upscale_array))
             notes.append("ORT INT8: GFLOP/s counts the fp32 graph's multiply-adds; % peak is of the fp32 peak")
     rows.append(pipeline_row(upscaler, workdir))
-    notes.append("upscale pipeline: srdeploy.batch.run_batch in this process (decode PNG, tiles, ORT fp32, encode PNG, "
+    notes.append("upscale pipeline: srdeploy.batch.run.run_batch in this process (decode PNG, tiles, ORT fp32, encode PNG, "
                  "fsync, write, journal); no process start-up or session creation")
     return rows, notes
 
@@ -178,14 +179,15 @@ def torch_runner(generator_path: Path, threads: int) -> tiling.Runner:
 
 def pipeline_row(upscaler: Upscaler, workdir: Path) -> Row:
     """``srdeploy upscale``'s batch path (PNG out) into a fresh folder each pass."""
-    from srdeploy import batch
+    from srdeploy.batch.jobs import Settings
+    from srdeploy.batch.run import run_batch
 
     passes = itertools.count()
 
     def run_pass(inputs: InputSet, first_only: bool) -> None:
         out = workdir / f"out-{next(passes)}"
         files = inputs.files[:1] if first_only else inputs.files
-        summary = batch.run_batch(upscaler, files, out, batch.Settings(format="png"))
+        summary = run_batch(upscaler, files, out, Settings(format="png"))
         failed = [f"{r.input}: {r.reason}" for r in summary.results if r.status != "ok"]
         shutil.rmtree(out, ignore_errors=True)
         if failed:

@@ -1,4 +1,4 @@
-"""What happens to one input of a batch: the steps srdeploy.pipeline runs it through.
+"""What happens to one input of a batch: the steps srdeploy.batch.pipeline runs it through.
 
     load     (worker)          read, hash, decide whether it is already done, decode
     upscale  (calling thread)  the model
@@ -7,7 +7,7 @@
 
 A failure of one input (unreadable, corrupt, out of memory, an unwritable target) becomes
 a failed :class:`_Outcome` that the later steps pass on to ``commit``, so one bad file
-never stops the batch. Crash safety and resume are described in srdeploy.batch.
+never stops the batch. Crash safety and resume are described in srdeploy.batch.run.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from srdeploy import pipeline
-from srdeploy.batch import TMP_SUFFIX, Job, Result, Settings, failure_reason
-from srdeploy.imaging import Picture
-from srdeploy.journal import Journal
-from srdeploy.manifest import sha256_file
-from srdeploy.upscaler import Decoded, Upscaler
+from srdeploy.batch import pipeline
+from srdeploy.batch.jobs import TMP_SUFFIX, Job, Result, Settings, failure_reason
+from srdeploy.batch.journal import Journal
+from srdeploy.io.imaging import Picture
+from srdeploy.runtime.manifest import sha256_file
+from srdeploy.runtime.upscaler import Decoded, Upscaler
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class _Staged:
 
 
 class InputSteps:
-    """The steps of one input (see srdeploy.pipeline): load and store on worker threads,
+    """The steps of one input (see srdeploy.batch.pipeline): load and store on worker threads,
     upscale on the calling thread, commit on the commit thread in input order. A failure
     of one input becomes a failed _Outcome; only BaseExceptions and a journal that cannot
     be written (raised from ``finish``) get through to stop the batch."""

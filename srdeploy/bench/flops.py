@@ -17,7 +17,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from srdeploy import contract
+from srdeploy.runtime import contract
 
 POINTWISE_OPS = {"Add", "Sub", "Mul", "Div", "PRelu", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Max", "Min"}
 

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from srdeploy.contract import MANIFEST_NAME
+from srdeploy.runtime.contract import MANIFEST_NAME
 
 MANIFEST_VERSION = 1
 

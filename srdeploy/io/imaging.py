@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageCms
 
-from srdeploy import png16
-from srdeploy.image_guard import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, ImageError, open_checked, sniff, why
+from srdeploy.io import png16
+from srdeploy.io.image_guard import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, ImageError, open_checked, sniff, why
 
 __all__ = [
     "ALLOWED_FORMATS", "DEFAULT_MAX_PIXELS", "DEFAULT_PNG_COMPRESSION", "ImageError", "ImageInfo", "Picture", "probe", "decode", "encode",

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from srdeploy.contract import MANIFEST_NAME
-from srdeploy.manifest import read_manifest, sha256_file, verify_manifest
+from srdeploy.runtime.contract import MANIFEST_NAME
+from srdeploy.runtime.manifest import read_manifest, sha256_file, verify_manifest
 
 # Package data folder; tests point this at a folder of their own.
-MODELS_DIR = Path(__file__).resolve().parent / "models"
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 SHIPPED = ("srresnet", "srgan")
 ALIASES = {"default": "srresnet"}
 MODEL_FILE = "model.onnx"

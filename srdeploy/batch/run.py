@@ -4,7 +4,7 @@ Every input ends as ``ok``, ``skipped`` or ``failed`` with a one-line reason, pr
 appended to the JSONL journal ``OUT/upscale-journal.jsonl``. One bad file never stops the
 batch. Inputs are only read.
 
-Throughput: inputs go through srdeploy.pipeline. Worker threads read and decode the next
+Throughput: inputs go through srdeploy.batch.pipeline. Worker threads read and decode the next
 inputs and encode and stage finished outputs while the model runs on the calling thread;
 one commit thread journals and renames outputs, and reports results, strictly in input
 order. At most a few inputs (and a bounded number of output pixels) are in flight; an
@@ -29,16 +29,16 @@ import os
 import sys
 import time
 import unicodedata
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from srdeploy import imaging, pipeline
-from srdeploy.journal import Journal, display
-from srdeploy.upscaler import Upscaler
+from srdeploy.batch import pipeline
+from srdeploy.batch.jobs import JOURNAL_NAME, TMP_SUFFIX, Job, Result, Settings, Summary, failure_reason
+from srdeploy.batch.journal import Journal, display
+from srdeploy.batch.steps import InputSteps
+from srdeploy.io import imaging
+from srdeploy.runtime.upscaler import Upscaler
 
-JOURNAL_NAME = "upscale-journal.jsonl"
-TMP_SUFFIX = ".srdeploy-tmp"
 # In flight at once. Two worker threads: one decodes ahead while the other encodes, each
 # mostly in Pillow/zlib code that releases the GIL; see README "Batch throughput".
 LIMITS = pipeline.Limits()  # 2 workers, 6 in flight, 32 Mpx (the numbers live there)
@@ -48,65 +48,6 @@ IMAGE_SUFFIXES = {
     ".png", ".jpg", ".jpeg", ".jpe", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".gif",
     ".heic", ".heif", ".avif", ".jxl", ".jp2", ".ico", ".psd", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".qoi",
 }
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What changes the bytes of an output (format, quality, PNG compression) and how the
-    batch behaves."""
-
-    format: str = "same"  # same | png | jpg | webp
-    quality: int | None = None  # JPEG/WebP quality 1-100; None = 95 (JPEG) / 90 (WebP)
-    recursive: bool = False
-    overwrite: bool = False  # replace outputs this tool cannot prove it made from this input
-    max_pixels: int = imaging.DEFAULT_MAX_PIXELS
-    png_compression: int = imaging.DEFAULT_PNG_COMPRESSION  # zlib level 0-9 of PNG outputs
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.png_compression <= 9:
-            raise ValueError(f"png_compression must be a zlib level from 0 to 9, got {self.png_compression}")
-
-
-@dataclass
-class Result:
-    input: str  # as displayed
-    status: str  # ok | skipped | failed
-    reason: str
-    output: str | None = None  # path relative to OUT, POSIX style
-    seconds: float = 0.0
-
-
-@dataclass
-class Job:
-    source: Path
-    shown: str
-    output: PurePosixPath  # relative to OUT
-    format: str
-    note: str | None
-    pixels: int  # input width x height, from the header
-
-
-@dataclass
-class Summary:
-    results: list[Result] = field(default_factory=list)
-    seconds: float = 0.0
-    journal: Path | None = None
-    unentered_dirs: int = 0  # subfolders passed over without --recursive
-
-    def count(self, status: str) -> int:
-        return sum(r.status == status for r in self.results)
-
-    @property
-    def failed(self) -> int:
-        return self.count("failed")
-
-    def line(self) -> str:
-        done = self.count("ok")
-        rate = done / self.seconds if self.seconds > 0 else 0.0
-        return (
-            f"{done} ok, {self.count('skipped')} skipped, {self.failed} failed of {len(self.results)} "
-            f"in {self.seconds:.1f} s ({rate:.2f} images/s upscaled); journal: {display(self.journal)}"
-        )
 
 
 def collect(inputs: list[Path], recursive: bool, out_dir: Path) -> tuple[list[tuple[Path, PurePosixPath]], list[Result], int]:
@@ -192,8 +133,6 @@ def run_batch(
     ``limits``: how many inputs are in flight at once (default :data:`LIMITS`)."""
     from tqdm import tqdm
 
-    from srdeploy.batch_steps import InputSteps  # here: it imports this module's types
-
     start = time.perf_counter()
     if any(given.is_dir() and given.resolve() == out_dir.resolve() for given in inputs):
         raise ValueError(f"the output folder {display(out_dir)} is also an input folder; choose another -o")
@@ -235,14 +174,3 @@ def _settings_record(settings: Settings) -> dict:
         "format": settings.format, "quality": settings.quality, "png_compression": settings.png_compression,
         "recursive": settings.recursive, "overwrite": settings.overwrite, "max_pixels": settings.max_pixels,
     }
-
-
-def failure_reason(error: Exception, shown: str) -> str:
-    """The one-line reason an input failed. ImageError texts start with the file name,
-    which the batch shows separately."""
-    if isinstance(error, imaging.ImageError):
-        text = str(error)
-        return text[len(shown) + 2 :] if text.startswith(f"{shown}: ") else text
-    if isinstance(error, MemoryError):
-        return "out of memory (try a smaller --tile or --max-pixels)"
-    return f"{type(error).__name__}: {error}"

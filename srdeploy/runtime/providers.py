@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from srdeploy import contract, cpu_graph
+from srdeploy.runtime import contract, cpu_graph
 
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 EXECUTION_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -94,7 +94,7 @@ def session_options(provider: str, threads: int) -> Any:
 
     options = ort.SessionOptions()
     # ENABLE_ALL adds the NCHWc layout on x86: 1.2-1.25x over EXTENDED with the graph
-    # rewrites of srdeploy.cpu_graph, which target it.
+    # rewrites of srdeploy.runtime.cpu_graph, which target it.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops: nothing to run in parallel
     options.intra_op_num_threads = threads if provider == "cpu" else 1  # on a GPU the CPU only feeds it

@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from srdeploy import contract, imaging, tiling
-from srdeploy.imaging import Picture
-from srdeploy.providers import EngineRunner, OrtRunner, ProviderError, default_threads, open_session, select_provider
-from srdeploy.zoo import ModelError, ModelRef, resolve_model
+from srdeploy.io import imaging
+from srdeploy.io.imaging import Picture
+from srdeploy.runtime import contract, tiling
+from srdeploy.runtime.providers import EngineRunner, OrtRunner, ProviderError, default_threads, open_session, select_provider
+from srdeploy.runtime.zoo import ModelError, ModelRef, resolve_model
 
 __all__ = ["Upscaler", "Decoded", "Encoded", "ProviderError", "ModelError", "select_provider", "DEFAULT_TILE"]
 

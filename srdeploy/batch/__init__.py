@@ -1,0 +1,1 @@
+"""`srdeploy upscale`: files and folders through the Upscaler, pipelined, journalled, losing nothing."""
