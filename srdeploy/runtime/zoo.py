@@ -22,6 +22,7 @@ from srdeploy.runtime.manifest import read_manifest, sha256_file, verify_manifes
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 SHIPPED = ("srresnet", "srgan")
 ALIASES = {"default": "srresnet"}
+NAMES = (*ALIASES, *SHIPPED)  # what --model takes besides a path: the one list of model names
 MODEL_FILE = "model.onnx"
 MODEL_SUFFIXES = (".onnx", ".engine")
 
@@ -54,7 +55,7 @@ def resolve_model(spec: str | os.PathLike = "default") -> ModelRef:
         return _shipped(name, requested=text)
     path = Path(text).expanduser()
     if path.suffix.lower() not in MODEL_SUFFIXES:
-        choices = ", ".join([*ALIASES, *SHIPPED])
+        choices = ", ".join(NAMES)
         raise ModelError(f"unknown model {text!r}: use one of {choices}, or a path to a .onnx or .engine file")
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
