@@ -43,7 +43,6 @@ MIN_RESPONSE_TIMEOUT = 60
 # filter byte per row and deflate's stored-block overhead on incompressible data.
 RESPONSE_BYTES_PER_PIXEL = 8 * 1.01
 METADATA_ALLOWANCE = 8 << 20  # EXIF/ICC/XMP an upload may carry beside its pixels
-_POINTWISE = {"Add", "Sub", "Mul", "Div", "Relu", "PRelu", "LeakyRelu", "Tanh", "Sigmoid", "Clip", "Identity", "Cast"}
 
 
 @dataclass(frozen=True)
@@ -164,38 +163,6 @@ def ort_threads(workers: int, cores: int | None = None) -> int:
     return max(1, cores // max(1, workers))
 
 
-def flop_per_lr_pixel(onnx_path: str | os.PathLike) -> float | None:
-    """Multiply-adds x 2 per input pixel of a graph of convolutions, DepthToSpace and
-    pointwise ops; None when it holds anything else. A conv running after k x2
-    upsamplers costs 4^k times more per input pixel, which the walk carries along."""
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    weights = {t.name: list(t.dims) for t in graph.initializer}
-    area = {v.name: 1.0 for v in graph.input if v.name not in weights}  # output pixels per input pixel
-    total = 0.0
-    for node in graph.node:
-        scales = [area[name] for name in node.input if name in area]
-        if not scales:
-            continue  # constants only
-        scale = max(scales)
-        if node.op_type == "Conv":
-            dims = weights.get(node.input[1])
-            strides = [a.ints for a in node.attribute if a.name == "strides"]
-            if dims is None or len(dims) != 4 or any(s != 1 for s in (strides[0] if strides else [])):
-                return None
-            out_channels, in_per_group, kh, kw = dims
-            total += 2.0 * out_channels * in_per_group * kh * kw * scale
-        elif node.op_type == "DepthToSpace":
-            block = next(a.i for a in node.attribute if a.name == "blocksize")
-            scale *= block * block
-        elif node.op_type not in _POINTWISE:
-            return None
-        for name in node.output:
-            area[name] = scale
-    return total
-
-
 def response_timeout(config: ServeConfig, onnx_path: str | os.PathLike) -> int:
     """Seconds for one full batch at the pixel cap, tiled, at ASSUMED_CPU_FLOPS.
 
@@ -204,11 +171,12 @@ def response_timeout(config: ServeConfig, onnx_path: str | os.PathLike) -> int:
     """
     import onnx
 
-    from srdeploy.runtime import tiling
+    from srdeploy.runtime import graph, tiling
 
-    flops = flop_per_lr_pixel(onnx_path) or FALLBACK_FLOP_PER_LR_PIXEL
-    radius = tiling.graph_receptive_radius(onnx.load(str(onnx_path), load_external_data=False).graph)
-    overlap = tiling.FALLBACK_OVERLAP if radius is None else math.ceil(radius)
+    model = onnx.load(str(onnx_path), load_external_data=False).graph
+    reach = graph.analyze(model)
+    flops = reach.conv_flop_per_lr_pixel if reach else FALLBACK_FLOP_PER_LR_PIXEL
+    overlap = tiling.overlap_of(model)
     pixels = _tiled_pixels(config.max_pixels, config.tile, overlap)
     per_image = pixels * flops / ASSUMED_CPU_FLOPS + CODEC_SECONDS_PER_IMAGE
     return max(MIN_RESPONSE_TIMEOUT, math.ceil(config.batch_size * per_image))

@@ -42,16 +42,15 @@ def srresnet_conv_flops(blocks: int, channels: int, height: int, width: int) -> 
 def test_flops_of_the_shipped_default_match_the_architecture():
     import onnx
 
-    from srdeploy.bench.flops import count_flops
+    from srdeploy.runtime import graph
     from srdeploy.runtime.zoo import resolve_model
 
-    model = onnx.load(str(resolve_model("default").path))
-    counted = count_flops(model, 64, 64)
-    assert counted.conv == srresnet_conv_flops(8, 64, 64, 64)
-    assert abs(counted.conv / 1e9 - 13.34) < 0.01  # the issue's ~13.3 GFLOP per 64x64 input
-    assert abs(counted.per_output_pixel - 203_544) < 1
-    assert 0 < counted.pointwise < 0.001 * counted.conv
-    assert count_flops(model, 32, 48).conv == srresnet_conv_flops(8, 64, 32, 48)
+    reach = graph.analyze(onnx.load(str(resolve_model("default").path)).graph)
+    conv = reach.conv_flops(64, 64)
+    assert conv == srresnet_conv_flops(8, 64, 64, 64)
+    assert abs(conv / 1e9 - 13.34) < 0.01  # ~13.3 GFLOP per 64x64 input
+    assert abs(conv / (256 * 256) - 203_544) < 1  # per output pixel
+    assert reach.conv_flops(32, 48) == srresnet_conv_flops(8, 64, 32, 48)
 
 
 @pytest.mark.slow

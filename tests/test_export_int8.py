@@ -17,7 +17,7 @@ from PIL import Image
 
 from srdeploy.export.calibration import CalibrationReader, load_calibration
 from srdeploy.export.int8 import MIN_PSNR_Y, fp32_nodes, quality_vs_fp32, quantize_int8
-from srdeploy.runtime import contract
+from srdeploy.runtime import contract, graph
 from srdeploy.runtime.manifest import verify_manifest
 
 SRDEPLOY = Path(sys.executable).with_name("srdeploy")
@@ -113,6 +113,10 @@ def test_int8_graph_is_qdq_per_channel_and_keeps_the_contract(tiny_onnx, tmp_pat
     assert described["precision"] == "int8" and described["scale"] == 4
     before = contract.validate_onnx_model(tiny_onnx)
     assert (described["input_shape"], described["output_shape"]) == (before["input_shape"], before["output_shape"])
+    # The one graph walk reads the QDQ graph: tiling and the server's timeout need no guess.
+    reach, fp32_reach = graph.analyze(model.graph), graph.analyze(fp32.graph)
+    assert reach is not None and reach.receptive_radius >= fp32_reach.receptive_radius
+    assert reach.conv_flop_per_lr_pixel > fp32_reach.conv_flop_per_lr_pixel  # + depthwise PReLUs, padded sub-pixel tail
 
 
 def test_int8_fuses_to_qlinearconv_in_onnxruntime(tiny_onnx, tmp_path):

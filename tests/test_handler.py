@@ -28,7 +28,7 @@ from srdeploy.handlers import config as serve_config
 from srdeploy.handlers.config import Ports, ServeConfig
 from srdeploy.handlers.package import ENTRY_MODULE, PackageError, build_archive
 from srdeploy.io import png16
-from srdeploy.runtime import zoo
+from srdeploy.runtime import graph, zoo
 from srdeploy.runtime.upscaler import DEFAULT_TILE, Upscaler
 
 ts_context = pytest.importorskip("ts.context", reason="torchserve is not installed (pip install 'srdeploy[serve]')")
@@ -284,10 +284,12 @@ def test_cgroup_quota_caps_the_cores(tmp_path):
 
 
 def test_flops_and_timeout_come_from_the_graph(tiny_onnx):
+    import onnx
+
     # B=1, 8 channels: head 9x9 3->8, block 2 x 3x3 8->8, body conv 3x3 8->8, upsamplers
     # 3x3 8->32 at x1 and x2 (4x the pixels), tail 9x9 8->3 at x4 (16x): multiply-adds x 2.
     expected = 2 * (8 * 3 * 81 + 2 * 8 * 8 * 9 + 8 * 8 * 9 + 32 * 8 * 9 * (1 + 4) + 3 * 8 * 81 * 16)
-    assert serve_config.flop_per_lr_pixel(tiny_onnx) == expected
+    assert graph.analyze(onnx.load(str(tiny_onnx)).graph).conv_flop_per_lr_pixel == expected
     slow = ServeConfig(max_pixels=4096 * 4096, batch_size=2)
     per_image = 4096 * 4096 * expected * ((DEFAULT_TILE + 2 * 6) / DEFAULT_TILE) ** 2 / serve_config.ASSUMED_CPU_FLOPS
     assert serve_config.response_timeout(slow, tiny_onnx) >= 2 * per_image

@@ -1,6 +1,6 @@
 """``srdeploy bench`` results: the JSON record and the printed table.
 
-GFLOP/s are the *image's* convolution FLOPs (srdeploy.bench.flops, counted on the ONNX graph at
+GFLOP/s are the *image's* convolution FLOPs (read off the ONNX graph by srdeploy.runtime.graph, at
 the image's size) over the median pass time. With tiling the windows compute more than
 that (each tile's overlap is computed again by its neighbours); that factor is reported
 per input set, and is not counted as useful work.
@@ -16,24 +16,24 @@ from typing import Any
 import numpy as np
 
 from srdeploy.bench import peak as cpu_peak
-from srdeploy.bench.flops import count_flops
 from srdeploy.bench.measure import InputSet, Row
-from srdeploy.runtime import tiling
+from srdeploy.runtime import graph, tiling
 from srdeploy.runtime.providers import default_threads
 from srdeploy.runtime.upscaler import Upscaler
 
 
 class FlopCounter:
-    """Conv FLOPs of one model's graph per input size (shape inference is cached)."""
+    """Conv FLOPs of one model (an onnx.ModelProto) per input size, read off its graph by
+    srdeploy.runtime.graph."""
 
-    def __init__(self, graph: Any):
-        self.graph = graph  # onnx.ModelProto
-        self._by_size: dict[tuple[int, int], int] = {}
+    def __init__(self, model: Any):
+        reach = graph.analyze(model.graph)
+        if reach is None:
+            raise ValueError("cannot count this model's FLOPs: its graph holds ops srdeploy.runtime.graph does not know")
+        self.reach = reach
 
     def conv(self, height: int, width: int) -> int:
-        if (height, width) not in self._by_size:
-            self._by_size[height, width] = count_flops(self.graph, height, width).conv
-        return self._by_size[height, width]
+        return self.reach.conv_flops(height, width)
 
     def of_image(self, lr: np.ndarray) -> int:
         return self.conv(lr.shape[0], lr.shape[1])

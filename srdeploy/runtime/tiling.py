@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from srdeploy.runtime.graph import analyze
+
 # Used when a model's receptive field cannot be read off its graph; covers SRResNet
 # generators up to B=12 (radius 4 + 2B + 3.5).
 FALLBACK_OVERLAP = 32
@@ -109,76 +111,8 @@ def srresnet_receptive_radius(num_blocks: int, scale: int = 4) -> float:
     return 4 + 2 * num_blocks + 1 + sum(2.0**-i for i in range(ups)) + 4 / scale
 
 
-# Ops that mix no pixels across space (with all-constant operands skipped).
-_POINTWISE = {
-    "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Exp", "Log", "Pow", "Sqrt", "Reciprocal", "Max", "Min",
-    "Relu", "PRelu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "Tanh", "Erf", "Gelu", "Clip",
-    "Identity", "Cast", "Sin", "Cos", "Softplus", "Mish", "HardSwish", "BatchNormalization",  # BN at inference: per-pixel affine
-    "QuantizeLinear", "DequantizeLinear",  # an int8 (QDQ) export's per-value (de)quantisation
-}
-
-
-def graph_receptive_radius(graph: Any) -> float | None:
-    """Receptive radius in input pixels of an ONNX graph (an ``onnx.GraphProto``) built from
-    stride-1 convolutions, DepthToSpace, channel Slices and pointwise ops (Q/DQ included,
-    so int8 QDQ exports are read too); None when it holds anything else.
-
-    Walks the nodes (ONNX stores them topologically sorted), carrying for every tensor
-    how far its values reach into the input and its resolution relative to the input; a
-    conv adds its half-extent divided by that resolution.
-    """
-    weights = {t.name: list(t.dims) for t in graph.initializer}
-    # In a QDQ graph a conv's weight is a DequantizeLinear of an int8 initializer.
-    weights.update({n.output[0]: weights[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights})
-    reach: dict[str, tuple[float, float]] = {v.name: (0.0, 1.0) for v in graph.input if v.name not in weights}
-    for node in graph.node:
-        inputs = [reach[name] for name in node.input if name in reach]
-        if not inputs:
-            continue  # constants only
-        radius, resolution = max(r for r, _ in inputs), max(f for _, f in inputs)
-        attrs = {a.name: a for a in node.attribute}
-        if node.op_type == "Conv":
-            extent = _conv_extent(attrs, weights.get(node.input[1]))
-            if extent is None:
-                return None
-            radius += extent / resolution
-        elif node.op_type == "DepthToSpace":
-            resolution *= attrs["blocksize"].i
-        elif node.op_type == "Slice":
-            if not _channel_slice(node, graph):
-                return None
-        elif node.op_type not in _POINTWISE:
-            return None
-        for name in node.output:
-            reach[name] = (radius, resolution)
-    outputs = [reach.get(v.name) for v in graph.output]
-    if not outputs or any(o is None for o in outputs):
-        return None
-    return max(r for r, _ in outputs)
-
-
-def _channel_slice(node: Any, graph: Any) -> bool:
-    """Whether a Slice cuts only channels (axis 1 of NCHW), as the int8 export's padded
-    tail does: then it moves no pixels."""
-    from onnx import numpy_helper
-
-    if len(node.input) < 4:
-        return False  # no axes: every axis may be cut
-    axes = next((t for t in graph.initializer if t.name == node.input[3]), None)
-    return axes is not None and all(int(a) in (1, -3) for a in numpy_helper.to_array(axes).reshape(-1))
-
-
-def _conv_extent(attrs: dict[str, Any], weight_dims: list[int] | None) -> float | None:
-    """Input pixels a stride-1 conv reaches beyond the output pixel, on its worse side."""
-    if any(s != 1 for s in getattr(attrs.get("strides"), "ints", [])):
-        return None
-    kernel = list(getattr(attrs.get("kernel_shape"), "ints", [])) or (weight_dims[2:] if weight_dims else [])
-    if not kernel:
-        return None
-    dilations = list(getattr(attrs.get("dilations"), "ints", [])) or [1] * len(kernel)
-    spans = [(k - 1) * d for k, d in zip(kernel, dilations)]
-    auto_pad = attrs["auto_pad"].s.decode() if "auto_pad" in attrs else "NOTSET"
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        return float(max(math.ceil(s / 2) for s in spans))
-    pads = list(getattr(attrs.get("pads"), "ints", [])) or [0] * (2 * len(kernel))
-    return float(max(max(pads[i], spans[i] - pads[i]) for i in range(len(kernel))))
+def overlap_of(graph: Any) -> int:
+    """Tile overlap for a model: its receptive radius read off the graph (an
+    ``onnx.GraphProto``), rounded up; FALLBACK_OVERLAP when the graph cannot be read."""
+    reach = analyze(graph)
+    return FALLBACK_OVERLAP if reach is None else math.ceil(reach.receptive_radius)

@@ -213,8 +213,7 @@ def _overlap_of(onnx_path: Path) -> int:
     """Tile overlap: the model's receptive radius read off its graph, rounded up."""
     import onnx
 
-    radius = tiling.graph_receptive_radius(onnx.load(str(onnx_path), load_external_data=False).graph)
-    return tiling.FALLBACK_OVERLAP if radius is None else math.ceil(radius)
+    return tiling.overlap_of(onnx.load(str(onnx_path), load_external_data=False).graph)
 
 
 def _resize_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
