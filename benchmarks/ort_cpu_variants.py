@@ -85,13 +85,13 @@ def torch_eager(generator_path: Path, threads: int, x: np.ndarray) -> Callable[[
 
 
 def main() -> None:
-    from srdeploy.runtime.providers import default_threads
+    from srdeploy.runtime.cpus import available_cpus
     from srdeploy.runtime.zoo import resolve_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="shipped name or model.onnx (with generator.pt beside it)")
     parser.add_argument("--side", type=int, default=64, help="input side in LR pixels")
-    parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument("--threads", type=int, default=available_cpus())
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--per-round", type=int, default=2, help="runs of each variant per round")
     args = parser.parse_args()

@@ -66,7 +66,7 @@ if cfg.get("spin"):
     ort.SessionOptions.add_session_config_entry = entry
 if cfg.get("threads"):
     import srdeploy.runtime.providers, srdeploy.runtime.upscaler
-    srdeploy.runtime.upscaler.default_threads = lambda: cfg["threads"]
+    srdeploy.runtime.upscaler.available_cpus = lambda: cfg["threads"]
 if cfg.get("workers") is not None:
     import dataclasses, srdeploy.batch.run
     srdeploy.batch.run.LIMITS = dataclasses.replace(srdeploy.batch.run.LIMITS, workers=cfg["workers"])

@@ -189,16 +189,17 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
-    from srdeploy.handlers.config import Ports, ServeConfig, available_cores, free_port_block
+    from srdeploy.handlers.config import Ports, ServeConfig, free_port_block
     from srdeploy.handlers.package import build_archive
+    from srdeploy.runtime.cpus import available_cpus
 
     levels = [int(c) for c in args.concurrency.split(",")]
-    result: dict = {"load_before": os.getloadavg(), "cores": available_cores(), "size": args.size}
+    result: dict = {"load_before": os.getloadavg(), "cores": available_cpus(), "size": args.size}
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as scratch:
         scratch = Path(scratch)
         model, what = build_model(scratch, args.model)
         result["model"] = what
-        print(f"model: {what}; inputs {args.size}x{args.size}; {available_cores()} cores; load {os.getloadavg()}", flush=True)
+        print(f"model: {what}; inputs {args.size}x{args.size}; {available_cpus()} cores; load {os.getloadavg()}", flush=True)
         inputs = make_inputs(scratch / "in", args.size)
         result["cli"] = cli_rate(model, inputs[: args.cli_images], scratch / "cli")
         print(f"cli before: {result['cli']}", flush=True)

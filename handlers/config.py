@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from srdeploy.runtime.cpus import available_cpus
 from srdeploy.runtime.upscaler import DEFAULT_TILE
 
 MODEL_CONFIG_NAME = "model-config.yaml"
@@ -128,38 +129,10 @@ def free_port_block(count: int = 6) -> int:
     raise RuntimeError("no block of free ports found on 127.0.0.1")
 
 
-def available_cores() -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (a
-    container limited to 2 CPUs on a 64-core host must not start 64 threads)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    quota = _cgroup_cpu_quota()
-    if quota is not None:
-        cores = min(cores, max(1, math.ceil(quota)))
-    return max(1, cores)
-
-
-def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
-    """CPUs allowed by the cgroup quota (v2 cpu.max, else v1 cfs), None when unlimited."""
-    try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:
-        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
-    except (OSError, ValueError):
-        return None
-
-
 def ort_threads(workers: int, cores: int | None = None) -> int:
     """ONNX Runtime intra-op threads for one of ``workers`` worker processes: the cores
     available to it, shared, so that the workers together do not oversubscribe them."""
-    cores = available_cores() if cores is None else cores
+    cores = available_cpus() if cores is None else cores
     return max(1, cores // max(1, workers))
 
 
@@ -226,7 +199,7 @@ def config_properties(store: Path, name: str, config: ServeConfig, timeout_s: in
     store = Path(store).resolve()
     # allowed_urls holds regular expressions: only .mar files directly in this store.
     store_url = "file://" + re.escape(store.as_posix()) + r"/[^/]+\.mar"
-    netty = min(2, available_cores())
+    netty = min(2, available_cpus())
     rows: list[tuple[str, Any]] = [
         ("inference_address", f"http://127.0.0.1:{ports.inference}"),
         ("management_address", f"http://127.0.0.1:{ports.management}"),

@@ -16,7 +16,7 @@ from onnx import numpy_helper
 from PIL import Image
 
 from srdeploy.export.calibration import CalibrationReader, load_calibration
-from srdeploy.export.int8 import MIN_PSNR_Y, fp32_nodes, quality_vs_fp32, quantize_int8
+from srdeploy.export.int8 import MIN_PSNR_Y, quality_vs_fp32, quantize_int8
 from srdeploy.runtime import contract, graph
 from srdeploy.runtime.manifest import verify_manifest
 

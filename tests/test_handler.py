@@ -28,7 +28,7 @@ from srdeploy.handlers import config as serve_config
 from srdeploy.handlers.config import Ports, ServeConfig
 from srdeploy.handlers.package import ENTRY_MODULE, PackageError, build_archive
 from srdeploy.io import png16
-from srdeploy.runtime import graph, zoo
+from srdeploy.runtime import cpus, graph, zoo
 from srdeploy.runtime.upscaler import DEFAULT_TILE, Upscaler
 
 ts_context = pytest.importorskip("ts.context", reason="torchserve is not installed (pip install 'srdeploy[serve]')")
@@ -110,7 +110,7 @@ def served(archive):
 
 
 def test_initialize_takes_settings_from_the_archive_and_threads_from_the_cores(archive, monkeypatch):
-    monkeypatch.setattr(serve_config, "available_cores", lambda: 6)
+    monkeypatch.setattr(serve_config, "available_cpus", lambda: 6)
     handler, _ = load_handler(archive[1])
     d = handler.upscaler.describe()
     assert handler.settings.max_pixels == 48 * 48
@@ -278,9 +278,9 @@ def test_ports_follow_the_base_and_threads_never_oversubscribe():
 
 def test_cgroup_quota_caps_the_cores(tmp_path):
     (tmp_path / "cpu.max").write_text("150000 100000\n")
-    assert serve_config._cgroup_cpu_quota(tmp_path) == 1.5
+    assert cpus.cgroup_cpu_quota(tmp_path) == 1.5
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert serve_config._cgroup_cpu_quota(tmp_path) is None
+    assert cpus.cgroup_cpu_quota(tmp_path) is None
 
 
 def test_flops_and_timeout_come_from_the_graph(tiny_onnx):

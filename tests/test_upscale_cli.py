@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, REPO
+from conftest import EXAMPLES
 from onnx_toy import build_toy_sr
 from PIL import Image
 from test_imaging import bad_inputs

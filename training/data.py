@@ -15,7 +15,6 @@ exactly the crops and flips of an uninterrupted one, whatever the worker count.
 
 from __future__ import annotations
 
-import os
 import random
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ from torch.utils.data import Dataset, Sampler
 
 from srdeploy.io.folders import list_images
 from srdeploy.quality.degrade import downscale
+from srdeploy.runtime.cpus import available_cpus
 
 
 class CorruptImageError(RuntimeError):
@@ -146,7 +146,7 @@ class PreloadedPairs:
             return np.asarray(hr), np.asarray(downscale(hr, self.scale, dataset.downsample))
 
         # Pillow's decoders and resamplers release the GIL: threads scale with cores.
-        with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        with ThreadPoolExecutor(workers or available_cpus()) as pool:
             pairs = list(pool.map(decode, self.paths))
         sizes = {hr.shape for hr, _ in pairs}
         if len(sizes) != 1:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from srdeploy.runtime.providers import default_threads
+from srdeploy.runtime.cpus import available_cpus
 
 CPUINFO = Path("/proc/cpuinfo")
 CPUFREQ_MAX = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")  # kHz
@@ -67,7 +67,7 @@ def estimate_peak() -> CpuPeak | None:
         ghz, source = max(mhz) / 1e3, "/proc/cpuinfo cpu MHz"
     lanes = 16 if "avx512f" in flags else 8 if "avx" in flags else 4
     fma_units = 2 if "fma" in flags else 1
-    cores = default_threads()
+    cores = available_cpus()
     gflops = cores * ghz * fma_units * lanes * 2
     return CpuPeak(gflops, cores, ghz, source, fma_units, lanes, fields.get("model name", "unknown CPU"))
 

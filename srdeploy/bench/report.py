@@ -18,7 +18,7 @@ import numpy as np
 from srdeploy.bench import peak as cpu_peak
 from srdeploy.bench.measure import InputSet, Row
 from srdeploy.runtime import graph, tiling
-from srdeploy.runtime.providers import default_threads
+from srdeploy.runtime.cpus import available_cpus
 from srdeploy.runtime.upscaler import Upscaler
 
 
@@ -53,7 +53,7 @@ def machine_info(peak_gflops: float | None) -> dict[str, Any]:
     else:
         peak, method = None, "unknown (no clock in /proc/cpuinfo; pass --peak)"
     return {
-        "cpu": estimate.model_name if estimate else "unknown CPU", "cpus_usable": default_threads(),
+        "cpu": estimate.model_name if estimate else "unknown CPU", "cpus_usable": available_cpus(),
         "peak_gflop_per_s": peak, "peak_method": method,
         "numpy_sgemm_gflop_per_s": round(cpu_peak.measured_sgemm_gflops(), 1),
     }

@@ -51,14 +51,6 @@ def select_provider(requested: str, available: list[str]) -> str:
     return requested
 
 
-def default_threads() -> int:
-    """CPUs this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
-
-
 def open_session(path: Path, provider: str, threads: int, window: int | None, options: Any = None) -> Any:
     """An ONNX Runtime session for ``provider`` (cpu|cuda|tensorrt), verified to run on it.
 

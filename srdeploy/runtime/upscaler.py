@@ -18,7 +18,6 @@ run. ``.engine`` files run through TensorRT directly (srdeploy.export.tensorrt_e
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,8 @@ from PIL import Image
 from srdeploy.io import imaging
 from srdeploy.io.imaging import Picture
 from srdeploy.runtime import contract, tiling
-from srdeploy.runtime.providers import EngineRunner, OrtRunner, ProviderError, default_threads, open_session, select_provider
+from srdeploy.runtime.cpus import available_cpus
+from srdeploy.runtime.providers import EngineRunner, OrtRunner, ProviderError, open_session, select_provider
 from srdeploy.runtime.zoo import ModelError, ModelRef, resolve_model
 
 __all__ = ["Upscaler", "Decoded", "Encoded", "ProviderError", "ModelError", "select_provider", "DEFAULT_TILE"]
@@ -79,7 +79,7 @@ class Upscaler:
     def __init__(self, model: str | os.PathLike | ModelRef = "default", provider: str = "auto", tile: int | None = DEFAULT_TILE, threads: int | None = None):
         self.model = model if isinstance(model, ModelRef) else resolve_model(model)
         self.requested_provider = provider
-        self.threads = threads or default_threads()
+        self.threads = threads or available_cpus()
         self.note: str | None = None  # what "auto" decided, for logs
         if tile is not None and tile < 0:
             raise ValueError(f"tile must be >= 0 (0 = untiled), got {tile}")
