@@ -13,8 +13,8 @@ from pathlib import Path
 
 import onnx
 
+from srdeploy.io.files import atomic_write_bytes
 from srdeploy.runtime import contract
-from srdeploy.runtime.manifest import atomic_write_bytes
 
 
 def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

@@ -39,8 +39,8 @@ import numpy as np
 import onnx
 
 from srdeploy.export.calibration import CalibrationReader, CalibrationSet
+from srdeploy.io.files import atomic_write_bytes
 from srdeploy.runtime import contract, cpu_graph
-from srdeploy.runtime.manifest import atomic_write_bytes
 
 # The int8 quality bound: PSNR-Y of the int8 model's output against the fp32 model's, both
 # rounded to uint8, 4-px border removed, on every natural check image (faces held out from

@@ -20,8 +20,8 @@ import onnx
 import torch
 from torch import nn
 
+from srdeploy.io.files import atomic_write_bytes
 from srdeploy.runtime import contract
-from srdeploy.runtime.manifest import atomic_write_bytes
 from srdeploy.training.models import Generator
 
 DEFAULT_OPSET = 18

@@ -22,8 +22,9 @@ from srdeploy import __version__
 from srdeploy.export import parity
 from srdeploy.export.int8 import MIN_PSNR_Y as MIN_INT8_PSNR_Y
 from srdeploy.export.tensorrt_engine import TileProfile
+from srdeploy.io.files import sha256_file
 from srdeploy.runtime import contract
-from srdeploy.runtime.manifest import sha256_file, write_manifest
+from srdeploy.runtime.manifest import write_manifest
 
 FP32_ONNX = "model.onnx"
 FP16_ONNX = "model.fp16.onnx"

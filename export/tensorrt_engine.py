@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from srdeploy.io.files import atomic_write_bytes
 from srdeploy.runtime import contract
-from srdeploy.runtime.manifest import atomic_write_bytes
 
 INSTALL_HINT = (
     "pip install 'srdeploy[tensorrt]' (NVIDIA's tensorrt wheel, matching your CUDA driver) "

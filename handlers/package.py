@@ -20,7 +20,8 @@ from pathlib import Path
 from srdeploy import __version__
 from srdeploy.handlers import config as serve_config
 from srdeploy.handlers.config import CONFIG_PROPERTIES_NAME, MODEL_CONFIG_NAME, Ports, ServeConfig
-from srdeploy.runtime.manifest import atomic_write_bytes, write_manifest
+from srdeploy.io.files import atomic_write_bytes
+from srdeploy.runtime.manifest import write_manifest
 from srdeploy.runtime.zoo import MODEL_FILE, ModelError, resolve_model
 
 ENTRY_MODULE = "srdeploy_entry"

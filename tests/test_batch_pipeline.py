@@ -18,10 +18,11 @@ from test_pipeline import pipeline_threads
 
 from srdeploy.batch import pipeline
 from srdeploy.batch import steps as batch_steps
-from srdeploy.batch.jobs import JOURNAL_NAME, TMP_SUFFIX, Settings
+from srdeploy.batch.jobs import JOURNAL_NAME, Settings
 from srdeploy.batch.journal import Journal
 from srdeploy.batch.run import run_batch
 from srdeploy.io import imaging
+from srdeploy.io.files import TMP_SUFFIX
 from srdeploy.runtime.upscaler import Upscaler
 
 OVERLAPPING = pipeline.Limits(workers=2, in_flight=4)
@@ -99,7 +100,7 @@ def test_overlapped_outputs_equal_one_at_a_time_outputs_and_the_shared_upscaler(
 def test_ctrl_c_mid_batch_leaves_no_temp_file_then_a_rerun_resumes(upscaler, tmp_path, monkeypatch):
     make_inputs(tmp_path / "in", 10, seed=2)
     out = tmp_path / "out"
-    real_stage, real_upscale = batch_steps._stage, upscaler.upscale_picture
+    real_stage, real_upscale = batch_steps.stage_bytes, upscaler.upscale_picture
     calls = []
 
     def slow_stage(target, data):  # staged temp files wait, uncommitted, when Ctrl-C comes
@@ -113,7 +114,7 @@ def test_ctrl_c_mid_batch_leaves_no_temp_file_then_a_rerun_resumes(upscaler, tmp
             raise KeyboardInterrupt
         return real_upscale(picture)
 
-    monkeypatch.setattr(batch_steps, "_stage", slow_stage)
+    monkeypatch.setattr(batch_steps, "stage_bytes", slow_stage)
     monkeypatch.setattr(upscaler, "upscale_picture", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_batch(upscaler, [tmp_path / "in"], out, limits=OVERLAPPING)

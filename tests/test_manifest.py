@@ -8,8 +8,9 @@ import stat
 
 import pytest
 
+from srdeploy.io.files import atomic_write_bytes
 from srdeploy.runtime.contract import MANIFEST_NAME
-from srdeploy.runtime.manifest import atomic_write_bytes, read_manifest, verify_manifest, write_manifest
+from srdeploy.runtime.manifest import read_manifest, verify_manifest, write_manifest
 
 
 @pytest.fixture

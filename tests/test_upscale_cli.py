@@ -20,8 +20,9 @@ from onnx_toy import build_toy_sr
 from PIL import Image
 from test_imaging import bad_inputs
 
-from srdeploy.batch.jobs import JOURNAL_NAME, TMP_SUFFIX
+from srdeploy.batch.jobs import JOURNAL_NAME
 from srdeploy.io import imaging
+from srdeploy.io.files import TMP_SUFFIX
 from srdeploy.runtime.upscaler import Upscaler
 
 SRDEPLOY = Path(sys.executable).with_name("srdeploy")  # the console script of the running environment

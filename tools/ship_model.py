@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from srdeploy.export.pipeline import export_artifacts
-    from srdeploy.runtime.manifest import atomic_write_bytes, read_manifest, write_manifest
+    from srdeploy.io.files import atomic_write_bytes
+    from srdeploy.runtime.manifest import read_manifest, write_manifest
     from srdeploy.runtime.upscaler import DEFAULT_TILE
     from srdeploy.training.checkpoint import load_generator
     from srdeploy.training.evaluate import evaluate, find_test_images, load_model

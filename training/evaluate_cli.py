@@ -15,8 +15,8 @@ from pathlib import Path
 
 import click
 
+from srdeploy.io.files import atomic_write_bytes
 from srdeploy.quality.metrics import PROTOCOL
-from srdeploy.runtime.manifest import atomic_write_bytes
 from srdeploy.training.evaluate import METRICS, Evaluation
 
 COLUMNS = {"psnr_y": ("PSNR-Y (dB)", 2), "ssim_y": ("SSIM-Y", 4), "psnr_rgb": ("PSNR-RGB (dB)", 2)}

@@ -40,7 +40,7 @@ def _save_figure(fig, path: str | os.PathLike) -> Path:
     """Render ``fig`` to PNG and write it atomically (readers never see half a file)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from srdeploy.runtime.manifest import atomic_write_bytes
+    from srdeploy.io.files import atomic_write_bytes
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()

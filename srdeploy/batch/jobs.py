@@ -11,7 +11,6 @@ from srdeploy.batch.journal import display
 from srdeploy.io import imaging
 
 JOURNAL_NAME = "upscale-journal.jsonl"
-TMP_SUFFIX = ".srdeploy-tmp"
 
 
 @dataclass(frozen=True)

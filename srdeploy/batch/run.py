@@ -33,10 +33,11 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from srdeploy.batch import pipeline
-from srdeploy.batch.jobs import JOURNAL_NAME, TMP_SUFFIX, Job, Result, Settings, Summary, failure_reason
+from srdeploy.batch.jobs import JOURNAL_NAME, Job, Result, Settings, Summary, failure_reason
 from srdeploy.batch.journal import Journal, display
 from srdeploy.batch.steps import InputSteps
 from srdeploy.io import imaging
+from srdeploy.io.files import TMP_SUFFIX
 from srdeploy.runtime.upscaler import Upscaler
 
 # In flight at once. Two worker threads: one decodes ahead while the other encodes, each

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from srdeploy.batch import pipeline
-from srdeploy.batch.jobs import TMP_SUFFIX, Job, Result, Settings, failure_reason
+from srdeploy.batch.jobs import Job, Result, Settings, failure_reason
 from srdeploy.batch.journal import Journal
+from srdeploy.io.files import sha256_file, stage_bytes
 from srdeploy.io.imaging import Picture
-from srdeploy.runtime.manifest import sha256_file
 from srdeploy.runtime.upscaler import Decoded, Upscaler
 
 
@@ -142,7 +141,7 @@ class InputSteps:
         item = upscaled.item
         try:
             encoded = self.upscaler.encode(upscaled.picture, item.job.format, item.job.note, self.settings.quality, self.settings.png_compression)
-            tmp = _stage(item.target, encoded.data)
+            tmp = stage_bytes(item.target, encoded.data)
         except Exception as e:
             return _Outcome(item.result("failed", failure_reason(e, item.job.shown)), item.key)
         return _Staged(item, tmp, hashlib.sha256(encoded.data).hexdigest(), (encoded.width, encoded.height))
@@ -168,24 +167,6 @@ class InputSteps:
     def discard(self, staged: _Staged) -> None:
         """A stored output the batch stopped before committing: no temp file stays behind."""
         staged.tmp.unlink(missing_ok=True)
-
-
-def _stage(target: Path, data: bytes) -> Path:
-    """Write ``data`` to a fsynced temp file beside ``target`` and return its path."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
-    # os.open with 0o666 lets the umask decide the mode, as for any file the user writes
-    # (tempfile.mkstemp would make every output private, 0o600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
 
 
 def _sha256_file(path: Path) -> str | None:

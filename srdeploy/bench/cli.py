@@ -70,4 +70,4 @@ def bench(model, data, limit, large, large_side, repeats, threads, tile, int8_pa
         if to_stdout:
             click.echo(text, nl=False)
         else:
-            json_out.write_text(text)
+            atomic_write_bytes(json_out, text.encode("utf-8"))

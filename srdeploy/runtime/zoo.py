@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from srdeploy.io.files import sha256_file
 from srdeploy.runtime.contract import MANIFEST_NAME
-from srdeploy.runtime.manifest import read_manifest, sha256_file, verify_manifest
+from srdeploy.runtime.manifest import read_manifest, verify_manifest
 
 # Package data folder; tests point this at a folder of their own.
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"

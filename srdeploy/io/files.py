@@ -1,0 +1,78 @@
+"""Files that appear whole or not at all, and their sha256: the one way srdeploy writes.
+
+A file is written to a hidden temp file beside its target (same folder, so same file
+system), flushed and fsynced, and only then renamed over the target with os.replace,
+which is atomic on POSIX and Windows: a reader, or a run killed at any moment, sees the
+old file or the new one, never a truncated one. The batch splits the two halves: it
+stages an output, journals it, then renames it (srdeploy.batch.steps).
+
+Temp files are named ``.<target name>.<random>.srdeploy-tmp``, so a folder's leftovers
+from a killed writer can be found (the batch removes those in its output folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+TMP_SUFFIX = ".srdeploy-tmp"
+
+
+@contextlib.contextmanager
+def staged(target: str | os.PathLike) -> Iterator[tuple[BinaryIO, Path]]:
+    """Yield ``(file, temp path)`` for a new temp file beside ``target``; on a clean exit
+    it is fsynced and closed (and left for the caller to rename), on an error removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+    # os.open with 0o666 lets the umask decide the mode, as for any file the user writes
+    # (tempfile.mkstemp would make it private, 0o600, and TorchServe could not read a model).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f, tmp
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def stage_bytes(target: str | os.PathLike, data: bytes) -> Path:
+    """``data`` in a fsynced temp file beside ``target``; returns its path (rename it with
+    os.replace once the caller may)."""
+    with staged(target) as (f, tmp):
+        f.write(data)
+    return tmp
+
+
+@contextlib.contextmanager
+def atomic_writer(target: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write ``target``'s new content into; it replaces ``target`` when
+    the block ends without an error (for writers that stream: torch.save)."""
+    with staged(target) as (f, tmp):
+        yield f
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> Path:
+    """Replace ``target`` with ``data`` atomically (see the module docstring)."""
+    with atomic_writer(target) as f:
+        f.write(data)
+    return Path(target)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
