@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from srdeploy.io.folders import IMAGE_SUFFIXES, scan_images
+from srdeploy.io.folders import scan_images
+from srdeploy.io.formats import READ_SUFFIXES
 from srdeploy.quality.degrade import downscale
 
 LR_SIDE = 64  # the serving shape the issue targets (64x64 -> 256x256)
@@ -65,7 +66,7 @@ def load_calibration(folder: str | Path, limit: int, check: int = 8, side: int =
         raise ValueError(f"calibration folder not found: {folder}")
     paths = scan_images(folder)
     if not paths:
-        raise ValueError(f"calibration folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise ValueError(f"calibration folder {folder} holds no images ({', '.join(sorted(READ_SUFFIXES))})")
     inputs, files, skipped = [], [], []
     for path in paths:
         if len(inputs) == limit + check:

@@ -22,10 +22,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from srdeploy.io.formats import READ_SUFFIXES, is_image_name
+
 Batch = np.ndarray  # float32 (N, 3, H, W) in [0, 1]
 Backend = Callable[[Batch], np.ndarray]  # -> float32 (N, 3, sH, sW) in [0, 1]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,9 @@ def _image_batch(folder: Path, side: int = 64, limit: int = 4) -> Batch:
     ``side`` x ``side`` LR input, greyscale as RGB."""
     from PIL import Image
 
-    paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit] if folder.is_dir() else []
+    paths = sorted(p for p in folder.glob("*") if is_image_name(p.name))[:limit] if folder.is_dir() else []
     if not paths:
-        raise ValueError(f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} images for the parity inputs")
+        raise ValueError(f"{folder}: no images ({', '.join(sorted(READ_SUFFIXES))}) for the parity inputs")
     images = []
     for p in paths:
         try:

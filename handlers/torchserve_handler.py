@@ -132,7 +132,7 @@ class UpscaleHandler:
 def image_refusal(error: imaging.ImageError, data: bytes, name: str, max_pixels: int) -> RequestError:
     """The answer to bytes the Upscaler refused: 413 when the header declares more pixels
     than the cap, 415 when they are not an image of a supported format, else 400."""
-    if imaging.sniff(data[:64]) not in imaging.ALLOWED_FORMATS:
+    if imaging.sniff(data[:64]) not in imaging.READ_FORMATS:
         return RequestError(415, str(error))
     try:
         info = imaging.probe(data, name, sys.maxsize)  # the header alone, without the cap

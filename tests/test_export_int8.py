@@ -174,7 +174,7 @@ def test_int8_of_the_shipped_model_stays_close_to_fp32_and_a_broken_one_does_not
     quantize_int8(SHIPPED / "model.onnx", broken, black, "minmax")
     quality = quality_vs_fp32(SHIPPED / "model.onnx", broken, black)
     assert not quality["ok"] and quality["natural_images"]["psnr_y_db_min"] < MIN_PSNR_Y
-    assert any(f.startswith(f"broken.int8.onnx: PSNR-Y ") and "coffee.png" in f for f in quality["failures"])
+    assert any(f.startswith("broken.int8.onnx: PSNR-Y ") and "coffee.png" in f for f in quality["failures"])
 
 
 def test_int8_needs_calibration_and_calibration_needs_int8(tmp_path):

@@ -92,5 +92,5 @@ def test_image_folder_batch(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"broken\.png: unreadable image"):
         parity.parity_batches(images_dir=tmp_path)
-    with pytest.raises(ValueError, match="no .png"):
+    with pytest.raises(ValueError, match=r"empty: no images \(.*\.png"):
         parity.parity_batches(images_dir=tmp_path / "empty")

@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from srdeploy import SCALE
-from srdeploy.io.folders import IMAGE_SUFFIXES, list_images
+from srdeploy.io.folders import list_images
+from srdeploy.io.formats import READ_SUFFIXES
 from srdeploy.quality.degrade import DOWNSAMPLE_METHODS, crop_to_multiple, downscale, upscale_bicubic
 from srdeploy.quality.metrics import evaluate_pair
 
@@ -98,7 +99,7 @@ def _find_lr(lr_dir: Path, name: str) -> Path:
     exact = lr_dir / name
     if exact.is_file():
         return exact
-    for suffix in IMAGE_SUFFIXES:
+    for suffix in sorted(READ_SUFFIXES):
         candidate = exact.with_suffix(suffix)
         if candidate.is_file():
             return candidate

@@ -38,17 +38,15 @@ from srdeploy.batch.journal import Journal, display
 from srdeploy.batch.steps import InputSteps
 from srdeploy.io import imaging
 from srdeploy.io.files import TMP_SUFFIX
+from srdeploy.io.formats import READ_SUFFIXES, UNREAD_SUFFIXES
 from srdeploy.runtime.upscaler import Upscaler
 
+# Picked up inside folders (files named explicitly are always tried); the unreadable ones
+# too, so that they are reported rather than passed over.
+FOLDER_SUFFIXES = READ_SUFFIXES | UNREAD_SUFFIXES
 # In flight at once. Two worker threads: one decodes ahead while the other encodes, each
 # mostly in Pillow/zlib code that releases the GIL; see README "Batch throughput".
 LIMITS = pipeline.Limits()  # 2 workers, 6 in flight, 32 Mpx (the numbers live there)
-# Suffixes picked up inside folders (files named explicitly are always tried). The
-# unsupported ones are listed so that they are reported rather than silently passed over.
-IMAGE_SUFFIXES = {
-    ".png", ".jpg", ".jpeg", ".jpe", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".gif",
-    ".heic", ".heif", ".avif", ".jxl", ".jp2", ".ico", ".psd", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".qoi",
-}
 
 
 def collect(inputs: list[Path], recursive: bool, out_dir: Path) -> tuple[list[tuple[Path, PurePosixPath]], list[Result], int]:
@@ -85,7 +83,7 @@ def _walk(folder: Path, recursive: bool, out_real: Path) -> list[Path]:
         root_path = Path(root)
         dirs[:] = sorted(d for d in dirs if recursive and not d.startswith(".") and (root_path / d).resolve() != out_real)
         for name in sorted(names):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            if not name.startswith(".") and Path(name).suffix.lower() in FOLDER_SUFFIXES:
                 found.append(root_path / name)
         if not recursive:
             break

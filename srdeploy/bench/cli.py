@@ -38,6 +38,7 @@ def bench(model, data, limit, large, large_side, repeats, threads, tile, int8_pa
     import onnx
 
     from srdeploy.bench import measure, report
+    from srdeploy.io.files import atomic_write_bytes
     from srdeploy.runtime.upscaler import DEFAULT_TILE, ModelError, ProviderError, Upscaler
 
     to_stdout = str(json_out) == "-"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+from srdeploy.io.formats import READ_SUFFIXES, is_image_name
 
 
 def scan_images(root: Path) -> list[Path]:
     """Image files under ``root``, recursive, sorted."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in root.rglob("*") if p.is_file() and is_image_name(p.name))
 
 
 def list_images(root: str | Path, list_file: str | Path | None = None) -> list[Path]:
@@ -36,5 +36,5 @@ def list_images(root: str | Path, list_file: str | Path | None = None) -> list[P
             raise ValueError(f"{list_file}: names match several files under {root}, e.g. {ambiguous[0]!r}")
         paths = [by_name[n][0] for n in names]
     if not paths:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+        raise FileNotFoundError(f"no images ({', '.join(sorted(READ_SUFFIXES))}) under {root}")
     return paths

@@ -15,9 +15,8 @@ from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
-# Pillow plugin names tried when opening; nothing else is parsed. MPO (multi-picture JPEG
-# from phone cameras) comes through the JPEG plugin and is read as its primary picture.
-ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+from srdeploy.io.formats import READ_FORMATS
+
 # A square image at the cap upscales x4 to 16380 px a side, inside WebP's 16383 limit;
 # larger sides are also checked per output format (see imaging.MAX_SIDE).
 DEFAULT_MAX_PIXELS = 4095 * 4095
@@ -59,17 +58,17 @@ class open_checked:
         kind = sniff(head)
         if kind == "text":
             raise ImageError(f"{name}: not an image (the file holds text)")
-        if kind not in (None, *ALLOWED_FORMATS):
-            raise ImageError(f"{name}: {kind} is not a supported input format (supported: {', '.join(ALLOWED_FORMATS)})")
+        if kind not in (None, *READ_FORMATS):
+            raise ImageError(f"{name}: {kind} is not a supported input format (supported: {', '.join(READ_FORMATS)})")
         try:
             # Pillow warns about a "decompression bomb" and carries on; here it is a refusal.
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                self.im = Image.open(stream, formats=ALLOWED_FORMATS)
+                self.im = Image.open(stream, formats=READ_FORMATS)
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
             raise ImageError(f"{name}: refused as a possible decompression bomb ({e})") from None
         except UnidentifiedImageError:
-            raise ImageError(f"{name}: not a readable image ({kind or 'unrecognised content'}; supported: {', '.join(ALLOWED_FORMATS)})") from None
+            raise ImageError(f"{name}: not a readable image ({kind or 'unrecognised content'}; supported: {', '.join(READ_FORMATS)})") from None
         except Exception as e:
             raise ImageError(f"{name}: corrupt {kind or 'image'} header ({why(e)})") from None
         try:

@@ -22,16 +22,16 @@ import numpy as np
 from PIL import Image, ImageCms
 
 from srdeploy.io import png16
-from srdeploy.io.image_guard import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, ImageError, open_checked, sniff, why
+from srdeploy.io.formats import READ_FORMATS, SUFFIXES
+from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError, open_checked, sniff, why
 
 __all__ = [
-    "ALLOWED_FORMATS", "DEFAULT_MAX_PIXELS", "DEFAULT_PNG_COMPRESSION", "ImageError", "ImageInfo", "Picture", "probe", "decode", "encode",
+    "READ_FORMATS", "DEFAULT_MAX_PIXELS", "DEFAULT_PNG_COMPRESSION", "ImageError", "ImageInfo", "Picture", "probe", "decode", "encode",
     "choose_format", "check_output_size", "output_suffix", "picture_from_pil", "picture_to_pil", "orient", "sniff",
 ]
 
+# Formats srdeploy writes, and the largest side each can store.
 MAX_SIDE = {"WEBP": 16383, "JPEG": 65535, "PNG": 2**31 - 1, "TIFF": 2**31 - 1, "BMP": 2**31 - 1}
-SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
-SUFFIXES = {"PNG": {".png"}, "JPEG": {".jpg", ".jpeg", ".jpe"}, "WEBP": {".webp"}, "TIFF": {".tif", ".tiff"}, "BMP": {".bmp", ".dib"}}
 KEEPS_ALPHA = {"PNG", "WEBP", "TIFF"}
 DEFAULT_QUALITY = {"JPEG": 95, "WEBP": 90}
 # zlib level of PNG outputs, 0-9: lower is faster and bigger, the pixels are the same. At
@@ -189,7 +189,7 @@ def choose_format(requested: str, info: ImageInfo | Picture) -> tuple[str, str |
     else:
         fmt = {"jpg": "JPEG", "tif": "TIFF"}.get(requested.lower(), requested.upper())
         note = None
-        if fmt not in SUFFIX:
+        if fmt not in MAX_SIDE:
             raise ValueError(f"unknown output format {requested!r}: use same, png, jpg or webp")
     lacks = []
     if has_alpha and fmt not in KEEPS_ALPHA:
@@ -250,7 +250,7 @@ def to_8bit(pic: Picture) -> Picture:
 
 def output_suffix(fmt: str, input_suffix: str) -> str:
     """Keep the input's own spelling (.JPG, .jpeg, .tiff) when it names ``fmt``."""
-    return input_suffix if input_suffix.lower() in SUFFIXES[fmt] else SUFFIX[fmt]
+    return input_suffix if input_suffix.lower() in SUFFIXES[fmt] else SUFFIXES[fmt][0]
 
 
 def _info(im: Image.Image, name: str) -> ImageInfo:
