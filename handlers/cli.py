@@ -11,24 +11,26 @@ from pathlib import Path
 
 import click
 
-DEFAULT_MAX_PIXELS = 512 * 512  # = srdeploy.handlers.config.DEFAULT_MAX_PIXELS (not imported: keeps --help light)
-DEFAULT_TILE = 256  # = srdeploy.runtime.upscaler.DEFAULT_TILE (likewise)
+from srdeploy.handlers.config import DEFAULT_MAX_PIXELS
+from srdeploy.runtime import zoo
+from srdeploy.runtime.upscaler import DEFAULT_TILE
 
 
 @click.command("package")
-@click.option("--model", default="default", show_default=True, help="default | srresnet | srgan | PATH.onnx")
+@click.option("--model", default="default", show_default=True, help=f"{' | '.join(zoo.NAMES)} | PATH.onnx")
 @click.option("-o", "--output", "store", required=True, type=click.Path(path_type=Path, file_okay=False), help="Model store folder; NAME.mar is written into it.")
-@click.option("--name", default="srgan", show_default=True, help="Model name: the archive's file name and the URL path /predictions/NAME.")
+@click.option("--name", default=None, help="Model name: the archive's file name and the URL path /predictions/NAME [default: the model's, e.g. srresnet].")
 @click.option("--config", "properties", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Where to write config.properties [default: beside the model store folder].")
 @click.option("--port", type=click.IntRange(1, 65535 - 16), default=8080, show_default=True, help="Inference port; management, metrics, gRPC and worker ports follow it (+1..+5), all on 127.0.0.1.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Requests per batch (mixed sizes are fine); on a CPU batches add latency, not throughput.")
 @click.option("--max-batch-delay", type=click.IntRange(min=0), default=50, show_default=True, help="Milliseconds TorchServe waits to fill a batch.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes; they share the cores (ONNX Runtime threads = cores / workers).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True, help="Largest input in pixels (413 above); request/response size limits follow.")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="ONNX Runtime provider of the workers, written into the archive; auto = cuda when the worker can start it, else cpu (logged as a warning on a GPU worker).")
 @click.option("--tile", type=click.IntRange(min=1), default=DEFAULT_TILE, show_default=True, help="LR tile side, as `srdeploy upscale --tile` (same value, same bytes).")
 @click.option("--response-timeout", type=click.IntRange(min=1), default=None, help="Seconds per batch before TorchServe restarts the worker [default: sized from the model for a CPU].")
 @click.option("--force", is_flag=True, help="Replace an existing NAME.mar.")
-def package(model, store, name, properties, port, batch_size, max_batch_delay, workers, max_pixels, tile, response_timeout, force):
+def package(model, store, name, properties, port, batch_size, max_batch_delay, workers, max_pixels, provider, tile, response_timeout, force):
     """Build MODEL_STORE/NAME.mar for TorchServe 0.12 and a safe config.properties.
 
     Start it from the folder that should hold key_file.json (the API tokens):
@@ -40,7 +42,8 @@ def package(model, store, name, properties, port, batch_size, max_batch_delay, w
     from srdeploy.runtime.zoo import ModelError
 
     try:
-        config = ServeConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay, workers=workers, max_pixels=max_pixels, tile=tile, response_timeout_s=response_timeout)
+        config = ServeConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay, workers=workers, max_pixels=max_pixels, tile=tile, provider=provider,
+                             response_timeout_s=response_timeout)
         done = build_archive(model, store, name, config, Ports(port), properties, force)
     except (ModelError, PackageError, ValueError, ImportError, OSError) as e:
         click.echo(f"Error: {e}", err=True)
@@ -49,4 +52,4 @@ def package(model, store, name, properties, port, batch_size, max_batch_delay, w
     click.echo(f"wrote {done.config_properties}")
     click.echo(f"start: cd {done.config_properties.parent} && torchserve --start --ts-config {done.config_properties.name} --foreground")
     click.echo(f"call:  curl -H \"Authorization: Bearer $(python -c \"import json; print(json.load(open('key_file.json'))['inference']['key'])\")\" "
-               f"-H 'Content-Type: image/png' --data-binary @face.png -o face_x4.png http://127.0.0.1:{port}/predictions/{name}")
+               f"-H 'Content-Type: image/png' --data-binary @face.png -o face_x4.png http://127.0.0.1:{port}/predictions/{done.model_name}")

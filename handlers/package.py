@@ -22,7 +22,8 @@ from srdeploy.handlers import config as serve_config
 from srdeploy.handlers.config import CONFIG_PROPERTIES_NAME, MODEL_CONFIG_NAME, Ports, ServeConfig
 from srdeploy.io.files import atomic_write_bytes
 from srdeploy.runtime.manifest import write_manifest
-from srdeploy.runtime.zoo import MODEL_FILE, ModelError, resolve_model
+from srdeploy.runtime import zoo
+from srdeploy.runtime.zoo import MODEL_FILE, ModelError, ModelRef, resolve_model
 
 ENTRY_MODULE = "srdeploy_entry"
 # TorchServe's own rule for model names (they become URL path segments).
@@ -58,18 +59,20 @@ class Packaged:
 def build_archive(
     model: str | os.PathLike,
     store: str | os.PathLike,
-    name: str = "srgan",
+    name: str | None = None,
     config: ServeConfig = ServeConfig(),
     ports: Ports = Ports(),
     properties_path: str | os.PathLike | None = None,
     force: bool = False,
 ) -> Packaged:
-    """``model`` (default|srresnet|srgan|PATH.onnx) -> ``store/<name>.mar`` and
-    config.properties (default: beside the store folder). Raises ModelError for an
-    unusable model, PackageError for everything else."""
+    """``model`` (a name in zoo.NAMES or PATH.onnx) -> ``store/<name>.mar`` and
+    config.properties (default: beside the store folder). ``name`` defaults to the
+    model's: the shipped name (``default`` is ``srresnet``) or the file's stem. Raises
+    ModelError for an unusable model, PackageError for everything else."""
+    ref = resolve_model(model)
+    name = name or default_name(ref)
     if not NAME_PATTERN.fullmatch(name):
         raise PackageError(f"model name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit")
-    ref = resolve_model(model)
     if ref.kind != "onnx":
         raise ModelError(f"{ref.path}: TorchServe archives carry an ONNX model; package the .onnx the engine was built from")
     store = Path(store).expanduser().resolve()
@@ -100,12 +103,18 @@ def build_archive(
     return Packaged(archive, properties, name, ref.sha256, timeout)
 
 
-def _manifest_info(ref, name: str, config: ServeConfig) -> dict:
+def default_name(ref: ModelRef) -> str:
+    """What a model is served as when no --name is given: ``srresnet`` for ``default``."""
+    return ref.name if ref.name in zoo.SHIPPED else Path(ref.name).stem
+
+
+def _manifest_info(ref: ModelRef, name: str, config: ServeConfig) -> dict:
     """The source manifest's description of the model (training config, metrics...) with
     the packaging facts added; no local paths."""
     info = {k: v for k, v in (ref.manifest or {}).items() if k not in ("files", "manifest_version")}
-    source = ref.name if ref.name in ("srresnet", "srgan") else Path(ref.name).name
-    info["torchserve"] = {"model_name": name, "source_model": source, "srdeploy_version": __version__, "max_pixels": config.max_pixels, "tile": config.tile}
+    source = ref.name if ref.name in zoo.SHIPPED else Path(ref.name).name
+    info["torchserve"] = {"model_name": name, "source_model": source, "srdeploy_version": __version__, "max_pixels": config.max_pixels,
+                          "tile": config.tile, "provider": config.provider}
     return info
 
 

@@ -91,6 +91,11 @@ class UpscaleHandler:
         threads = ort_threads(self.settings.workers)
         self.upscaler = Upscaler(model, provider=self.settings.provider, tile=self.settings.tile, threads=threads)
         d = self.upscaler.describe()
+        if gpu_id is not None and d["provider"] == "cpu":
+            # A GPU server quietly upscaling on its CPU is the failure users do not see.
+            logger.warning("srdeploy handler: TorchServe gave this worker GPU %s but the model runs on the CPU (%s); "
+                           "install onnxruntime-gpu (pip install 'srdeploy[serve-gpu]') or package with --provider cuda to fail instead",
+                           gpu_id, self.upscaler.note or f"provider {self.settings.provider}")
         logger.info(
             "srdeploy handler ready: model %s (sha256 %s), x%d, provider %s%s, tile %d + %d overlap, %d ORT threads, cap %d px",
             context.model_name, d["model_sha256"][:12], d["scale"], d["provider"],

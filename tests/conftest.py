@@ -3,6 +3,7 @@ location of ../shared/data for the tests that read it (they skip when it is abse
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 CELEBA = SHARED_DATA / "celeba_hq_256"
 EXAMPLES = REPO / "examples"
+# Console scripts of the environment running the tests (srdeploy, torchserve, ...),
+# whatever the venv is called: the interpreter's own bin folder, not resolved.
+SCRIPTS = Path(sys.executable).parent
+SRDEPLOY = SCRIPTS / "srdeploy"
 
 
 def pytest_collection_modifyitems(config, items):

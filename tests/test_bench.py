@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import SRDEPLOY
 from PIL import Image
 
-SRDEPLOY = REPO / ".venv" / "bin" / "srdeploy"
 ROW_FIELDS = {"set", "row", "images", "images_per_s", "output_mpx_per_s", "gflop_per_s", "peak_share", "vs_torch", "max_abs_diff_vs_torch", "passes"}
 
 

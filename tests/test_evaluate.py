@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CELEBA
+from conftest import CELEBA, SRDEPLOY
 from PIL import Image
 
 from srdeploy.quality.metrics import evaluate_pair
 from srdeploy.training.evaluate import SRModel, evaluate, find_test_images, load_model, to_uint8
 
-SRDEPLOY = Path(sys.executable).with_name("srdeploy")
 LUMA_GAIN = 219.0 / 255.0  # BT.601: a change of d in R, G and B moves Y by d * 219/255
 
 

@@ -6,13 +6,12 @@ import hashlib
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import SRDEPLOY
 
 from srdeploy.runtime.manifest import verify_manifest
 
-SRDEPLOY = Path(sys.executable).with_name("srdeploy")
 CONFIG = {"preset": "seed", "num_blocks": 1, "channels": 8, "lr": 1e-4, "crop": (96, 96), "degradation": "bicubic"}
 
 

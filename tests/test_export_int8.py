@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from conftest import EXAMPLES, REPO
+from conftest import EXAMPLES, REPO, SRDEPLOY
 from onnx import numpy_helper
 from PIL import Image
 
@@ -20,7 +19,6 @@ from srdeploy.export.int8 import MIN_PSNR_Y, quality_vs_fp32, quantize_int8
 from srdeploy.runtime import contract, graph
 from srdeploy.runtime.manifest import verify_manifest
 
-SRDEPLOY = Path(sys.executable).with_name("srdeploy")
 SHIPPED = REPO / "srdeploy" / "models" / "srresnet"
 
 

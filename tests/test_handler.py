@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, SRDEPLOY
 from PIL import Image
 
 from srdeploy.handlers import config as serve_config
@@ -32,7 +32,6 @@ from srdeploy.runtime import cpus, graph, zoo
 from srdeploy.runtime.upscaler import DEFAULT_TILE, Upscaler
 
 ts_context = pytest.importorskip("ts.context", reason="torchserve is not installed (pip install 'srdeploy[serve]')")
-SRDEPLOY = REPO / ".venv" / "bin" / "srdeploy"
 ARCHIVE_FILES = {f"{ENTRY_MODULE}.py", "model.onnx", "manifest.json", "model-config.yaml", "MAR-INF/MANIFEST.json"}
 
 
@@ -196,15 +195,17 @@ def test_output_format_from_header_or_field(served, tiny_onnx, rng):
     assert "X-Upscale-Note" not in answers[0]["headers"]
 
 
-def test_the_gpu_torchserve_assigns_becomes_the_workers_only_visible_one(archive, monkeypatch):
+def test_the_gpu_torchserve_assigns_becomes_the_workers_only_visible_one(archive, monkeypatch, caplog):
     """The GPU is mocked: TorchServe's gpu_id reaches CUDA_VISIBLE_DEVICES; without CUDA in
-    this ONNX Runtime, provider auto still runs on the CPU."""
+    this ONNX Runtime, provider auto runs on the CPU, and says so as a warning."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
-    handler, _ = load_handler(archive[1], gpu=1)
+    with caplog.at_level("WARNING", logger="srdeploy.handlers.torchserve_handler"):
+        handler, _ = load_handler(archive[1], gpu=1)
     import os
 
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
     assert handler.upscaler.provider == "cpu"
+    assert any(r.levelname == "WARNING" and "gave this worker GPU 1 but the model runs on the CPU" in r.getMessage() for r in caplog.records)
 
 
 def test_a_damaged_or_incomplete_archive_is_refused_at_load(archive):
@@ -351,10 +352,12 @@ def _chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
-def test_package_cli_defaults_match_the_library():
-    """`srdeploy package` repeats two constants so that `--help` imports nothing heavy."""
-    from srdeploy.handlers import cli
-
-    params = {p.name: p.default for p in cli.package.params}
-    assert params["tile"] == cli.DEFAULT_TILE == DEFAULT_TILE
-    assert params["max_pixels"] == cli.DEFAULT_MAX_PIXELS == serve_config.DEFAULT_MAX_PIXELS
+def test_package_names_the_archive_after_the_model_and_writes_its_provider(tiny_onnx, tmp_path):
+    """`--model default` is served as srresnet, not as a fixed name; a file by its stem."""
+    shipped = build_archive("default", tmp_path / "store", config=ServeConfig(provider="cpu"))
+    assert (shipped.model_name, shipped.archive.name) == ("srresnet", "srresnet.mar")
+    assert "load_models=srresnet=srresnet.mar" in shipped.config_properties.read_text()
+    model_config = yaml.safe_load((unpack(shipped.archive, tmp_path / "unpacked") / "model-config.yaml").read_text())
+    assert model_config["handler"]["provider"] == "cpu"
+    exported = build_archive(tiny_onnx, tmp_path / "store2")
+    assert (exported.model_name, exported.archive.name) == ("tiny", "tiny.mar")

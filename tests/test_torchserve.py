@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, REPO
+from conftest import EXAMPLES, SCRIPTS
 from PIL import Image
 
 from srdeploy.handlers.config import free_port_block
@@ -32,7 +32,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17 (`java` is not on PATH)"),
 ]
 
-BIN = REPO / ".venv" / "bin"
 MAX_PIXELS = 96 * 96
 READY_TIMEOUT = 300  # s: the JVM and a worker importing torch, on a loaded 2-core machine
 
@@ -58,7 +57,7 @@ class TorchServe:
 
     def start(self) -> None:
         log = open(self.root / "torchserve.out", "wb")
-        command = [str(BIN / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(self.properties)]
+        command = [str(SCRIPTS / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(self.properties)]
         self.process = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.pgid = self.process.pid
 
@@ -91,7 +90,7 @@ class TorchServe:
     def stop(self) -> list[int]:
         """``torchserve --stop``, then wait for the whole process group to end; returns the
         pids that outlived a 60 s grace period (then killed)."""
-        subprocess.run([str(BIN / "torchserve"), "--stop"], cwd=self.root, env=self.env, capture_output=True, timeout=120)
+        subprocess.run([str(SCRIPTS / "torchserve"), "--stop"], cwd=self.root, env=self.env, capture_output=True, timeout=120)
         try:
             self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -126,7 +125,7 @@ def test_torchserve_serves_the_archive_end_to_end(tiny_onnx, tmp_path, rng):
     root.mkdir()
     base = free_port_block()
     packaged = subprocess.run(
-        [str(BIN / "srdeploy"), "package", "--model", str(tiny_onnx), "-o", str(root / "store"), "--port", str(base),
+        [str(SRDEPLOY), "package", "--model", str(tiny_onnx), "-o", str(root / "store"), "--port", str(base),
          "--max-pixels", str(MAX_PIXELS), "--batch-size", "4", "--max-batch-delay", "100"],
         capture_output=True, text=True, timeout=300,
     )
@@ -163,7 +162,7 @@ def check_images_match_the_cli(url: str, server: TorchServe, model: Path, tmp_pa
     inputs.mkdir()
     shutil.copy(EXAMPLES / "astronaut_face.png", inputs / "face.png")
     Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(inputs / "noise.jpg", quality=90)
-    cli = subprocess.run([str(BIN / "srdeploy"), "upscale", str(inputs), "-o", str(tmp_path / "cli"), "--model", str(model), "--format", "png", "-q"], capture_output=True, text=True, timeout=300)
+    cli = subprocess.run([str(SRDEPLOY), "upscale", str(inputs), "-o", str(tmp_path / "cli"), "--model", str(model), "--format", "png", "-q"], capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr
     for name, content_type in (("face.png", "image/png"), ("noise.jpg", "image/jpeg")):
         data = (inputs / name).read_bytes()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES
+from conftest import EXAMPLES, SRDEPLOY
 from onnx_toy import build_toy_sr
 from PIL import Image
 from test_imaging import bad_inputs
@@ -24,8 +24,6 @@ from srdeploy.batch.jobs import JOURNAL_NAME
 from srdeploy.io import imaging
 from srdeploy.io.files import TMP_SUFFIX
 from srdeploy.runtime.upscaler import Upscaler
-
-SRDEPLOY = Path(sys.executable).with_name("srdeploy")  # the console script of the running environment
 
 
 @pytest.fixture(scope="module")
@@ -330,14 +328,3 @@ def test_a_second_run_into_the_same_folder_is_refused_while_one_is_live(toy, tmp
         run = upscale(EXAMPLES / "coffee.png", "-o", out, "--model", toy)
     assert run.returncode == 2 and "another srdeploy upscale is writing to" in run.stderr
     assert not outputs(out)
-
-
-def test_cli_defaults_match_the_library():
-    """The CLI repeats these constants so that `--help` imports nothing heavy; keep them equal."""
-    from srdeploy.batch import cli as upscale_cli
-    from srdeploy.runtime.upscaler import DEFAULT_TILE
-
-    params = {p.name: p.default for p in upscale_cli.upscale.params}
-    assert params["max_pixels"] == upscale_cli.DEFAULT_MAX_PIXELS == imaging.DEFAULT_MAX_PIXELS
-    assert params["png_compression"] == upscale_cli.DEFAULT_PNG_COMPRESSION == imaging.DEFAULT_PNG_COMPRESSION
-    assert params["tile"] == upscale_cli.DEFAULT_TILE == DEFAULT_TILE

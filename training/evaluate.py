@@ -26,8 +26,8 @@ from srdeploy.io.folders import list_images
 from srdeploy.io.formats import READ_SUFFIXES
 from srdeploy.quality.degrade import DOWNSAMPLE_METHODS, crop_to_multiple, downscale, upscale_bicubic
 from srdeploy.quality.metrics import evaluate_pair
+from srdeploy.runtime import zoo
 
-RUNTIME_MODEL_NAMES = ("default", "srresnet", "srgan")  # shipped models, served by the Upscaler
 BICUBIC = "bicubic"
 METRICS = ("psnr_y", "ssim_y", "psnr_rgb")
 
@@ -161,15 +161,15 @@ def resolve_device(device: str) -> str:
 
 
 def is_runtime_model(spec: str) -> bool:
-    return spec in RUNTIME_MODEL_NAMES or spec.lower().endswith(".onnx")
+    return spec in zoo.NAMES or spec.lower().endswith(".onnx")
 
 
 def default_model_names(specs: Sequence[str]) -> list[str]:
     """Row names: the shipped name or the file stem; "parent/stem" where stems collide
     (run1/best.pt and run2/best.pt)."""
-    stems = [s if s in RUNTIME_MODEL_NAMES else Path(s).stem for s in specs]
+    stems = [s if s in zoo.NAMES else Path(s).stem for s in specs]
     return [
-        f"{Path(spec).parent.name}/{stem}" if stems.count(stem) > 1 and spec not in RUNTIME_MODEL_NAMES else stem
+        f"{Path(spec).parent.name}/{stem}" if stems.count(stem) > 1 and spec not in zoo.NAMES else stem
         for spec, stem in zip(specs, stems)
     ]
 
@@ -222,7 +222,7 @@ def load_model(spec: str, name: str | None = None, device: str = "cpu") -> SRMod
         return _runtime_model(spec, name, device)
     path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"model not found: {spec} (a .pt checkpoint, an .onnx file or one of {RUNTIME_MODEL_NAMES})")
+        raise FileNotFoundError(f"model not found: {spec} (a .pt checkpoint, an .onnx file or one of {zoo.NAMES})")
     return _checkpoint_model(path, name, resolve_device(device))
 
 

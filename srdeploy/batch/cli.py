@@ -11,17 +11,15 @@ from pathlib import Path
 
 import click
 
-# = srdeploy.io.imaging.DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION and srdeploy.runtime.upscaler.DEFAULT_TILE
-# (not imported: keeps --help light)
-DEFAULT_MAX_PIXELS = 4095 * 4095
-DEFAULT_PNG_COMPRESSION = 4
-DEFAULT_TILE = 256
+from srdeploy.io.imaging import DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION
+from srdeploy.runtime import zoo
+from srdeploy.runtime.upscaler import DEFAULT_TILE
 
 
 @click.command("upscale")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False), help="Output folder; input folders are mirrored inside it.")
-@click.option("--model", default="default", show_default=True, help="default | srresnet | srgan | PATH.onnx | PATH.engine")
+@click.option("--model", default="default", show_default=True, help=f"{' | '.join(zoo.NAMES)} | PATH.onnx | PATH.engine")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True, help="ONNX Runtime execution provider; auto = cuda if usable, else cpu.")
 @click.option("--tile", type=click.IntRange(min=0), default=DEFAULT_TILE, show_default=True, help="LR tile side in pixels (tiles overlap by the model's receptive radius, so the output equals untiled); 0 = whole image (CPU only).")
 @click.option("--format", "fmt", type=click.Choice(["same", "png", "jpg", "webp"]), default="same", show_default=True, help="Output format; alpha and 16-bit inputs are written as PNG when the format cannot hold them.")
