@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, SCRIPTS
+from conftest import EXAMPLES, SCRIPTS, SRDEPLOY
 from PIL import Image
 
 from srdeploy.handlers.config import free_port_block
