@@ -43,8 +43,8 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
     if calibration is not None and not int8:
         raise click.UsageError("--calibration is used only with --int8")
     from srdeploy.export.pipeline import Int8Request, export_artifacts, load_export_generator
-    from srdeploy.export.tensorrt_engine import TensorRTUnavailable, TileProfile
     from srdeploy.runtime.manifest import read_manifest
+    from srdeploy.runtime.tensorrt import TensorRTUnavailable, TileProfile
 
     try:
         generator, meta = load_export_generator(checkpoint, weights)

@@ -21,10 +21,10 @@ from typing import Any
 from srdeploy import __version__
 from srdeploy.export import parity
 from srdeploy.export.int8 import MIN_PSNR_Y as MIN_INT8_PSNR_Y
-from srdeploy.export.tensorrt_engine import TileProfile
 from srdeploy.io.files import sha256_file
 from srdeploy.runtime import contract
 from srdeploy.runtime.manifest import write_manifest
+from srdeploy.runtime.tensorrt import TileProfile
 
 FP32_ONNX = "model.onnx"
 FP16_ONNX = "model.fp16.onnx"
@@ -121,7 +121,8 @@ def export_artifacts(
     _write(result, generator, meta, source)
 
     if tensorrt:
-        from srdeploy.export.tensorrt_engine import build_engine, require_tensorrt
+        from srdeploy.export.tensorrt_engine import build_engine
+        from srdeploy.runtime.tensorrt import require_tensorrt
 
         trt = require_tensorrt()  # fails fast, the ONNX outputs are already on disk
         for precision, onnx_name in (("fp32", FP32_ONNX), ("fp16", FP16_ONNX)):
@@ -182,7 +183,7 @@ def check_parity(generator, out_dir: Path, models: dict[str, dict[str, Any]], ba
         if entry["format"] == "onnx":
             label, backend = f"onnxruntime {entry['precision']} ({name})", parity.onnxruntime_backend(out_dir / name)
         else:
-            from srdeploy.export.tensorrt_engine import EngineRunner
+            from srdeploy.runtime.tensorrt import EngineRunner
 
             label, backend = f"tensorrt {entry['precision']} ({name})", EngineRunner(out_dir / name)
         rows.append(parity.compare(label, parity.run_backend(backend, batches), REFERENCE, ort32, limits))

@@ -21,8 +21,8 @@ from srdeploy import __version__
 from srdeploy.handlers import config as serve_config
 from srdeploy.handlers.config import CONFIG_PROPERTIES_NAME, MODEL_CONFIG_NAME, Ports, ServeConfig
 from srdeploy.io.files import atomic_write_bytes
-from srdeploy.runtime.manifest import write_manifest
 from srdeploy.runtime import zoo
+from srdeploy.runtime.manifest import write_manifest
 from srdeploy.runtime.zoo import MODEL_FILE, ModelError, ModelRef, resolve_model
 
 ENTRY_MODULE = "srdeploy_entry"

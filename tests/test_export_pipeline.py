@@ -8,8 +8,8 @@ import json
 import pytest
 
 from srdeploy.export.pipeline import _jsonable, export_artifacts
-from srdeploy.export.tensorrt_engine import TensorRTUnavailable
 from srdeploy.runtime.manifest import verify_manifest
+from srdeploy.runtime.tensorrt import TensorRTUnavailable
 
 
 def test_earlier_artifacts_are_removed_and_onnx_survives_missing_tensorrt(tiny_generator, tmp_path):

@@ -9,7 +9,8 @@ import types
 import pytest
 
 from srdeploy.export import parity
-from srdeploy.export.tensorrt_engine import TensorRTUnavailable, TileProfile, require_tensorrt
+from srdeploy.runtime import tensorrt
+from srdeploy.runtime.tensorrt import TensorRTUnavailable, TileProfile, require_tensorrt
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -26,12 +27,10 @@ def test_missing_tensorrt_says_what_and_how():
 def test_tensorrt_without_a_gpu_says_so(monkeypatch):
     """tensorrt importable but no CUDA device: only the GPU is mocked away (and, where
     tensorrt is absent, a bare module stands in so the import succeeds)."""
-    import torch
-
     if not HAS_TENSORRT:
         monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.99-test"))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(TensorRTUnavailable, match=r"TensorRT .* is installed but torch sees no CUDA GPU"):
+    monkeypatch.setattr(tensorrt, "cuda_device_count", lambda: 0)
+    with pytest.raises(TensorRTUnavailable, match=r"TensorRT .* is installed but the CUDA runtime sees no GPU"):
         require_tensorrt()
 
 
@@ -60,7 +59,8 @@ def test_engine_parity_against_onnxruntime_fp32(tiny_onnx, tmp_path):
     """fp32 and fp16 engines vs ORT fp32, on batches within the default tile profile."""
     pytest.importorskip("tensorrt", reason="tensorrt is not installed")
     from srdeploy.export.fp16 import convert_fp16
-    from srdeploy.export.tensorrt_engine import EngineRunner, build_engine
+    from srdeploy.export.tensorrt_engine import build_engine
+    from srdeploy.runtime.tensorrt import EngineRunner
 
     fp16_onnx = convert_fp16(tiny_onnx, tmp_path / "model.fp16.onnx")
     cache = tmp_path / "timing.cache"

@@ -167,25 +167,12 @@ class OrtRunner:
         return cache[shape]
 
 
-class EngineRunner:
-    """A serialised TensorRT engine through srdeploy.export's runner (imported only here:
-    it needs tensorrt, torch and a GPU), behind a lock: one execution context must not
-    run two batches at once."""
+def open_engine(path: Path) -> Any:
+    """A TensorRT engine file as a runner (srdeploy.runtime.tensorrt), or ProviderError
+    saying what is missing (the tensorrt and cuda-python packages, a GPU)."""
+    from srdeploy.runtime.tensorrt import EngineRunner, TensorRTUnavailable
 
-    def __init__(self, path: Path):
-        try:
-            from srdeploy.export.tensorrt_engine import EngineRunner as TensorRTRunner
-        except ImportError as e:
-            raise ProviderError(f"{path}: running a TensorRT engine needs torch and tensorrt ({e}); {INSTALL_HINT['tensorrt']}") from None
-        try:
-            self.engine = TensorRTRunner(path)
-        except ImportError as e:
-            raise ProviderError(f"{path}: running a TensorRT engine needs torch and tensorrt ({e}); {INSTALL_HINT['tensorrt']}") from None
-        except RuntimeError as e:  # TensorRTUnavailable: no tensorrt package or no GPU
-            raise ProviderError(f"{path}: {e}") from None
-        self.max_side = int(self.engine.profile.max_shape[2])
-        self._lock = threading.Lock()
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        with self._lock:
-            return self.engine(batch)
+    try:
+        return EngineRunner(path)
+    except TensorRTUnavailable as e:
+        raise ProviderError(f"{path}: {e}") from None

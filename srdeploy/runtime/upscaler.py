@@ -30,7 +30,7 @@ from srdeploy.io import imaging
 from srdeploy.io.imaging import Picture
 from srdeploy.runtime import contract, tiling
 from srdeploy.runtime.cpus import available_cpus
-from srdeploy.runtime.providers import EngineRunner, OrtRunner, ProviderError, open_session, select_provider
+from srdeploy.runtime.providers import OrtRunner, ProviderError, open_engine, open_session, select_provider
 from srdeploy.runtime.zoo import ModelError, ModelRef, resolve_model
 
 __all__ = ["Upscaler", "Decoded", "Encoded", "ProviderError", "ModelError", "select_provider", "DEFAULT_TILE"]
@@ -195,7 +195,7 @@ class Upscaler:
     def _start_engine(self, requested: str) -> None:
         if requested not in ("auto", "tensorrt"):
             raise ProviderError(f"{self.model.path} is a TensorRT engine: it runs only with --provider tensorrt (or auto), on an NVIDIA GPU")
-        self._run = EngineRunner(self.model.path)
+        self._run = open_engine(self.model.path)
         self.provider = "tensorrt"
         beside = self.model.path.with_suffix(".onnx")
         self.overlap = _overlap_of(beside) if beside.is_file() else tiling.FALLBACK_OVERLAP
