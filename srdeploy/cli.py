@@ -1,12 +1,17 @@
 """The ``srdeploy`` command line.
 
 Subcommands live beside the code they drive and are imported only when invoked, so
-``srdeploy --help`` and the torch-free runtime commands never import torch.
+``srdeploy --help`` and the torch-free runtime commands never import torch. The console
+script runs :func:`run`, which turns what a command did not catch into one line: a missing
+optional package names the extra that installs it; anything else is reported with its
+type and message (``SRDEPLOY_TRACEBACK=1`` shows the traceback instead).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 import click
 
@@ -21,6 +26,33 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "package": ("srdeploy.handlers.cli", "package", "Build a TorchServe archive (NAME.mar) and a safe config.properties."),
     "bench": ("srdeploy.bench.cli", "bench", "Time PyTorch eager, ORT fp32/INT8 and the upscale pipeline on the same inputs (GFLOP/s vs peak)."),
 }
+
+
+# Optional packages a command may need -> (distribution, the extra in pyproject.toml that
+# installs it). tests/test_cli.py checks each against pyproject.toml.
+EXTRAS: dict[str, tuple[str, str]] = {
+    "onnxruntime": ("onnxruntime", "cpu"),
+    "onnx": ("onnx", "cpu"),
+    "skimage": ("scikit-image", "eval"),
+    "matplotlib": ("matplotlib", "eval"),
+    "torch": ("torch", "train"),
+    "torchvision": ("torchvision", "train"),
+    "onnxscript": ("onnxscript", "export"),
+    "onnxconverter_common": ("onnxconverter-common", "export"),
+    "tensorrt": ("tensorrt", "tensorrt"),
+    "ts": ("torchserve", "serve"),
+    "model_archiver": ("torch-model-archiver", "serve"),
+    "yaml": ("pyyaml", "serve"),
+}
+
+
+def missing_package_message(error: ModuleNotFoundError) -> str:
+    """One line for a missing module: which package, and the extra that brings it."""
+    top = (error.name or "").split(".")[0]
+    if top in EXTRAS:
+        distribution, extra = EXTRAS[top]
+        return f"this needs the {distribution} package, which is not installed: pip install 'srdeploy[{extra}]'"
+    return f"a module this needs is missing ({error}); reinstall srdeploy"
 
 
 class LazyGroup(click.Group):
@@ -46,5 +78,21 @@ def main() -> None:
     """4x super-resolution with an SRGAN: train, export, upscale, serve."""
 
 
+def run(args: list[str] | None = None) -> None:
+    """The console script: :func:`main`, with no traceback reaching the user."""
+    try:
+        main(args=args)
+    except ImportError as e:  # ours say what to install; Python's own name a module
+        if os.environ.get("SRDEPLOY_TRACEBACK") == "1":
+            raise
+        click.echo(f"Error: {missing_package_message(e) if isinstance(e, ModuleNotFoundError) and e.name else e}", err=True)
+        sys.exit(2)
+    except Exception as e:  # a command's own errors are one line already; this is the last guard
+        if os.environ.get("SRDEPLOY_TRACEBACK") == "1":
+            raise
+        click.echo(f"Error: {type(e).__name__}: {e} (unexpected; SRDEPLOY_TRACEBACK=1 shows where it came from)", err=True)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -40,3 +40,54 @@ def test_train_without_data_is_a_usage_error(tmp_path):
     out = subprocess.run([sys.executable, "-m", "srdeploy.cli", "train", "srresnet", "-o", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--data is required" in out.stderr
+
+
+def test_every_missing_package_names_an_extra_that_installs_it():
+    import re
+    import tomllib
+
+    from conftest import REPO
+
+    from srdeploy.cli import EXTRAS
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+    def distributions(extra: str) -> set[str]:  # following srdeploy[...] references
+        found = set()
+        for requirement in extras[extra]:
+            name = re.match(r"[A-Za-z0-9_.\-]+(\[[^\]]*\])?", requirement)
+            if name.group(0).startswith("srdeploy["):
+                for inner in name.group(1)[1:-1].split(","):
+                    found |= distributions(inner.strip())
+            else:
+                found.add(name.group(0).lower())
+        return found
+
+    for module, (distribution, extra) in EXTRAS.items():
+        assert distribution in distributions(extra), f"{module}: {distribution} is not in the {extra} extra"
+
+
+BLOCKED = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == {module!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Block())
+from srdeploy.cli import run
+run({args!r})
+"""
+
+
+def test_a_missing_optional_package_is_one_line_naming_the_extra(tmp_path):
+    """As in a `cpu` install without scikit-image: `srdeploy evaluate` says what to install."""
+    from conftest import EXAMPLES
+
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    (hr / "face.png").write_bytes((EXAMPLES / "astronaut_face.png").read_bytes())
+    args = ["evaluate", "--data", str(hr), "--model", "default", "-o", str(tmp_path / "out"), "--figure-count", "0"]
+    out = subprocess.run([sys.executable, "-c", BLOCKED.format(module="skimage", args=args)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert "Error: this needs the scikit-image package, which is not installed: pip install 'srdeploy[eval]'" in out.stderr
+    assert "Traceback" not in out.stderr
