@@ -228,6 +228,17 @@ def test_missing_inputs_and_provider_errors(toy, tmp_path):
     assert "srdeploy[gpu]" in cuda.stderr
 
 
+def test_a_folder_without_images_is_an_error_that_writes_nothing(toy, tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("not an image")
+    save(empty / "sub" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    run = upscale(empty, "-o", tmp_path / "out", "--model", toy)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert f"Error: no images in {empty} (looked for .bmp" in run.stderr and "1 subfolder(s) not searched: add --recursive" in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_output_folder_must_not_be_an_input_folder(toy, tmp_path):
     src = save(tmp_path / "in" / "a.png", np.zeros((8, 8, 3), np.uint8)).parent
     run = upscale(src, "-o", src, "--model", toy)

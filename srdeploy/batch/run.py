@@ -127,17 +127,21 @@ def run_batch(
 ) -> Summary:
     """Upscale ``inputs`` (files and folders) into ``out_dir``; ``report`` is called once
     per input, in input order, from the pipeline's commit thread. Returns the summary;
-    nothing raises for a bad input (only for an unusable OUT: ValueError when it is an
-    input folder, RuntimeError when locked; OSError when the journal cannot be written).
-    ``limits``: how many inputs are in flight at once (default :data:`LIMITS`)."""
+    nothing raises for a bad input, only when there is nothing to do (NoInputs, before
+    anything is written) or OUT is unusable (ValueError when it is an input folder,
+    RuntimeError when locked; OSError when the journal cannot be written). ``limits``: how
+    many inputs are in flight at once (default :data:`LIMITS`)."""
     from tqdm import tqdm
 
     start = time.perf_counter()
     if any(given.is_dir() and given.resolve() == out_dir.resolve() for given in inputs):
         raise ValueError(f"the output folder {display(out_dir)} is also an input folder; choose another -o")
+    files, failures, unentered_dirs = collect(inputs, settings.recursive, out_dir)
+    if not files and not failures:
+        raise NoInputs(_nothing_found(inputs, unentered_dirs))
     out_dir.mkdir(parents=True, exist_ok=True)
     journal = Journal(out_dir / JOURNAL_NAME)
-    summary = Summary(journal=journal.path)
+    summary = Summary(journal=journal.path, unentered_dirs=unentered_dirs)
 
     def record(result: Result, **extra) -> None:
         summary.results.append(result)
@@ -149,7 +153,6 @@ def run_batch(
         for stale in out_dir.rglob(f".*{TMP_SUFFIX}"):  # left by a killed run; the lock says none is live
             stale.unlink(missing_ok=True)
         journal.append({"event": "run", "settings": _settings_record(settings), **upscaler.describe()})
-        files, failures, summary.unentered_dirs = collect(inputs, settings.recursive, out_dir)
         jobs, refused = plan(files, settings, upscaler.scale)
         for result in failures + refused:
             record(result)
@@ -166,6 +169,16 @@ def run_batch(
             pipeline.run_in_order(jobs, steps.as_pipeline(), limits or LIMITS, output_pixels)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+class NoInputs(ValueError):
+    """The inputs hold no image files: nothing to upscale, nothing written."""
+
+
+def _nothing_found(inputs: list[Path], unentered_dirs: int) -> str:
+    where = ", ".join(display(p) for p in inputs[:3]) + (f" and {len(inputs) - 3} more" if len(inputs) > 3 else "")
+    hint = f"; {unentered_dirs} subfolder(s) not searched: add --recursive" if unentered_dirs else ""
+    return f"no images in {where} (looked for {' '.join(sorted(READ_SUFFIXES))}){hint}; nothing written"
 
 
 def _settings_record(settings: Settings) -> dict:

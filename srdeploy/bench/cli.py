@@ -17,13 +17,11 @@ import click
 
 from srdeploy.runtime import zoo
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "celeba_hq_256" / "test"
 
 
 @click.command("bench")
 @click.option("--model", default="default", show_default=True, help=f"{' | '.join(zoo.NAMES)} | PATH.onnx; the PyTorch row needs generator.pt beside it.")
-@click.option("--data", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_DATA, show_default=True, help="Folder of HR images; each is downscaled x4 (bicubic) to an LR input.")
+@click.option("--data", type=click.Path(path_type=Path, file_okay=False), required=True, help="Folder of HR images, each downscaled x4 (bicubic) to an LR input: your own photos, or the CelebA-HQ test split (docs/data.md).")
 @click.option("--images", "limit", type=click.IntRange(min=1), default=None, help="Use only the first N images of --data [default: all].")
 @click.option("--large", type=click.IntRange(min=0), default=3, show_default=True, help="How many large inputs to add (the first HR images resized to --large-side).")
 @click.option("--large-side", type=click.IntRange(min=1), default=512, show_default=True, help="Side of the large inputs in LR pixels.")

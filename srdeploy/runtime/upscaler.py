@@ -78,7 +78,6 @@ class Upscaler:
 
     def __init__(self, model: str | os.PathLike | ModelRef = "default", provider: str = "auto", tile: int | None = DEFAULT_TILE, threads: int | None = None):
         self.model = model if isinstance(model, ModelRef) else resolve_model(model)
-        self.requested_provider = provider
         self.threads = threads or available_cpus()
         self.note: str | None = None  # what "auto" decided, for logs
         if tile is not None and tile < 0:
