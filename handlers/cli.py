@@ -11,8 +11,9 @@ from pathlib import Path
 
 import click
 
-from srdeploy.handlers.config import DEFAULT_MAX_PIXELS
+from srdeploy.handlers.config import DEFAULT_MAX_PIXELS, SERVED_PROVIDERS
 from srdeploy.runtime import zoo
+from srdeploy.runtime.engines import PRECISIONS
 from srdeploy.runtime.upscaler import DEFAULT_TILE
 
 
@@ -26,11 +27,12 @@ from srdeploy.runtime.upscaler import DEFAULT_TILE
 @click.option("--max-batch-delay", type=click.IntRange(min=0), default=50, show_default=True, help="Milliseconds TorchServe waits to fill a batch.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes; they share the cores (ONNX Runtime threads = cores / workers).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True, help="Largest input in pixels (413 above); request/response size limits follow.")
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="ONNX Runtime provider of the workers, written into the archive; auto = cuda when the worker can start it, else cpu (logged as a warning on a GPU worker).")
+@click.option("--provider", type=click.Choice(SERVED_PROVIDERS), default="auto", show_default=True, help="Engine of the workers, written into the archive; auto = cuda when the worker can start it, else the fastest CPU engine for its CPU (a GPU worker on the CPU logs a warning).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help="As `srdeploy upscale --precision`.")
 @click.option("--tile", type=click.IntRange(min=1), default=DEFAULT_TILE, show_default=True, help="LR tile side, as `srdeploy upscale --tile` (same value, same bytes).")
 @click.option("--response-timeout", type=click.IntRange(min=1), default=None, help="Seconds per batch before TorchServe restarts the worker [default: sized from the model for a CPU].")
 @click.option("--force", is_flag=True, help="Replace an existing NAME.mar.")
-def package(model, store, name, properties, port, batch_size, max_batch_delay, workers, max_pixels, provider, tile, response_timeout, force):
+def package(model, store, name, properties, port, batch_size, max_batch_delay, workers, max_pixels, provider, precision, tile, response_timeout, force):
     """Build MODEL_STORE/NAME.mar for TorchServe 0.12 and a safe config.properties.
 
     Start it from the folder that should hold key_file.json (the API tokens):
@@ -42,7 +44,7 @@ def package(model, store, name, properties, port, batch_size, max_batch_delay, w
     from srdeploy.runtime.zoo import ModelError
 
     try:
-        config = ServeConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay, workers=workers, max_pixels=max_pixels, tile=tile, provider=provider,
+        config = ServeConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay, workers=workers, max_pixels=max_pixels, tile=tile, provider=provider, precision=precision,
                              response_timeout_s=response_timeout)
         done = build_archive(model, store, name, config, Ports(port), properties, force)
     except (ModelError, PackageError, ValueError, ImportError, OSError) as e:

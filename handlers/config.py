@@ -26,9 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from srdeploy.runtime.cpus import available_cpus
+from srdeploy.runtime.engines import PRECISIONS, PROVIDERS
 from srdeploy.runtime.upscaler import DEFAULT_TILE
 
 MODEL_CONFIG_NAME = "model-config.yaml"
+# TensorRT's engine builds take minutes per shape: not something a worker does at start.
+SERVED_PROVIDERS = tuple(p for p in PROVIDERS if p != "tensorrt")
 CONFIG_PROPERTIES_NAME = "config.properties"
 DEFAULT_MAX_PIXELS = 512 * 512
 # Throughput assumed for the timeout: about one busy core. The loaded 2-core machine this
@@ -67,7 +70,10 @@ class ServeConfig:
     tile: int = DEFAULT_TILE
     """LR tile side, as ``srdeploy upscale --tile`` (same value, same bytes out)."""
     provider: str = "auto"
-    """ONNX Runtime provider in the worker: auto (CUDA when it works, else CPU) | cpu | cuda."""
+    """Engine of the worker, as `srdeploy upscale --provider`: auto (CUDA when it works,
+    else the fastest CPU engine for the worker's CPU) | cpu | openvino | cuda."""
+    precision: str = "auto"
+    """As `srdeploy upscale --precision`: auto | fp32 | bf16 (an int8 model runs in int8)."""
     queue_size: int = 32
     """Requests TorchServe queues before answering 503: a bound on waiting time."""
     response_timeout_s: int | None = None
@@ -80,8 +86,10 @@ class ServeConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_batch_delay_ms < 0:
             raise ValueError(f"max_batch_delay_ms must be >= 0, got {self.max_batch_delay_ms}")
-        if self.provider not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"provider must be auto, cpu or cuda, got {self.provider!r}")
+        if self.provider not in SERVED_PROVIDERS:
+            raise ValueError(f"provider must be one of {', '.join(SERVED_PROVIDERS)}, got {self.provider!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.response_timeout_s is not None and self.response_timeout_s < 1:
             raise ValueError(f"response_timeout_s must be >= 1, got {self.response_timeout_s}")
 
@@ -190,7 +198,8 @@ responseTimeout: {timeout_s}  # s for one batch at the pixel cap on a slow CPU; 
 handler:
   max_pixels: {config.max_pixels}  # LR pixels per input; larger ones get 413
   tile: {config.tile}  # LR tile side, as `srdeploy upscale --tile`
-  provider: {config.provider}  # ONNX Runtime provider: auto | cpu | cuda
+  provider: {config.provider}  # engine: {' | '.join(SERVED_PROVIDERS)}
+  precision: {config.precision}  # {' | '.join(PRECISIONS)}
 """
 
 

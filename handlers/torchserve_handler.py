@@ -52,6 +52,7 @@ class HandlerSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     tile: int = DEFAULT_TILE
     provider: str = "auto"
+    precision: str = "auto"
     workers: int = 1
 
     @classmethod
@@ -63,6 +64,7 @@ class HandlerSettings:
                 max_pixels=int(section.get("max_pixels", DEFAULT_MAX_PIXELS)),
                 tile=int(section.get("tile", DEFAULT_TILE)),
                 provider=str(section.get("provider", "auto")),
+                precision=str(section.get("precision", "auto")),
                 workers=int(config.get("maxWorkers", config.get("minWorkers", 1))),
             )
         except (TypeError, ValueError) as e:
@@ -89,7 +91,7 @@ class UpscaleHandler:
         # As the CLI does: Pillow's own bomb guard (89 Mpx) must not undercut a larger cap.
         Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, self.settings.max_pixels)
         threads = ort_threads(self.settings.workers)
-        self.upscaler = Upscaler(model, provider=self.settings.provider, tile=self.settings.tile, threads=threads)
+        self.upscaler = Upscaler(model, provider=self.settings.provider, tile=self.settings.tile, threads=threads, precision=self.settings.precision)
         d = self.upscaler.describe()
         if gpu_id is not None and d["provider"] == "cpu":
             # A GPU server quietly upscaling on its CPU is the failure users do not see.
@@ -97,8 +99,8 @@ class UpscaleHandler:
                            "install onnxruntime-gpu (pip install 'srdeploy[serve-gpu]') or package with --provider cuda to fail instead",
                            gpu_id, self.upscaler.note or f"provider {self.settings.provider}")
         logger.info(
-            "srdeploy handler ready: model %s (sha256 %s), x%d, provider %s%s, tile %d + %d overlap, %d ORT threads, cap %d px",
-            context.model_name, d["model_sha256"][:12], d["scale"], d["provider"],
+            "srdeploy handler ready: model %s (sha256 %s), x%d, provider %s %s%s, tile %d + %d overlap, %d threads, cap %d px",
+            context.model_name, d["model_sha256"][:12], d["scale"], d["provider"], d["precision"],
             f" ({self.upscaler.note})" if self.upscaler.note else "", d["tile"], d["overlap"], d["threads"], self.settings.max_pixels,
         )
 

@@ -164,8 +164,8 @@ def test_png_compression_changes_bytes_not_pixels_and_counts_only_for_png_output
     fast = run_batch(upscaler, [src], out, Settings(png_compression=0))
     status = {Path(r.input).name: (r.status, r.reason) for r in fast.results}
     width, height = Image.open(src / "img_00.png").size
-    assert status["img_00.png"] == ("ok", f"{4 * width}x{4 * height} PNG (replaced: input, model or settings changed)")
-    assert status["photo.jpg"] == ("skipped", "already done (same input, model and settings)")  # JPEG bytes do not depend on it
+    assert status["img_00.png"] == ("ok", f"{4 * width}x{4 * height} PNG (replaced: input, model, engine or settings changed)")
+    assert status["photo.jpg"] == ("skipped", "already done (same input, model, engine and settings)")  # JPEG bytes do not depend on it
     stored = (out / "img_00.png").read_bytes()
     assert len(stored) > len(default_png)  # level 0 stores the deflate blocks uncompressed
     assert np.array_equal(imaging.decode(stored, "a").color, imaging.decode(default_png, "b").color)

@@ -44,8 +44,8 @@ def test_train_without_data_is_a_usage_error(tmp_path):
 
 def test_every_missing_package_names_an_extra_that_installs_it():
     import re
-    import tomllib
 
+    import tomllib
     from conftest import REPO
 
     from srdeploy.cli import EXTRAS

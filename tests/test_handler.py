@@ -234,7 +234,7 @@ def test_archive_holds_only_the_model_manifest_config_and_entry(archive, tiny_on
     model_config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
     assert model_config["batchSize"] == 8 and model_config["minWorkers"] == model_config["maxWorkers"] == 2
     assert model_config["responseTimeout"] == done.response_timeout_s >= serve_config.MIN_RESPONSE_TIMEOUT
-    assert model_config["handler"] == {"max_pixels": 48 * 48, "tile": DEFAULT_TILE, "provider": "auto"}
+    assert model_config["handler"] == {"max_pixels": 48 * 48, "tile": DEFAULT_TILE, "provider": "auto", "precision": "auto"}
     entry = (model_dir / f"{ENTRY_MODULE}.py").read_text()
     assert "from srdeploy.handlers.torchserve_handler import UpscaleHandler" in entry
 

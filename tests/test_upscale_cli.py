@@ -163,11 +163,11 @@ def test_rerun_skips_done_work_redoes_changed_inputs_and_protects_foreign_files(
         save(src / name, rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
     assert upscale(src, "-o", out, "--model", toy).returncode == 0
     again = upscale(src, "-o", out, "--model", toy)
-    assert again.returncode == 0 and again.stdout.count("already done (same input, model and settings)") == 3
+    assert again.returncode == 0 and again.stdout.count("already done (same input, model, engine and settings)") == 3
 
     save(src / "a.png", rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))  # changed content
     changed = upscale(src, "-o", out, "--model", toy)
-    assert "a.png -> a.png: 48x48 PNG (replaced: input, model or settings changed)" in changed.stdout
+    assert "a.png -> a.png: 48x48 PNG (replaced: input, model, engine or settings changed)" in changed.stdout
     assert changed.stdout.count("already done") == 2
 
     (out / "c.png").write_bytes(b"the user's own file")  # not ours: never clobbered silently
@@ -309,7 +309,7 @@ def test_a_crash_at_either_side_of_the_rename_resumes_correctly(toy, tmp_path, m
     summary = run_batch(up, [src.parent], out)
     (result,) = summary.results
     if moment == "after the rename":
-        assert (result.status, result.reason) == ("skipped", "already done (same input, model and settings)")
+        assert (result.status, result.reason) == ("skipped", "already done (same input, model, engine and settings)")
     else:
         assert result.status == "ok"
     assert (out / "a.png").read_bytes() == up.upscale_bytes(src.read_bytes(), "a.png").data

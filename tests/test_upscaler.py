@@ -52,9 +52,11 @@ def test_missing_provider_is_an_error_naming_the_available_ones_and_the_fix(requ
     assert f"provider '{requested}'" in text and "available: CPUExecutionProvider" in text and hint in text
 
 
-def test_unknown_provider_is_refused():
-    with pytest.raises(ProviderError, match="unknown provider 'gpu'"):
+def test_unknown_provider_is_refused(toy):
+    with pytest.raises(ProviderError, match="unknown ONNX Runtime provider 'gpu'"):
         select_provider("gpu", ["CPUExecutionProvider"])
+    with pytest.raises(ProviderError, match="unknown provider 'gpu': use one of auto, cpu, openvino, cuda, tensorrt"):
+        Upscaler(toy, provider="gpu")
 
 
 def test_requesting_cuda_here_fails_instead_of_running_on_cpu(toy):
@@ -69,7 +71,7 @@ def test_a_listed_gpu_provider_that_cannot_start_is_caught(toy, monkeypatch):
         Upscaler(toy, provider="cuda")
     with pytest.warns(UserWarning):
         auto = Upscaler(toy, provider="auto")
-    assert auto.provider == "cpu" and "failed to start" in auto.note and auto.note.endswith("using cpu")
+    assert auto.provider == "cpu" and auto.note.startswith("auto: CUDA did not start (") and "failed to start" in auto.note
 
 
 def test_untiled_is_cpu_only(toy, monkeypatch):

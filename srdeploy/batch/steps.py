@@ -108,7 +108,8 @@ class InputSteps:
         """What the output is made from; an existing output with the same key is done."""
         return {
             "source": str(job.source.resolve()), "input_sha256": hashlib.sha256(data).hexdigest(),
-            "model_sha256": self.upscaler.model.sha256, "format": job.format, "quality": self.settings.quality,
+            "model_sha256": self.upscaler.model.sha256, "provider": self.upscaler.provider, "precision": self.upscaler.precision,
+            "format": job.format, "quality": self.settings.quality,
             # Only PNG bytes depend on it: other outputs stay done when it changes.
             "png_compression": self.settings.png_compression if job.format == "PNG" else None,
         }
@@ -120,9 +121,9 @@ class InputSteps:
         made = self.journal.last_ok(str(item.job.output))
         ours = made is not None and made.get("output_sha256") == _sha256_file(item.target)
         if ours and all(made.get(k) == v for k, v in item.key.items()):
-            return _Outcome(item.result("skipped", "already done (same input, model and settings)"), item.key)
+            return _Outcome(item.result("skipped", "already done (same input, model, engine and settings)"), item.key)
         if ours and made.get("source") == item.key["source"]:
-            return replace(item, replacing=" (replaced: input, model or settings changed)")
+            return replace(item, replacing=" (replaced: input, model, engine or settings changed)")
         if self.settings.overwrite:
             return item
         whose = f"made from {made.get('input')}" if ours else "not made by srdeploy from this input"

@@ -18,7 +18,6 @@ import click
 from srdeploy.runtime import zoo
 
 
-
 @click.command("bench")
 @click.option("--model", default="default", show_default=True, help=f"{' | '.join(zoo.NAMES)} | PATH.onnx; the PyTorch row needs generator.pt beside it.")
 @click.option("--data", type=click.Path(path_type=Path, file_okay=False), required=True, help="Folder of HR images, each downscaled x4 (bicubic) to an LR input: your own photos, or the CelebA-HQ test split (docs/data.md).")

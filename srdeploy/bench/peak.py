@@ -20,9 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from srdeploy.runtime.cpus import available_cpus
+from srdeploy.runtime.cpus import available_cpus, cpu_info
 
-CPUINFO = Path("/proc/cpuinfo")
 CPUFREQ_MAX = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")  # kHz
 
 
@@ -46,30 +45,19 @@ class CpuPeak:
 def estimate_peak() -> CpuPeak | None:
     """The estimate described in the module docstring; None when /proc/cpuinfo is absent
     or names no clock (not Linux, or an unusual kernel)."""
-    try:
-        text = CPUINFO.read_text()
-    except OSError:
-        return None
-    fields: dict[str, str] = {}
-    mhz = []
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key, value = key.strip(), value.strip()
-        fields.setdefault(key, value)
-        if key == "cpu MHz":
-            mhz.append(float(value))
-    flags = set(fields.get("flags", "").split())
+    cpu = cpu_info()
+    flags = cpu.flags
     try:
         ghz, source = int(CPUFREQ_MAX.read_text()) / 1e6, "cpufreq max"
     except (OSError, ValueError):
-        if not mhz:
+        if not cpu.mhz:
             return None
-        ghz, source = max(mhz) / 1e3, "/proc/cpuinfo cpu MHz"
+        ghz, source = cpu.mhz / 1e3, "/proc/cpuinfo cpu MHz"
     lanes = 16 if "avx512f" in flags else 8 if "avx" in flags else 4
     fma_units = 2 if "fma" in flags else 1
     cores = available_cpus()
     gflops = cores * ghz * fma_units * lanes * 2
-    return CpuPeak(gflops, cores, ghz, source, fma_units, lanes, fields.get("model name", "unknown CPU"))
+    return CpuPeak(gflops, cores, ghz, source, fma_units, lanes, cpu.model_name)
 
 
 def measured_sgemm_gflops(side: int = 2048, repeats: int = 3) -> float:

@@ -53,6 +53,7 @@ import numpy as np
 NCHWC_BLOCK = 8  # AVX2; cost comparisons below assume ORT pads channels to this
 INT8_CHANNEL_BLOCK = 16  # MLAS's int8 convolutions run output channels in blocks of this
 FP32_REWRITES = ("tail", "prelu")
+OPENVINO_REWRITES = ("tail", "prelu")  # what helps OpenVINO's CPU plugin in fp32 and bf16 (docs/results.md)
 INT8_REWRITES = ("tail", "prelu", "upsampler_prelu", "pad_tail")
 _QUANTISED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"}
 
@@ -63,12 +64,12 @@ def nchwc_cpu() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
-def optimized_bytes(path: str | os.PathLike) -> bytes | None:
-    """The model at ``path`` rewritten, serialised for an InferenceSession; None when
-    no rewrite applies (open the file itself)."""
+def optimized_bytes(path: str | os.PathLike, rewrites: tuple[str, ...] = FP32_REWRITES) -> bytes | None:
+    """The model at ``path`` rewritten, serialised for a session; None when no rewrite
+    applies (open the file itself)."""
     import onnx
 
-    model, done = rewrite_for_cpu(onnx.load(os.fspath(path), load_external_data=False))
+    model, done = rewrite_for_cpu(onnx.load(os.fspath(path), load_external_data=False), rewrites)
     return model.SerializeToString() if done else None
 
 

@@ -1,4 +1,5 @@
-"""How many CPUs this process may really use: the one count every thread pool sizes from.
+"""This machine's CPUs: how many this process may really use (the one count every thread
+pool sizes from), and what they are (model and the vector/matrix units engines choose by).
 
 ``os.cpu_count()`` is the host's count. A process pinned by taskset, or a container given
 2 CPUs by its cgroup quota on a 64-core host, must not start 64 threads: each would get a
@@ -10,9 +11,57 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+CPUINFO = Path("/proc/cpuinfo")
+# The /proc/cpuinfo flags that decide which engine and precision run fastest: AVX2 and
+# AVX-512 (fp32 lanes), VNNI (int8 dot products), AVX512-BF16 and AMX (bf16/int8 tiles).
+FLAGS_THAT_MATTER = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """What /proc/cpuinfo says about this CPU (first processor's fields)."""
+
+    model_name: str
+    flags: frozenset[str]
+    mhz: float | None  # the highest "cpu MHz" listed (on most VMs the nominal clock)
+
+    @property
+    def has_bf16(self) -> bool:
+        """bf16 arithmetic units (AVX512-BF16 or AMX-BF16); without them bf16 is emulated."""
+        return bool({"avx512_bf16", "amx_bf16"} & self.flags)
+
+    @property
+    def has_int8_dot(self) -> bool:
+        """Instructions that multiply-add int8 without saturating in int16 (VNNI, AMX)."""
+        return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & self.flags)
+
+    def describe(self) -> str:
+        """The model and the flags that matter, as every benchmark figure names its CPU."""
+        present = [f for f in FLAGS_THAT_MATTER if f in self.flags]
+        return f"{self.model_name} ({', '.join(present) or 'none of ' + ', '.join(FLAGS_THAT_MATTER)})"
+
+
+@lru_cache(maxsize=1)
+def cpu_info() -> CpuInfo:
+    """This machine's CPU; an empty description where /proc/cpuinfo is absent (not Linux)."""
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        return CpuInfo("unknown CPU", frozenset(), None)
+    fields: dict[str, str] = {}
+    mhz = []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        fields.setdefault(key, value)
+        if key == "cpu MHz":
+            mhz.append(float(value))
+    return CpuInfo(fields.get("model name", "unknown CPU"), frozenset(fields.get("flags", "").split()), max(mhz) if mhz else None)
 
 
 def available_cpus() -> int:

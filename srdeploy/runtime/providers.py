@@ -1,11 +1,12 @@
-"""Execution providers: which one runs a model, how its session is set up, and the
-runners that turn a session (or a TensorRT engine) into ``float32 (1, 3, h, w) ->
-(1, 3, sh, sw)``.
+"""ONNX Runtime's execution providers: which one starts, how its session is set up, and
+the runner that turns a session into ``float32 (1, 3, h, w) -> (1, 3, sh, sw)``; also the
+door to TensorRT engine files.
 
-``cpu``, ``cuda`` and ``tensorrt`` map to ONNX Runtime's execution providers. An explicit
-request that cannot be met is a ProviderError naming what is available and how to get
-the rest; ``auto`` takes CUDA when it starts, else the CPU, and says which. ONNX Runtime
-itself silently drops a GPU provider that fails to load, so every session is checked.
+``cpu``, ``cuda`` and ``tensorrt`` map to ONNX Runtime's execution providers (which engine
+and precision run a model at all is srdeploy.runtime.engines' choice). An explicit request
+that cannot be met is a ProviderError naming what is available and how to get the rest.
+ONNX Runtime itself silently drops a GPU provider that fails to load, so every session is
+checked.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from typing import Any
 import numpy as np
 
 from srdeploy.runtime import contract, cpu_graph
+from srdeploy.runtime.engines import ProviderError
 
-PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
+ORT_PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 EXECUTION_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 INSTALL_HINT = {
+    "cpu": "pip install 'srdeploy[cpu]'",
     "cuda": "install the GPU build of ONNX Runtime (pip install 'srdeploy[gpu]'; onnxruntime-gpu replaces onnxruntime) "
     "with CUDA 12 and cuDNN 9 on the library path, on a machine with an NVIDIA GPU",
     "tensorrt": "install onnxruntime-gpu and TensorRT 10 (pip install 'srdeploy[gpu,tensorrt]') with its libraries "
@@ -29,24 +32,31 @@ INSTALL_HINT = {
 }
 
 
-class ProviderError(RuntimeError):
-    """The requested execution provider is missing or failed to start."""
+def available_providers() -> list[str]:
+    """ONNX Runtime's execution providers in this install; none without ONNX Runtime."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return []
+    return ort.get_available_providers()
 
 
 def select_provider(requested: str, available: list[str]) -> str:
     """``requested`` (auto|cpu|cuda|tensorrt) -> the provider to start, given ONNX Runtime's
     available execution providers. ``auto`` never picks TensorRT: its first engine build
     takes minutes, which nobody should get without asking."""
-    if requested not in PROVIDERS:
-        raise ProviderError(f"unknown provider {requested!r}: use one of {', '.join(PROVIDERS)}")
+    if requested not in ORT_PROVIDERS:
+        raise ProviderError(f"unknown ONNX Runtime provider {requested!r}: use one of {', '.join(ORT_PROVIDERS)}")
     if requested == "auto":
         return "cuda" if EXECUTION_PROVIDERS["cuda"] in available else "cpu"
     if EXECUTION_PROVIDERS[requested] not in available:
+        if not available:
+            raise ProviderError(f"provider {requested!r} needs ONNX Runtime, which is not installed. To get it, {INSTALL_HINT[requested]}.")
         import onnxruntime as ort
 
         raise ProviderError(
             f"provider {requested!r} ({EXECUTION_PROVIDERS[requested]}) is not available in this ONNX Runtime "
-            f"(onnxruntime {ort.__version__}; available: {', '.join(available) or 'none'}). To get it, {INSTALL_HINT[requested]}."
+            f"(onnxruntime {ort.__version__}; available: {', '.join(available)}). To get it, {INSTALL_HINT[requested]}."
         )
     return requested
 

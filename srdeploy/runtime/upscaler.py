@@ -28,9 +28,10 @@ from PIL import Image
 
 from srdeploy.io import imaging
 from srdeploy.io.imaging import Picture
-from srdeploy.runtime import contract, tiling
-from srdeploy.runtime.cpus import available_cpus
-from srdeploy.runtime.providers import OrtRunner, ProviderError, open_engine, open_session, select_provider
+from srdeploy.runtime import contract, cpu_graph, engines, openvino_engine, tiling
+from srdeploy.runtime.cpus import available_cpus, cpu_info
+from srdeploy.runtime.engines import Engine, ProviderError
+from srdeploy.runtime.providers import OrtRunner, available_providers, open_engine, open_session, select_provider
 from srdeploy.runtime.zoo import ModelError, ModelRef, resolve_model
 
 __all__ = ["Upscaler", "Decoded", "Encoded", "ProviderError", "ModelError", "select_provider", "DEFAULT_TILE"]
@@ -76,7 +77,10 @@ class Upscaler:
     scale: int  # 4 for the shipped generators
     overlap: int  # LR pixels of context around each tile: the model's receptive radius, rounded up
 
-    def __init__(self, model: str | os.PathLike | ModelRef = "default", provider: str = "auto", tile: int | None = DEFAULT_TILE, threads: int | None = None):
+    def __init__(
+        self, model: str | os.PathLike | ModelRef = "default", provider: str = "auto", tile: int | None = DEFAULT_TILE,
+        threads: int | None = None, precision: str = "auto",
+    ):
         self.model = model if isinstance(model, ModelRef) else resolve_model(model)
         self.threads = threads or available_cpus()
         self.note: str | None = None  # what "auto" decided, for logs
@@ -84,9 +88,9 @@ class Upscaler:
             raise ValueError(f"tile must be >= 0 (0 = untiled), got {tile}")
         self.tile = tile or None
         if self.model.kind == "engine":
-            self._start_engine(provider)
+            self._start_engine(provider, precision)
         else:
-            self._start_onnx(provider)
+            self._start_onnx(provider, precision)
 
     # --- public API ---------------------------------------------------------------
 
@@ -153,37 +157,61 @@ class Upscaler:
     def describe(self) -> dict[str, Any]:
         """What produced an output: for journals and logs."""
         return {
-            "model": self.model.name, "model_sha256": self.model.sha256, "provider": self.provider,
-            "scale": self.scale, "tile": self.tile or 0, "overlap": self.overlap, "threads": self.threads,
+            "model": self.model.name, "model_sha256": self.model.sha256, "provider": self.provider, "precision": self.precision,
+            "scale": self.scale, "tile": self.tile or 0, "overlap": self.overlap, "threads": self.threads, "engine_choice": self.note,
         }
 
     # --- start-up -----------------------------------------------------------------
 
-    def _start_onnx(self, requested: str) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ProviderError("ONNX Runtime is not installed: pip install 'srdeploy[cpu]' (or 'srdeploy[gpu]' for CUDA/TensorRT)") from None
-
+    def _start_onnx(self, provider: str, precision: str) -> None:
         path = self.model.path
         try:
             info = contract.validate_onnx_model(path)
         except (ValueError, FileNotFoundError) as e:
             raise ModelError(str(e)) from None
         self.overlap = _overlap_of(path)
-        provider = select_provider(requested, ort.get_available_providers())
         window = self.tile + 2 * self.overlap if self.tile else None
-        try:
-            session = self._open(provider, window)
-        except ProviderError as e:
-            if requested != "auto":
-                raise
-            self.note = f"auto: {e}; using cpu"
-            provider, session = "cpu", self._open("cpu", window)
-        self.provider = provider
-        self.note = self.note or (f"auto picked {provider}" if requested == "auto" else None)
-        self.scale = info["scale"] or _probe_scale(lambda x: session.run(None, {contract.INPUT_NAME: x})[0])
-        self._run = OrtRunner(session, self.scale, "cpu" if provider == "cpu" else "cuda")
+        model_precision = info["precision"] or "fp32"
+        gpu_note = None
+        if provider in ("auto", "cuda", "tensorrt") and precision in ("auto", "fp32") and model_precision != "int8":
+            gpu = select_provider(provider, available_providers())  # auto: cuda when listed, else cpu
+            if gpu != "cpu":
+                try:
+                    session = self._open(gpu, window)
+                except ProviderError as e:
+                    if provider != "auto":
+                        raise
+                    gpu_note = f"auto: CUDA did not start ({e})"
+                else:
+                    self.engine = Engine(gpu, model_precision, "auto: CUDA is usable" if provider == "auto" else None)
+                    self._run = OrtRunner(session, info["scale"] or 4, "cuda")
+                    self._finish_start(info)
+                    return
+        cpu = cpu_info()
+        openvino = openvino_engine.available()
+        bf16 = cpu.has_bf16 and openvino and "BF16" in openvino_engine.capabilities()
+        self.engine = engines.resolve(provider, precision, model_precision, cpu, openvino, bf16)
+        if gpu_note:
+            self.engine = Engine(self.engine.provider, self.engine.precision, f"{gpu_note}; {self.engine.why.removeprefix('auto: ')}")
+        if self.engine.provider == "openvino":
+            graph = cpu_graph.optimized_bytes(path, cpu_graph.OPENVINO_REWRITES) if model_precision != "int8" else None
+            try:
+                self._run = openvino_engine.OpenVinoRunner(graph or path, self.engine.precision, self.threads)
+            except ValueError as e:
+                raise ModelError(f"{path}: {e}") from None
+        elif self.engine.provider == "cpu":
+            if not available_providers():
+                raise ProviderError("ONNX Runtime is not installed: pip install 'srdeploy[cpu]'")
+            self._run = OrtRunner(self._open("cpu", window), info["scale"] or 4, "cpu")
+        else:  # cuda / tensorrt asked with a precision only the CPU has
+            raise ProviderError(f"provider {self.engine.provider!r} cannot run {self.engine.precision}")
+        self._finish_start(info)
+
+    def _finish_start(self, info: dict[str, Any]) -> None:
+        self.provider, self.precision, self.note = self.engine.provider, self.engine.precision, self.engine.why
+        self.scale = info["scale"] or _probe_scale(self._run)
+        if isinstance(self._run, OrtRunner):
+            self._run.scale = self.scale
 
     def _open(self, provider: str, window: int | None) -> Any:
         try:
@@ -191,11 +219,14 @@ class Upscaler:
         except ValueError as e:
             raise ModelError(str(e)) from None
 
-    def _start_engine(self, requested: str) -> None:
+    def _start_engine(self, requested: str, precision: str) -> None:
         if requested not in ("auto", "tensorrt"):
             raise ProviderError(f"{self.model.path} is a TensorRT engine: it runs only with --provider tensorrt (or auto), on an NVIDIA GPU")
+        if precision not in ("auto", "fp32"):
+            raise ProviderError(f"{self.model.path} is a TensorRT engine: its precision was fixed when it was built")
         self._run = open_engine(self.model.path)
-        self.provider = "tensorrt"
+        self.engine = Engine("tensorrt", "fp32", None)
+        self.provider, self.precision, self.note = "tensorrt", "fp32", None
         beside = self.model.path.with_suffix(".onnx")
         self.overlap = _overlap_of(beside) if beside.is_file() else tiling.FALLBACK_OVERLAP
         self.tile = max(1, self._run.max_side - 2 * self.overlap)  # the engine's profile fixes the window
