@@ -5,12 +5,12 @@ import json
 
 import pytest
 import torch
+from test_training import image_folder, tiny_config  # noqa: F401 (image_folder is a fixture)
 
 from srdeploy.training.budget import Budget, lr_factor
 from srdeploy.training.config import TrainConfig
 from srdeploy.training.distributed import DistEnv
 from srdeploy.training.loop import train
-from test_training import image_folder, tiny_config  # noqa: F401 (image_folder is a fixture)
 
 
 class FakeClock:
