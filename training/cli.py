@@ -63,6 +63,8 @@ def _click_type(name: str, hint: Any) -> click.ParamType:
     if choices:
         return click.Choice(choices)
     base = next(a for a in typing.get_args(hint) if a is not type(None)) if typing.get_args(hint) else hint
+    if base not in (int, float, str):
+        raise TypeError(f"TrainConfig.{name}: no flag type for {hint}; give it one here or list it in NO_FLAG")
     return {int: click.INT, float: click.FLOAT, str: click.STRING}[base]
 
 
