@@ -84,8 +84,8 @@ def teardown(env: DistEnv) -> None:
 
 @contextmanager
 def process_group() -> Iterator[DistEnv]:
-    """``setup()`` on entry, ``teardown()`` on exit, also on an error: a rank that fails
-    closes its connections, so the others fail fast instead of waiting for a timeout."""
+    """``setup()`` on entry, ``teardown()`` on exit, also when the run raises (torchrun then
+    stops the other ranks)."""
     env = setup()
     try:
         yield env
