@@ -7,18 +7,19 @@ starts with one figure, the run's **total steps**:
 - a step budget alone: that number, known up front;
 - a wall-time budget: rank 0 reads its clock and projects the total from the pace so far,
   ``ceil(step * max_minutes / minutes)`` (at least ``step + 1`` while time is left, exactly
-  ``step`` once it is spent). Then ``step / total`` is the share of the time spent, so the
-  cosine schedule anneals over the wall-time budget;
+  ``step`` once it is spent). Then ``step / total`` is the share of the time spent (to
+  within one step), so the cosine schedule anneals over the wall-time budget;
 - both: the smaller.
 
 The run stops when ``step >= total``, and the learning rate is a pure function of
 ``(step, total)`` (``lr_factor``). Rank 0 alone reads the clock and broadcasts the total
-every step (one int64: a few microseconds beside DDP's gradient all-reduce, and the loop
-already synchronises on the losses it logs), so every rank stops at the same step and
-applies the same learning rate: no rank waits forever in a collective the others have
-left, and the DDP copies cannot drift apart by annealing on different clocks. One process
-goes through the same code and skips the broadcast. A step budget never reads the clock, so
-a run with one resumes bit-exactly.
+before every step, so every rank stops at the same step and applies the same learning
+rate: no rank waits forever in a collective the others have left, and the DDP copies
+cannot drift apart by annealing on different clocks. Every step rather than every few,
+because it is exact and cheap: one int64, beside the gradient all-reduce DDP does anyway,
+and each step already waits for its losses (``.item()``). One process goes through the
+same code and skips the broadcast. A step budget never reads the clock, so a run with one
+resumes bit-exactly.
 """
 
 from __future__ import annotations
