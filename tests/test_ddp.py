@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -12,23 +14,61 @@ from PIL import Image
 from srdeploy.training.checkpoint import load_checkpoint
 
 
-@pytest.mark.slow
-def test_two_process_gloo_run(tmp_path):
-    data = tmp_path / "hr"
-    data.mkdir()
+def _faces(folder, n=16):
+    folder.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(16):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(data / f"{i}.png")
-    out = tmp_path / "run"
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def _torchrun(args, timeout):
+    """``torchrun --nproc-per-node 2 -m srdeploy.cli train srresnet ARGS`` -> (returncode,
+    stderr, seconds). The launcher and its workers run in their own process group, which is
+    killed on a timeout, so a hung rank cannot outlive the test."""
     env = {**os.environ, "SRDEPLOY_DDP_BACKEND": "gloo", "SRDEPLOY_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "srdeploy.cli", "train", "srresnet", "--data", str(data), "-o", str(out), "--blocks", "1",
-           "--channels", "8", "--patch", "32", "--batch-size", "2", "--steps", "4", "--workers", "0",
-           "--log-every", "1", "--device", "cpu"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+           "-m", "srdeploy.cli", "train", "srresnet", "--blocks", "1", "--channels", "8", "--patch", "32",
+           "--batch-size", "2", "--workers", "0", "--device", "cpu", *args]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"torchrun did not finish within {timeout} s:\n{stderr[-3000:]}")
+    return proc.returncode, stderr, time.monotonic() - t0
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run(tmp_path):
+    out = tmp_path / "run"
+    rc, stderr, _ = _torchrun(["--data", str(_faces(tmp_path / "hr")), "-o", str(out), "--steps", "4", "--log-every", "1"],
+                              timeout=300)
+    assert rc == 0, stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]  # rank 0 logs alone
     data_info = json.loads((out / "data.json").read_text())
     assert data_info["world_size"] == 2 and data_info["steps_per_epoch"] == 4  # 16 images / 2 ranks / batch 2
     assert load_checkpoint(out / "last.pt")["step"] == 4
+
+
+@pytest.mark.slow
+def test_two_process_run_under_max_minutes_stops_both_ranks_at_one_step(tmp_path):
+    """Rank 0 alone reads the clock; both ranks must stop at the step it decides, having
+    applied the same cosine learning rates (else the weight sums differ, and the run fails)."""
+    out, budget = tmp_path / "run", 0.15  # minutes
+    rc, stderr, seconds = _torchrun(["--data", str(_faces(tmp_path / "hr")), "-o", str(out), "--epochs", "100000",
+                                     "--max-minutes", str(budget), "--schedule", "cosine", "--log-every", "5",
+                                     "--val-every", "1000000"], timeout=300)
+    assert rc == 0, stderr[-3000:]
+    end = json.loads((out / "end.json").read_text())
+    assert end["stopped_by"] == "max_minutes" and end["minutes"] >= budget
+    rank0, rank1 = end["ranks"]
+    assert rank0["step"] == rank1["step"] == end["step"] == load_checkpoint(out / "last.pt")["step"] > 5
+    assert rank0["lr"] == rank1["lr"] and rank0["weight_sum"] == rank1["weight_sum"]
+    # The cosine schedule annealed over the wall-time budget: near its 1% floor at the end.
+    lrs = [r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+    assert lrs[0] > lrs[-1] == rank0["lr"] and rank0["lr"] < 0.2 * 2e-4
+    assert seconds < budget * 60 + 120  # stopped on time, not by a timeout

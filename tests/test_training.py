@@ -239,3 +239,18 @@ def test_preloaded_run_on_cuda(tmp_path, image_folder):
     assert all(torch.isfinite(p).all() for p in g.parameters())
     val = [json.loads(line) for line in open(out / "metrics.jsonl") if '"val"' in line]
     assert val and np.isfinite(val[-1]["psnr_y"])
+
+
+@pytest.mark.parametrize("stage", ["srresnet", "srgan"])
+def test_fp16_scaler_updates_once_per_step(stage):
+    # The CPU GradScaler keeps the same books as the CUDA one. With growth_interval=1 every
+    # update without overflow doubles the scale: one update per step gives 2x, two give 4x.
+    torch.manual_seed(0)
+    g, d = Generator(num_blocks=1, channels=8), Discriminator(channels=8, hidden=32)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
+    ctx = StepContext(TrainConfig(data="x", stage=stage), g, torch.optim.Adam(g.parameters(), 1e-4),
+                      d, torch.optim.Adam(d.parameters(), 1e-4), scaler=scaler)
+    step = srgan_step if stage == "srgan" else srresnet_step
+    for n in (1, 2):
+        step(ctx, torch.rand(2, 3, 8, 8), torch.rand(2, 3, 32, 32) * 2 - 1)
+        assert scaler.get_scale() == 2.0 ** (10 + n)

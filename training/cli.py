@@ -1,87 +1,145 @@
-"""``srdeploy train srresnet|srgan``: flags map 1:1 onto TrainConfig fields.
+"""``srdeploy train srresnet|srgan``: one flag per user-facing TrainConfig field.
 
-Every option defaults to None, meaning "not given": the value then comes from --preset,
-else from TrainConfig's defaults. Torch is imported only when a command runs.
+The flags are generated from the dataclass: a field's annotation gives the flag's type
+(``Literal`` -> a choice, ``bool`` -> ``--x/--no-x``) and its docstring the help text, so
+config.py is the one place a knob is documented. What only the command line needs is
+here: flag names that differ from the field's, which paths must exist, and the fields that
+get no flag. Every option defaults to None, meaning "not given": the value then comes from
+--preset, else from the stage's defaults (shown in ``--help``). Torch is imported only when
+a command runs.
+
+Errors reach the user as one line, ``Error: ...``: a bad value is a usage error (exit 2),
+a run that fails is exit 1.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import sys
+import re
+import traceback
+import typing
+from pathlib import Path
+from typing import Any
 
 import click
 
-from srdeploy.training.config import resolve_config
+from srdeploy.training.config import SRGAN_FIELDS, ConfigError, TrainConfig, field_docs, literal_choices, resolve_config, stage_defaults
 
-_COMMON = [
-    click.option("--data", type=click.Path(exists=True, file_okay=False), help="Folder of HR images (recursive). Required unless --resume."),
-    click.option("--data-list", type=click.Path(exists=True, dir_okay=False), help="File of image names to use from --data."),
-    click.option("--val-data", type=click.Path(exists=True, file_okay=False), help="Folder of HR validation images."),
-    click.option("--val-list", type=click.Path(exists=True, dir_okay=False)),
-    click.option("--val-limit", type=int, help="Validate on at most N images [100]."),
-    click.option("-o", "--out", type=click.Path(file_okay=False), help="Run folder [runs/<stage>]."),
-    click.option("--preset", type=click.Choice(["seed", "paper"]), help="seed: 2021 reproduction; paper: Ledig et al. 2017."),
-    click.option("--blocks", "num_blocks", type=int, help="Residual blocks B [8]."),
-    click.option("--channels", type=int, help="Generator filters [64]."),
-    click.option("--patch", type=int, help="HR crop size (multiple of 4) [whole image]."),
-    click.option("--downsample", type=click.Choice(["bicubic", "bilinear"]), help="LR degradation [bicubic]."),
-    click.option("--batch-size", type=int),
-    click.option("--epochs", type=int),
-    click.option("--steps", type=int, help="Stop after N optimiser steps."),
-    click.option("--max-minutes", type=float, help="Stop (and checkpoint) after this much wall time."),
-    click.option("--lr", type=float, help="Adam learning rate [2e-4]."),
-    click.option("--schedule", type=click.Choice(["constant", "step", "cosine"])),
-    click.option("--lr-step", type=int, help="Step where the 'step' schedule divides lr by 10."),
-    click.option("--ema", type=float, help="Generator weight EMA decay, e.g. 0.999 [off]."),
-    click.option("--workers", type=int, help="DataLoader workers [2]."),
-    click.option("--preload/--no-preload", default=None, help="Decode the data once and keep it on the device (GPU runs)."),
-    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"])),
-    click.option("--amp", type=click.Choice(["bf16", "fp16", "none"]), help="Autocast on CUDA [bf16]."),
-    click.option("--seed", type=int),
-    click.option("--ckpt-every", type=int, help="Checkpoint every N steps [500]."),
-    click.option("--log-every", type=int, help="Log losses and samples/s every N steps [20]."),
-    click.option("--val-every", type=int, help="Validate, checkpoint and plot every N epochs [1]."),
-    click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt."),
-]
+# Flag spellings that are not --field-name.
+FLAG_NAMES = {"num_blocks": ("--blocks",), "out": ("-o", "--out")}
+# Fields with no flag: the stage is the subcommand; the others are fixed by the recipe.
+NO_FLAG = {"stage", "scale", "betas", "flip"}
+# Path fields click checks before anything runs.
+PATHS = {
+    "data": click.Path(exists=True, file_okay=False),
+    "data_list": click.Path(exists=True, dir_okay=False),
+    "val_data": click.Path(exists=True, file_okay=False),
+    "val_list": click.Path(exists=True, dir_okay=False),
+    "out": click.Path(file_okay=False),
+    "vgg_weights": click.Path(dir_okay=False),
+}
+# What --resume may change: the budget (a resume extends it), the run folder (it may have
+# moved) and how the run is fed, logged and checkpointed. The rest is the stored config.
+RESUME_MAY_CHANGE = ("out", "epochs", "steps", "max_minutes", "workers", "preload", "val_every", "log_every", "ckpt_every")
 
 
-def common_options(fn):
-    for option in reversed(_COMMON):
-        fn = option(fn)
-    return fn
+def flag_of(name: str) -> str:
+    """The long flag of a field: ``num_blocks`` -> ``--blocks``."""
+    return FLAG_NAMES.get(name, (f"--{name.replace('_', '-')}",))[-1]
 
 
-def _run(stage: str, preset: str | None, resume: bool, overrides: dict) -> None:
+def as_flags(text: str) -> str:
+    """Config prose for the command line: a backticked field name becomes its flag (or
+    its bare name when it has none)."""
+    flagged = {f.name for f in dataclasses.fields(TrainConfig)} - NO_FLAG
+    return re.sub(r"`(\w+)`", lambda m: flag_of(m[1]) if m[1] in flagged else m[1], text)
+
+
+def _click_type(name: str, hint: Any) -> click.ParamType:
+    if name in PATHS:
+        return PATHS[name]
+    choices = literal_choices(hint)
+    if choices:
+        return click.Choice(choices)
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if typing.get_args(hint) else hint
+    if base not in (int, float, str):
+        raise TypeError(f"TrainConfig.{name}: no flag type for {hint}; give it one here or list it in NO_FLAG")
+    return {int: click.INT, float: click.FLOAT, str: click.STRING}[base]
+
+
+def _help(doc: str, default: Any) -> str:
+    """The field's docstring as flag help, with the stage default when there is one."""
+    if default is None or default == "":
+        return as_flags(doc)
+    shown = ("on" if default else "off") if isinstance(default, bool) else default
+    return f"{as_flags(doc)}  [default: {shown}]"
+
+
+def field_options(stage: str):
+    """Decorator: the options of ``srdeploy train STAGE``, in the dataclass's field order,
+    then --resume."""
+    hints, docs, defaults = typing.get_type_hints(TrainConfig), field_docs(), stage_defaults(stage)
+
+    def decorate(fn):
+        fn = click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (the folder may have moved).")(fn)
+        for f in reversed(dataclasses.fields(TrainConfig)):
+            if f.name in NO_FLAG or (stage != "srgan" and f.name in SRGAN_FIELDS):
+                continue
+            flags = list(FLAG_NAMES.get(f.name, (flag_of(f.name),)))
+            if hints[f.name] is bool:  # --preload/--no-preload: either may override a preset
+                flags[-1], kind = f"{flags[-1]}/--no-{flags[-1][2:]}", {}
+            else:
+                kind = {"type": _click_type(f.name, hints[f.name])}
+            fn = click.option(*flags, f.name, default=None, help=_help(docs.get(f.name, ""), defaults[f.name]), **kind)(fn)
+        return fn
+    return decorate
+
+
+def resumed_config(stage: str, given: dict[str, Any]) -> TrainConfig:
+    """The stored config of the run in --out, with what a resume may change."""
+    out = given.get("out")
+    if not out:
+        raise click.UsageError("--resume needs --out (the run folder to continue)")
+    saved, last = Path(out) / "config.json", Path(out) / "last.pt"
+    if not (saved.is_file() and last.is_file()):
+        raise click.UsageError(f"--resume: {out} holds no run to continue (config.json and last.pt)")
+    fixed = sorted(set(given) - set(RESUME_MAY_CHANGE))
+    if fixed:
+        raise click.UsageError(f"--resume continues the stored config; {', '.join(flag_of(k) for k in fixed)} cannot change "
+                               f"(a resume may set {', '.join(flag_of(k) for k in RESUME_MAY_CHANGE)})")
+    try:
+        stored = json.loads(saved.read_text())
+    except (OSError, ValueError) as e:
+        raise click.UsageError(f"--resume: cannot read {saved} ({e})") from None
+    if stored.get("stage") != stage:
+        raise click.UsageError(f"--resume: {out} is a {stored.get('stage')} run; continue it with srdeploy train {stored.get('stage')}")
+    # --out is where the folder is now, whatever it was when the run started.
+    return TrainConfig.from_dict({**stored, **given})
+
+
+def _run(stage: str, resume: bool, given: dict[str, Any]) -> None:
+    given = {k: v for k, v in given.items() if v is not None}
+    try:
+        if resume:
+            cfg = resumed_config(stage, given)
+        else:
+            cfg = resolve_config(stage, given.pop("preset", None), given)
+    except ConfigError as e:
+        raise click.UsageError(as_flags(str(e))) from None
+    if stage == "srgan" and not resume and not cfg.init:
+        raise click.UsageError("srgan needs --init (a pre-trained generator checkpoint, or 'default')")
+    click.echo(f"srdeploy train {stage}: {json.dumps({k: v for k, v in cfg.to_dict().items() if v is not None})}", err=True)
+
     from srdeploy.training.loop import train as run_training
 
-    out = overrides.get("out")
-    if resume:
-        if not out:
-            raise click.UsageError("--resume needs --out (the run folder to continue)")
-        from pathlib import Path
-
-        saved = Path(out) / "config.json"
-        if not (Path(out) / "last.pt").is_file():
-            raise click.UsageError(f"--resume: no last.pt in {out}")
-        # The saved config wins, except for the stopping criteria, which a resume extends.
-        stored = json.loads(saved.read_text())
-        stored.update({k: overrides[k] for k in ("epochs", "steps", "max_minutes", "workers", "preload", "val_every") if overrides.get(k) is not None})
-        from srdeploy.training.config import TrainConfig
-
-        cfg = TrainConfig(**stored)
-    else:
-        if not overrides.get("data"):
-            raise click.UsageError("--data is required (a folder of HR images)")
-        try:
-            cfg = resolve_config(stage, preset, overrides)
-        except ValueError as e:
-            raise click.UsageError(str(e)) from None
-    click.echo(f"srdeploy train {stage}: {json.dumps({k: v for k, v in cfg.to_dict().items() if v is not None})}", err=True)
     try:
         out_dir = run_training(cfg, resume=resume)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+    except (OSError, ValueError, RuntimeError) as e:  # missing files, bad checkpoints, CUDA, DDP, corrupt images
+        raise click.ClickException(as_flags(" ".join(str(e).split()) or type(e).__name__)) from None
+    except Exception as e:  # a bug: one line still, with where it happened, for the report
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        raise click.ClickException(f"internal error, {type(e).__name__} at {Path(where.filename).name}:{where.lineno}: {e}") from None
     click.echo(f"run folder: {out_dir}", err=True)
 
 
@@ -91,24 +149,14 @@ def train() -> None:
 
 
 @train.command()
-@common_options
-@click.option("--init", help="Start from a generator: a run's last.pt/best.pt, or 'default' (the shipped SRResNet).")
-def srresnet(preset, resume, **overrides):
+@field_options("srresnet")
+def srresnet(resume, **given):
     """MSE pre-training of the SRResNet generator (seed: Adam 2e-4, batch 64, 30 epochs)."""
-    _run("srresnet", preset, resume, overrides)
+    _run("srresnet", resume, given)
 
 
 @train.command()
-@common_options
-@click.option("--init", help="Generator to start from: a srresnet run's last.pt/best.pt, or 'default'.")
-@click.option("--content", type=click.Choice(["mse", "mse+vgg", "vgg"]), help="Content loss [mse].")
-@click.option("--mse-weight", type=float)
-@click.option("--vgg-weight", type=float, help="[5e-4]")
-@click.option("--vgg-scale", type=float, help="Feature scale before the VGG MSE (paper: 1/12.75).")
-@click.option("--adv-weight", type=float, help="[1e-3]")
-@click.option("--vgg-weights", type=click.Path(dir_okay=False), help="Local torchvision VGG19 state_dict (offline machines).")
-def srgan(preset, resume, **overrides):
-    """Adversarial fine-tuning (seed: batch 32; 8 epochs mse, 6 epochs mse+vgg)."""
-    if not resume and not overrides.get("init"):
-        raise click.UsageError("srgan needs --init (a pre-trained generator checkpoint, or 'default')")
-    _run("srgan", preset, resume, overrides)
+@field_options("srgan")
+def srgan(resume, **given):
+    """Adversarial fine-tuning from --init (seed: batch 32; 8 epochs mse, 6 epochs mse+vgg)."""
+    _run("srgan", resume, given)

@@ -1,4 +1,9 @@
-"""Training configuration: one dataclass, two presets, every field overridable by a flag.
+"""Training configuration: one dataclass, two presets, every user-facing field a flag.
+
+Each field's docstring (the string on the line after it) is its documentation and the
+help text of its ``srdeploy train`` flag; its annotation is the flag's type (a
+``Literal`` gives the choices). In docstrings and error messages a field name in
+backticks, e.g. `scale`, is printed as its flag (``--scale``) on the command line.
 
 The resolved config (preset + flags) is written next to every run (config.json) and
 stored in every checkpoint, so a run can always be reproduced from its outputs.
@@ -6,31 +11,46 @@ stored in every checkpoint, so a run can always be reproduced from its outputs.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+import inspect
+import textwrap
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
 
-STAGES = ("srresnet", "srgan")
-CONTENT_LOSSES = ("mse", "mse+vgg", "vgg")
-SCHEDULES = ("constant", "step", "cosine")
+Stage = Literal["srresnet", "srgan"]
+Preset = Literal["seed", "paper"]
+Downsample = Literal["bicubic", "bilinear"]
+Schedule = Literal["constant", "step", "cosine"]
+Content = Literal["mse", "mse+vgg", "vgg"]
+Device = Literal["auto", "cpu", "cuda"]
+Amp = Literal["bf16", "fp16", "none"]
+
+
+class ConfigError(ValueError):
+    """A value TrainConfig refuses; the message names the field in backticks."""
 
 
 @dataclass
 class TrainConfig:
-    stage: str = "srresnet"
-    """srresnet: MSE pre-training; srgan: adversarial fine-tuning from --init."""
+    stage: Stage = "srresnet"
+    """srresnet: MSE pre-training; srgan: adversarial fine-tuning from `init`."""
     data: str = ""
-    """Folder of HR images (searched recursively: JPEG, PNG, WebP)."""
+    """Folder of HR images (searched recursively: JPEG, PNG, WebP). Required."""
     data_list: str | None = None
     """Optional file of image names (one per line, e.g. train.txt) selecting from `data`."""
     val_data: str | None = None
-    """Folder of HR validation images; validation PSNR/SSIM-Y is logged each epoch."""
+    """Folder of HR validation images; validation PSNR/SSIM-Y is logged each `val_every` epochs."""
     val_list: str | None = None
-    """Optional list file for `val_data`."""
+    """Optional file of image names selecting from `val_data`."""
     val_limit: int = 100
     """Validate on at most this many images (CPU time per epoch stays bounded)."""
     out: str = "runs/srresnet"
     """Run folder: config.json, metrics.jsonl, checkpoints, figures."""
+    preset: Preset | None = None
+    """A recipe: seed (the 2021 reproduction, bilinear LR) or paper (Ledig et al. 2017).
+    Flags given beside it win."""
 
     num_blocks: int = 8
     """Residual blocks B in the generator (seed: 8, paper: 16)."""
@@ -40,85 +60,112 @@ class TrainConfig:
     """Upscaling factor (power of two)."""
 
     patch: int | None = None
-    """HR crop size in pixels (multiple of `scale`); None = the whole image, as in the seed."""
-    downsample: str = "bicubic"
+    """HR crop size in pixels (a multiple of the upscaling factor `scale`); not given: the whole image, as in the seed."""
+    downsample: Downsample = "bicubic"
     """LR degradation: bicubic (antialiased, the benchmark standard) or bilinear (the seed)."""
     flip: bool = True
     """Random horizontal flips."""
     workers: int = 2
-    """DataLoader worker processes."""
+    """DataLoader worker processes (0: load in the training process)."""
     preload: bool = False
     """Decode the training set once and keep it on the training device (all images one
     size); crops and flips happen there. For GPUs, where decoding is the bottleneck."""
 
     batch_size: int = 64
+    """Images per optimiser step and process (>= 2, for BatchNorm)."""
     epochs: int | None = 30
+    """Passes over the training data (srgan: 8 with content mse, 6 with mse+vgg or vgg)."""
     steps: int | None = None
-    """Stop after this many optimiser steps (overrides epochs when both are given)."""
+    """Stop after this many optimiser steps (wins over `epochs` when both are given)."""
     max_minutes: float | None = None
     """Stop after this much wall time for the whole run, resumes included (how a CPU run is
     budgeted); checkpoints first. The cosine schedule anneals over it when it binds first."""
     lr: float = 2e-4
+    """Adam learning rate of the generator (and the discriminator)."""
     betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str = "constant"
-    """constant; step (x0.1 at `lr_step`, the paper); cosine (to 1% over the step or time budget).
-    A time-budgeted cosine run depends on wall time, so only step budgets resume bit-exactly."""
+    """Adam betas."""
+    schedule: Schedule = "constant"
+    """Learning rate schedule: constant; step (x0.1 at `lr_step`, the paper); cosine (to 1%
+    over the step or time budget). A time-budgeted run depends on wall time, so only step
+    budgets resume bit-exactly."""
     lr_step: int | None = None
-    """Step at which the `step` schedule divides the learning rate by 10."""
+    """Step at which the step schedule divides the learning rate by 10."""
     ema: float = 0.0
     """Exponential moving average of the generator weights (e.g. 0.999); 0 disables it.
     When on, validation, figures and export use the averaged weights."""
 
     init: str | None = None
-    """Generator checkpoint to start from (a run's last.pt/best.pt, or a shipped model name:
-    `default`); srgan needs one, srresnet may continue from one."""
-    content: str = "mse"
-    """srgan content loss: mse, mse+vgg (seed combined), vgg (paper)."""
+    """Generator to start from: a run's last.pt/best.pt, or a shipped model name (default,
+    srresnet, srgan). srgan needs one, srresnet may continue from one."""
+    content: Content = "mse"
+    """Content loss: mse, mse+vgg (the seed's combined loss), vgg (the paper's)."""
     mse_weight: float = 1.0
+    """Weight of the pixel MSE in the content loss."""
     vgg_weight: float = 5e-4
+    """Weight of the VGG19 phi_5,4 feature MSE in the content loss."""
     vgg_scale: float = 1.0
     """Feature maps are multiplied by this before the VGG MSE (paper: 1/12.75)."""
     adv_weight: float = 1e-3
+    """Weight of the adversarial loss."""
     vgg_weights: str | None = None
-    """Local VGG19 state_dict file; default: torchvision's ImageNet weights (TORCH_HOME cache)."""
+    """Local VGG19 state_dict file (offline machines); not given: torchvision's ImageNet
+    weights from the TORCH_HOME cache."""
 
-    device: str = "auto"
-    amp: str = "bf16"
+    device: Device = "auto"
+    """Training device; auto takes CUDA when torch sees it."""
+    amp: Amp = "bf16"
     """Autocast dtype on CUDA: bf16, fp16 or none (always off on the CPU)."""
     seed: int = 0
+    """Seed of the initialisation, the data order, crops and flips."""
     log_every: int = 20
+    """Log losses and samples/s every N steps (and at the end of the run)."""
     val_every: int = 1
     """Validate, checkpoint and plot every N epochs (and at the end). A preloaded GPU epoch
     of 5,000 faces takes seconds, so validating each one would dominate."""
     ckpt_every: int = 500
-    """Also checkpoint every N steps (and at every epoch end)."""
-    preset: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    """Also checkpoint every N steps (and at every validation and the end)."""
 
     def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        if self.content not in CONTENT_LOSSES:
-            raise ValueError(f"content must be one of {CONTENT_LOSSES}, got {self.content!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.schedule == "step" and not self.lr_step:
-            raise ValueError("schedule 'step' needs lr_step")
-        if self.downsample not in ("bicubic", "bilinear"):
-            raise ValueError(f"downsample must be bicubic or bilinear, got {self.downsample!r}")
-        if self.patch is not None and (self.patch <= 0 or self.patch % self.scale):
-            raise ValueError(f"patch {self.patch} must be a positive multiple of scale {self.scale}")
-        if self.epochs is None and self.steps is None and self.max_minutes is None:
-            raise ValueError("give at least one of epochs, steps, max_minutes")
-        if not 0.0 <= self.ema < 1.0:
-            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
-        if self.amp not in ("bf16", "fp16", "none"):
-            raise ValueError(f"amp must be bf16, fp16 or none, got {self.amp!r}")
-        if self.val_every < 1:
-            raise ValueError(f"val_every must be >= 1, got {self.val_every}")
-        if self.batch_size < 2:
-            raise ValueError("batch_size must be >= 2 (BatchNorm)")
         self.betas = tuple(self.betas)  # JSON round trips give lists
+        hints = typing.get_type_hints(TrainConfig)
+        for f in dataclasses.fields(self):
+            choices = literal_choices(hints[f.name])
+            value = getattr(self, f.name)
+            if choices and value not in choices and value is not None:
+                raise ConfigError(f"`{f.name}` must be one of {', '.join(choices)}; got {value!r}")
+        if not self.data:
+            raise ConfigError("`data` is required (a folder of HR images)")
+        if self.epochs is None and self.steps is None and self.max_minutes is None:
+            raise ConfigError("give a budget: at least one of `epochs`, `steps`, `max_minutes`")
+        for name in ("val_limit", "num_blocks", "channels", "log_every", "val_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"`{name}` must be >= 1; got {getattr(self, name)}")
+        for name in ("epochs", "steps", "lr_step"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"`{name}` must be >= 1; got {getattr(self, name)}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"`max_minutes` must be > 0; got {self.max_minutes}")
+        if self.scale < 2 or self.scale & (self.scale - 1):
+            raise ConfigError(f"`scale` must be a power of two >= 2; got {self.scale}")
+        if self.patch is not None and (self.patch <= 0 or self.patch % self.scale):
+            raise ConfigError(f"`patch` must be a positive multiple of `scale` ({self.scale}); got {self.patch}")
+        if self.batch_size < 2:
+            raise ConfigError(f"`batch_size` must be >= 2 (BatchNorm needs two images); got {self.batch_size}")
+        if self.workers < 0:
+            raise ConfigError(f"`workers` must be >= 0; got {self.workers}")
+        if not self.lr > 0:
+            raise ConfigError(f"`lr` must be > 0; got {self.lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"`betas` must be two numbers in [0, 1); got {self.betas}")
+        if self.schedule == "step" and self.lr_step is None:
+            raise ConfigError("the step `schedule` needs `lr_step`")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"`ema` must be in [0, 1); got {self.ema}")
+        for name in ("mse_weight", "vgg_weight", "adv_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"`{name}` must be >= 0; got {getattr(self, name)}")
+        if not self.vgg_scale > 0:
+            raise ConfigError(f"`vgg_scale` must be > 0; got {self.vgg_scale}")
 
     @property
     def uses_vgg(self) -> bool:
@@ -127,9 +174,59 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """A stored config (config.json, a checkpoint's ``config``) -> TrainConfig. Keys of
+        removed fields are dropped, so older run folders still resume; any other unknown key
+        is an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known - REMOVED_FIELDS)
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**{k: v for k, v in values.items() if k in known})
 
-# Values a preset sets; anything not named keeps the dataclass default, and any flag the
-# user gives wins over both.
+
+# `extra` (an always-empty dict) was dropped; config.json files written before still hold it.
+REMOVED_FIELDS = {"extra"}
+
+# Fields only the srgan stage reads (the srresnet command has no flags for them).
+SRGAN_FIELDS = ("content", "mse_weight", "vgg_weight", "vgg_scale", "adv_weight", "vgg_weights")
+
+
+def literal_choices(hint: Any) -> tuple[str, ...]:
+    """The values of a ``Literal[...]`` (or ``Literal[...] | None``) annotation; () for others."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    for arg in typing.get_args(hint):
+        if typing.get_origin(arg) is Literal:
+            return typing.get_args(arg)
+    return ()
+
+
+def field_docs(cls: type = TrainConfig) -> dict[str, str]:
+    """Field name -> its docstring, whitespace normalised to one paragraph.
+
+    Python keeps no attribute docstrings at run time, so they are read from the class's
+    source with ``ast`` (an installed package ships its .py files; ``python -OO`` strips
+    docstrings from bytecode, not from the source). Without a source ({}), flags still work,
+    with no help text.
+    """
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    body = ast.parse(source).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return docs
+
+
+# Values a preset sets; anything not named keeps the stage default, and any flag the user
+# gives wins over both.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The 2021 seminar reproduction: B=8, bilinear LR, Adam 2e-4, whole 64->256 images.
     "seed": {
@@ -148,21 +245,32 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+# Where the srgan stage's defaults differ from the dataclass's (which are srresnet's).
+SRGAN_DEFAULTS = {"batch_size": 32, "out": "runs/srgan"}
 # Seed epochs for the two SRGAN configurations.
 SRGAN_EPOCHS = {"mse": 8, "mse+vgg": 6, "vgg": 6}
 
 
+def stage_defaults(stage: str) -> dict[str, Any]:
+    """What each field is for ``stage`` when neither a preset nor a flag sets it."""
+    values = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    values["stage"] = stage
+    if stage == "srgan":
+        values.update(SRGAN_DEFAULTS, epochs=SRGAN_EPOCHS[values["content"]])
+    return values
+
+
 def resolve_config(stage: str, preset: str | None, overrides: dict[str, Any]) -> TrainConfig:
-    """Dataclass defaults <- preset values <- explicit overrides (None means 'not given')."""
+    """Stage defaults <- preset values <- explicit overrides (None means 'not given')."""
     values: dict[str, Any] = {"stage": stage}
     if stage == "srgan":
-        values.update(batch_size=32, out="runs/srgan")
+        values.update(SRGAN_DEFAULTS)
     if preset is not None:
         if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; use one of {sorted(PRESETS)}")
+            raise ConfigError(f"unknown `preset` {preset!r}; use one of {', '.join(PRESETS)}")
         values.update(PRESETS[preset][stage])
         values["preset"] = preset
     values.update({k: v for k, v in overrides.items() if v is not None})
     if stage == "srgan" and overrides.get("epochs") is None and preset != "paper":
-        values["epochs"] = SRGAN_EPOCHS[values.get("content", "mse")]
+        values["epochs"] = SRGAN_EPOCHS.get(values.get("content", "mse"), SRGAN_EPOCHS["mse"])
     return TrainConfig(**values)

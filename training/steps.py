@@ -36,11 +36,12 @@ class StepContext:
 
 
 def _backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler) -> None:
+    """Backward and step; with fp16, the caller updates ``scaler`` once per iteration, after
+    every optimiser has stepped (a second update would halve or grow the scale twice)."""
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        scaler.step(optimizer)  # skipped when the scaled gradients overflowed
     else:
         loss.backward()
         optimizer.step()
@@ -67,6 +68,8 @@ def srresnet_step(ctx: StepContext, lr: torch.Tensor, hr: torch.Tensor) -> dict[
         sr = ctx.generator(lr)  # (N, 3, 4h, 4w) in [-1, 1]
     loss = content_loss(sr, hr, ctx.cfg, None)["content"]
     _backward_step(loss, ctx.g_optimizer, ctx.scaler)
+    if ctx.scaler is not None:
+        ctx.scaler.update()
     return {"loss_g": loss.item()}
 
 
@@ -95,6 +98,8 @@ def srgan_step(ctx: StepContext, lr: torch.Tensor, hr: torch.Tensor) -> dict[str
     loss_g = terms["content"] + cfg.adv_weight * adversarial
     _backward_step(loss_g, ctx.g_optimizer, ctx.scaler)
     D.requires_grad_(True)
+    if ctx.scaler is not None:  # one update for both optimisers: both losses used this scale
+        ctx.scaler.update()
 
     out = {"loss_g": loss_g.item(), "loss_d": loss_d.item(), "adversarial": adversarial.item(),
            "d_real": torch.sigmoid(real_logits).mean().item(), "d_fake": torch.sigmoid(fake_logits).mean().item()}

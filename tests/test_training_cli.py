@@ -1,0 +1,125 @@
+"""``srdeploy train``: flags generated from TrainConfig, presets and overrides, resume,
+and errors that reach the user as one line."""
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+from test_training import image_folder  # noqa: F401 (a fixture)
+
+from srdeploy.cli import main
+from srdeploy.training import cli as train_cli
+from srdeploy.training import loop
+from srdeploy.training.checkpoint import load_checkpoint
+from srdeploy.training.config import SRGAN_FIELDS, TrainConfig, field_docs
+
+TINY = ["--blocks", "1", "--channels", "8", "--patch", "32", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, ["train", *args], env={"SRDEPLOY_NO_PROGRESS": "1"})
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """The TrainConfig a command would train with (training itself is replaced)."""
+    seen = []
+    monkeypatch.setattr(loop, "train", lambda cfg, resume=False: seen.append(cfg) or cfg.out)
+    return seen
+
+
+def error_lines(result):
+    assert "Traceback" not in result.output
+    return [line for line in result.output.splitlines() if line.startswith("Error")]
+
+
+def test_every_field_has_a_docstring_and_it_is_the_flag_help():
+    docs = field_docs()
+    assert set(docs) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert docs["num_blocks"] == "Residual blocks B in the generator (seed: 8, paper: 16)."
+    for stage in ("srresnet", "srgan"):
+        params = {p.name: p for p in getattr(train_cli, stage).params}
+        generated = set(params) - {"resume"}
+        expected = {f.name for f in dataclasses.fields(TrainConfig)} - train_cli.NO_FLAG
+        assert generated == (expected if stage == "srgan" else expected - set(SRGAN_FIELDS))
+        for name in generated:
+            assert params[name].help.startswith(train_cli.as_flags(docs[name])), name
+            assert params[name].default is None  # not given: the preset or the stage default decides
+    srresnet = {p.name: p for p in train_cli.srresnet.params}
+    assert srresnet["num_blocks"].opts == ["--blocks"] and srresnet["out"].opts == ["-o", "--out"]
+    assert srresnet["preload"].secondary_opts == ["--no-preload"]
+    assert srresnet["schedule"].type.choices == ("constant", "step", "cosine")  # from the Literal annotation
+
+
+def test_help_reads_from_the_docstrings_with_the_stage_defaults():
+    srresnet, srgan = (" ".join(invoke(stage, "--help").output.split()) for stage in ("srresnet", "srgan"))
+    assert "--blocks INTEGER Residual blocks B in the generator (seed: 8, paper: 16). [default: 8]" in srresnet
+    assert "selecting from --data." in srresnet  # a backticked field name in a docstring is printed as its flag
+    assert "--adv-weight" not in srresnet and "--adv-weight" in srgan  # srgan-only flags
+    assert "[default: runs/srgan]" in srgan and "[default: 32]" in srgan and "[default: runs/srresnet]" in srresnet
+
+
+def test_a_preset_value_is_overridden_only_by_a_given_flag(captured, image_folder):  # noqa: F811
+    assert invoke("srresnet", "--data", str(image_folder), "--preset", "paper").exit_code == 0
+    assert invoke("srresnet", "--data", str(image_folder), "--preset", "paper", "--blocks", "4", "--lr", "3e-4",
+                  "--preload").exit_code == 0
+    assert invoke("srresnet", "--data", str(image_folder), "--no-preload").exit_code == 0
+    paper, overridden, plain = captured
+    assert (paper.num_blocks, paper.lr, paper.patch, paper.steps, paper.preload) == (16, 1e-4, 96, 1_000_000, False)
+    assert (overridden.num_blocks, overridden.lr, overridden.patch, overridden.preload) == (4, 3e-4, 96, True)
+    assert (plain.num_blocks, plain.lr, plain.patch, plain.epochs, plain.preset) == (8, 2e-4, None, 30, None)
+
+
+@pytest.mark.parametrize("flag, value", [("--log-every", "0"), ("--ckpt-every", "0"), ("--val-every", "0"),
+                                         ("--steps", "0"), ("--max-minutes", "-1"), ("--batch-size", "1"),
+                                         ("--patch", "30"), ("--lr", "0")])
+def test_nonsensical_values_are_one_line_usage_errors(captured, image_folder, flag, value):  # noqa: F811
+    result = invoke("srresnet", "--data", str(image_folder), flag, value)
+    assert result.exit_code == 2 and not captured
+    (line,) = error_lines(result)
+    assert line.startswith(f"Error: {flag} must be")
+
+
+def test_run_errors_are_one_line(tmp_path, image_folder, monkeypatch):  # noqa: F811
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = invoke("srresnet", "--data", str(empty), "-o", str(tmp_path / "run"), *TINY)
+    (line,) = error_lines(result)
+    assert result.exit_code == 1 and line.startswith("Error: no images") and line.endswith(f"under {empty}")
+    result = invoke("srgan", "--data", str(image_folder), "--init", str(tmp_path / "nope.pt"), *TINY)
+    assert result.exit_code == 1 and error_lines(result) == [f"Error: checkpoint not found: {tmp_path / 'nope.pt'}"]
+    assert invoke("srgan", "--data", str(image_folder)).exit_code == 2  # no --init
+
+    def bug(cfg, resume=False):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(loop, "train", bug)
+    result = invoke("srresnet", "--data", str(image_folder))
+    (line,) = error_lines(result)
+    assert result.exit_code == 1 and line.startswith("Error: internal error, TypeError at test_training_cli.py:")
+
+
+def test_a_moved_run_folder_resumes_where_it_now_is(tmp_path, image_folder):  # noqa: F811
+    before, after = tmp_path / "before", tmp_path / "after"
+    assert invoke("srresnet", "--data", str(image_folder), "-o", str(before), "--steps", "2", *TINY).exit_code == 0
+    shutil.move(before, after)
+    result = invoke("srresnet", "-o", str(after), "--resume", "--steps", "4", "--log-every", "1")
+    assert result.exit_code == 0, result.output
+    assert not before.exists()
+    assert load_checkpoint(after / "last.pt")["step"] == 4
+    assert json.loads((after / "config.json").read_text())["out"] == str(after)
+    steps = [r["step"] for r in map(json.loads, (after / "metrics.jsonl").read_text().splitlines())]
+    assert steps[-2:] == [3, 4]
+
+
+def test_resume_keeps_the_recipe(tmp_path, image_folder):  # noqa: F811
+    run = tmp_path / "run"
+    assert invoke("srresnet", "--data", str(image_folder), "-o", str(run), "--steps", "1", *TINY).exit_code == 0
+    changed = invoke("srresnet", "-o", str(run), "--resume", "--lr", "1e-3")
+    assert changed.exit_code == 2 and "--lr cannot change" in error_lines(changed)[0]
+    other_stage = invoke("srgan", "-o", str(run), "--resume")
+    assert other_stage.exit_code == 2 and "is a srresnet run" in error_lines(other_stage)[0]
+    nothing = invoke("srresnet", "-o", str(tmp_path / "elsewhere"), "--resume")
+    assert nothing.exit_code == 2 and "holds no run to continue" in error_lines(nothing)[0]

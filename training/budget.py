@@ -1,0 +1,87 @@
+"""When a run stops and what its learning rate is: one decision, made on rank 0, shared.
+
+A run has a step budget (``--steps``, or ``--epochs`` times the steps in an epoch), a
+wall-time budget (``--max-minutes``, for the whole run across resumes), or both. Each step
+starts with one figure, the run's **total steps**:
+
+- a step budget alone: that number, known up front;
+- a wall-time budget: rank 0 reads its clock and projects the total from the pace so far,
+  ``ceil(step * max_minutes / minutes)`` (at least ``step + 1`` while time is left, exactly
+  ``step`` once it is spent). Then ``step / total`` is the share of the time spent (to
+  within one step), so the cosine schedule anneals over the wall-time budget;
+- both: the smaller.
+
+The run stops when ``step >= total``, and the learning rate is a pure function of
+``(step, total)`` (``lr_factor``). Rank 0 alone reads the clock and broadcasts the total
+before every step, so every rank stops at the same step and applies the same learning
+rate: no rank waits forever in a collective the others have left, and the DDP copies
+cannot drift apart by annealing on different clocks. Every step rather than every few,
+because it is exact and cheap: one int64, beside the gradient all-reduce DDP does anyway,
+and each step already waits for its losses (``.item()``). One process goes through the
+same code and skips the broadcast. A step budget never reads the clock, so a run with one
+resumes bit-exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from srdeploy.training import distributed as dist
+from srdeploy.training.config import TrainConfig
+
+
+def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """Multiplier of cfg.lr for ``step`` (0-based) of a run of ``total_steps``."""
+    if cfg.schedule == "step":
+        return 0.1 if step >= cfg.lr_step else 1.0
+    if cfg.schedule == "cosine":
+        progress = min(step / max(total_steps, 1), 1.0)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+class Budget:
+    """The run's total-steps figure, decided on rank 0 and shared (see the module docstring).
+
+    ``minutes_before``: the wall time earlier sessions of this run spent (from last.pt);
+    ``clock``: seconds, read on rank 0 only.
+    """
+
+    def __init__(self, cfg: TrainConfig, steps_per_epoch: int, minutes_before: float, env: dist.DistEnv,
+                 clock: Callable[[], float] = time.monotonic):
+        # --steps wins over --epochs; epochs are whole epochs of steps_per_epoch steps each.
+        self.planned = cfg.steps if cfg.steps is not None else (cfg.epochs * steps_per_epoch if cfg.epochs else None)
+        self.planned_by = "steps" if cfg.steps is not None else "epochs"
+        self.max_minutes, self.minutes_before, self.env = cfg.max_minutes, minutes_before, env
+        if self.planned is None and self.max_minutes is None:
+            raise ValueError("a run needs a step or a wall-time budget")
+        self.clock = clock
+        self.t_start = clock()
+        self.stopped_by: str | None = None  # rank 0, once the run ends: "steps", "epochs" or "max_minutes"
+
+    def minutes(self) -> float:
+        """Wall time of the whole run so far (rank 0's clock is the one that counts)."""
+        return self.minutes_before + (self.clock() - self.t_start) / 60
+
+    def total_steps(self, step: int) -> int:
+        """The total for the step about to run; the same on every rank."""
+        total = self._decide(step) if self.env.is_main else 0
+        return dist.broadcast_from_main(total, self.env)
+
+    def _decide(self, step: int) -> int:
+        total = self.planned
+        if self.max_minutes is not None:
+            spent = self.minutes()
+            if spent >= self.max_minutes:
+                by_time = step  # the time is spent: stop now
+            else:  # the pace so far, and at least one more step while time is left
+                by_time = max(step + 1, math.ceil(step * self.max_minutes / spent) if spent > 0 else 0)
+            if total is None or by_time < total:
+                total = by_time
+            if step >= by_time:
+                self.stopped_by = "max_minutes"
+        if step >= total and self.stopped_by is None:
+            self.stopped_by = self.planned_by
+        return total
