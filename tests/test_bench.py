@@ -74,19 +74,25 @@ def test_bench_reports_every_row_for_both_input_sets(tiny_generator, tiny_onnx, 
     sets = [s["set"] for s in result["sets"]]
     assert sets == ["3 x 8x8", "1 x 96x96"]
     rows = {(r["set"], r["row"]): r for r in result["rows"]}
-    assert set(rows) == {(s, row) for s in sets for row in ("torch", "ort_fp32", "ort_int8", "pipeline")}
+    expected = ("torch", "ort_fp32", "openvino_fp32", "openvino_defaults", "ort_int8", "openvino_int8", "pipeline")
+    assert set(rows) == {(s, row) for s in sets for row in expected}  # bf16 only on CPUs with bf16 units
     for record in rows.values():
         assert ROW_FIELDS <= set(record)
         assert record["images_per_s"] > 0 and record["output_mpx_per_s"] > 0 and record["gflop_per_s"] > 0
+        assert record["ceiling_share"] > 0 and record["vs_ort_fp32"] > 0
         assert len(record["passes"]) == 1
     for s in sets:
-        assert rows[s, "ort_fp32"]["max_abs_diff_vs_torch"] < 1e-4  # the same network
+        for same_network in ("ort_fp32", "openvino_fp32", "openvino_defaults"):
+            assert rows[s, same_network]["max_abs_diff_vs_torch"] < 1e-4
         assert rows[s, "ort_int8"]["max_abs_diff_vs_torch"] is not None
     assert result["flops"]["gflop"] == pytest.approx(srresnet_conv_flops(1, 8, 8, 8) / 1e9)
     big = next(s for s in result["sets"] if s["set"] == "1 x 96x96")
     assert big["tile_recompute"] > 1  # 32-px tiles plus overlap
     assert result["settings"]["tile"] == 32 and result["machine"]["peak_method"]
-    for text in ("images/s", "out Mpx/s", "GFLOP/s", "% peak", "vs PyTorch", "PyTorch eager fp32", "ORT INT8", "upscale pipeline", "load average"):
+    assert result["machine"]["ceilings"]["fp32"]["gflop_per_s"] > 0 and result["machine"]["ceilings"]["int8"]["gflop_per_s"] > 0
+    assert result["settings"]["auto"] in {"cpu fp32", "openvino fp32", "openvino bf16"}
+    for text in ("images/s", "out Mpx/s", "GFLOP/s", "% ceil", "vs ORT fp32", "PyTorch eager fp32", "ORT int8", "OpenVINO int8",
+                 "upscale pipeline", "CPU ", "flags:", "srdeploy upscale picks here", "ceilings measured now", "load average"):
         assert text in run.stdout
 
 
@@ -94,9 +100,9 @@ def test_bench_says_which_rows_are_absent_and_json_to_stdout(tiny_onnx, hr_folde
     run = bench("--model", tiny_onnx, "--data", hr_folder, "--large", 0, "--repeats", 1, "--json", "-")
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)  # the table went to stderr
-    assert [r["row"] for r in result["rows"]] == ["ort_fp32", "pipeline"]
+    assert [r["row"] for r in result["rows"]] == ["ort_fp32", "openvino_fp32", "openvino_defaults", "pipeline"]
     notes = " ".join(result["notes"])
-    assert "PyTorch row absent: no generator.pt" in notes and "ORT INT8 row absent" in notes
+    assert "PyTorch row absent: no generator.pt" in notes and "int8 rows absent" in notes
     assert all(r["vs_torch"] is None for r in result["rows"])
     assert "images/s" in run.stderr
 

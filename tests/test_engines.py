@@ -14,10 +14,14 @@ from srdeploy.runtime.upscaler import Upscaler
 AVX2 = CpuInfo("AMD EPYC", frozenset({"avx", "avx2", "fma"}), 2450.0)
 AVX512 = CpuInfo("Intel Xeon (Ice Lake)", frozenset({"avx", "avx2", "fma", "avx512f", "avx512_vnni"}), 2600.0)
 AMX = CpuInfo("Intel Xeon (Sapphire Rapids)", frozenset({"avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}), 2100.0)
+def pair(engine: Engine) -> tuple[str, str]:
+    return engine.provider, engine.precision
+
+
 needs_openvino = pytest.mark.skipif(not openvino_engine.available(), reason="openvino is not installed")
 
 
-@pytest.mark.parametrize("cpu, expected", [(AVX2, ("cpu", "fp32")), (AVX512, ("openvino", "fp32")), (AMX, ("openvino", "bf16"))])
+@pytest.mark.parametrize("cpu, expected", [(AVX2, ("openvino", "fp32")), (AVX512, ("openvino", "fp32")), (AMX, ("openvino", "bf16"))])
 def test_auto_takes_the_engine_measured_fastest_for_each_cpu_class(cpu, expected):
     engine = resolve("auto", "auto", "fp32", cpu, openvino=True, openvino_bf16=True)
     assert (engine.provider, engine.precision) == expected
@@ -51,8 +55,11 @@ def test_requests_this_machine_cannot_honour_are_errors_not_substitutes():
         resolve("directml", "auto", "fp32", AVX2, True, True)
 
 
-def test_an_int8_model_runs_in_int8_and_auto_puts_it_on_openvino():
-    assert resolve("auto", "auto", "int8", AVX2, True, True) == Engine("openvino", "int8", "auto: an int8 model, OpenVINO int8")
+def test_an_int8_model_runs_in_int8_on_the_engine_that_keeps_its_bound():
+    """Without VNNI, OpenVINO's int8 lost more than int8's 0.2 dB: auto keeps ONNX Runtime there."""
+    assert pair(resolve("auto", "auto", "int8", AVX2, True, True)) == ("cpu", "int8")
+    assert pair(resolve("auto", "auto", "int8", AVX512, True, True)) == ("openvino", "int8")
+    assert pair(resolve("auto", "auto", "int8", AMX, True, True)) == ("openvino", "int8")
     assert resolve("cpu", "auto", "int8", AVX2, True, True) == Engine("cpu", "int8")
     assert resolve("cpu", "int8", "int8", AVX2, True, True) == Engine("cpu", "int8")
 

@@ -71,7 +71,7 @@ def test_a_listed_gpu_provider_that_cannot_start_is_caught(toy, monkeypatch):
         Upscaler(toy, provider="cuda")
     with pytest.warns(UserWarning):
         auto = Upscaler(toy, provider="auto")
-    assert auto.provider == "cpu" and auto.note.startswith("auto: CUDA did not start (") and "failed to start" in auto.note
+    assert auto.provider in ("cpu", "openvino") and auto.note.startswith("auto: CUDA did not start (") and "failed to start" in auto.note
 
 
 def test_untiled_is_cpu_only(toy, monkeypatch):

@@ -194,13 +194,13 @@ def _checkpoint_model(path: Path, name: str, device: str) -> SRModel:
     return SRModel(name, f"{path} (PyTorch, {generator.arch()}{step}, {device})", upscale)
 
 
-def _runtime_model(spec: str, name: str, device: str) -> SRModel:
+def _runtime_model(spec: str, name: str, provider: str, precision: str) -> SRModel:
     """Through the runtime's Upscaler with its default tiling, so the numbers are those of
     the bytes ``srdeploy upscale`` writes (tiles overlap by the receptive radius: the same
     output as untiled)."""
     from srdeploy.runtime.upscaler import Upscaler
 
-    upscaler = Upscaler(spec, provider=device)
+    upscaler = Upscaler(spec, provider=provider, precision=precision)
     if upscaler.scale != SCALE:
         raise ValueError(f"{spec}: model scale is x{upscaler.scale}; evaluate measures x{SCALE}")
     info = upscaler.describe()
@@ -208,18 +208,19 @@ def _runtime_model(spec: str, name: str, device: str) -> SRModel:
     def upscale(lr: np.ndarray) -> np.ndarray:
         return to_uint8(upscaler.upscale_array(lr.astype(np.float32) / 255.0))
 
-    where = f"{info['provider']}, tile {info['tile']}, overlap {info['overlap']}"
-    return SRModel(name, f"{spec} (ONNX Runtime via srdeploy.runtime.upscaler, {where}, sha256 {info['model_sha256'][:12]})", upscale)
+    where = f"{info['provider']} {info['precision']}, tile {info['tile']}, overlap {info['overlap']}"
+    return SRModel(name, f"{spec} (srdeploy.runtime.upscaler, {where}, sha256 {info['model_sha256'][:12]})", upscale)
 
 
-def load_model(spec: str, name: str | None = None, device: str = "cpu") -> SRModel:
-    """A checkpoint/state_dict ``.pt`` path, an ``.onnx`` path, or a shipped model name.
+def load_model(spec: str, name: str | None = None, device: str = "cpu", provider: str = "auto", precision: str = "auto") -> SRModel:
+    """A checkpoint/state_dict ``.pt`` path (run in PyTorch on ``device``), an ``.onnx``
+    path or a shipped model name (run by the Upscaler on ``provider`` at ``precision``).
     Raises ValueError/FileNotFoundError naming the model and the reason."""
     name = name or default_model_names([spec])[0]
     if name == BICUBIC:
         raise ValueError(f"{spec}: the name {BICUBIC!r} is taken by the baseline row; pass --name")
     if is_runtime_model(spec):
-        return _runtime_model(spec, name, device)
+        return _runtime_model(spec, name, provider, precision)
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"model not found: {spec} (a .pt checkpoint, an .onnx file or one of {zoo.NAMES})")

@@ -17,6 +17,7 @@ import click
 
 from srdeploy.io.files import atomic_write_bytes
 from srdeploy.quality.metrics import PROTOCOL
+from srdeploy.runtime import engines
 from srdeploy.training.evaluate import METRICS, Evaluation
 
 COLUMNS = {"psnr_y": ("PSNR-Y (dB)", 2), "ssim_y": ("SSIM-Y", 4), "psnr_rgb": ("PSNR-RGB (dB)", 2)}
@@ -116,9 +117,13 @@ def write_report(result: Evaluation, out_dir: Path, data: str, sources: dict[str
               help="Images in comparison.png (0: no figure).")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for results.md, results.csv, per_image.csv and comparison.png.")
+@click.option("--provider", type=click.Choice(engines.PROVIDERS), default="auto", show_default=True,
+              help="Engine for ONNX models and shipped names, as `srdeploy upscale --provider`.")
+@click.option("--precision", type=click.Choice(engines.PRECISIONS), default="auto", show_default=True,
+              help="As `srdeploy upscale --precision` (checks e.g. bf16 against fp32 on the same images).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where checkpoints run (and the ONNX Runtime provider).")
-def evaluate(data_dir, list_file, lr_dir, models, names, downsample, border, limit, figure_count, out_dir, device):
+              help="Where .pt checkpoints run (PyTorch).")
+def evaluate(data_dir, list_file, lr_dir, models, names, downsample, border, limit, figure_count, out_dir, provider, precision, device):
     """PSNR-Y / SSIM-Y / RGB PSNR of bicubic and each model on a folder of HR images."""
     from srdeploy.training.evaluate import default_model_names, find_test_images, load_model
     from srdeploy.training.evaluate import evaluate as run_evaluation
@@ -130,7 +135,7 @@ def evaluate(data_dir, list_file, lr_dir, models, names, downsample, border, lim
     try:
         images = find_test_images(data_dir, list_file, lr_dir, limit)
         names = names or default_model_names(models)
-        loaded = [load_model(spec, name, device) for spec, name in zip(models, names)]
+        loaded = [load_model(spec, name, device, provider, precision) for spec, name in zip(models, names)]
         result = run_evaluation(images, loaded, downsample or "bicubic", border, figure_count, progress=True)
     except (OSError, ValueError, RuntimeError) as e:
         raise click.ClickException(str(e)) from e

@@ -25,30 +25,29 @@ from srdeploy.runtime import zoo
 @click.option("--large", type=click.IntRange(min=0), default=3, show_default=True, help="How many large inputs to add (the first HR images resized to --large-side).")
 @click.option("--large-side", type=click.IntRange(min=1), default=512, show_default=True, help="Side of the large inputs in LR pixels.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed passes over each set; the median is reported.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for PyTorch and ONNX Runtime [default: the CPUs this process may use].")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads of every engine [default: the CPUs this process may use].")
 @click.option("--tile", type=click.IntRange(min=0), default=None, help="LR tile side for every row, as `srdeploy upscale --tile` [default: the CLI's]; 0 = untiled.")
-@click.option("--int8", "int8_path", type=click.Path(path_type=Path, dir_okay=False), default=None, help="INT8 model for the ORT INT8 row [default: model.int8.onnx beside the model, if any].")
+@click.option("--int8", "int8_path", type=click.Path(path_type=Path, dir_okay=False), default=None, help="int8 model (srdeploy export --int8) for the int8 rows [default: model.int8.onnx beside the model, if any].")
 @click.option("--peak", "peak_gflops", type=click.FloatRange(min=0, min_open=True), default=None, help="The CPU's peak GFLOP/s [default: estimated from /proc/cpuinfo].")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True), default=None, help="Also write the results as JSON to this file; '-' = stdout (the table then goes to stderr).")
 def bench(model, data, limit, large, large_side, repeats, threads, tile, int8_path, peak_gflops, json_out):
-    """Time the generator in PyTorch eager, ONNX Runtime fp32 / INT8 and the full
-    `srdeploy upscale` pipeline on the same inputs; print images/s, output Mpx/s, GFLOP/s,
-    share of the CPU's peak and the ratio to PyTorch (medians; warm-up excluded)."""
+    """Time the generator in PyTorch eager, on every engine and precision this CPU runs
+    (ONNX Runtime, OpenVINO; fp32, bf16, int8) and through the full `srdeploy upscale`
+    pipeline, on the same inputs; print images/s, output Mpx/s, GFLOP/s, the share of the
+    measured ceiling of each row's precision, and ratios (medians; warm-up excluded)."""
     import onnx
 
     from srdeploy.bench import measure, report
     from srdeploy.io.files import atomic_write_bytes
-    from srdeploy.runtime.upscaler import DEFAULT_TILE, ModelError, ProviderError, Upscaler
+    from srdeploy.runtime.contract import validate_onnx_model
+    from srdeploy.runtime.cpus import available_cpus
+    from srdeploy.runtime.upscaler import DEFAULT_TILE, ModelError, ProviderError
+    from srdeploy.runtime.zoo import resolve_model
 
     to_stdout = str(json_out) == "-"
     echo = (lambda text: click.echo(text, err=True)) if to_stdout else click.echo
-    try:
-        upscaler = Upscaler(model, provider="cpu", tile=DEFAULT_TILE if tile is None else tile, threads=threads)
-        if upscaler.model.kind != "onnx":
-            raise ModelError(f"{upscaler.model.path}: bench times ONNX models on the CPU, not TensorRT engines")
-    except (ModelError, ProviderError, ValueError, ImportError) as e:
-        click.echo(f"Error: {e}", err=True)
-        sys.exit(2)
+    threads = threads or available_cpus()
+    tile = DEFAULT_TILE if tile is None else tile
     with tempfile.TemporaryDirectory(prefix="srdeploy-bench-") as tmp:
         workdir = Path(tmp)
         try:
@@ -56,9 +55,16 @@ def bench(model, data, limit, large, large_side, repeats, threads, tile, int8_pa
         except (FileNotFoundError, ValueError, OSError) as e:
             click.echo(f"Error: {e}; --data takes a folder of HR images", err=True)
             sys.exit(2)
-        flops = report.FlopCounter(onnx.load(str(upscaler.model.path), load_external_data=False))
-        machine = report.machine_info(peak_gflops)
-        rows, notes = measure.build_rows(upscaler, int8_path, workdir)
+        try:
+            ref = resolve_model(model)
+            if ref.kind != "onnx" or (validate_onnx_model(ref.path)["precision"] or "fp32") != "fp32":
+                raise ModelError(f"{ref.path}: bench times an fp32 ONNX model on the CPU (give an int8 one with --int8)")
+            rows, notes, upscaler = measure.build_rows(ref, threads, tile, int8_path, workdir)
+        except (ModelError, ProviderError, ValueError, FileNotFoundError) as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
+        flops = report.FlopCounter(onnx.load(str(ref.path), load_external_data=False))
+        machine = report.machine_info(peak_gflops, threads)
         machine["load_average_before"] = report.load_average()
         measure.measure(rows, sets, repeats, progress=lambda text: click.echo(f"  {text}", err=True))
         machine["load_average_after"] = report.load_average()

@@ -1,14 +1,15 @@
-"""Measurements behind ``srdeploy bench``: the same inputs through PyTorch eager, ONNX
-Runtime fp32 (and INT8) and the whole ``srdeploy upscale`` pipeline.
+"""Measurements behind ``srdeploy bench``: the same inputs through PyTorch eager, every CPU
+engine and precision srdeploy runs (ONNX Runtime and OpenVINO; fp32, bf16, int8), OpenVINO
+with its own defaults on the plain file, and the whole ``srdeploy upscale`` pipeline.
 
 Every engine row runs each image through ``tiling.upscale_tiled`` with the same tile and
 overlap, so the rows do identical work and differ only in what runs a window: the
-PyTorch generator (channels_last, ``torch.inference_mode``), or the ORT session that
-``srdeploy upscale`` opens (``Upscaler``, provider cpu). The INT8 row runs its file as
+PyTorch generator (channels_last, ``torch.inference_mode``), or the session ``srdeploy
+upscale --provider P --precision Q`` opens (``Upscaler``). The int8 rows run their file as
 ``srdeploy upscale`` would, with the overlap read off its own graph. The pipeline row runs
-``srdeploy.batch.run.run_batch`` in this process on the same inputs saved as PNG files:
-decode, tiles, inference, PNG encode, fsync and atomic write, journal; process start-up
-and session creation are not in it.
+``srdeploy.batch.run.run_batch`` in this process on the same inputs saved as PNG files,
+with the engine ``auto`` picks: decode, tiles, inference, PNG encode, fsync and atomic
+write, journal; process start-up and session creation are not in it.
 
 Timing: each row first runs one image of each set untimed (thread pools, allocator
 arenas, the window shapes). Then ``repeats`` rounds; in each round every row makes one
@@ -31,7 +32,9 @@ from PIL import Image
 from srdeploy.io.folders import list_images
 from srdeploy.quality import degrade
 from srdeploy.runtime import cpu_graph, tiling
+from srdeploy.runtime.engines import ProviderError
 from srdeploy.runtime.upscaler import Upscaler
+from srdeploy.runtime.zoo import ModelError, ModelRef
 
 LR_SCALE = 4  # HR faces -> LR inputs, as in training and evaluation
 GENERATOR_FILE = "generator.pt"  # the PyTorch weights shipped beside model.onnx
@@ -92,14 +95,15 @@ class Row:
     """One way of upscaling a set; ``run_pass`` upscales every input of a set (or only the
     first) once and returns the first output, for the accuracy column (None: no array)."""
 
-    key: str  # torch | ort_fp32 | ort_int8 | pipeline (JSON)
+    key: str  # torch | ort_fp32 | openvino_defaults | openvino_fp32 | openvino_bf16 | ort_int8 | openvino_int8 | pipeline (JSON)
     label: str  # table
+    precision: str  # fp32 | bf16 | int8: whose measured ceiling the row is compared with
     run_pass: Callable[[InputSet, bool], np.ndarray | None]  # (set, first image only)
     seconds: dict[str, list[float]] = field(default_factory=dict)  # set name -> timed passes
     first_output: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def engine_row(key: str, label: str, upscale: Callable[[np.ndarray], np.ndarray]) -> Row:
+def engine_row(key: str, label: str, precision: str, upscale: Callable[[np.ndarray], np.ndarray]) -> Row:
     """A row from a function float32 (H, W, 3) in [0, 1] -> (4H, 4W, 3), one image a call."""
 
     def run_pass(inputs: InputSet, first_only: bool) -> np.ndarray:
@@ -108,52 +112,77 @@ def engine_row(key: str, label: str, upscale: Callable[[np.ndarray], np.ndarray]
             upscale(lr)
         return first
 
-    return Row(key, label, run_pass)
+    return Row(key, label, precision, run_pass)
 
 
-def build_rows(upscaler: Upscaler, int8_path: Path | None, workdir: Path) -> tuple[list[Row], list[str]]:
-    """The rows for ``upscaler``'s model (an ORT fp32 Upscaler on the CPU), and notes on
-    rows left out and why. The PyTorch row needs generator.pt beside model.onnx and torch;
-    the INT8 row an INT8 model (``int8_path``, else model.int8.onnx beside model.onnx)."""
-    from srdeploy.runtime.upscaler import ModelError, ProviderError
-
-    model = upscaler.model.path
+def build_rows(model: ModelRef, threads: int, tile: int | None, int8_path: Path | None, workdir: Path) -> tuple[list[Row], list[str], Upscaler]:
+    """Every engine x precision this machine can run for ``model`` (an fp32 ONNX model),
+    each through the same tiling; notes on rows left out and why; and the Upscaler that
+    ``srdeploy upscale`` would open (provider and precision auto), which the pipeline row
+    runs. The PyTorch row needs generator.pt beside model.onnx and torch; the int8 rows an
+    int8 model (``int8_path``, else model.int8.onnx beside model.onnx)."""
     rows, notes = [], []
-    generator = model.parent / GENERATOR_FILE
+    auto = Upscaler(model, provider="auto", tile=tile, threads=threads)
+    generator = model.path.parent / GENERATOR_FILE
     if not generator.is_file():
-        notes.append(f"PyTorch row absent: no {GENERATOR_FILE} beside {model}")
+        notes.append(f"PyTorch row absent: no {GENERATOR_FILE} beside {model.path}")
     else:
         try:
-            run = torch_runner(generator, upscaler.threads)
+            run = torch_runner(generator, threads)
         except ImportError as e:
             notes.append(f"PyTorch row absent: {e} (pip install 'srdeploy[train]')")
         else:
-            tiled = lambda lr: tiling.upscale_tiled(run, lr, upscaler.scale, upscaler.tile, upscaler.overlap)  # noqa: E731
-            rows.append(engine_row("torch", "PyTorch eager fp32", tiled))
-    rows.append(engine_row("ort_fp32", "ORT fp32", upscaler.upscale_array))
-    if cpu_graph.nchwc_cpu():
-        import onnx
-
-        _, rewrites = cpu_graph.rewrite_for_cpu(onnx.load(str(model), load_external_data=False))
-        notes.append(f"ORT fp32 runs the graph as srdeploy.runtime.cpu_graph rewrites it: {'; '.join(rewrites) or 'nothing to rewrite'}")
-    int8 = int8_path or model.parent / INT8_FILE
+            tiled = lambda lr: tiling.upscale_tiled(run, lr, auto.scale, auto.tile, auto.overlap)  # noqa: E731
+            rows.append(engine_row("torch", "PyTorch eager fp32", "fp32", tiled))
+    wanted = [("ort_fp32", "ORT fp32", "cpu", "fp32", model), ("openvino_fp32", "OpenVINO fp32", "openvino", "fp32", model),
+              ("openvino_bf16", "OpenVINO bf16", "openvino", "bf16", model)]
+    int8 = int8_path or model.path.parent / INT8_FILE
     if int8_path is None and not int8.is_file():
-        notes.append(f"ORT INT8 row absent: no --int8 given and no {INT8_FILE} beside {model}")
+        notes.append(f"int8 rows absent: no --int8 given and no {INT8_FILE} beside {model.path}")
     else:
+        wanted += [("ort_int8", "ORT int8", "cpu", "int8", int8), ("openvino_int8", "OpenVINO int8", "openvino", "int8", int8)]
+    for key, label, provider, precision, source in wanted:
         try:
-            quantized = Upscaler(int8, provider="cpu", tile=upscaler.tile, threads=upscaler.threads)
+            upscaler = Upscaler(source, provider=provider, precision=precision, tile=auto.tile, threads=threads)
         except (ModelError, ProviderError, ValueError) as e:
-            notes.append(f"ORT INT8 row absent: {e}")
-        else:
-            if quantized.overlap != upscaler.overlap and upscaler.tile:
-                notes.append(f"ORT INT8 runs as `srdeploy upscale` would: its tiles overlap by {quantized.overlap} px "
-                             f"(fp32: {upscaler.overlap}), so on tiled inputs its windows compute more")
-            rows.append(engine_row("ort_int8", "ORT INT8", quantized.upscale_array))
-            notes.append("ORT INT8: GFLOP/s counts the fp32 graph's multiply-adds; % peak is of the fp32 peak")
-    rows.append(pipeline_row(upscaler, workdir))
-    notes.append("upscale pipeline: srdeploy.batch.run.run_batch in this process (decode PNG, tiles, ORT fp32, encode PNG, "
-                 "fsync, write, journal); no process start-up or session creation")
-    return rows, notes
+            notes.append(f"{label} row absent: {e}")
+            continue
+        if upscaler.overlap != auto.overlap and auto.tile:
+            notes.append(f"{label} runs as `srdeploy upscale` would: its tiles overlap by {upscaler.overlap} px (fp32: {auto.overlap})")
+        rows.append(engine_row(key, label, precision, upscaler.upscale_array))
+        if key == "openvino_fp32":  # OpenVINO is installed: its defaults too, for comparison
+            rows.append(openvino_defaults_row(model.path, auto))
+    rewrites = _rewrites_described(model.path)
+    notes.append(f"ORT fp32 and OpenVINO run the graph as srdeploy.runtime.cpu_graph rewrites it for each: {rewrites}")
+    notes.append("OpenVINO defaults: the plain model.onnx compiled with no settings at all (what a user who compiles it gets), through the same tiles")
+    notes.append("int8 rows: GFLOP/s counts the fp32 graph's multiply-adds; % ceil is of the int8 ceiling")
+    rows.append(pipeline_row(auto, workdir))
+    notes.append(f"upscale pipeline: srdeploy.batch.run.run_batch in this process on what `srdeploy upscale` picks here "
+                 f"({auto.provider} {auto.precision}): decode PNG, tiles, inference, encode PNG, fsync, write, journal; "
+                 "no process start-up or session creation")
+    return rows, notes, auto
+
+
+def openvino_defaults_row(path: Path, auto: Upscaler) -> Row:
+    """OpenVINO's own defaults on the plain file: compile_model(path, "CPU"), nothing set."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU")
+    request = compiled.create_infer_request()
+    run = lambda batch: request.infer({0: batch})[0].copy()  # noqa: E731
+    precision = "bf16" if str(compiled.get_property("INFERENCE_PRECISION_HINT")) == "bf16" else "fp32"
+    tiled = lambda lr: tiling.upscale_tiled(run, lr, auto.scale, auto.tile, auto.overlap)  # noqa: E731
+    return engine_row("openvino_defaults", f"OpenVINO defaults {precision}", precision, tiled)
+
+
+def _rewrites_described(path: Path) -> str:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    parts = [f"ORT: {'; '.join(cpu_graph.rewrite_for_cpu(model)[1]) or 'nothing'}"]
+    for precision, rewrites in cpu_graph.OPENVINO_REWRITES.items():
+        parts.append(f"OpenVINO {precision}: {'; '.join(cpu_graph.rewrite_for_cpu(model, rewrites)[1]) or 'nothing'}")
+    return " | ".join(parts)
 
 
 def torch_runner(generator_path: Path, threads: int) -> tiling.Runner:
@@ -178,7 +207,7 @@ def torch_runner(generator_path: Path, threads: int) -> tiling.Runner:
 
 
 def pipeline_row(upscaler: Upscaler, workdir: Path) -> Row:
-    """``srdeploy upscale``'s batch path (PNG out) into a fresh folder each pass."""
+    """``srdeploy upscale``'s batch path (PNG out) on ``upscaler``, into a fresh folder each pass."""
     from srdeploy.batch.jobs import Settings
     from srdeploy.batch.run import run_batch
 
@@ -194,7 +223,7 @@ def pipeline_row(upscaler: Upscaler, workdir: Path) -> Row:
             raise RuntimeError(f"the upscale pipeline did not finish every input: {failed[:3]}")
         return None
 
-    return Row("pipeline", "upscale pipeline", run_pass)
+    return Row("pipeline", f"upscale pipeline ({upscaler.provider} {upscaler.precision})", upscaler.precision, run_pass)
 
 
 def measure(rows: list[Row], sets: list[InputSet], repeats: int, progress: Callable[[str], None] = lambda _: None) -> None:

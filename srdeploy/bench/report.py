@@ -1,5 +1,9 @@
 """``srdeploy bench`` results: the JSON record and the printed table.
 
+Each row's GFLOP/s is set against the measured ceiling of its own precision (a large
+matrix product in fp32, bf16 or int8 on the same threads: srdeploy.bench.ceilings); the
+clock-based fp32 peak (srdeploy.bench.peak) is printed beside them for reference.
+
 GFLOP/s are the *image's* convolution FLOPs (read off the ONNX graph by srdeploy.runtime.graph, at
 the image's size) over the median pass time. With tiling the windows compute more than
 that (each tile's overlap is computed again by its neighbours); that factor is reported
@@ -15,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from srdeploy.bench import ceilings
 from srdeploy.bench import peak as cpu_peak
 from srdeploy.bench.measure import InputSet, Row
 from srdeploy.runtime import graph, tiling
-from srdeploy.runtime.cpus import available_cpus
+from srdeploy.runtime.cpus import FLAGS_THAT_MATTER, available_cpus, cpu_info
 from srdeploy.runtime.upscaler import Upscaler
 
 
@@ -43,9 +48,11 @@ class FlopCounter:
         return sum(self.conv(r.stop - r.start, c.stop - c.start) for r, c in tiling.plan_tiles(lr.shape[0], lr.shape[1], tile, overlap))
 
 
-def machine_info(peak_gflops: float | None) -> dict[str, Any]:
-    """The CPU, its peak (given, else estimated) with the method, and a sgemm measured now."""
+def machine_info(peak_gflops: float | None, threads: int) -> dict[str, Any]:
+    """The CPU and the flags that matter, its fp32 peak (given, else estimated from the
+    clock) with the method, and the ceiling of each precision measured now."""
     estimate = cpu_peak.estimate_peak()
+    cpu = cpu_info()
     if peak_gflops:
         peak, method = peak_gflops, f"{peak_gflops:.0f} GFLOP/s (given with --peak)"
     elif estimate:
@@ -53,9 +60,9 @@ def machine_info(peak_gflops: float | None) -> dict[str, Any]:
     else:
         peak, method = None, "unknown (no clock in /proc/cpuinfo; pass --peak)"
     return {
-        "cpu": estimate.model_name if estimate else "unknown CPU", "cpus_usable": available_cpus(),
+        "cpu": cpu.model_name, "cpu_flags": [f for f in FLAGS_THAT_MATTER if f in cpu.flags], "cpus_usable": available_cpus(),
         "peak_gflop_per_s": peak, "peak_method": method,
-        "numpy_sgemm_gflop_per_s": round(cpu_peak.measured_sgemm_gflops(), 1),
+        "ceilings": ceilings.measure(threads),
     }
 
 
@@ -71,7 +78,11 @@ def summarize(rows: list[Row], sets: list[InputSet], upscaler: Upscaler, flops: 
     """Everything the table shows, as one JSON-able dict."""
     import onnxruntime
 
+    from srdeploy.runtime import openvino_engine
+
     versions = {"onnxruntime": onnxruntime.__version__}
+    if openvino_engine.available():
+        versions["openvino"] = openvino_engine.version()
     if "torch" in sys.modules:  # only when the PyTorch row ran
         versions["torch"] = sys.modules["torch"].__version__
     first = sets[0].arrays[0]
@@ -84,7 +95,8 @@ def summarize(rows: list[Row], sets: list[InputSet], upscaler: Upscaler, flops: 
                         "tile_recompute": windows / image})
     return {
         "model": {"name": upscaler.model.name, "path": str(upscaler.model.path), "sha256": upscaler.model.sha256, "scale": upscaler.scale},
-        "settings": {"threads": upscaler.threads, "tile": upscaler.tile or 0, "overlap": upscaler.overlap, "repeats": repeats, "provider": upscaler.provider},
+        "settings": {"threads": upscaler.threads, "tile": upscaler.tile or 0, "overlap": upscaler.overlap, "repeats": repeats,
+                     "auto": f"{upscaler.provider} {upscaler.precision}", "auto_why": upscaler.note},
         "machine": {**machine, **versions},
         "flops": {
             "counted": "Conv only, from the ONNX graph: 2 * Cin/groups * kH * kW * Cout * Hout * Wout per image",
@@ -92,20 +104,25 @@ def summarize(rows: list[Row], sets: list[InputSet], upscaler: Upscaler, flops: 
             "kflop_per_output_pixel": first_flops / (first.shape[0] * first.shape[1] * upscaler.scale**2) / 1e3,
         },
         "sets": per_set,
-        "rows": _row_records(rows, sets, flops, machine["peak_gflop_per_s"], upscaler.scale),
+        "rows": _row_records(rows, sets, flops, machine, upscaler.scale),
         "notes": notes,
     }
 
 
-def _row_records(rows: list[Row], sets: list[InputSet], flops: FlopCounter, peak: float | None, scale: int) -> list[dict[str, Any]]:
-    """One record per (set, row): rates, GFLOP/s, share of peak, ratio to the PyTorch row,
-    and the largest difference of the row's first output from PyTorch's."""
+def _row_records(rows: list[Row], sets: list[InputSet], flops: FlopCounter, machine: dict[str, Any], scale: int) -> list[dict[str, Any]]:
+    """One record per (set, row): rates, GFLOP/s, its share of the row's precision's
+    ceiling (and of the fp32 clock peak), ratios to ORT fp32 and to PyTorch, and the
+    largest difference of the row's first output from PyTorch's."""
     reference = next((r for r in rows if r.key == "torch"), None)
+    ort_fp32 = next((r for r in rows if r.key == "ort_fp32"), None)
+    peak = machine["peak_gflop_per_s"]
+    ceiling = {precision: c["gflop_per_s"] for precision, c in machine["ceilings"].items()}
     records = []
     for inputs in sets:
         image_flops = sum(flops.of_image(a) for a in inputs.arrays)
         out_mpx = inputs.lr_pixels * scale * scale / 1e6
         torch_seconds = _median(reference, inputs.name) if reference else None
+        ort_seconds = _median(ort_fp32, inputs.name) if ort_fp32 else None
         for row in rows:
             seconds = _median(row, inputs.name)
             if seconds is None:
@@ -118,7 +135,10 @@ def _row_records(rows: list[Row], sets: list[InputSet], flops: FlopCounter, peak
                 "set": inputs.name, "row": row.key, "label": row.label, "images": len(inputs.arrays),
                 "seconds_per_pass": seconds, "passes": row.seconds[inputs.name],
                 "images_per_s": len(inputs.arrays) / seconds, "output_mpx_per_s": out_mpx / seconds,
-                "gflop_per_s": gflops, "peak_share": gflops / peak if peak else None,
+                "precision": row.precision, "gflop_per_s": gflops,
+                "ceiling_share": gflops / ceiling[row.precision] if ceiling.get(row.precision) else None,
+                "peak_share": gflops / peak if peak else None,
+                "vs_ort_fp32": ort_seconds / seconds if ort_seconds else None,
                 "vs_torch": torch_seconds / seconds if torch_seconds else None, "max_abs_diff_vs_torch": diff,
             })
     return records
@@ -132,25 +152,37 @@ def _median(row: Row, set_name: str) -> float | None:
 def format_table(result: dict[str, Any]) -> list[str]:
     s, machine, fl = result["settings"], result["machine"], result["flops"]
     tiles = f"tile {s['tile']} (+{s['overlap']} px overlap)" if s["tile"] else "untiled"
+    ceil = "; ".join(f"{k} {c['gflop_per_s']:.0f} ({', '.join(f'{by} {v:.0f}' for by, v in c['by'].items())})"
+                     if c["gflop_per_s"] is not None else f"{k} - (not on this CPU)" for k, c in machine["ceilings"].items())
     lines = [
-        f"model {result['model']['name']} (sha256 {result['model']['sha256'][:12]}), x{result['model']['scale']}; provider {s['provider']}, "
+        f"model {result['model']['name']} (sha256 {result['model']['sha256'][:12]}), x{result['model']['scale']}; "
         f"{s['threads']} threads; {tiles}; median of {s['repeats']} passes after a warm-up",
-        f"CPU {machine['cpu']}; peak {machine['peak_method']}; numpy sgemm 2048^3 measured now: {machine['numpy_sgemm_gflop_per_s']:.0f} GFLOP/s",
+        f"CPU {machine['cpu']}; flags: {' '.join(machine['cpu_flags']) or 'none that matter'}; {machine['cpus_usable']} CPUs usable",
+        f"srdeploy upscale picks here: {s['auto']} ({s['auto_why']})",
+        f"ceilings measured now, best 2048^3 matrix product (GFLOP/s; GOP/s for int8): {ceil}",
+        f"fp32 clock peak: {machine['peak_method']}",
         f"FLOPs ({fl['counted']}): {fl['gflop']:.2f} GFLOP per {fl['first_input']} input, {fl['kflop_per_output_pixel']:.1f} kFLOP per output pixel",
     ]
     for item in result["sets"]:
         if item["tile_recompute"] > 1.0005:
             lines.append(f"{item['set']}: the tile windows compute {item['tile_recompute']:.2f}x the image's FLOPs; GFLOP/s counts the image's")
-    header = f"{'inputs':<14} {'row':<20} {'images/s':>9} {'out Mpx/s':>10} {'GFLOP/s':>8} {'% peak':>7} {'vs PyTorch':>10} {'max|diff|':>9}"
+    width = max(24, *(len(r["label"]) for r in result["rows"]))
+    header = (f"{'inputs':<14} {'row':<{width}} {'images/s':>9} {'out Mpx/s':>10} {'GFLOP/s':>8} {'% ceil':>7} "
+              f"{'vs ORT fp32':>11} {'vs PyTorch':>10} {'max|diff|':>9}")
     lines += ["", header, "-" * len(header)]
     previous = None
+
+    def shown(value: float | None, text: str) -> str:
+        return "-" if value is None else text.format(value)
+
     for r in result["rows"]:
-        shown, previous = ("" if r["set"] == previous else r["set"]), r["set"]
-        share = f"{100 * r['peak_share']:.1f}" if r["peak_share"] is not None else "-"
-        ratio = f"{r['vs_torch']:.2f}x" if r["vs_torch"] is not None else "-"
-        diff = f"{r['max_abs_diff_vs_torch']:.1e}" if r["max_abs_diff_vs_torch"] is not None else "-"
-        lines.append(f"{shown:<14} {r['label']:<20} {r['images_per_s']:>9.3f} {r['output_mpx_per_s']:>10.3f} {r['gflop_per_s']:>8.1f} {share:>7} {ratio:>10} {diff:>9}")
+        name, previous = ("" if r["set"] == previous else r["set"]), r["set"]
+        lines.append(
+            f"{name:<14} {r['label']:<{width}} {r['images_per_s']:>9.3f} {r['output_mpx_per_s']:>10.3f} {r['gflop_per_s']:>8.1f} "
+            f"{shown(r['ceiling_share'] and 100 * r['ceiling_share'], '{:.1f}'):>7} {shown(r['vs_ort_fp32'], '{:.2f}x'):>11} "
+            f"{shown(r['vs_torch'], '{:.2f}x'):>10} {shown(r['max_abs_diff_vs_torch'], '{:.1e}'):>9}"
+        )
     lines.append("")
     lines += [f"note: {n}" for n in result["notes"]]
-    lines.append(f"load average before {machine['load_average_before']}, after {machine['load_average_after']} (1/5/15 min; {machine['cpus_usable']} CPUs usable)")
+    lines.append(f"load average before {machine['load_average_before']}, after {machine['load_average_after']} (1/5/15 min)")
     return lines

@@ -71,7 +71,7 @@ def validate_onnx_model(path: str | os.PathLike) -> dict[str, Any]:
         "input_shape": _shape(lr),
         "output_shape": _shape(model.graph.output[0]),
         "scale": _scale(props, model.graph.output[0]),
-        "precision": props.get(META_PRECISION),
+        "precision": _precision_of(model.graph, props.get(META_PRECISION)),
     }
 
 
@@ -136,6 +136,23 @@ def _scale(props: dict[str, str], output: Any) -> int | None:
         m = re.fullmatch(r"(\d+)\*\w+", shape[2])
         if m:
             return int(m.group(1))
+    return None
+
+
+QUANTISED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
+_FLOAT16 = 10  # onnx.TensorProto.FLOAT16
+
+
+def _precision_of(graph: Any, stated: str | None) -> str | None:
+    """What a model computes in: int8 when its graph holds quantisation ops (whatever
+    metadata a quantiser copied from the fp32 source says), else what srdeploy's metadata
+    states, else fp16 when its weights are half floats, else None (fp32)."""
+    if any(node.op_type in QUANTISED_OPS for node in graph.node):
+        return "int8"
+    if stated:
+        return stated
+    if any(t.data_type == _FLOAT16 for t in graph.initializer):
+        return "fp16"
     return None
 
 

@@ -50,12 +50,15 @@ from typing import Any
 
 import numpy as np
 
+from srdeploy.runtime.contract import QUANTISED_OPS
+
 NCHWC_BLOCK = 8  # AVX2; cost comparisons below assume ORT pads channels to this
 INT8_CHANNEL_BLOCK = 16  # MLAS's int8 convolutions run output channels in blocks of this
 FP32_REWRITES = ("tail", "prelu")
-OPENVINO_REWRITES = ("tail", "prelu")  # what helps OpenVINO's CPU plugin in fp32 and bf16 (docs/results.md)
+# What helps OpenVINO's CPU plugin, per precision (docs/results.md, "Engines per CPU"): the
+# tail alone in fp32; in bf16 the ORT set, the only one measured on a bf16 CPU so far.
+OPENVINO_REWRITES = {"fp32": ("tail",), "bf16": ("tail", "prelu")}
 INT8_REWRITES = ("tail", "prelu", "upsampler_prelu", "pad_tail")
-_QUANTISED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"}
 
 
 def nchwc_cpu() -> bool:
@@ -81,7 +84,7 @@ def rewrite_for_cpu(model: Any, rewrites: tuple[str, ...] = FP32_REWRITES) -> tu
     unknown = set(rewrites) - set(INT8_REWRITES)
     if unknown:
         raise ValueError(f"unknown graph rewrite(s): {', '.join(sorted(unknown))}")
-    if any(n.op_type in _QUANTISED_OPS for n in model.graph.node):
+    if any(n.op_type in QUANTISED_OPS for n in model.graph.node):
         return model, []  # quantised graphs have their own fusions; leave them alone
     model = copy.deepcopy(model)
     done = []

@@ -194,7 +194,8 @@ class Upscaler:
         if gpu_note:
             self.engine = Engine(self.engine.provider, self.engine.precision, f"{gpu_note}; {self.engine.why.removeprefix('auto: ')}")
         if self.engine.provider == "openvino":
-            graph = cpu_graph.optimized_bytes(path, cpu_graph.OPENVINO_REWRITES) if model_precision != "int8" else None
+            rewrites = cpu_graph.OPENVINO_REWRITES.get(self.engine.precision)
+            graph = cpu_graph.optimized_bytes(path, rewrites) if rewrites else None  # int8 graphs come rewritten
             try:
                 self._run = openvino_engine.OpenVinoRunner(graph or path, self.engine.precision, self.threads)
             except ValueError as e:
