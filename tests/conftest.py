@@ -36,6 +36,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_data)
 
 
+@pytest.fixture(autouse=True)
+def _restore_sigchld():
+    """A torch DataLoader with workers installs a process-wide SIGCHLD handler and leaves it
+    there. In a later test that has OpenVINO loaded, the next child to exit (a subprocess)
+    then crashed the test process (SIGSEGV). Each test gets the handler it found."""
+    import signal
+
+    before = signal.getsignal(signal.SIGCHLD)
+    yield
+    signal.signal(signal.SIGCHLD, before)
+
+
 @pytest.fixture
 def tiny_generator():
     """A seeded B=1, 8-channel x4 generator in eval mode with non-trivial BN statistics."""
