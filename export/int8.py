@@ -1,28 +1,28 @@
 """fp32 contract ONNX -> INT8 ONNX: ONNX Runtime static quantisation, QDQ, per-channel weights.
 
-The choices below were measured on the B=8 SRResNet (CelebA-HQ faces, 64x64 LR) on an
-AVX2+FMA CPU without VNNI; README "INT8" has the numbers.
+Each choice below was measured on the B=8 SRResNet (CelebA-HQ faces, 64x64 LR); the
+numbers, and the comparison with NNCF's post-training quantisation that this path won,
+are in docs/results.md ("INT8 on the CPU").
 
 - QDQ format: ORT's CPU provider fuses DequantizeLinear -> Conv -> QuantizeLinear into
-  QLinearConv (and Add into QLinearAdd), so the file stays a plain ONNX graph that any
-  runtime can read, and the fusion is ORT's job.
+  QLinearConv (and Add into QLinearAdd), and OpenVINO runs the same file as int8, so the
+  file stays a plain ONNX graph that any runtime can read, and the fusion is the engine's.
 - uint8 activations, int8 weights with ``reduce_range`` (7-bit weights): without VNNI,
-  MLAS's u8 x s8 kernel adds pairs of products in int16 (vpmaddubsw) and saturates. With
-  full 8-bit weights the fused model lost 2.8 dB PSNR-Y on faces while the same QDQ graph
-  run unfused lost 0.14 dB; 7-bit weights cannot saturate and run at the same speed.
-  u8 x u8 avoids it too, but ran about 15% slower.
+  MLAS's u8 x s8 kernel adds pairs of products in int16 (vpmaddubsw) and saturates with
+  full 8-bit weights; 7-bit weights cannot saturate and run at the same speed. u8 x u8
+  avoids it too, but ran slower.
 - Per-channel weight scales; per-tensor activations (what QLinearConv takes).
 - The graph is rewritten before quantisation (srdeploy.runtime.cpu_graph.INT8_REWRITES; exact in
   fp32): the 9x9 tail conv moved before the last pixel shuffle, every PReLU turned into
   two 1x1 depthwise convs, a ReLU and an Add (ORT has no quantised PReLU: as fp32
-  between DequantizeLinear and QuantizeLinear the upsamplers' PReLUs took a fifth of
-  the int8 run), and the tail's 12 output channels padded to 16 (MLAS's int8 kernels
-  run 12 channels 2.6x slower than 16).
-- Kept fp32 (``fp32_nodes``): the head conv (it reads the image; quantising it cost 0.05
-  dB and it is about 1% of the work) and its PReLU (see ``_head_activation``), and
+  between DequantizeLinear and QuantizeLinear the upsamplers' PReLUs were a large share
+  of the int8 run), and the tail's 12 output channels padded to 16 (MLAS's int8 kernels
+  run output channels in blocks of 16).
+- Kept fp32 (``fp32_nodes``): the head conv (it reads the image, and quantising it cost
+  quality for a small share of the work) and its PReLU (see ``_head_activation``), and
   everything after the tail conv (channel slice, pixel shuffle, tanh, rescale, clamp). A
   tail with a channel count MLAS cannot run at full rate (the 3-channel 9x9 conv of a
-  graph the rewrites do not match) stays fp32 too: as QLinearConv it ran ~6x slower.
+  graph the rewrites do not match) stays fp32 too: as QLinearConv it ran far slower.
 - So the graph is uint8 from the head's PReLU to the tail conv's output.
 """
 
@@ -69,7 +69,7 @@ def fp32_nodes(model: onnx.ModelProto) -> list[dict[str, str]]:
     if not convs:
         raise ValueError("no Conv node: not an srdeploy generator graph")
     heads = [n for n in convs if contract.INPUT_NAME in n.input]
-    keep = [{"node": n.name, "op": n.op_type, "why": "head: reads the RGB input (3 channels, ~1% of the work)"} for n in heads]
+    keep = [{"node": n.name, "op": n.op_type, "why": "head: reads the RGB input (3 channels, a small share of the work)"} for n in heads]
     weights = {t.name: t for t in graph.initializer}
     keep += _head_activation(graph, heads, weights)
     tail = convs[-1]
@@ -92,10 +92,9 @@ def _head_activation(graph: onnx.GraphProto, heads: list[onnx.NodeProto], weight
     the head's PReLU (as depthwise convs, a ReLU and an Add).
 
     Its output is the first uint8 tensor, and the first residual block's conv amplifies
-    that tensor's rounding error (SQNR 33 dB in, 23 dB out, measured on test faces). In
-    fp32 the tensor is rounded once instead of three times (after each depthwise conv and
-    the Add): -0.25 -> -0.17 dB PSNR-Y against ground truth (test split), for ~1.5% of the
-    speed."""
+    that tensor's rounding error. In fp32 the tensor is rounded once instead of three
+    times (after each depthwise conv and the Add), which kept the int8 model within its
+    0.2 dB bound for a little speed (docs/results.md, "INT8 on the CPU")."""
     reached = {out for n in heads for out in n.output}
     keep = []
     for node in graph.node:
@@ -185,7 +184,7 @@ def _finish(model: onnx.ModelProto, source: onnx.ModelProto, dst: Path) -> dict[
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, props)
     if model.ir_version > contract.MAX_IR_VERSION:
-        raise RuntimeError(f"{dst.name}: quantiser wrote IR version {model.ir_version}; onnxruntime-gpu 1.31 reads <= {contract.MAX_IR_VERSION}")
+        raise RuntimeError(f"{dst.name}: quantiser wrote IR version {model.ir_version}; the runtimes read <= {contract.MAX_IR_VERSION}")
     summary = qdq_summary(model)
     if not summary["quantized_convs"] or summary["per_tensor_weights"]:
         raise RuntimeError(f"{dst.name}: quantisation did not give per-channel int8 convs ({summary})")
@@ -226,7 +225,7 @@ def quality_vs_fp32(fp32: str | os.PathLike, int8: str | os.PathLike, calibratio
     from srdeploy.export import parity
     from srdeploy.quality.metrics import psnr_y
 
-    reference, candidate = parity.onnxruntime_backend(fp32), parity.onnxruntime_backend(int8)
+    reference, candidate = parity.runtime_backend(fp32, "cpu"), parity.runtime_backend(int8, "cpu")  # the sessions upscale runs
     ref, out = _as_uint8_images(reference(calibration.check_lr)), _as_uint8_images(candidate(calibration.check_lr))
     per_image = [psnr_y(o, r) for o, r in zip(out, ref)]
     batches = batches if batches is not None else parity.parity_batches()

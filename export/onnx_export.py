@@ -47,7 +47,7 @@ def export_onnx(generator: Generator, path: str | os.PathLike, opset: int | None
     """Export ``generator`` (run in eval mode) to ``path`` as one self-contained ONNX file.
 
     Checks before the file appears (atomically) at ``path``: no BatchNormalization node
-    remains, the I/O matches the contract, the IR version is one onnxruntime-gpu 1.31 reads,
+    remains, the I/O matches the contract, the IR version is one the runtimes read,
     and ``onnx.checker.check_model(full_check=True)`` passes.
     """
     path = Path(path)
@@ -112,7 +112,7 @@ def _check_proto(model: onnx.ModelProto, path: Path) -> None:
         raise RuntimeError(f"{path.name}: BatchNorm was not folded into the convolutions ({leftover})")
     if model.ir_version > contract.MAX_IR_VERSION:
         raise RuntimeError(
-            f"{path.name}: exporter wrote IR version {model.ir_version}; onnxruntime-gpu 1.31 reads "
+            f"{path.name}: exporter wrote IR version {model.ir_version}; the runtimes read "
             f"<= {contract.MAX_IR_VERSION}. Pick a lower --opset."
         )
     onnx.checker.check_model(model, full_check=True)

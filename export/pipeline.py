@@ -30,7 +30,7 @@ FP32_ONNX = "model.onnx"
 FP16_ONNX = "model.fp16.onnx"
 INT8_ONNX = "model.int8.onnx"
 TIMING_CACHE = "tensorrt.timing.cache"
-# The reference each artifact is held to (issue 3): ORT fp32 against torch, the rest
+# The reference each artifact is held to: ORT fp32 against torch, the rest
 # against ORT fp32, with the fp32 or fp16 bounds.
 REFERENCE = "onnxruntime fp32"
 
@@ -171,21 +171,37 @@ def load_export_generator(path: Path, weights: str = "auto"):
 
 
 def check_parity(generator, out_dir: Path, models: dict[str, dict[str, Any]], batches: list[tuple[str, parity.Batch]]) -> list[parity.ParityRow]:
-    """Rows for torch fp32 (reference), ORT fp32 vs torch, then every other artifact vs ORT fp32."""
+    """Rows for torch fp32 (reference), ORT fp32 vs torch, then every other engine and
+    artifact vs ORT fp32, each on the session `srdeploy upscale` runs: OpenVINO fp32 (and
+    bf16 where the CPU has bf16 units) on model.onnx, fp16 on ONNX Runtime, int8 on ONNX
+    Runtime and OpenVINO, TensorRT engines."""
+    from srdeploy.runtime import openvino_engine
+    from srdeploy.runtime.cpus import cpu_info
+
     reference = parity.run_backend(parity.torch_backend(generator), batches)
     rows = [parity.reference_row("torch fp32", reference)]
-    ort32 = parity.run_backend(parity.onnxruntime_backend(out_dir / FP32_ONNX), batches)
+    ort32 = parity.run_backend(parity.runtime_backend(out_dir / FP32_ONNX, "cpu"), batches)
     rows.append(parity.compare(f"{REFERENCE} ({FP32_ONNX})", ort32, "torch fp32", reference, parity.FP32_LIMITS))
+    openvino = openvino_engine.available()
+    engines = [("openvino", "fp32")] if openvino else []
+    if openvino and cpu_info().has_bf16 and "BF16" in openvino_engine.capabilities():
+        engines.append(("openvino", "bf16"))
+    for provider, precision in engines:
+        backend = parity.runtime_backend(out_dir / FP32_ONNX, provider, precision)
+        rows.append(parity.compare(f"{provider} {precision} ({FP32_ONNX})", parity.run_backend(backend, batches), REFERENCE, ort32, parity.LIMITS[precision]))
     for name, entry in models.items():
         if name == FP32_ONNX:
             continue
         limits = parity.LIMITS[entry["precision"]]
         if entry["format"] == "onnx":
-            label, backend = f"onnxruntime {entry['precision']} ({name})", parity.onnxruntime_backend(out_dir / name)
-        else:
-            from srdeploy.runtime.tensorrt import EngineRunner
+            providers = ["cpu", "openvino"] if entry["precision"] == "int8" and openvino else ["cpu"]
+            for provider in providers:
+                label = f"{'onnxruntime' if provider == 'cpu' else provider} {entry['precision']} ({name})"
+                rows.append(parity.compare(label, parity.run_backend(parity.runtime_backend(out_dir / name, provider), batches), REFERENCE, ort32, limits))
+            continue
+        from srdeploy.runtime.tensorrt import EngineRunner
 
-            label, backend = f"tensorrt {entry['precision']} ({name})", EngineRunner(out_dir / name)
+        label, backend = f"tensorrt {entry['precision']} ({name})", EngineRunner(out_dir / name)
         rows.append(parity.compare(label, parity.run_backend(backend, batches), REFERENCE, ort32, limits))
     return rows
 

@@ -1,1 +1,1 @@
-"""Serving: the TorchServe handler and the srgan.mar builder."""
+"""Serving: the TorchServe handler and the NAME.mar builder (srdeploy package)."""

@@ -34,9 +34,9 @@ MODEL_CONFIG_NAME = "model-config.yaml"
 SERVED_PROVIDERS = tuple(p for p in PROVIDERS if p != "tensorrt")
 CONFIG_PROPERTIES_NAME = "config.properties"
 DEFAULT_MAX_PIXELS = 512 * 512
-# Throughput assumed for the timeout: about one busy core. The loaded 2-core machine this
-# was built on ran the B=8 generator at 16-28 GFLOP/s (benchmarks/serve_bench.py), so an
-# image at the cap (~60-100 s there) gets a 3-5x margin before TorchServe kills the worker.
+# Throughput assumed for the timeout: well below one busy core, so that an image at the cap
+# gets a few times the time a loaded CPU took before TorchServe kills the worker
+# (docs/results.md, "TorchServe").
 ASSUMED_CPU_FLOPS = 5e9
 # FLOPs per LR pixel when the graph holds ops the estimate does not know: about the
 # 16-block generator of the SRGAN paper (the 8-block one is 3.3e6).
@@ -56,9 +56,9 @@ class ServeConfig:
     batch_size: int = 1
     """Requests TorchServe hands the handler at once (mixed sizes are fine). Each image is
     still its own tiled run, so a batch saves only per-request overhead (milliseconds
-    against seconds of CPU work) while every answer in it waits for the whole batch:
-    measured on 2 cores, batches of 4 gave the same images/s and twice the median latency
-    at 4 clients (benchmarks/serve_bench.py). Raise it where requests are cheap (GPU)."""
+    against seconds of CPU work) while every answer in it waits for the whole batch: on a
+    CPU, larger batches gave the same images/s at a higher latency (docs/results.md,
+    "TorchServe"). Raise it where requests are cheap (GPU)."""
     max_batch_delay_ms: int = 50
     """How long TorchServe waits to fill a batch (batch_size > 1): small against a CPU
     upscale (seconds)."""

@@ -34,6 +34,7 @@ from PIL import Image
 from srdeploy.handlers.config import DEFAULT_MAX_PIXELS, ort_threads
 from srdeploy.handlers.request import RequestError, parse_request
 from srdeploy.io import imaging
+from srdeploy.runtime.engines import CPU_PROVIDERS
 from srdeploy.runtime.upscaler import DEFAULT_TILE, Upscaler
 from srdeploy.runtime.zoo import MODEL_FILE, ModelError, resolve_model
 
@@ -93,7 +94,7 @@ class UpscaleHandler:
         threads = ort_threads(self.settings.workers)
         self.upscaler = Upscaler(model, provider=self.settings.provider, tile=self.settings.tile, threads=threads, precision=self.settings.precision)
         d = self.upscaler.describe()
-        if gpu_id is not None and d["provider"] == "cpu":
+        if gpu_id is not None and d["provider"] in CPU_PROVIDERS:
             # A GPU server quietly upscaling on its CPU is the failure users do not see.
             logger.warning("srdeploy handler: TorchServe gave this worker GPU %s but the model runs on the CPU (%s); "
                            "install onnxruntime-gpu (pip install 'srdeploy[serve-gpu]') or package with --provider cuda to fail instead",

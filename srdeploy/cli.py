@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 EXTRAS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("onnxruntime", "cpu"),
     "onnx": ("onnx", "cpu"),
+    "openvino": ("openvino", "cpu"),
     "skimage": ("scikit-image", "eval"),
     "matplotlib": ("matplotlib", "eval"),
     "torch": ("torch", "train"),

@@ -35,8 +35,8 @@ def test_fp16_parity_with_fp32_including_black_and_white(tiny_onnx, tiny_fp16):
     batches = parity.parity_batches()
     assert [name for name, _ in batches] == ["patterns", "black+white"]
     assert batches[0][1].shape == (4, 3, 37, 53) and batches[1][1].shape == (2, 3, 37, 53)
-    ort32 = parity.run_backend(parity.onnxruntime_backend(tiny_onnx), batches)
-    ort16 = parity.run_backend(parity.onnxruntime_backend(tiny_fp16), batches)
+    ort32 = parity.run_backend(parity.runtime_backend(tiny_onnx), batches)
+    ort16 = parity.run_backend(parity.runtime_backend(tiny_fp16), batches)
     assert all(o.dtype == np.float32 for o in ort16)
     row = parity.compare("onnxruntime fp16", ort16, "onnxruntime fp32", ort32, parity.FP16_LIMITS)
     assert row.ok, row.failures

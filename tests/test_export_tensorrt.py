@@ -70,7 +70,7 @@ def test_engine_parity_against_onnxruntime_fp32(tiny_onnx, tmp_path):
     }
     assert cache.stat().st_size > 0
     batches = parity.parity_batches()
-    ort32 = parity.run_backend(parity.onnxruntime_backend(tiny_onnx), batches)
+    ort32 = parity.run_backend(parity.runtime_backend(tiny_onnx), batches)
     for precision, path in engines.items():
         limits = parity.FP32_LIMITS if precision == "fp32" else parity.FP16_LIMITS
         row = parity.compare(f"tensorrt {precision}", parity.run_backend(EngineRunner(path), batches), "onnxruntime fp32", ort32, limits)

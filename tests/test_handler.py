@@ -29,6 +29,7 @@ from srdeploy.handlers.config import Ports, ServeConfig
 from srdeploy.handlers.package import ENTRY_MODULE, PackageError, build_archive
 from srdeploy.io import png16
 from srdeploy.runtime import cpus, graph, zoo
+from srdeploy.runtime.engines import CPU_PROVIDERS
 from srdeploy.runtime.upscaler import DEFAULT_TILE, Upscaler
 
 ts_context = pytest.importorskip("ts.context", reason="torchserve is not installed (pip install 'srdeploy[serve]')")
@@ -113,7 +114,7 @@ def test_initialize_takes_settings_from_the_archive_and_threads_from_the_cores(a
     handler, _ = load_handler(archive[1])
     d = handler.upscaler.describe()
     assert handler.settings.max_pixels == 48 * 48
-    assert (d["tile"], d["provider"], d["scale"]) == (DEFAULT_TILE, "cpu", 4)
+    assert (d["tile"], d["scale"]) == (DEFAULT_TILE, 4) and d["provider"] in CPU_PROVIDERS  # auto, on this CPU
     assert d["threads"] == 3  # 6 cores shared by the archive's 2 workers
     assert d["model_sha256"] == archive[0].model_sha256
 
@@ -122,7 +123,7 @@ def test_a_batch_of_mixed_sizes_gives_the_clis_bytes_for_each(served, tiny_onnx,
     handler, context = served
     images = [encoded(noise(rng, 12, 20), "PNG"), encoded(noise(rng, 33, 17), "JPEG", quality=90), encoded(noise(rng, 16, 16, 1), "PNG"), encoded(noise(rng, 5, 40, 4), "PNG")]
     answers = send(handler, context, [({"body": data}, {"Content-Type": "image/png"}) for data in images])
-    reference = Upscaler(tiny_onnx, provider="cpu", tile=DEFAULT_TILE)  # what `srdeploy upscale --format png` runs
+    reference = Upscaler(tiny_onnx, tile=DEFAULT_TILE)  # what `srdeploy upscale --format png` runs
     for data, answer in zip(images, answers):
         expected = reference.upscale_bytes(data, "x", "png")
         assert (answer["status"], answer["type"]) == (200, "image/png")
@@ -180,7 +181,7 @@ def test_output_format_from_header_or_field(served, tiny_onnx, rng):
         ({"body": jpeg}, {"X-Output-Format": "same"}),
         ({"body": rgba}, {"X-Output-Format": "jpg"}),
     ])
-    reference = Upscaler(tiny_onnx, provider="cpu", tile=DEFAULT_TILE)
+    reference = Upscaler(tiny_onnx, tile=DEFAULT_TILE)
     expected = [
         ("image/jpeg", reference.upscale_bytes(rgb, "x", "jpg", 80)),
         ("image/webp", reference.upscale_bytes(rgb, "x", "webp", 70)),
@@ -204,7 +205,7 @@ def test_the_gpu_torchserve_assigns_becomes_the_workers_only_visible_one(archive
     import os
 
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
-    assert handler.upscaler.provider == "cpu"
+    assert handler.upscaler.provider in CPU_PROVIDERS
     assert any(r.levelname == "WARNING" and "gave this worker GPU 1 but the model runs on the CPU" in r.getMessage() for r in caplog.records)
 
 

@@ -51,7 +51,7 @@ def test_bad_arguments_are_refused():
 def test_srresnet_radius_formula_matches_the_generator_and_the_design_notes():
     from srdeploy.training.models import Generator
 
-    assert srresnet_receptive_radius(8, 4) == 23.5  # DESIGN.md: about 24 LR pixels for B=8
+    assert srresnet_receptive_radius(8, 4) == 23.5  # about 24 LR pixels for B=8
     for blocks in (1, 8, 16):
         assert math.ceil(srresnet_receptive_radius(blocks)) == Generator(num_blocks=blocks, channels=4).receptive_radius
 

@@ -130,11 +130,12 @@ def test_torchserve_serves_the_archive_end_to_end(tiny_onnx, tmp_path, rng):
         capture_output=True, text=True, timeout=300,
     )
     assert packaged.returncode == 0, packaged.stderr
+    assert "tiny.mar" in packaged.stdout  # named after the model file when no --name is given
     server = TorchServe(root, root / "config.properties")
     server.start()
     try:
-        worker = server.wait_ready("srgan")
-        url = f"{server.inference}/predictions/srgan"
+        worker = server.wait_ready("tiny")
+        url = f"{server.inference}/predictions/tiny"
         check_tokens_are_required(url, server)
         check_images_match_the_cli(url, server, tiny_onnx, tmp_path, rng)
         check_bad_images_get_clear_4xx(url, server, rng)
@@ -242,7 +243,7 @@ def check_load(url: str, server: TorchServe, rng, worker_pid: int, clients: int 
     assert set(counts) <= {200, 503}, counts
     assert counts.get(200, 0) >= clients, counts
     assert requests.get(f"{server.inference}/ping", headers=server.auth(), timeout=10).json()["status"] == "Healthy"
-    workers = server.describe("srgan")["workers"]
+    workers = server.describe("tiny")["workers"]
     assert [(w["status"], w["pid"]) for w in workers] == [("READY", worker_pid)], workers  # no crash, no restart
     after = requests.post(url, data=images[0], headers={"Content-Type": "image/png", **server.auth()}, timeout=120)
     assert after.status_code == 200

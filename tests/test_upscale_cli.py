@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,14 +69,14 @@ def test_examples_folder_is_the_main_job(toy, tmp_path):
     sizes = {name: Image.open(path).size for name, path in made.items()}
     assert sizes == {"astronaut_face.png": (256, 256), "camera_gray.png": (384, 384), "chelsea_cat.jpg": (448, 300), "coffee.png": (480, 320)}
     assert Image.open(made["camera_gray.png"]).mode == "L"  # grey stays grey
-    assert "4 ok, 0 skipped, 0 failed of 4" in run.stderr and "provider cpu" in run.stderr
+    assert "4 ok, 0 skipped, 0 failed of 4" in run.stderr and re.search(r"provider (cpu|openvino) (fp32|bf16) \(auto: ", run.stderr)
     assert run.stdout.count("ok      ") == 4
     # The CLI writes exactly what the shared Upscaler (and so the TorchServe handler) returns.
-    up = Upscaler(toy, provider="cpu")
+    up = Upscaler(toy)  # what the CLI runs: auto
     for name, path in made.items():
         assert path.read_bytes() == up.upscale_bytes((EXAMPLES / name).read_bytes(), name).data
     records = journal(out)
-    assert records[0]["event"] == "run" and records[0]["provider"] == "cpu"
+    assert records[0]["event"] == "run" and (records[0]["provider"], records[0]["precision"]) == (up.provider, up.precision)
     assert sorted(r["output"] for r in records if r.get("status") == "ok") == sorted(made)
     assert fingerprint(EXAMPLES) == before  # inputs untouched
 
@@ -151,7 +152,7 @@ def test_kill_9_mid_batch_then_rerun_completes_with_no_partial_file(toy, tmp_pat
         if record.get("status") in ("writing", "ok") and record.get("output_sha256"):
             vouched[record["output"]] = record["output_sha256"]
     assert {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in made.items()} == vouched
-    up = Upscaler(toy, provider="cpu")
+    up = Upscaler(toy)  # what the CLI runs: auto
     for name in (names[0], names[-1]):
         assert made[name].read_bytes() == up.upscale_bytes((src / name).read_bytes(), name).data
 
@@ -290,7 +291,7 @@ def test_a_crash_at_either_side_of_the_rename_resumes_correctly(toy, tmp_path, m
 
     src = save(tmp_path / "in" / "a.png", np.random.default_rng(6).integers(0, 256, (12, 12, 3), dtype=np.uint8))
     out = tmp_path / "out"
-    up = Upscaler(toy, provider="cpu")
+    up = Upscaler(toy)  # what the CLI runs: auto
     real_replace = os.replace
 
     def replace_then_die(a, b):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU pass (issue 8) as one command for a lent GPU machine with 10 minutes per call:
+# The GPU pass as one command for a lent GPU machine with 10 minutes per call:
 # GPU tests, the CUDA throughput benchmark, SRResNet training continued from the shipped
 # default and SRGAN fine-tuning from it (whole 64x64 -> 256x256 faces, batches of 64 and
 # 32, data preloaded on the GPU), then the whole test suite and torch.compile if time is

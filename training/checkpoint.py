@@ -126,7 +126,8 @@ GENERATOR_KEYS = ("generator", "generator_ema", "arch", "step", "epoch", "best",
 def slim_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Copy only what export, evaluation and ``--init`` read from a training checkpoint
     (both generator weights, architecture, step, config): no discriminator, optimiser or
-    RNG state. A B=8 SRGAN checkpoint shrinks from ~0.3 GB to ~8 MB; it cannot be resumed."""
+    RNG state (most of an SRGAN checkpoint's size: docs/results.md, "Training memory and
+    file sizes"). A slim checkpoint cannot be resumed."""
     obj = load_checkpoint(src)
     if not isinstance(obj.get("generator"), dict):
         raise ValueError(f"{src}: not a training checkpoint (no 'generator' entry)")

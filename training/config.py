@@ -121,7 +121,7 @@ class TrainConfig:
     """Log losses and samples/s every N steps (and at the end of the run)."""
     val_every: int = 1
     """Validate, checkpoint and plot every N epochs (and at the end). A preloaded GPU epoch
-    of 5,000 faces takes seconds, so validating each one would dominate."""
+    is short, so validating each one would dominate."""
     ckpt_every: int = 500
     """Also checkpoint every N steps (and at every validation and the end)."""
 

@@ -128,11 +128,11 @@ class PreloadedPairs:
     flipped there.
 
     On a GPU this takes JPEG decoding and the bicubic degradation out of the step (a B=8
-    SRResNet step on a batch of 64 whole faces is a few milliseconds on an H100, far less
-    than decoding 64 JPEGs on a few cores). The LR images are degraded from the *whole*
-    HR image and patches are cut from both on the scale grid, so an LR patch sees its true
-    neighbourhood instead of a cropped border. All images must share one size. Memory:
-    5,000 256x256 faces take 0.98 GB (HR) + 61 MB (LR).
+    SRResNet step on a batch of whole faces is shorter than decoding its JPEGs on a few
+    cores: docs/results.md, "Training throughput"). The LR images are degraded from the
+    *whole* HR image and patches are cut from both on the scale grid, so an LR patch sees
+    its true neighbourhood instead of a cropped border. All images must share one size.
+    Memory: N x 3 x H x W bytes for HR plus 1/s^2 of that for LR (uint8).
     """
 
     def __init__(self, dataset: SRDataset, device: torch.device, workers: int | None = None):

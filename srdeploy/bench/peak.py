@@ -9,14 +9,12 @@ the machine exposes it, else the ``cpu MHz`` field of /proc/cpuinfo (on most vir
 machines the nominal clock; boost makes the real peak somewhat higher). Cores are the
 ones this process may run on.
 
-A measured reference sits beside the estimate: a large float32 matrix product through
-numpy's BLAS, which well-tuned kernels reach 80-90% of on an idle machine (less when other
-jobs share the cores, which is the point of printing it next to the benchmark).
+It counts fp32 lanes only: the measured ceilings of srdeploy.bench.ceilings, one per
+precision, are what ``srdeploy bench`` compares its rows with.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,18 +56,3 @@ def estimate_peak() -> CpuPeak | None:
     cores = available_cpus()
     gflops = cores * ghz * fma_units * lanes * 2
     return CpuPeak(gflops, cores, ghz, source, fma_units, lanes, cpu.model_name)
-
-
-def measured_sgemm_gflops(side: int = 2048, repeats: int = 3) -> float:
-    """Best-of-``repeats`` GFLOP/s of a side x side float32 matrix product in numpy
-    (its BLAS picks its own thread count: all cores)."""
-    import numpy as np
-
-    a = np.random.default_rng(0).random((side, side), dtype=np.float32)
-    a @ a  # warm-up: thread pool start, page faults
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - start)
-    return 2 * side**3 / best / 1e9

@@ -34,10 +34,9 @@ __all__ = [
 MAX_SIDE = {"WEBP": 16383, "JPEG": 65535, "PNG": 2**31 - 1, "TIFF": 2**31 - 1, "BMP": 2**31 - 1}
 KEEPS_ALPHA = {"PNG", "WEBP", "TIFF"}
 DEFAULT_QUALITY = {"JPEG": 95, "WEBP": 90}
-# zlib level of PNG outputs, 0-9: lower is faster and bigger, the pixels are the same. At
-# Pillow's 6, encoding a 256x256 face took about a tenth of the model's time on 2 cores; 4
-# makes files as small (within 1%) 2.5x faster, 1 (OpenCV's default) 4x faster but 15%
-# bigger. Levels 4-9 differ little on photographic content. Measured: README "Batch throughput".
+# zlib level of PNG outputs, 0-9: lower is faster and bigger, the pixels are the same. 4
+# makes faces about as small as Pillow's 6 in half the time (docs/results.md, "PNG
+# compression").
 DEFAULT_PNG_COMPRESSION = 4
 _EXIF_ORIENTATION = 0x0112
 

@@ -1,4 +1,4 @@
-"""The exported-model contract every runtime relies on (DESIGN.md, "Contracts").
+"""The exported-model contract every runtime relies on (docs/export.md, "The ONNX contract").
 
 input ``lr``: float32 NCHW, RGB in [0, 1]; output ``sr``: float32 NCHW in [0, 1], ``scale``
 times larger; batch, height and width dynamic; one self-contained file (no external data).
@@ -17,7 +17,8 @@ INPUT_RANGE = (0.0, 1.0)
 OUTPUT_RANGE = (0.0, 1.0)
 MANIFEST_NAME = "manifest.json"
 
-# onnxruntime-gpu 1.31, the oldest runtime the project pins, reads ONNX IR versions <= 13.
+# The highest ONNX IR version any runtime srdeploy supports reads (onnx 1.19 era); the
+# exporter writes IR 10 at opset 18, which every pinned runtime, back to onnxruntime 1.18, reads.
 MAX_IR_VERSION = 13
 # Model-level metadata_props srdeploy writes into every exported ONNX file.
 META_SCALE = "srdeploy.scale"

@@ -1,41 +1,38 @@
-"""Exact rewrites of a generator's ONNX graph that ONNX Runtime's x86 CPU provider runs
-faster. Applied in memory when a CPU session opens; model files are never changed.
+"""Exact rewrites of a generator's ONNX graph that the CPU engines run faster. Applied in
+memory when a CPU session opens; model files are never changed. What each rewrite is
+worth, per engine and CPU, is measured in docs/results.md ("CPU graph rewrites",
+"Engines per CPU"); the sets in use are FP32_REWRITES (ONNX Runtime), OPENVINO_REWRITES
+and INT8_REWRITES (the graph the int8 export quantises).
 
 At ORT_ENABLE_ALL, ONNX Runtime runs convolutions in its blocked NCHWc layout (channels
 in blocks of 8 on AVX2, 16 on AVX-512), converting tensors back to NCHW for every op
-that layout does not cover. Two things in the SRResNet graph defeat it (measured on the
-B=8 generator, 64x64 input, 2 AVX2 cores):
+that layout does not cover. Two things in the SRResNet graph defeat it:
 
-1. PRelu is not an NCHWc op, so each of the 11 PReLUs costs a ReorderOutput, the PRelu
-   itself and a ReorderInput, and the residual Adds run outside the convolutions
-   (together ~15% of the time). ``PRelu(y, a) = a*y + Relu((1-a)*y)`` (exact for slopes
-   a <= 1) in two depthwise 1x1 convolutions keeps the low-resolution trunk NCHWc end to
-   end: the Relu fuses into the first, the Add into the second, the skip Adds into the
-   next conv: 1.03-1.08x on its own, more once the tail below is fixed. (The upsamplers'
+1. PRelu is not an NCHWc op, so each PReLU costs a ReorderOutput, the PRelu itself and a
+   ReorderInput, and the residual Adds run outside the convolutions.
+   ``PRelu(y, a) = a*y + Relu((1-a)*y)`` (exact for slopes a <= 1) in two depthwise 1x1
+   convolutions keeps the low-resolution trunk NCHWc end to end: the Relu fuses into the
+   first, the Add into the second, the skip Adds into the next conv. (The upsamplers'
    PReLUs stay, for memory: see _prelus_as_depthwise.)
 2. The 9x9 tail conv (64 -> 3 channels at 4x resolution) has its 3 output channels padded
-   to a block of 8 and runs at a third of the other convs' rate; with the full-resolution
-   DepthToSpace and PRelu in front of it, it took ~45% of the time for 15% of the FLOPs.
-   A conv after a pixel shuffle equals a conv before it: ``Conv_k(PRelu(D2S_r(x)))`` =
-   ``D2S_r(Conv_k'(PRelu'(x)))`` with k' = 5 for k = 9, r = 2, r^2 times the channels in
-   and out, the weights scattered by sub-pixel phase and the slopes repeated. That conv
-   (256 -> 12 channels at 2x) costs 1.2x the multiply-adds but runs 3-5x faster: the
-   model as a whole 1.3-1.5x.
+   to a block of 8, and the full-resolution DepthToSpace and PRelu sit in front of it: it
+   took far more of the time than of the FLOPs. A conv after a pixel shuffle equals a
+   conv before it: ``Conv_k(PRelu(D2S_r(x)))`` = ``D2S_r(Conv_k'(PRelu'(x)))`` with k' = 5
+   for k = 9, r = 2, r^2 times the channels in and out, the weights scattered by
+   sub-pixel phase and the slopes repeated. That conv (256 -> 12 channels at 2x) costs
+   1.2x the multiply-adds but runs several times faster. OpenVINO gains from this one too.
 
 The INT8 export (srdeploy.export.int8) quantises a rewritten graph, with two more
 rewrites that only pay off there (``INT8_REWRITES``):
 
 3. Every PReLU as the depthwise pair, the upsamplers' too (the one after the first pixel
    shuffle moved before it: slopes repeated, as in 2.). ORT's PRelu is a branch per
-   value (26 ms on a 128x128x256 tensor of mixed signs, Mul + Max 9 ms), and in a
-   quantised graph each also needs a DequantizeLinear before it and a QuantizeLinear
-   after it: on that tensor, before the tail, the chain took 30 of 193 ms of an int8
-   run on one thread. As 1x1 depthwise QLinearConvs, a ReLU folded into the
-   requantisation and a QLinearAdd, the upsamplers stay in uint8 (measured 1.5x -> 1.8x
-   the fp32 session's speed). In fp32 the upsamplers' pairs would cost memory (see 1.).
+   value, and in a quantised graph each also needs a DequantizeLinear before it and a
+   QuantizeLinear after it. As 1x1 depthwise QLinearConvs, a ReLU folded into the
+   requantisation and a QLinearAdd, the upsamplers stay in uint8. In fp32 the
+   upsamplers' pairs would cost memory (see 1.).
 4. The tail conv's 12 output channels padded with zero filters to 16, and a Slice after
-   it: MLAS's int8 convolution is 2.6x faster for channel counts that are multiples of
-   16 (256 -> 12 channels, 5x5, 128x128, one thread: 75 ms; 256 -> 16: 29 ms).
+   it: MLAS's int8 convolution runs output channels in blocks of 16.
 
 Outputs match the original graph to float rounding (~1e-6; tests/test_cpu_graph.py).
 Graphs without these patterns, or quantised graphs, are returned unchanged.
@@ -339,9 +336,9 @@ def _prelus_as_depthwise(graph: Any, upsamplers: bool = False) -> int:
     for y > 0 that is a*y + (1-a)*y = y, for y <= 0 it is a*y + 0. Returns how many.
 
     The PReLUs after an upsampler stay unless ``upsamplers``: there the tensors are 16x
-    larger, and in fp32 the rewrite keeps one more of them alive at a time (+350 MiB in a
-    304x304 tile window, which took a 2048x2048 upscale at tile 256 to 2 GiB), for ~5% of
-    speed. In uint8 that tensor is a quarter the size and the rewrite is worth 1.2x."""
+    larger, and in fp32 the rewrite keeps one more of them alive at a time, which cost a
+    large upscale more memory than it gained speed. In uint8 that tensor is a quarter the
+    size and the rewrite pays (docs/results.md, "CPU graph rewrites")."""
     from onnx import helper
 
     g = _Graph(graph)

@@ -48,8 +48,8 @@ def fastest_cpu_engine(cpu: CpuInfo, model_precision: str, openvino: bool, openv
     if model_precision == "int8":
         if cpu.has_int8_dot:
             return Engine("openvino", "int8", "auto: an int8 model on a CPU with int8 dot products (VNNI/AMX), OpenVINO int8")
-        # Without VNNI, OpenVINO ran the same QDQ model 1.1-1.2x faster but 0.23 dB below
-        # fp32, past int8's 0.2 dB bound; ONNX Runtime stays within it (0.17 dB).
+        # Without VNNI, OpenVINO ran the same QDQ model a little faster but past int8's
+        # 0.2 dB bound; ONNX Runtime stays within it (docs/results.md, "Engines per CPU").
         return Engine("cpu", "int8", "auto: an int8 model without VNNI, ONNX Runtime int8 (OpenVINO int8 loses more than 0.2 dB here)")
     if cpu.has_bf16 and openvino_bf16:
         return Engine("openvino", "bf16", "auto: bf16 units on this CPU, OpenVINO bf16 (within 0.02 dB PSNR-Y of fp32)")

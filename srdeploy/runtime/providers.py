@@ -95,20 +95,19 @@ def session_options(provider: str, threads: int) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    # ENABLE_ALL adds the NCHWc layout on x86: 1.2-1.25x over EXTENDED with the graph
-    # rewrites of srdeploy.runtime.cpu_graph, which target it.
+    # ENABLE_ALL adds the NCHWc layout on x86, which the graph rewrites of
+    # srdeploy.runtime.cpu_graph target. Each setting here was measured against its
+    # alternatives: docs/results.md, "ONNX Runtime session options".
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops: nothing to run in parallel
     options.intra_op_num_threads = threads if provider == "cpu" else 1  # on a GPU the CPU only feeds it
     options.inter_op_num_threads = 1
     # Idle pool threads sleep instead of spinning: a batch shares the CPU with image
-    # decoding/encoding, and a server with its other workers. Measured on 2 cores, 64x64
-    # faces: spinning took 19-24% more CPU per image and lost 14-19% of the images/s
-    # (README "Batch throughput").
+    # decoding/encoding, and a server with its other workers (spinning cost CPU and lost
+    # images/s).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # On the CPU, no memory pattern: planning one block for all of a run's tensors nearly
-    # doubled the peak RSS of a tile window (2.7 GiB vs 1.5 GiB at 304x304) and ran no
-    # faster. GPU sessions keep ONNX Runtime's default.
+    # doubled the peak RSS of a tile window. GPU sessions keep ONNX Runtime's default.
     options.enable_mem_pattern = provider != "cpu"
     options.log_severity_level = 3
     return options

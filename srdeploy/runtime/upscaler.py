@@ -36,10 +36,9 @@ from srdeploy.runtime.zoo import ModelError, ModelRef, resolve_model
 
 __all__ = ["Upscaler", "Decoded", "Encoded", "ProviderError", "ModelError", "select_provider", "DEFAULT_TILE"]
 
-# 256 LR pixels + the 24-px overlap: a 512x512 input is 4 windows that compute 1.41x its
-# FLOPs (tile 128: 16 windows, 1.89x) and run 1.7x faster than at 128, within 10% of
-# untiled; a 2048x2048 input peaks at 1.6 GiB RSS (128: 1.0 GiB; untiled 512x512 alone
-# takes 3.3 GiB). benchmarks/upscale_bench.py --parts tiling,rss measures both.
+# LR pixels a side; windows add the overlap. Larger tiles recompute less overlap and run
+# faster, smaller ones bound memory tighter: 256 keeps a 2048x2048 input under 2 GiB.
+# The trade-off, measured: docs/results.md, "Tiling and memory".
 DEFAULT_TILE = 256
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as Pillow's RGB -> L
 
@@ -100,6 +99,11 @@ class Upscaler:
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"upscale_array takes an (H, W, 3) RGB array, got shape {rgb.shape}")
         return tiling.upscale_tiled(self._run, rgb.astype(np.float32, copy=False), self.scale, self.tile, self.overlap)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """The engine alone on float32 (N, 3, h, w) in [0, 1] -> (N, 3, sh, sw), untiled:
+        what parity checks compare across engines."""
+        return self._run(np.ascontiguousarray(batch, dtype=np.float32))
 
     def upscale_picture(self, pic: Picture) -> Picture:
         """Colour through the model; grey goes in as RGB and comes out as BT.601 luma;
