@@ -98,9 +98,11 @@ def main() -> None:
     runs = rows(model, args.int8, args.threads, x)
     baseline = next(iter(runs))
     reference = runs[baseline]()
-    accuracy = {}
+    accuracy, first_call = {}, {}
     for name, run in runs.items():
-        run()  # warm-up: compile, thread pools
+        start = time.perf_counter()
+        run()  # warm-up: OpenVINO compiles for this input shape here, thread pools start
+        first_call[name] = time.perf_counter() - start
         diff = run() - reference
         accuracy[name] = (float(np.abs(diff).max()), float(10 * np.log10(1.0 / max(np.mean(diff**2), 1e-20))))
     rates: dict[str, list[float]] = {name: [] for name in runs}
@@ -119,7 +121,9 @@ def main() -> None:
             rates[name].append(rate)
             ratios[name].append(rate / this_round[baseline])
     table = [{"row": name, "images_per_s": round(statistics.median(rates[name]), 2), "vs_baseline": round(statistics.median(ratios[name]), 2),
-              "max_abs_diff": f"{accuracy[name][0]:.1e}", "psnr_db_vs_baseline": round(accuracy[name][1], 1)} for name in names]
+              "max_abs_diff": f"{accuracy[name][0]:.1e}", "psnr_db_vs_baseline": round(accuracy[name][1], 1),
+              # the first call of a row compiles (OpenVINO) or plans (ORT) for the shape
+              "first_call_s": round(first_call[name], 3), "steady_call_s": round(1 / statistics.median(rates[name]), 3)} for name in names]
     results["rows"] = table
     print_rows("engines, precisions and rewrites (median of per-round ratios to the first row)", table)
     finish(results, args.json)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from srdeploy.io.files import atomic_write_bytes
 from srdeploy.training import distributed as dist
 from srdeploy.training.budget import Budget, lr_factor
 from srdeploy.training.checkpoint import save_checkpoint
@@ -186,7 +187,7 @@ class RunLogger:
 
     def write_json(self, name: str, obj: dict[str, Any]) -> None:
         if self.enabled:
-            (self.out / name).write_text(json.dumps(obj, indent=2) + "\n")
+            atomic_write_bytes(self.out / name, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
 
     def log(self, record: dict[str, Any]) -> None:
         if self.enabled:
