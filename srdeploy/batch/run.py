@@ -45,16 +45,27 @@ from srdeploy.runtime.upscaler import Upscaler
 LIMITS = pipeline.Limits()  # 2 workers, 6 in flight, 32 Mpx (the numbers live there)
 
 
-def collect(inputs: list[Path], recursive: bool, out_dir: Path) -> tuple[list[tuple[Path, PurePosixPath]], list[Result], int]:
+def collect(inputs: list[Path | str], recursive: bool, out_dir: Path | str) -> tuple[list[tuple[Path | str, PurePosixPath]], list[Result], int]:
     """Inputs -> (files with their place under OUT, failures for missing inputs, number of
     subfolders not entered because --recursive was not given). Folder contents land
-    directly under OUT (``photos/a/b.png`` -> ``OUT/a/b.png``); files by their name."""
-    files: list[tuple[Path, PurePosixPath]] = []
+    directly under OUT (``photos/a/b.png`` -> ``OUT/a/b.png``); files by their name. An
+    input given as an object-store URI (a str; srdeploy.batch.stores) is listed by the
+    same rules, its objects named by URI."""
+    files: list[tuple[Path | str, PurePosixPath]] = []
     failures: list[Result] = []
     skipped_dirs = 0
-    out_real = out_dir.resolve()
+    out_real = out_dir.resolve() if isinstance(out_dir, Path) else None
     for given in inputs:
-        if given.is_dir():
+        if isinstance(given, str):
+            from srdeploy.batch import stores  # fsspec, only for URIs
+
+            listed = stores.find_inputs(given, recursive, out_dir if isinstance(out_dir, str) else None)
+            if listed is None:
+                failures.append(Result(display(given), "failed", "no such file or folder"))
+            else:
+                files.extend(listed[0])
+                skipped_dirs += listed[1]
+        elif given.is_dir():
             found, unentered = walk_tree(os.walk(given), recursive, lambda root, d: (Path(root) / d).resolve() == out_real)
             for root, name in found:
                 path = Path(root) / name
@@ -64,10 +75,10 @@ def collect(inputs: list[Path], recursive: bool, out_dir: Path) -> tuple[list[tu
             files.append((given, PurePosixPath(given.name)))
         else:
             failures.append(Result(display(given), "failed", "no such file or folder"))
-    seen: set[Path] = set()
+    seen: set[Path | str] = set()
     unique = []
     for path, rel in files:  # the same file named twice (or inside a folder also given) counts once
-        real = path.resolve()
+        real = path.resolve() if isinstance(path, Path) else path
         if real not in seen:
             seen.add(real)
             unique.append((path, rel))
@@ -160,7 +171,7 @@ class NoInputs(ValueError):
     """The inputs hold no image files: nothing to upscale, nothing written."""
 
 
-def nothing_found(inputs: list[Path], unentered_dirs: int) -> str:
+def nothing_found(inputs: list[Path | str], unentered_dirs: int) -> str:
     where = ", ".join(display(p) for p in inputs[:3]) + (f" and {len(inputs) - 3} more" if len(inputs) > 3 else "")
     hint = f"; {unentered_dirs} subfolder(s) not searched: add --recursive" if unentered_dirs else ""
     return f"no images in {where} (looked for {' '.join(sorted(READ_SUFFIXES))}){hint}; nothing written"
