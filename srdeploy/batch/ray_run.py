@@ -150,11 +150,7 @@ class RayBatch:
         import ray.data
         from tqdm import tqdm
 
-        # A folder's outputs are vouched for by the journal, which only the driver reads.
-        rows = [
-            {"index": i, "job": pickle.dumps(job), "made": pickle.dumps(journal.last_ok(str(job.output)) if isinstance(place, Folder) else None)}
-            for i, job in enumerate(jobs)
-        ]
+        rows = job_rows(jobs, journal, place)
         blocks = min(len(rows), self.pool.actors * CALLS_PER_ACTOR)
         out = place.root if isinstance(place, Folder) else place.uri
         dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
@@ -200,6 +196,15 @@ class RayBatch:
                 raise
             if committed != len(jobs):
                 raise RuntimeError(f"the cluster answered for {committed} of {len(jobs)} inputs")
+
+
+def job_rows(jobs: list[Job], journal: Journal, place: Any) -> list[dict[str, Any]]:
+    """The dataset's rows: each job, and for a folder the journal record that vouches for
+    its output (only the driver reads the journal; a bucket's objects vouch for themselves)."""
+    return [
+        {"index": i, "job": pickle.dumps(job), "made": pickle.dumps(journal.last_ok(str(job.output)) if isinstance(place, Folder) else None)}
+        for i, job in enumerate(jobs)
+    ]
 
 
 def journal_copy(bucket: Any) -> Path:
