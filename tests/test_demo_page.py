@@ -152,6 +152,18 @@ def chromium(profile: Path, downloads: Path):
     return driver
 
 
+def quit_browser(driver) -> list[int]:
+    """Quit, then wait for chromedriver and every Chromium process under it to end;
+    returns the pids still running 30 s later (then killed)."""
+    driver_process = psutil.Process(driver.service.process.pid)
+    family = [driver_process, *driver_process.children(recursive=True)]
+    driver.quit()
+    _, alive = psutil.wait_procs(family, timeout=30)
+    for process in alive:
+        process.kill()
+    return [p.pid for p in alive]
+
+
 def wait_for_status(driver, text: str, deadline: Deadline) -> str:
     WebDriverWait(driver, deadline.left()).until(lambda d: text in d.find_element(By.ID, "status").text, message=f"the page never showed {text!r}")
     return driver.find_element(By.ID, "status").text
@@ -238,14 +250,10 @@ def test_the_page_upscales_like_the_cli_and_explains_a_bad_file(tmp_path):
         outside = {u for u in requested_urls(driver) if u.split(":", 1)[0] in ("http", "https", "ws", "wss") and not u.startswith(server.url)}
         assert outside == set()
     finally:
-        if driver is not None:
-            browser = psutil.Process(driver.service.process.pid)
-            family = [browser, *browser.children(recursive=True)]
-            driver.quit()
-            _, alive = psutil.wait_procs(family, timeout=30)
-            assert not alive, f"chromium left running: {alive}"
+        browser_left = quit_browser(driver) if driver is not None else []
         survivors = server.stop()
         shutil.copy(server.log, ARTIFACTS / "demo-server.log")
+    assert browser_left == [], f"chromium left {browser_left} running after quit (killed)"
     assert survivors == [], f"srdeploy demo left {survivors} running after SIGTERM: {server.tail()}"
     assert server.process.returncode == 0 and server.tail().endswith("srdeploy demo: stopped\n"), server.tail()
     assert server.group() == []
