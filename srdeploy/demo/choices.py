@@ -30,8 +30,8 @@ class Choices:
 def machine_choices(models: tuple[str, ...] = ("default",), provider: str = "auto", precision: str = "auto") -> Choices:
     """The choices on this machine. ``models`` as ``--model`` takes them (``default`` is
     listed under its shipped name); shipped models not named are offered after them.
-    ``provider`` and ``precision`` (the command's) are offered even where this machine
-    cannot run them, so that asking for one shows why not instead of hiding it."""
+    ``provider`` and ``precision``, the command's, which the page opens with, are always
+    among the choices (``--precision int8`` for an int8 model, say)."""
     named = [zoo.ALIASES.get(m, m) for m in models]
     offered = list(dict.fromkeys(named + zoo.shipped_models()))
     return Choices(
