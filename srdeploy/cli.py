@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "upscale": ("srdeploy.batch.cli", "upscale", "Upscale images and folders 4x with ONNX Runtime (cpu/cuda/tensorrt)."),
     "export": ("srdeploy.export.cli", "export", "Checkpoint -> ONNX (fp32/fp16) and TensorRT, manifest, parity checks."),
     "package": ("srdeploy.handlers.cli", "package", "Build a TorchServe archive (NAME.mar) and a safe config.properties."),
+    "demo": ("srdeploy.demo.cli", "demo", "A local web page to try a model on one image: before/after against bicubic, download."),
     "bench": ("srdeploy.bench.cli", "bench", "Time PyTorch eager, ORT fp32/INT8 and the upscale pipeline on the same inputs (GFLOP/s vs peak)."),
 }
 
@@ -44,6 +45,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "ts": ("torchserve", "serve"),
     "model_archiver": ("torch-model-archiver", "serve"),
     "yaml": ("pyyaml", "serve"),
+    "gradio": ("gradio", "demo"),
 }
 
 
