@@ -7,15 +7,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from ray_helpers import moto_s3, processes_titled, srdeploy_env, two_node_cluster  # before ray: sets its loopback switch
+from ray_helpers import moto_s3, processes_mentioning, processes_titled, srdeploy_env, two_node_cluster  # before ray: sets its loopback switch
 
 pytest.importorskip("ray.data")
 pytest.importorskip("s3fs")
@@ -25,11 +27,13 @@ from onnx_toy import build_toy_sr  # noqa: E402
 from test_imaging import bad_inputs  # noqa: E402
 from test_upscale_cli import journal, outputs, save, temp_files  # noqa: E402
 
+from srdeploy.runtime.cpus import available_cpus  # noqa: E402
 from srdeploy.runtime.upscaler import Upscaler  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ACTOR_TITLE = "ray::MapWorker(MapBatches(Upscaling))"
 BUCKET = "faces"
+RAY_LOG_LINE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,]+ [DIWEF] \d+ \d+\]")  # Ray's C++ logger: [2026-12-02 00:11:02,381 E 28419 28419]
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -99,6 +103,7 @@ def test_mixed_corpus_on_two_nodes_matches_the_local_cli_byte_for_byte(toy, clus
     assert run.returncode == 1 and local.returncode == 1, run.stderr[-3000:]
     assert "Ray: 4 actor(s) x 1 CPU" in run.stderr  # two actors a node: both nodes work
     assert "Traceback" not in run.stderr
+    assert not RAY_LOG_LINE.search(run.stderr), run.stderr[-3000:]
     good = sorted(outputs(here))
     assert len(good) == 4 + len(list(EXAMPLES.glob("*.[pj][np]g"))) and sorted(outputs(on_ray)) == good
     for name in good:  # the same model, engine and settings give the same bytes
@@ -225,6 +230,28 @@ def test_s3_inputs_and_outputs_with_one_put_each_and_resume(toy, cluster, s3_end
     assert s3.get_object(Bucket=BUCKET, Key="out/a.png")["Body"].read() == b"the user's own object"
     journal_lines = s3.get_object(Bucket=BUCKET, Key="out/upscale-journal.jsonl")["Body"].read().splitlines()
     assert len({json.loads(line)["run"] for line in journal_lines}) == 3  # one journal, every run appended
+
+
+def test_ray_local_starts_a_cluster_for_the_run_says_only_our_lines_and_stops_it(toy, tmp_path):
+    # Ray's own temp folder: RAY_TMPDIR would mark the run's processes, but it also hides
+    # the C++ log line this test looks for.
+    sessions = str(Path(tempfile.gettempdir()) / "ray" / "session_")
+    before = set(processes_mentioning(sessions))
+    run = upscale(EXAMPLES, "-o", tmp_path / "out", "--model", toy, "--ray", "local")
+    deadline = time.monotonic() + 20
+    while set(processes_mentioning(sessions)) - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = sorted(set(processes_mentioning(sessions)) - before)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [line for line in re.split(r"[\r\n]", run.stderr) if line.strip() and "%|" not in line]  # the bar's redraws aside
+    assert lines[0].startswith(f"model {toy} ") and f"; Ray: {available_cpus()} actor(s) x 1 CPU" in lines[0]  # one actor a CPU here
+    images = sorted(p.name for p in EXAMPLES.glob("*.[pj][np]g"))
+    assert len(lines) == 2 and lines[1].startswith(f"{len(images)} ok, 0 skipped, 0 failed"), lines
+    assert not RAY_LOG_LINE.search(run.stderr), run.stderr[-3000:]  # not even beside the bar
+    assert sorted(outputs(tmp_path / "out")) == images
+    assert not left, f"Ray processes outlived --ray local (killed): {left}"
 
 
 def test_without_ray_nothing_imports_it_and_uris_say_what_they_need(toy, tmp_path):

@@ -6,12 +6,16 @@ Imported only when ``--ray`` is given; Ray comes with the ``ray`` extra.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import sys
+import tempfile
 from dataclasses import dataclass
 
 GPU_PROVIDERS = ("cuda", "tensorrt")
+LEVEL_NOTICE = "Set ray log level from environment variable"
 
 
 class ClusterError(RuntimeError):
@@ -42,19 +46,43 @@ def connect(address: str) -> None:
         # With this off, Ray's get_node_ip_address answers 127.0.0.1: a cluster for one
         # run on one machine listens on loopback, not on the machine's network address.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Ray's C++ core writes its errors to the driver's stderr, and Ray Data makes it write
+    # one for every actor pool (ray-project/ray#57733) through our bar. Failures still
+    # come as Python exceptions. A RAY_BACKEND_LOG_LEVEL the user set wins.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     import ray
 
     options = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
     try:
-        if address == "local":
-            from srdeploy.runtime.cpus import available_cpus
+        with _without_level_notice():
+            if address == "local":
+                from srdeploy.runtime.cpus import available_cpus
 
-            ray.init(num_cpus=available_cpus(), **options)
-        else:
-            ray.init(address=address, **options)
+                ray.init(address="local", num_cpus=available_cpus(), **options)  # a new one, never a running one
+            else:
+                ray.init(address=address, **options)
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise ClusterError(f"cannot connect to the Ray cluster at {address!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     quiet_ray_data()
+
+
+@contextlib.contextmanager
+def _without_level_notice():
+    """Starting, the C++ core says on stderr that it read RAY_BACKEND_LOG_LEVEL: stderr
+    goes to a file meanwhile, and all but that line is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines(keepends=True):
+                if LEVEL_NOTICE not in line:
+                    sys.stderr.write(line)
 
 
 def quiet_ray_data() -> None:
