@@ -87,6 +87,14 @@ def test_openvino_compiles_each_window_shape_once_and_bounds_the_cache(tiny_onnx
 
 
 @needs_openvino
+def test_openvino_leaves_its_threads_unpinned_so_side_by_side_processes_share_the_cpus(tiny_onnx):
+    runner = Upscaler(tiny_onnx, provider="openvino", precision="fp32", tile=None, threads=1)._run
+    compiled = runner.compiled_for((1, 3, 8, 8))
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False  # the plugin took the setting
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+
+
+@needs_openvino
 def test_a_rerun_on_another_engine_redoes_the_outputs(tiny_onnx, tmp_path, rng):
     from PIL import Image
 

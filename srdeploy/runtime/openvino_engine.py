@@ -76,6 +76,10 @@ class OpenVinoRunner:
             # it on other threads, and the server runs one request per worker.
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
+            # Pinned, every process's threads go to the same first cores: two 1-thread
+            # processes (Ray actors, TorchServe workers) then share one core and each runs
+            # at half speed. Unpinned costs nothing alone (docs/results.md).
+            "ENABLE_CPU_PINNING": False,
         }
         self._compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         self._compiling = threading.Lock()
