@@ -8,7 +8,7 @@ rerun key (srdeploy.batch.steps). A rerun reads that back with a HEAD, where a f
 rerun reads the journal: an output PUT just before the driver died, before its journal
 record, still counts as done, and nothing on the store is ever half written.
 
-fsspec (and s3fs or gcsfs for the store) come with the ``ray`` extra; nothing here is
+fsspec and s3fs come with the ``ray`` extra (gs:// needs gcsfs besides); nothing here is
 imported by a batch of local folders.
 """
 
