@@ -46,6 +46,9 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "model_archiver": ("torch-model-archiver", "serve"),
     "yaml": ("pyyaml", "serve"),
     "gradio": ("gradio", "demo"),
+    "ray": ("ray", "ray"),
+    "fsspec": ("fsspec", "ray"),
+    "s3fs": ("s3fs", "ray"),
 }
 
 

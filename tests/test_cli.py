@@ -55,12 +55,12 @@ def test_every_missing_package_names_an_extra_that_installs_it():
     def distributions(extra: str) -> set[str]:  # following srdeploy[...] references
         found = set()
         for requirement in extras[extra]:
-            name = re.match(r"[A-Za-z0-9_.\-]+(\[[^\]]*\])?", requirement)
-            if name.group(0).startswith("srdeploy["):
-                for inner in name.group(1)[1:-1].split(","):
+            name = re.match(r"([A-Za-z0-9_.\-]+)(\[[^\]]*\])?", requirement)
+            if name.group(1) == "srdeploy":
+                for inner in name.group(2)[1:-1].split(","):
                     found |= distributions(inner.strip())
             else:
-                found.add(name.group(0).lower())
+                found.add(name.group(1).lower())  # ray[data] installs ray
         return found
 
     for module, (distribution, extra) in EXTRAS.items():

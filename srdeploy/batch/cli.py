@@ -1,13 +1,14 @@
 """``srdeploy upscale``: 4x images from files and folders, on CPU or GPU.
 
 Exit status: 0 when every input is ok or skipped, 1 when any failed, 2 when the run
-could not start (model, provider or options). Heavy imports happen inside the command.
+could not start (model, provider, options or cluster). Heavy imports happen inside the
+command; Ray only with ``--ray`` (srdeploy.batch.ray_run).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
-from pathlib import Path
 
 import click
 
@@ -17,8 +18,9 @@ from srdeploy.runtime.upscaler import DEFAULT_TILE
 
 
 @click.command("upscale")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False), help="Output folder; input folders are mirrored inside it.")
+# Paths stay text until srdeploy.batch.stores.as_local: a Path would fold s3://b into s3:/b.
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder (or, with --ray, an s3:// or gs:// prefix); input folders are mirrored inside it.")
 @click.option("--model", default="default", show_default=True, help=f"{' | '.join(zoo.NAMES)} | PATH.onnx | PATH.engine")
 @click.option("--provider", type=click.Choice(engines.PROVIDERS), default="auto", show_default=True, help="Engine: cpu (ONNX Runtime), openvino, cuda, tensorrt; auto = cuda if usable, else the fastest CPU engine for this CPU (printed).")
 @click.option("--precision", type=click.Choice(engines.PRECISIONS), default="auto", show_default=True, help="fp32, or bf16 (OpenVINO on CPUs with bf16 units); int8 models (export --int8) run in int8. auto = the fastest within 0.02 dB of fp32.")
@@ -30,34 +32,26 @@ from srdeploy.runtime.upscaler import DEFAULT_TILE
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs this tool did not make from the same input.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-file lines; failures still go to stderr.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True, help="Refuse inputs with more pixels (checked before decoding).")
-def upscale(inputs, out_dir, model, provider, precision, tile, fmt, quality, png_compression, recursive, overwrite, quiet, max_pixels):
+@click.option("--ray", "ray_address", metavar="ADDRESS", default=None, help="Run on a Ray cluster: local (one started on this machine for the run), auto (the one this machine belongs to) or its address. Inputs and -o may then be s3:// or gs:// URIs.")
+@click.option("--actors", type=click.IntRange(min=1), default=None, help="With --ray: actors, each holding one engine [default: one per GPU for cuda/tensorrt, else one per --cpus-per-actor CPUs of the cluster].")
+@click.option("--cpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=None, help="With --ray: logical CPUs (and engine threads) per actor [default: 1].")
+def upscale(inputs, out_dir, model, provider, precision, tile, fmt, quality, png_compression, recursive, overwrite, quiet, max_pixels, ray_address, actors, cpus_per_actor):
     """Upscale INPUT images and folders 4x into OUTPUT.
 
     Every input ends ok, skipped or failed with a reason, also appended to
     OUTPUT/upscale-journal.jsonl. Running the same command again resumes: outputs already
     made from the same input, model and settings are skipped.
     """
-    from PIL import Image
     from tqdm import tqdm
 
     from srdeploy.batch.jobs import Result, Settings
-    from srdeploy.batch.run import run_batch
-    from srdeploy.io.imaging import ImageError
-    from srdeploy.runtime.upscaler import ProviderError, Upscaler
-    from srdeploy.runtime.zoo import ModelError
+    from srdeploy.batch.stores import as_local
 
-    # Pillow's own bomb guard (89 Mpx) must not undercut a larger --max-pixels.
-    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
-    try:
-        upscaler = Upscaler(model, provider=provider, tile=tile, precision=precision)
-    except (ModelError, ProviderError, ImageError, ValueError, ImportError) as e:
-        click.echo(f"Error: {e}", err=True)
-        sys.exit(2)
-    if not quiet:
-        d = upscaler.describe()
-        tiling = f"tile {d['tile']} + {d['overlap']} px overlap" if d["tile"] else "untiled"
-        picked = f" ({upscaler.note})" if upscaler.note else ""
-        click.echo(f"model {d['model']} (sha256 {d['model_sha256'][:12]}), x{d['scale']}, provider {d['provider']} {d['precision']}{picked}, {tiling}", err=True)
+    sources, out = [as_local(text) for text in inputs], as_local(out_dir)
+    if ray_address is None and (actors is not None or cpus_per_actor is not None):
+        _fail("--actors and --cpus-per-actor go with --ray")
+    if ray_address is None and any(isinstance(x, str) for x in (*sources, out)):
+        _fail(f"{next(x for x in (*sources, out) if isinstance(x, str))}: object-store URIs need --ray (for example --ray local)")
 
     def report(result: Result) -> None:
         arrow = f" -> {result.output}" if result.status == "ok" else ""
@@ -68,13 +62,67 @@ def upscale(inputs, out_dir, model, provider, precision, tile, fmt, quality, png
             tqdm.write(line, file=sys.stdout)
 
     settings = Settings(format=fmt, quality=quality, png_compression=png_compression, recursive=recursive, overwrite=overwrite, max_pixels=max_pixels)
-    try:
-        summary = run_batch(upscaler, list(inputs), out_dir, settings, report=report, progress=not quiet)
-    except (ValueError, RuntimeError, OSError) as e:  # OUT unusable (an input, locked, not writable)
-        click.echo(f"Error: {e}", err=True)
-        sys.exit(2)
+    if ray_address is not None:
+        summary = _on_ray(ray_address, actors, cpus_per_actor, model, provider, precision, tile, sources, out, settings, report, quiet)
+    else:
+        summary = _here(model, provider, precision, tile, sources, out, settings, report, quiet)
     if not quiet:
         if summary.unentered_dirs:
             click.echo(f"{summary.unentered_dirs} subfolder(s) not searched; add --recursive to include them", err=True)
         click.echo(summary.line(), err=True)
     sys.exit(1 if summary.failed else 0)
+
+
+def _here(model, provider, precision, tile, sources, out, settings, report, quiet):
+    """The batch in this process (srdeploy.batch.run)."""
+    from PIL import Image
+
+    from srdeploy.batch.run import run_batch
+    from srdeploy.io.imaging import ImageError
+    from srdeploy.runtime.upscaler import ProviderError, Upscaler
+    from srdeploy.runtime.zoo import ModelError
+
+    # Pillow's own bomb guard (89 Mpx) must not undercut a larger --max-pixels.
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, settings.max_pixels)
+    try:
+        upscaler = Upscaler(model, provider=provider, tile=tile, precision=precision)
+    except (ModelError, ProviderError, ImageError, ValueError, ImportError) as e:
+        _fail(str(e))
+    if not quiet:
+        click.echo(_engine_line(upscaler.describe(), upscaler.note), err=True)
+    try:
+        return run_batch(upscaler, sources, out, settings, report=report, progress=not quiet)
+    except (ValueError, RuntimeError, OSError) as e:  # OUT unusable (an input, locked, not writable)
+        _fail(str(e))
+
+
+def _on_ray(address, actors, cpus_per_actor, model, provider, precision, tile, sources, out, settings, report, quiet):
+    """The batch on a Ray cluster (srdeploy.batch.ray_run): the same rules, records and bytes."""
+    for package in ("ray", "ray.data", "fsspec"):
+        try:
+            importlib.import_module(package)
+        except ModuleNotFoundError:
+            _fail(f"--ray needs the {package.split('.')[0]} package, which is not installed: pip install 'srdeploy[ray]'")
+    from srdeploy.batch.ray_cluster import ClusterError
+    from srdeploy.batch.ray_run import RayBatch
+
+    try:
+        with RayBatch(address, actors, cpus_per_actor) as batch:
+            engine = batch.start(model, provider, precision, tile)
+            if not quiet:
+                pool = batch.pool
+                click.echo(f"{_engine_line(engine, engine.get('note'))}; Ray: {pool.actors} actor(s) x {pool.cpus:g} CPU" + (" + 1 GPU" if pool.gpus else ""), err=True)
+            return batch.run(sources, out, settings, report=report, progress=not quiet)
+    except (ClusterError, ValueError, RuntimeError, OSError) as e:  # the cluster, or OUT unusable
+        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def _engine_line(d: dict, note: str | None) -> str:
+    tiling = f"tile {d['tile']} + {d['overlap']} px overlap" if d["tile"] else "untiled"
+    picked = f" ({note})" if note else ""
+    return f"model {d['model']} (sha256 {d['model_sha256'][:12]}), x{d['scale']}, provider {d['provider']} {d['precision']}{picked}, {tiling}"
+
+
+def _fail(message: str):
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(2)

@@ -5,12 +5,17 @@ the summary. Shared by srdeploy.batch.run (planning, the run) and srdeploy.batch
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
+from typing import Callable, Iterable
 
 from srdeploy.batch.journal import display
 from srdeploy.io import imaging
+from srdeploy.io.formats import READ_SUFFIXES, UNREAD_SUFFIXES
 
 JOURNAL_NAME = "upscale-journal.jsonl"
+# Picked up inside folders (files named explicitly are always tried); the unreadable ones
+# too, so that they are reported rather than passed over.
+FOLDER_SUFFIXES = READ_SUFFIXES | UNREAD_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class Result:
 
 @dataclass
 class Job:
-    source: Path
+    source: Path | str  # a local path, or an object-store URI (srdeploy.batch.stores)
     shown: str
     output: PurePosixPath  # relative to OUT
     format: str
@@ -81,3 +86,22 @@ def failure_reason(error: Exception, shown: str) -> str:
     if isinstance(error, MemoryError):
         return "out of memory (try a smaller --tile or --max-pixels)"
     return f"{type(error).__name__}: {error}"
+
+
+def walk_tree(tree: Iterable[tuple[str, list[str], list[str]]], recursive: bool, is_out: Callable[[str, str], bool]) -> tuple[list[tuple[str, str]], int]:
+    """The input rules of a folder, for any os.walk-style ``tree`` (top-down, ``dirs``
+    pruned in place: os.walk, fsspec's walk): ``(root, name)`` of every file with an image
+    suffix in order (sorted, a folder's files before its subfolders), hidden files and
+    folders and OUT (``is_out(root, dir)``) left out, and the number of subfolders not
+    entered because ``recursive`` is off."""
+    found: list[tuple[str, str]] = []
+    unentered = 0
+    for root, dirs, names in tree:
+        enter = sorted(d for d in dirs if not d.startswith(".") and not is_out(root, d))
+        if not recursive:
+            unentered, enter = len(enter), []
+        dirs[:] = enter
+        found.extend((root, name) for name in sorted(names) if not name.startswith(".") and PurePath(name).suffix.lower() in FOLDER_SUFFIXES)
+        if not recursive:
+            break
+    return found, unentered

@@ -33,73 +33,74 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from srdeploy.batch import pipeline
-from srdeploy.batch.jobs import JOURNAL_NAME, Job, Result, Settings, Summary, failure_reason
+from srdeploy.batch.jobs import FOLDER_SUFFIXES, JOURNAL_NAME, Job, Result, Settings, Summary, failure_reason, walk_tree  # noqa: F401 (FOLDER_SUFFIXES: its old home)
 from srdeploy.batch.journal import Journal, display
-from srdeploy.batch.steps import InputSteps
+from srdeploy.batch.steps import Folder, InputSteps
 from srdeploy.io import imaging
-from srdeploy.io.files import TMP_SUFFIX
-from srdeploy.io.formats import READ_SUFFIXES, UNREAD_SUFFIXES
+from srdeploy.io.formats import READ_SUFFIXES
 from srdeploy.runtime.upscaler import Upscaler
 
-# Picked up inside folders (files named explicitly are always tried); the unreadable ones
-# too, so that they are reported rather than passed over.
-FOLDER_SUFFIXES = READ_SUFFIXES | UNREAD_SUFFIXES
 # In flight at once. Two worker threads: one decodes ahead while the other encodes, each
 # mostly in Pillow/zlib code that releases the GIL; see README "Batch throughput".
 LIMITS = pipeline.Limits()  # 2 workers, 6 in flight, 32 Mpx (the numbers live there)
 
 
-def collect(inputs: list[Path], recursive: bool, out_dir: Path) -> tuple[list[tuple[Path, PurePosixPath]], list[Result], int]:
+def collect(inputs: list[Path | str], recursive: bool, out_dir: Path | str) -> tuple[list[tuple[Path | str, PurePosixPath]], list[Result], int]:
     """Inputs -> (files with their place under OUT, failures for missing inputs, number of
     subfolders not entered because --recursive was not given). Folder contents land
-    directly under OUT (``photos/a/b.png`` -> ``OUT/a/b.png``); files by their name."""
-    files: list[tuple[Path, PurePosixPath]] = []
+    directly under OUT (``photos/a/b.png`` -> ``OUT/a/b.png``); files by their name. An
+    input given as an object-store URI (a str; srdeploy.batch.stores) is listed by the
+    same rules, its objects named by URI."""
+    files: list[tuple[Path | str, PurePosixPath]] = []
     failures: list[Result] = []
     skipped_dirs = 0
-    out_real = out_dir.resolve()
+    out_real = out_dir.resolve() if isinstance(out_dir, Path) else None
     for given in inputs:
-        if given.is_dir():
-            for path in _walk(given, recursive, out_real):
+        if isinstance(given, str):
+            from srdeploy.batch import stores  # fsspec, only for URIs
+
+            listed = stores.find_inputs(given, recursive, out_dir if isinstance(out_dir, str) else None)
+            if listed is None:
+                failures.append(Result(display(given), "failed", "no such file or folder"))
+            else:
+                files.extend(listed[0])
+                skipped_dirs += listed[1]
+        elif given.is_dir():
+            found, unentered = walk_tree(os.walk(given), recursive, lambda root, d: (Path(root) / d).resolve() == out_real)
+            for root, name in found:
+                path = Path(root) / name
                 files.append((path, PurePosixPath(path.relative_to(given).as_posix())))
-            if not recursive:
-                skipped_dirs += sum(1 for p in given.iterdir() if p.is_dir() and not p.name.startswith(".") and p.resolve() != out_real)
+            skipped_dirs += unentered
         elif given.is_file():
             files.append((given, PurePosixPath(given.name)))
         else:
             failures.append(Result(display(given), "failed", "no such file or folder"))
-    seen: set[Path] = set()
+    seen: set[Path | str] = set()
     unique = []
     for path, rel in files:  # the same file named twice (or inside a folder also given) counts once
-        real = path.resolve()
+        real = path.resolve() if isinstance(path, Path) else path
         if real not in seen:
             seen.add(real)
             unique.append((path, rel))
     return unique, failures, skipped_dirs
 
 
-def _walk(folder: Path, recursive: bool, out_real: Path) -> list[Path]:
-    found = []
-    for root, dirs, names in os.walk(folder):
-        root_path = Path(root)
-        dirs[:] = sorted(d for d in dirs if recursive and not d.startswith(".") and (root_path / d).resolve() != out_real)
-        for name in sorted(names):
-            if not name.startswith(".") and Path(name).suffix.lower() in FOLDER_SUFFIXES:
-                found.append(root_path / name)
-        if not recursive:
-            break
-    return found
-
-
-def plan(files: list[tuple[Path, PurePosixPath]], settings: Settings, scale: int) -> tuple[list[Job], list[Result]]:
+def plan(
+    files: list[tuple[Path | str, PurePosixPath]], settings: Settings, scale: int, headers: list[imaging.ImageInfo | imaging.ImageError] | None = None,
+) -> tuple[list[Job], list[Result]]:
     """Read each header, pick the output format and name, and refuse name collisions
-    (the first input in order keeps the name; nothing is overwritten)."""
+    (the first input in order keeps the name; nothing is overwritten). ``headers``: each
+    file's :func:`srdeploy.io.imaging.probe` (or the ImageError it raised), already read
+    elsewhere (on a cluster's workers); by default each is read here."""
     jobs: list[Job] = []
     failures: list[Result] = []
     claimed: dict[str, str] = {}
-    for path, rel in files:
+    for i, (path, rel) in enumerate(files):
         shown = display(path)
         try:
-            info = imaging.probe(path, shown, settings.max_pixels)
+            info = imaging.probe(path, shown, settings.max_pixels) if headers is None else headers[i]
+            if isinstance(info, imaging.ImageError):
+                raise info
             fmt, note = imaging.choose_format(settings.format, info)
             imaging.check_output_size(info, scale, fmt)
         except imaging.ImageError as e:
@@ -138,21 +139,16 @@ def run_batch(
         raise ValueError(f"the output folder {display(out_dir)} is also an input folder; choose another -o")
     files, failures, unentered_dirs = collect(inputs, settings.recursive, out_dir)
     if not files and not failures:
-        raise NoInputs(_nothing_found(inputs, unentered_dirs))
+        raise NoInputs(nothing_found(inputs, unentered_dirs))
     out_dir.mkdir(parents=True, exist_ok=True)
     journal = Journal(out_dir / JOURNAL_NAME)
     summary = Summary(journal=journal.path, unentered_dirs=unentered_dirs)
 
-    def record(result: Result, **extra) -> None:
-        summary.results.append(result)
-        journal.append({"input": result.input, "status": result.status, "reason": result.reason, "output": result.output, "seconds": round(result.seconds, 3), **extra})
-        if report:
-            report(result)
+    record = Recorder(journal, summary, report)
 
     with journal.lock():
-        for stale in out_dir.rglob(f".*{TMP_SUFFIX}"):  # left by a killed run; the lock says none is live
-            stale.unlink(missing_ok=True)
-        journal.append({"event": "run", "settings": _settings_record(settings), **upscaler.describe()})
+        Folder(out_dir).sweep()  # temp files a killed run left; the lock says none is live
+        journal.append({"event": "run", "settings": settings_record(settings), **upscaler.describe()})
         jobs, refused = plan(files, settings, upscaler.scale)
         for result in failures + refused:
             record(result)
@@ -165,7 +161,7 @@ def run_batch(
             def output_pixels(job: Job) -> int:  # its weight against the pipeline's memory budget
                 return job.pixels * upscaler.scale**2
 
-            steps = InputSteps(upscaler, out_dir, settings, journal, finish)
+            steps = InputSteps(upscaler, Folder(out_dir), settings, journal, finish)
             pipeline.run_in_order(jobs, steps.as_pipeline(), limits or LIMITS, output_pixels)
     summary.seconds = time.perf_counter() - start
     return summary
@@ -175,13 +171,27 @@ class NoInputs(ValueError):
     """The inputs hold no image files: nothing to upscale, nothing written."""
 
 
-def _nothing_found(inputs: list[Path], unentered_dirs: int) -> str:
+def nothing_found(inputs: list[Path | str], unentered_dirs: int) -> str:
     where = ", ".join(display(p) for p in inputs[:3]) + (f" and {len(inputs) - 3} more" if len(inputs) > 3 else "")
     hint = f"; {unentered_dirs} subfolder(s) not searched: add --recursive" if unentered_dirs else ""
     return f"no images in {where} (looked for {' '.join(sorted(READ_SUFFIXES))}){hint}; nothing written"
 
 
-def _settings_record(settings: Settings) -> dict:
+class Recorder:
+    """Where each input's result goes, in input order: the summary, the journal (its one
+    record format) and ``report``."""
+
+    def __init__(self, journal: Journal, summary: Summary, report: Callable[[Result], None] | None):
+        self.journal, self.summary, self.report = journal, summary, report
+
+    def __call__(self, result: Result, **extra) -> None:
+        self.summary.results.append(result)
+        self.journal.append({"input": result.input, "status": result.status, "reason": result.reason, "output": result.output, "seconds": round(result.seconds, 3), **extra})
+        if self.report:
+            self.report(result)
+
+
+def settings_record(settings: Settings) -> dict:
     return {
         "format": settings.format, "quality": settings.quality, "png_compression": settings.png_compression,
         "recursive": settings.recursive, "overwrite": settings.overwrite, "max_pixels": settings.max_pixels,

@@ -8,6 +8,12 @@
 A failure of one input (unreadable, corrupt, out of memory, an unwritable target) becomes
 a failed :class:`_Outcome` that the later steps pass on to ``commit``, so one bad file
 never stops the batch. Crash safety and resume are described in srdeploy.batch.run.
+
+Where outputs go is a place: a :class:`Folder` (a POSIX folder: temp file, journal record,
+rename) or a bucket of an object store (srdeploy.batch.stores.Bucket: one PUT that
+carries the output's key, which vouches for it). On a Ray cluster
+(srdeploy.batch.ray_run) the first three steps run in the actors and ``commit`` on the
+driver: the values passed between them are small and picklable.
 """
 
 from __future__ import annotations
@@ -16,13 +22,13 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Protocol
 
 from srdeploy.batch import pipeline
 from srdeploy.batch.jobs import Job, Result, Settings, failure_reason
 from srdeploy.batch.journal import Journal
-from srdeploy.io.files import sha256_file, stage_bytes
+from srdeploy.io.files import TMP_SUFFIX, sha256_file, stage_bytes
 from srdeploy.io.imaging import Picture
 from srdeploy.runtime.upscaler import Decoded, Upscaler
 
@@ -32,7 +38,7 @@ class _Item:
     """One input on its way through the pipeline."""
 
     job: Job
-    target: Path
+    target: Any  # where its output goes, as the place names it (Folder: a Path)
     started: float  # time.perf_counter() when its reading began
     key: dict  # what its output is made from (input content, model, settings), for the journal
     replacing: str  # a note when it replaces an older output of ours
@@ -64,34 +70,112 @@ class _Upscaled:
 @dataclass(frozen=True)
 class _Staged:
     item: _Item
-    tmp: Path  # the fsynced temp file beside the target
+    tmp: Path | None  # the fsynced temp file beside the target; None: the place wrote the output whole
     output_sha256: str
     size: tuple[int, int]  # (width, height)
+
+
+class Place(Protocol):
+    """Where a batch's outputs go: a :class:`Folder` or a srdeploy.batch.stores.Bucket."""
+
+    def target(self, output: PurePosixPath) -> Any: ...
+    def replaces_input(self, target: Any, source: Path | str) -> bool: ...
+    def holds(self, target: Any) -> bool: ...
+    def sha256(self, target: Any) -> str | None: ...
+    def stage(self, target: Any, data: bytes, key: dict, output_sha256: str) -> Path | None: ...  # None: written whole already
+    def publish(self, tmp: Path, target: Any) -> None: ...
+    def discard(self, tmp: Path) -> None: ...
+
+
+class Folder:
+    """A POSIX folder (a local disk, or a mount every node of a cluster shares): outputs are
+    staged as fsynced temp files beside their targets and renamed over them (os.replace,
+    atomic) after the journal's ``writing`` record; the journal vouches for them."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def target(self, output: PurePosixPath) -> Path:
+        return self.root / output
+
+    def replaces_input(self, target: Path, source: Path | str) -> bool:
+        return isinstance(source, Path) and target.resolve() == source.resolve()
+
+    def holds(self, target: Path) -> bool:
+        return target.exists()
+
+    def sha256(self, target: Path) -> str | None:
+        return _sha256_file(target)
+
+    def stage(self, target: Path, data: bytes, key: dict, output_sha256: str) -> Path:
+        return stage_bytes(target, data)
+
+    def publish(self, tmp: Path, target: Path) -> None:
+        os.replace(tmp, target)
+
+    def discard(self, tmp: Path) -> None:
+        tmp.unlink(missing_ok=True)
+
+    def sweep(self) -> None:
+        """Remove the temp files under the folder: call it only while holding the journal's
+        lock, when none of them can belong to a live writer."""
+        for stale in self.root.rglob(f".*{TMP_SUFFIX}"):
+            stale.unlink(missing_ok=True)
+
+
+def read_input(source: Path | str) -> bytes:
+    """An input's bytes: a local file, or an object-store URI (srdeploy.batch.stores)."""
+    if isinstance(source, Path):
+        return source.read_bytes()
+    from srdeploy.batch import stores  # fsspec, only for URIs
+
+    return stores.read_uri(source)
+
+
+def source_identity(source: Path | str) -> str:
+    """The input as the rerun key names it: the resolved path, or the URI."""
+    return str(source.resolve()) if isinstance(source, Path) else source
 
 
 class InputSteps:
     """The steps of one input (see srdeploy.batch.pipeline): load and store on worker threads,
     upscale on the calling thread, commit on the commit thread in input order. A failure
     of one input becomes a failed _Outcome; only BaseExceptions and a journal that cannot
-    be written (raised from ``finish``) get through to stop the batch."""
+    be written (raised from ``finish``) get through to stop the batch.
 
-    def __init__(self, upscaler: Upscaler, out_dir: Path, settings: Settings, journal: Journal, finish: Callable[[Result, dict], None]):
-        self.upscaler, self.out_dir, self.settings, self.journal, self.finish = upscaler, out_dir, settings, journal, finish
+    ``journal`` answers ``last_ok(output)``: the record that vouches for an existing output
+    (a Journal, or what stands in for it where the journal is not at hand)."""
+
+    def __init__(self, upscaler: Upscaler, outputs: Path | Place, settings: Settings, journal: Journal, finish: Callable[[Result, dict], None] | None):
+        self.upscaler, self.settings, self.journal = upscaler, settings, journal
+        self.place: Place = Folder(outputs) if isinstance(outputs, Path) else outputs
+        self.committer = Committer(self.place, journal, finish)
+        self.commit, self.discard = self.committer.commit, self.committer.discard
 
     def as_pipeline(self) -> pipeline.Steps[Job]:
         return pipeline.Steps(self.load, self.upscale, self.store, self.commit, self.discard)
 
+    def through_store(self, job: Job) -> _Staged | _Outcome:
+        """load, upscale and store in turn, on this thread: what a cluster's actor does with
+        one input before it hands the value to the driver's ``commit``."""
+        value: Any = self.load(job)
+        for step in (self.upscale, self.store):
+            if isinstance(value, pipeline.Done):
+                return value
+            value = step(value)
+        return value
+
     def load(self, job: Job) -> _Loaded | _Outcome:
         """Read the input, decide whether its output is already done, decode it."""
-        item = _Item(job, self.out_dir / job.output, time.perf_counter(), {}, "")
+        item = _Item(job, self.place.target(job.output), time.perf_counter(), {}, "")
         try:
-            if item.target.resolve() == job.source.resolve():
+            if self.place.replaces_input(item.target, job.source):
                 return _Outcome(item.result("failed", "the output would replace the input; choose another -o"), {})
-            data = job.source.read_bytes()
+            data = read_input(job.source)
         except OSError as e:
             return _Outcome(item.result("failed", f"cannot read ({e.strerror or e})"), {})
         item = replace(item, key=self._key(job, data))
-        if item.target.exists():
+        if self.place.holds(item.target):
             checked = self._check_existing(item)
             if isinstance(checked, _Outcome):
                 return checked
@@ -107,7 +191,7 @@ class InputSteps:
     def _key(self, job: Job, data: bytes) -> dict:
         """What the output is made from; an existing output with the same key is done."""
         return {
-            "source": str(job.source.resolve()), "input_sha256": hashlib.sha256(data).hexdigest(),
+            "source": source_identity(job.source), "input_sha256": hashlib.sha256(data).hexdigest(),
             "model_sha256": self.upscaler.model.sha256, "provider": self.upscaler.provider, "precision": self.upscaler.precision,
             "format": job.format, "quality": self.settings.quality,
             # Only PNG bytes depend on it: other outputs stay done when it changes.
@@ -119,7 +203,7 @@ class InputSteps:
         this key (or it is not ours and --overwrite is off), else the item, noting when it
         replaces an output of ours made from other input, model or settings."""
         made = self.journal.last_ok(str(item.job.output))
-        ours = made is not None and made.get("output_sha256") == _sha256_file(item.target)
+        ours = made is not None and made.get("output_sha256") == self.place.sha256(item.target)
         if ours and all(made.get(k) == v for k, v in item.key.items()):
             return _Outcome(item.result("skipped", "already done (same input, model, engine and settings)"), item.key)
         if ours and made.get("source") == item.key["source"]:
@@ -142,10 +226,18 @@ class InputSteps:
         item = upscaled.item
         try:
             encoded = self.upscaler.encode(upscaled.picture, item.job.format, item.job.note, self.settings.quality, self.settings.png_compression)
-            tmp = stage_bytes(item.target, encoded.data)
+            output_sha256 = hashlib.sha256(encoded.data).hexdigest()
+            tmp = self.place.stage(item.target, encoded.data, item.key, output_sha256)
         except Exception as e:
             return _Outcome(item.result("failed", failure_reason(e, item.job.shown)), item.key)
-        return _Staged(item, tmp, hashlib.sha256(encoded.data).hexdigest(), (encoded.width, encoded.height))
+        return _Staged(item, tmp, output_sha256, (encoded.width, encoded.height))
+
+
+class Committer:
+    """The last step of each input, in input order: journal it, put it in place, report it."""
+
+    def __init__(self, place: Place, journal: Journal, finish: Callable[[Result, dict], None] | None):
+        self.place, self.journal, self.finish = place, journal, finish
 
     def commit(self, value: _Staged | _Outcome) -> None:
         """Journal the output, rename it into place, report it: in input order."""
@@ -154,10 +246,11 @@ class InputSteps:
             return
         item, job = value.item, value.item.job
         try:
-            self.journal.append({"input": job.shown, "status": "writing", "output": str(job.output), "output_sha256": value.output_sha256, **item.key})
-            os.replace(value.tmp, item.target)
+            if value.tmp is not None:  # else the place wrote it whole, vouched for by its own key
+                self.journal.append({"input": job.shown, "status": "writing", "output": str(job.output), "output_sha256": value.output_sha256, **item.key})
+                self.place.publish(value.tmp, item.target)
         except Exception as e:  # anything else reaches the pipeline, which discards the temp file
-            value.tmp.unlink(missing_ok=True)
+            self.discard(value)
             self.finish(item.result("failed", failure_reason(e, job.shown)), item.key)  # raises again if the journal is what failed
             return
         width, height = value.size
@@ -167,7 +260,32 @@ class InputSteps:
 
     def discard(self, staged: _Staged) -> None:
         """A stored output the batch stopped before committing: no temp file stays behind."""
-        staged.tmp.unlink(missing_ok=True)
+        if staged.tmp is not None:
+            self.place.discard(staged.tmp)
+
+
+def arrived(value: _Staged | _Outcome, elapsed: float) -> _Staged | _Outcome:
+    """A value another process took ``elapsed`` seconds to make, on this process's clock
+    (perf_counter is per machine): its result's seconds still run from reading to commit."""
+    if isinstance(value, _Staged):
+        return replace(value, item=replace(value.item, started=time.perf_counter() - elapsed))
+    return value
+
+
+def elapsed(value: _Staged | _Outcome) -> float:
+    """Seconds since the value's input was read, on this process's clock."""
+    return time.perf_counter() - value.item.started if isinstance(value, _Staged) else value.result.seconds
+
+
+def failed(job: Job, error: BaseException) -> _Outcome:
+    """An input whose steps raised what they do not catch (on a cluster, where nothing but
+    the input may fail): a failed result, with the reason."""
+    return _Outcome(Result(job.shown, "failed", failure_reason(error, job.shown), str(job.output)), {})
+
+
+def is_staged(value: Any) -> bool:
+    """Whether ``value`` is an output waiting for ``commit`` (else a final outcome)."""
+    return isinstance(value, _Staged)
 
 
 def _sha256_file(path: Path) -> str | None:

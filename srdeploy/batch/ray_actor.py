@@ -1,0 +1,114 @@
+"""What runs on a Ray cluster's workers for ``srdeploy upscale --ray``: the engine check, the
+header pass and the actors that upscale.
+
+Rows and results are small: an input's :class:`~srdeploy.batch.jobs.Job` goes in, its
+value from srdeploy.batch.steps comes out (a staged output or a final outcome), both
+pickled. Pixels never travel: an actor reads its inputs from their files or objects and
+writes its outputs itself (srdeploy.batch.steps.Folder or srdeploy.batch.stores.Bucket).
+Every failure of one input becomes that input's failed result here, so Ray never sees an
+error from a bad file (it would fail the whole dataset).
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+from srdeploy.batch.jobs import Settings, failure_reason
+from srdeploy.batch.journal import display
+from srdeploy.batch.steps import Folder, InputSteps, elapsed, failed
+from srdeploy.io import imaging
+
+# What the engine check reports as a one-line error rather than a crash (as the local CLI).
+START_ERRORS = (ImportError, ValueError, RuntimeError, OSError)
+
+
+def allow_pixels(max_pixels: int) -> None:
+    """Pillow's own bomb guard (89 Mpx) must not undercut a larger --max-pixels."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
+
+
+def check_engine(model: str, provider: str, precision: str, tile: int, threads: int) -> dict[str, Any]:
+    """Open the engine once as an actor will (on a node with the actor's resources) and say
+    what runs: the Upscaler's describe() and the note of what auto picked, or ``error``."""
+    from srdeploy.runtime.upscaler import Upscaler
+
+    try:
+        upscaler = Upscaler(model, provider=provider, tile=tile, threads=threads, precision=precision)
+    except START_ERRORS as e:
+        return {"error": str(e) or type(e).__name__}
+    return {**upscaler.describe(), "note": upscaler.note}
+
+
+def read_headers(batch: dict[str, Any], max_pixels: int) -> dict[str, Any]:
+    """Ray Data task: each input's header (imaging.probe) or the ImageError it gives, for
+    srdeploy.batch.run.plan on the driver."""
+    allow_pixels(max_pixels)
+    headers = []
+    for blob in batch["source"]:
+        source = pickle.loads(blob)
+        headers.append(pickle.dumps(_header(source, display(source), max_pixels)))
+    return {"index": batch["index"], "header": headers}
+
+
+def _header(source: Path | str, shown: str, max_pixels: int) -> imaging.ImageInfo | imaging.ImageError:
+    try:
+        if isinstance(source, Path):
+            return imaging.probe(source, shown, max_pixels)  # reads the header only
+        from srdeploy.batch.stores import read_uri
+
+        return imaging.probe(read_uri(source), shown, max_pixels)
+    except imaging.ImageError as e:
+        return e
+    except OSError as e:
+        return imaging.ImageError(f"{shown}: cannot read ({e.strerror or e})")
+    except Exception as e:  # a store's own error: this input fails, not the batch
+        return imaging.ImageError(f"{shown}: {failure_reason(e, shown)}")
+
+
+class _Vouched:
+    """Stands in for the journal on a worker, for a folder's outputs: the records that
+    vouch for this batch's outputs, which the driver looked up in the journal."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict | None] = {}
+
+    def last_ok(self, output: str) -> dict | None:
+        return self.records.get(output)
+
+
+class Upscaling:
+    """A Ray Data actor: one Upscaler (one engine session, opened once when the actor
+    starts), then for each input of a batch the steps up to ``store``: read, rerun check,
+    decode, upscale, encode, and the output staged (a folder) or written (a bucket)."""
+
+    def __init__(self, model: str, provider: str, precision: str, tile: int, threads: int, settings: Settings, out: Path | str):
+        from srdeploy.runtime.upscaler import Upscaler
+
+        allow_pixels(settings.max_pixels)
+        upscaler = Upscaler(model, provider=provider, tile=tile, threads=threads, precision=precision)
+        if isinstance(out, Path):
+            place, self.vouched = Folder(out), _Vouched()
+            journal: Any = self.vouched
+        else:
+            from srdeploy.batch.stores import Bucket
+
+            place = journal = Bucket(out)  # its objects' metadata vouch for them
+            self.vouched = None
+        self.steps = InputSteps(upscaler, place, settings, journal, None)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        jobs = [pickle.loads(blob) for blob in batch["job"]]
+        if self.vouched is not None:
+            self.vouched.records = {str(job.output): pickle.loads(made) for job, made in zip(jobs, batch["made"])}
+        outcomes = []
+        for job in jobs:
+            try:
+                value = self.steps.through_store(job)
+            except Exception as e:  # what the steps do not catch still fails this input alone
+                value = failed(job, e)
+            outcomes.append(pickle.dumps((value, elapsed(value))))
+        return {"index": batch["index"], "outcome": outcomes}

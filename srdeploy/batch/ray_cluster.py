@@ -1,0 +1,141 @@
+"""The Ray cluster a ``srdeploy upscale --ray`` run uses: connecting to it, and sizing the
+actor pool from its resources (or the options), so that every actor can be placed.
+
+Imported only when ``--ray`` is given; Ray comes with the ``ray`` extra.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+
+GPU_PROVIDERS = ("cuda", "tensorrt")
+LEVEL_NOTICE = "Set ray log level from environment variable"
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot run this batch (no address, too few resources): one line."""
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The actor pool: each actor holds one Upscaler on ``cpus`` logical CPUs (its engine's
+    threads) and ``gpus`` GPUs (1 for the CUDA providers, else 0)."""
+
+    actors: int
+    cpus: float
+    gpus: int
+
+    @property
+    def threads(self) -> int:
+        return max(1, math.floor(self.cpus))
+
+    def describe(self) -> dict:
+        return {"actors": self.actors, "cpus_per_actor": self.cpus, "gpus_per_actor": self.gpus}
+
+
+def connect(address: str) -> None:
+    """``local``: start a cluster on this machine for the run (loopback only); ``auto``: the
+    cluster this machine belongs to; else a Ray address (``HOST:PORT``, ``ray://HOST:PORT``)."""
+    if address == "local":
+        # With this off, Ray's get_node_ip_address answers 127.0.0.1: a cluster for one
+        # run on one machine listens on loopback, not on the machine's network address.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Ray's C++ core writes its errors to the driver's stderr, and Ray Data makes it write
+    # one for every actor pool (ray-project/ray#57733) through our bar. Failures still
+    # come as Python exceptions. A RAY_BACKEND_LOG_LEVEL the user set wins.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    import ray
+
+    options = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
+    try:
+        with _without_level_notice():
+            if address == "local":
+                from srdeploy.runtime.cpus import available_cpus
+
+                ray.init(address="local", num_cpus=available_cpus(), **options)  # a new one, never a running one
+            else:
+                ray.init(address=address, **options)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise ClusterError(f"cannot connect to the Ray cluster at {address!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    quiet_ray_data()
+
+
+@contextlib.contextmanager
+def _without_level_notice():
+    """Starting, the C++ core says on stderr that it read RAY_BACKEND_LOG_LEVEL: stderr
+    goes to a file meanwhile, and all but that line is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines(keepends=True):
+                if LEVEL_NOTICE not in line:
+                    sys.stderr.write(line)
+
+
+def quiet_ray_data() -> None:
+    """One progress bar on the driver (ours), and no execution log lines from Ray Data."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+def disconnect() -> None:
+    """Leave the cluster; a ``local`` one stops with its processes."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def nodes() -> list[dict[str, float]]:
+    """The logical resources of each live node."""
+    import ray
+
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def size_pool(provider: str, actors: int | None, cpus: float | None, nodes: list[dict[str, float]]) -> Pool:
+    """The pool for ``provider``: by default one actor per GPU for the CUDA providers (with
+    one CPU each), else one per CPU; refused when its actors cannot all be placed, which
+    would leave Ray Data waiting for them for ever."""
+    gpus = 1 if provider in GPU_PROVIDERS else 0
+    cpus = cpus if cpus is not None else 1.0
+    if cpus <= 0:
+        raise ClusterError(f"--cpus-per-actor must be positive, got {cpus}")
+    room = sum(_fits(node, cpus, gpus) for node in nodes)  # actors the nodes can place
+    if room == 0:
+        need = f"{cpus:g} CPU(s)" + (" and a GPU" if gpus else "")
+        raise ClusterError(f"no node of the Ray cluster has {need} for one actor ({_resources(nodes)})")
+    actors = actors if actors is not None else room
+    if actors < 1:
+        raise ClusterError(f"--actors must be at least 1, got {actors}")
+    if actors > room:
+        raise ClusterError(f"{actors} actors of {cpus:g} CPU(s){' and 1 GPU' if gpus else ''} do not fit the Ray cluster ({_resources(nodes)}): at most {room}")
+    return Pool(actors, cpus, gpus)
+
+
+def _fits(node: dict[str, float], cpus: float, gpus: int) -> int:
+    by_cpu = math.floor(node.get("CPU", 0) / cpus + 1e-9)
+    return min(by_cpu, math.floor(node.get("GPU", 0))) if gpus else by_cpu
+
+
+def _resources(nodes: list[dict[str, float]]) -> str:
+    cpus = sum(n.get("CPU", 0) for n in nodes)
+    gpus = sum(n.get("GPU", 0) for n in nodes)
+    return f"{len(nodes)} node(s), {cpus:g} CPUs, {gpus:g} GPUs"

@@ -1,0 +1,266 @@
+"""`srdeploy upscale --ray` as a subprocess on a real two-node Ray cluster on loopback: the
+bad-input corpus, bytes equal to the local CLI's, Ctrl-C then resume, an actor killed with
+kill -9, and s3:// inputs and outputs on a real S3 server (moto). Skipped without Ray."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ray_helpers import moto_s3, processes_mentioning, processes_titled, srdeploy_env, two_node_cluster  # before ray: sets its loopback switch
+
+pytest.importorskip("ray.data")
+pytest.importorskip("s3fs")
+
+from conftest import EXAMPLES, SRDEPLOY  # noqa: E402
+from onnx_toy import build_toy_sr  # noqa: E402
+from test_imaging import bad_inputs  # noqa: E402
+from test_upscale_cli import journal, outputs, save, temp_files  # noqa: E402
+
+from srdeploy.runtime.cpus import available_cpus  # noqa: E402
+from srdeploy.runtime.upscaler import Upscaler  # noqa: E402
+
+pytestmark = pytest.mark.slow
+ACTOR_TITLE = "ray::MapWorker(MapBatches(Upscaling))"
+BUCKET = "faces"
+RAY_LOG_LINE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,]+ [DIWEF] \d+ \d+\]")  # Ray's C++ logger: [2026-12-02 00:11:02,381 E 28419 28419]
+AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return build_toy_sr(tmp_path_factory.mktemp("toy") / "toy.onnx")
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    with moto_s3() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_endpoint, tmp_path_factory):
+    """The two nodes, with the S3 server's endpoint and keys in their environment (as a
+    real cluster's nodes have their store's credentials)."""
+    saved = {k: os.environ.get(k) for k in (*AWS, "AWS_ENDPOINT_URL")}
+    os.environ.update(AWS, AWS_ENDPOINT_URL=s3_endpoint)
+    try:
+        with two_node_cluster(tmp_path_factory.mktemp("ray")) as address:
+            yield address
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def upscale(*args, timeout=180, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SRDEPLOY), "upscale", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=srdeploy_env(**env))
+
+
+def noise_folder(folder: Path, count: int, side: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    names = [f"img_{i:02d}.png" for i in range(count)]
+    for name in names:  # noise compresses badly: outputs big enough to take a while
+        save(folder / name, rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+    return names
+
+
+def rows(out: Path) -> list[tuple]:
+    """The journal's per-input records, without times and run ids."""
+    return [(r["input"], r["status"], r["reason"], r.get("output")) for r in journal(out) if "input" in r and r["status"] != "writing"]
+
+
+def test_mixed_corpus_on_two_nodes_matches_the_local_cli_byte_for_byte(toy, cluster, tmp_path):
+    src = tmp_path / "in"
+    corpus = bad_inputs(np.random.default_rng(0))
+    src.mkdir()
+    for name, (data, _) in corpus.items():
+        (src / name).write_bytes(data)
+    rng = np.random.default_rng(1)
+    save(src / "good_a.png", rng.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    save(src / "good_b.jpg", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    save(src / "sub" / "grey.png", rng.integers(0, 256, (12, 12), dtype=np.uint8))
+    save(src / "sub" / "alpha.png", rng.integers(0, 256, (10, 14, 4), dtype=np.uint8))
+    for example in EXAMPLES.glob("*.*"):
+        if example.suffix in (".png", ".jpg"):
+            (src / "sub" / example.name).write_bytes(example.read_bytes())
+
+    on_ray, here = tmp_path / "on_ray", tmp_path / "here"
+    run = upscale(src, "-o", on_ray, "--model", toy, "--recursive", "--ray", cluster)
+    local = upscale(src, "-o", here, "--model", toy, "--recursive")
+    assert run.returncode == 1 and local.returncode == 1, run.stderr[-3000:]
+    assert "Ray: 4 actor(s) x 1 CPU" in run.stderr  # two actors a node: both nodes work
+    assert "Traceback" not in run.stderr
+    assert not RAY_LOG_LINE.search(run.stderr), run.stderr[-3000:]
+    good = sorted(outputs(here))
+    assert len(good) == 4 + len(list(EXAMPLES.glob("*.[pj][np]g"))) and sorted(outputs(on_ray)) == good
+    for name in good:  # the same model, engine and settings give the same bytes
+        assert outputs(on_ray)[name].read_bytes() == outputs(here)[name].read_bytes(), name
+    failed = {r[0]: r[2] for r in rows(on_ray) if r[1] == "failed"}
+    assert set(failed) == {str(src / name) for name in corpus}
+    for name, (_, reason) in corpus.items():
+        assert reason in failed[str(src / name)]
+        assert f"failed  {src / name}: " in run.stderr  # one line per bad file
+    assert rows(on_ray) == rows(here)  # the same records, in the same (input) order
+    assert f"{len(good)} ok, 0 skipped, {len(corpus)} failed of {len(good) + len(corpus)}" in run.stderr
+    assert not temp_files(on_ray)
+    run_record = journal(on_ray)[0]
+    assert run_record["event"] == "run" and run_record["ray"]["actors"] == 4 and run_record["provider"] == journal(here)[0]["provider"]
+
+
+def test_ctrl_c_leaves_no_partial_output_and_a_rerun_resumes(toy, cluster, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    names = noise_folder(src, 32, 160, seed=2)
+    args = [str(SRDEPLOY), "upscale", str(src), "-o", str(out), "--model", str(toy), "--ray", cluster, "--actors", "2", "--quiet"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=srdeploy_env())
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "upscale-journal.jsonl").exists() and (out / "upscale-journal.jsonl").read_text(encoding="utf-8").count('"status": "ok"') >= 3:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0, "the batch finished before Ctrl-C; make it longer"
+    assert "Traceback" not in err.decode()
+    survivors = outputs(out)
+    assert 3 <= len(survivors) < len(names)
+    assert not temp_files(out)  # the staged outputs not committed were removed
+    assert set(survivors) == {r[3] for r in rows(out) if r[1] == "ok"}  # and every output is journalled whole
+
+    rerun = upscale(src, "-o", out, "--model", toy, "--ray", cluster, "--actors", "2")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert sorted(outputs(out)) == names and not temp_files(out)
+    last = journal(out)[-1]["run"]
+    statuses = {Path(r["input"]).name: r["status"] for r in journal(out) if r.get("run") == last and r.get("status") in ("ok", "skipped")}
+    assert {n for n, s in statuses.items() if s == "skipped"} == set(survivors)
+    assert {n for n, s in statuses.items() if s == "ok"} == set(names) - set(survivors)
+    up = Upscaler(toy)  # what auto picks, as the CLI runs
+    assert outputs(out)[names[-1]].read_bytes() == up.upscale_bytes((src / names[-1]).read_bytes(), names[-1]).data
+
+
+def test_an_actor_killed_mid_run_is_restarted_and_its_inputs_redone(toy, cluster, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    names = noise_folder(src, 40, 160, seed=3)
+    args = [str(SRDEPLOY), "upscale", str(src), "-o", str(out), "--model", str(toy), "--ray", cluster, "--actors", "2", "--quiet"]
+    before = set(processes_titled(ACTOR_TITLE))
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=srdeploy_env())
+    killed = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and killed is None:
+            actors = set(processes_titled(ACTOR_TITLE)) - before
+            journal_text = (out / "upscale-journal.jsonl").read_text(encoding="utf-8") if (out / "upscale-journal.jsonl").exists() else ""
+            if actors and journal_text.count('"status": "ok"') >= 2:
+                killed = min(actors)
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert killed is not None, "no actor was seen before the batch ended; make it longer"
+    assert proc.returncode == 0, err.decode()[-3000:]
+    made = outputs(out)
+    assert sorted(made) == names and not temp_files(out)
+    assert sorted(r[3] for r in rows(out) if r[1] == "ok") == names  # each input journalled once
+    up = Upscaler(toy)  # what auto picks, as the CLI runs
+    for name in names:  # complete and byte-identical
+        assert made[name].read_bytes() == up.upscale_bytes((src / name).read_bytes(), name).data, name
+    vouched = {r["output"]: r["output_sha256"] for r in journal(out) if r.get("status") == "ok"}
+    assert vouched == {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in made.items()}
+
+
+def test_s3_inputs_and_outputs_with_one_put_each_and_resume(toy, cluster, s3_endpoint, tmp_path):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, **{k.lower(): v for k, v in AWS.items() if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    rng = np.random.default_rng(4)
+    local = tmp_path / "faces"
+    save(local / "a.png", rng.integers(0, 256, (16, 20, 3), dtype=np.uint8))
+    save(local / "party" / "b.jpg", rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
+    (local / "party" / "notes.jpg").write_bytes(b"shopping list: eggs, milk\n")
+    save(local / ".hidden" / "c.png", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    for path in local.rglob("*"):
+        if path.is_file():
+            s3.put_object(Bucket=BUCKET, Key=f"in/{path.relative_to(local).as_posix()}", Body=path.read_bytes())
+    env = {**AWS, "AWS_ENDPOINT_URL": s3_endpoint, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # the driver's journal copy
+
+    run = upscale(f"s3://{BUCKET}/in", "-o", f"s3://{BUCKET}/out", "--model", toy, "--recursive", "--ray", cluster, "--actors", "2", **env)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert f"failed  s3://{BUCKET}/in/party/notes.jpg: not an image (the file holds text)" in run.stderr
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="out/")["Contents"])
+    assert keys == ["out/a.png", "out/party/b.jpg", "out/upscale-journal.jsonl"]  # no temp objects, hidden folder left out
+    here = tmp_path / "here"
+    assert upscale(local, "-o", here, "--model", toy, "--recursive").returncode == 1
+    for name in ("a.png", "party/b.jpg"):  # the same bytes as the local CLI's, and vouched for by the object itself
+        obj = s3.get_object(Bucket=BUCKET, Key=f"out/{name}")
+        data = obj["Body"].read()
+        assert data == (here / name).read_bytes(), name
+        assert obj["Metadata"]["srdeploy-sha256"] == hashlib.sha256(data).hexdigest()
+        assert json.loads(obj["Metadata"]["srdeploy-key"])["source"] == f"s3://{BUCKET}/in/{name}"
+    records = [json.loads(line) for line in s3.get_object(Bucket=BUCKET, Key="out/upscale-journal.jsonl")["Body"].read().splitlines()]
+    assert [(r["input"], r["status"]) for r in records if "input" in r] == [  # refused at planning first, as the local batch
+        (f"s3://{BUCKET}/in/party/notes.jpg", "failed"), (f"s3://{BUCKET}/in/a.png", "ok"), (f"s3://{BUCKET}/in/party/b.jpg", "ok"),
+    ]
+
+    again = upscale(f"s3://{BUCKET}/in", "-o", f"s3://{BUCKET}/out", "--model", toy, "--recursive", "--ray", cluster, "--actors", "2", **env)
+    assert again.returncode == 1 and again.stdout.count("already done (same input, model, engine and settings)") == 2, again.stdout
+    s3.put_object(Bucket=BUCKET, Key="out/a.png", Body=b"the user's own object")  # not ours: left alone
+    kept = upscale(f"s3://{BUCKET}/in", "-o", f"s3://{BUCKET}/out", "--model", toy, "--recursive", "--ray", cluster, "--actors", "2", **env)
+    assert "output exists (not made by srdeploy from this input); --overwrite replaces it" in kept.stdout
+    assert s3.get_object(Bucket=BUCKET, Key="out/a.png")["Body"].read() == b"the user's own object"
+    journal_lines = s3.get_object(Bucket=BUCKET, Key="out/upscale-journal.jsonl")["Body"].read().splitlines()
+    assert len({json.loads(line)["run"] for line in journal_lines}) == 3  # one journal, every run appended
+
+
+def test_ray_local_starts_a_cluster_for_the_run_says_only_our_lines_and_stops_it(toy, tmp_path):
+    # Ray's own temp folder: RAY_TMPDIR would mark the run's processes, but it also hides
+    # the C++ log line this test looks for.
+    sessions = str(Path(tempfile.gettempdir()) / "ray" / "session_")
+    before = set(processes_mentioning(sessions))
+    run = upscale(EXAMPLES, "-o", tmp_path / "out", "--model", toy, "--ray", "local")
+    deadline = time.monotonic() + 20
+    while set(processes_mentioning(sessions)) - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = sorted(set(processes_mentioning(sessions)) - before)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [line for line in re.split(r"[\r\n]", run.stderr) if line.strip() and "%|" not in line]  # the bar's redraws aside
+    assert lines[0].startswith(f"model {toy} ") and f"; Ray: {available_cpus()} actor(s) x 1 CPU" in lines[0]  # one actor a CPU here
+    images = sorted(p.name for p in EXAMPLES.glob("*.[pj][np]g"))
+    assert len(lines) == 2 and lines[1].startswith(f"{len(images)} ok, 0 skipped, 0 failed"), lines
+    assert not RAY_LOG_LINE.search(run.stderr), run.stderr[-3000:]  # not even beside the bar
+    assert sorted(outputs(tmp_path / "out")) == images
+    assert not left, f"Ray processes outlived --ray local (killed): {left}"
+
+
+def test_without_ray_nothing_imports_it_and_uris_say_what_they_need(toy, tmp_path):
+    block = "import sys; sys.modules['ray'] = None; sys.modules['fsspec'] = None\nfrom srdeploy.cli import run; run()\n"
+    plain = subprocess.run([sys.executable, "-c", block, "upscale", str(EXAMPLES), "-o", str(tmp_path / "out"), "--model", str(toy), "-q"], capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0, plain.stderr
+    needs_ray = subprocess.run([sys.executable, "-c", block, "upscale", str(EXAMPLES), "-o", str(tmp_path / "o2"), "--model", str(toy), "--ray", "local"], capture_output=True, text=True, timeout=120)
+    assert needs_ray.returncode == 2 and needs_ray.stderr.strip() == "Error: --ray needs the ray package, which is not installed: pip install 'srdeploy[ray]'"
+    uri = upscale("s3://faces/in", "-o", tmp_path / "o3", "--model", toy)
+    assert uri.returncode == 2 and "s3://faces/in: object-store URIs need --ray" in uri.stderr
+    too_big = upscale(EXAMPLES, "-o", tmp_path / "o4", "--model", toy, "--actors", "2")
+    assert too_big.returncode == 2 and "--actors and --cpus-per-actor go with --ray" in too_big.stderr
