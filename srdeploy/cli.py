@@ -21,11 +21,11 @@ from srdeploy import __version__
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("srdeploy.training.cli", "train", "Train SRResNet (MSE) or fine-tune an SRGAN."),
     "evaluate": ("srdeploy.training.evaluate_cli", "evaluate", "PSNR/SSIM table and figure against bicubic."),
-    "upscale": ("srdeploy.batch.cli", "upscale", "Upscale images and folders 4x with ONNX Runtime (cpu/cuda/tensorrt)."),
-    "export": ("srdeploy.export.cli", "export", "Checkpoint -> ONNX (fp32/fp16) and TensorRT, manifest, parity checks."),
+    "upscale": ("srdeploy.batch.cli", "upscale", "Upscale images, folders and buckets 4x on the fastest engine here (OpenVINO, ONNX Runtime, CUDA, TensorRT); --ray for a cluster."),
+    "export": ("srdeploy.export.cli", "export", "Checkpoint -> ONNX (fp32/fp16/int8) and TensorRT, manifest, parity checks on every engine."),
     "package": ("srdeploy.handlers.cli", "package", "Build a TorchServe archive (NAME.mar) and a safe config.properties."),
     "demo": ("srdeploy.demo.cli", "demo", "A local web page to try a model on one image: before/after against bicubic, download."),
-    "bench": ("srdeploy.bench.cli", "bench", "Time PyTorch eager, ORT fp32/INT8 and the upscale pipeline on the same inputs (GFLOP/s vs peak)."),
+    "bench": ("srdeploy.bench.cli", "bench", "Time every engine x precision this CPU runs and the upscale pipeline on the same inputs (share of measured ceilings)."),
 }
 
 
