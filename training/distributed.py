@@ -89,5 +89,11 @@ def process_group() -> Iterator[DistEnv]:
     env = setup()
     try:
         yield env
+        if env.enabled:
+            # Every rank reaches the end before any leaves: a rank that destroyed its
+            # group and exited first could close gloo's sockets under a slower one,
+            # whose gloo thread then aborted the process (seen under load). Not on an
+            # error: the other ranks may never come.
+            td.barrier()
     finally:
         teardown(env)
