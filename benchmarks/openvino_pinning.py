@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 
-def one_process(pinned: bool, threads: int, side: int, calls: int, rounds: int, start: multiprocessing.Event, out: multiprocessing.Queue) -> None:
+def one_process(pinned: bool, threads: int, side: int, calls: int, rounds: int, start: multiprocessing.Barrier, out: multiprocessing.Queue) -> None:
     from srdeploy.runtime import cpu_graph, zoo
     from srdeploy.runtime.openvino_engine import OpenVinoRunner
 
@@ -30,7 +30,7 @@ def one_process(pinned: bool, threads: int, side: int, calls: int, rounds: int, 
     runner = OpenVinoRunner(graph, "fp32", threads)
     runner.config["ENABLE_CPU_PINNING"] = pinned
     window = np.random.default_rng(0).random((1, 3, side, side), dtype=np.float32)
-    runner(window)  # compile and warm up before the others start timing
+    runner(window)  # compile and warm up, then time together with the others
     start.wait()
     best = float("inf")
     for _ in range(rounds):
@@ -43,12 +43,10 @@ def one_process(pinned: bool, threads: int, side: int, calls: int, rounds: int, 
 
 def row(pinned: bool, processes: int, threads: int, args: argparse.Namespace) -> tuple[float, float]:
     context = multiprocessing.get_context("spawn")
-    start, out = context.Event(), context.Queue()
+    start, out = context.Barrier(processes), context.Queue()
     workers = [context.Process(target=one_process, args=(pinned, threads, args.side, args.calls, args.rounds, start, out)) for _ in range(processes)]
     for w in workers:
         w.start()
-    time.sleep(15)  # every process has compiled its window (a few seconds each here)
-    start.set()
     seconds = [out.get(timeout=600) for _ in workers]
     for w in workers:
         w.join()

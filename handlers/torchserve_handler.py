@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from srdeploy.handlers.config import DEFAULT_MAX_PIXELS, ort_threads
 from srdeploy.handlers.request import RequestError, parse_request
 from srdeploy.io import imaging
@@ -90,7 +88,7 @@ class UpscaleHandler:
         if gpu_id is not None and self.settings.provider != "cpu":
             pin_gpu(int(gpu_id))
         # As the CLI does: Pillow's own bomb guard (89 Mpx) must not undercut a larger cap.
-        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, self.settings.max_pixels)
+        imaging.allow_pixels(self.settings.max_pixels)
         threads = ort_threads(self.settings.workers)
         self.upscaler = Upscaler(model, provider=self.settings.provider, tile=self.settings.tile, threads=threads, precision=self.settings.precision)
         d = self.upscaler.describe()

@@ -75,15 +75,13 @@ def upscale(inputs, out_dir, model, provider, precision, tile, fmt, quality, png
 
 def _here(model, provider, precision, tile, sources, out, settings, report, quiet):
     """The batch in this process (srdeploy.batch.run)."""
-    from PIL import Image
-
     from srdeploy.batch.run import run_batch
+    from srdeploy.io import imaging
     from srdeploy.io.imaging import ImageError
     from srdeploy.runtime.upscaler import ProviderError, Upscaler
     from srdeploy.runtime.zoo import ModelError
 
-    # Pillow's own bomb guard (89 Mpx) must not undercut a larger --max-pixels.
-    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, settings.max_pixels)
+    imaging.allow_pixels(settings.max_pixels)
     try:
         upscaler = Upscaler(model, provider=provider, tile=tile, precision=precision)
     except (ModelError, ProviderError, ImageError, ValueError, ImportError) as e:

@@ -24,13 +24,6 @@ from srdeploy.io import imaging
 START_ERRORS = (ImportError, ValueError, RuntimeError, OSError)
 
 
-def allow_pixels(max_pixels: int) -> None:
-    """Pillow's own bomb guard (89 Mpx) must not undercut a larger --max-pixels."""
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
-
-
 def check_engine(model: str, provider: str, precision: str, tile: int, threads: int) -> dict[str, Any]:
     """Open the engine once as an actor will (on a node with the actor's resources) and say
     what runs: the Upscaler's describe() and the note of what auto picked, or ``error``."""
@@ -46,7 +39,7 @@ def check_engine(model: str, provider: str, precision: str, tile: int, threads: 
 def read_headers(batch: dict[str, Any], max_pixels: int) -> dict[str, Any]:
     """Ray Data task: each input's header (imaging.probe) or the ImageError it gives, for
     srdeploy.batch.run.plan on the driver."""
-    allow_pixels(max_pixels)
+    imaging.allow_pixels(max_pixels)
     headers = []
     for blob in batch["source"]:
         source = pickle.loads(blob)
@@ -88,7 +81,7 @@ class Upscaling:
     def __init__(self, model: str, provider: str, precision: str, tile: int, threads: int, settings: Settings, out: Path | str):
         from srdeploy.runtime.upscaler import Upscaler
 
-        allow_pixels(settings.max_pixels)
+        imaging.allow_pixels(settings.max_pixels)
         upscaler = Upscaler(model, provider=provider, tile=tile, threads=threads, precision=precision)
         if isinstance(out, Path):
             place, self.vouched = Folder(out), _Vouched()

@@ -42,15 +42,14 @@ HEADER_ALLOWANCE = 1 << 20
 def demo(models, provider, precision, tile, quality, png_compression, max_pixels, host, port):
     """Serve a page to try the models on one image: the input beside its 4x result, a
     slider against bicubic, the engine that ran and its time, the file to download."""
-    from PIL import Image
-
     from srdeploy.demo.choices import machine_choices
     from srdeploy.demo.compare import Settings
     from srdeploy.demo.upscalers import Upscalers
+    from srdeploy.io import imaging
     from srdeploy.runtime.upscaler import ProviderError
     from srdeploy.runtime.zoo import ModelError
 
-    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)  # as srdeploy upscale does
+    imaging.allow_pixels(max_pixels)  # as srdeploy upscale does
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM unwinds like Ctrl-C, so the temporary folder goes too
     workdir = Path(tempfile.mkdtemp(prefix="srdeploy-demo-"))
     # Read by Gradio when it is imported and when the page is built, so set first. Run

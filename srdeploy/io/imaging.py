@@ -38,6 +38,12 @@ DEFAULT_QUALITY = {"JPEG": 95, "WEBP": 90}
 # makes faces about as small as Pillow's 6 in half the time (docs/results.md, "PNG
 # compression").
 DEFAULT_PNG_COMPRESSION = 4
+
+
+def allow_pixels(max_pixels: int) -> None:
+    """Raise Pillow's own decompression-bomb guard (89 Mpx) to ``max_pixels`` where it is
+    lower: the caller's cap, checked before decoding (image_guard), is the one that rules."""
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
 _EXIF_ORIENTATION = 0x0112
 
 
