@@ -7,8 +7,9 @@ Inputs: the CelebA-HQ test faces (../shared/data/celeba_hq_256/test) downscaled 
 with srdeploy.quality.degrade.downscale (bicubic, antialiased), written as PNGs to a temp folder.
 Model: the shipped default (SRResNet B=8), CPU provider, default threads and tile.
 
-- ``encode``: per image, the model time (Upscaler.upscale_array) against the PNG encode
-  time of its 256x256 output at each zlib level, with the output sizes.
+- ``encode``: per image, the model time (Upscaler.upscale_array, the engine ``auto`` picks)
+  against the PNG encode time of its 256x256 output at each level, srdeploy's writer
+  against Pillow's, with the output sizes.
 - ``busy``: in-process, the share of run_batch's wall time the model is running, one
   input at a time vs pipelined (see model_busy_share).
 - ``throughput``: each variant runs in a fresh subprocess, one after the other, repeated;
@@ -242,32 +243,44 @@ def make_warmup_picture():
 
 
 def encode_share(inputs: Path, count: int) -> list[dict]:
-    """Model seconds per image vs PNG encode seconds of its 256x256 output, per zlib level."""
+    """Model seconds per image (the engine `srdeploy upscale` picks here) vs the PNG encode
+    seconds of its 256x256 output at each level: srdeploy's encode (srdeploy.io.imaging:
+    its own writer at 0-3, Pillow at 4-9) and Pillow's own writer at the same zlib level."""
     from PIL import Image
 
-    from srdeploy.io import imaging
+    from srdeploy.io import imaging, png
     from srdeploy.runtime.upscaler import Upscaler
 
     paths = sorted(inputs.glob("*.png"))[:count]
     arrays = [imaging.decode(p.read_bytes(), p.name).color.astype(np.float32) / 255 for p in paths]
-    up = Upscaler("default", provider="cpu")
+    up = Upscaler("default")
     up.upscale_array(arrays[0])
     t0 = time.perf_counter()
     outputs = [np.rint(up.upscale_array(a) * 255).astype(np.uint8) for a in arrays]
     model_s = (time.perf_counter() - t0) / len(arrays)
-    rows = [{"step": "model (upscale_array)", "ms_per_image": round(1000 * model_s, 1)}]
+    rows = [{"step": f"model (upscale_array, {up.provider} {up.precision})", "ms_per_image": round(1000 * model_s, 2)}]
+
+    def pillow(pixels: np.ndarray, level: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "PNG", compress_level=level)
+        return buffer.getvalue()
+
+    def srdeploy(pixels: np.ndarray, level: int) -> bytes:
+        return imaging.encode(imaging.Picture(pixels), "PNG", png_compression=level)
+
     for level in range(10):
-        sizes = []
-        t0 = time.perf_counter()
-        for pixels in outputs:
-            buffer = io.BytesIO()
-            Image.fromarray(pixels).save(buffer, "PNG", compress_level=level)
-            sizes.append(buffer.tell())
-        seconds = (time.perf_counter() - t0) / len(outputs)
-        rows.append({
-            "step": f"PNG encode, compress_level {level}", "ms_per_image": round(1000 * seconds, 1),
-            "share_of_model": f"{100 * seconds / model_s:.1f}%", "kib_per_image": round(float(np.mean(sizes)) / 1024, 1),
-        })
+        writer = f"srdeploy.io.png, Up filter, {png.deflate_library(level)}" if level in png.FAST_LEVELS else "Pillow"
+        for name, encode in ((f"srdeploy ({writer})", srdeploy), ("Pillow's own", pillow)):
+            if name.startswith("Pillow") and level not in png.FAST_LEVELS:
+                continue  # the same writer as the srdeploy row
+            encode(outputs[0], level)
+            t0 = time.perf_counter()
+            sizes = [len(encode(pixels, level)) for pixels in outputs]
+            seconds = (time.perf_counter() - t0) / len(outputs)
+            rows.append({
+                "step": f"level {level}: {name}", "ms_per_image": round(1000 * seconds, 2),
+                "share_of_model": f"{100 * seconds / model_s:.0f}%", "kib_per_image": round(float(np.mean(sizes)) / 1024, 1),
+            })
     return rows
 
 

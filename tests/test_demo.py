@@ -19,7 +19,7 @@ from test_imaging import bad_inputs
 from srdeploy.demo.choices import installed_providers, machine_choices, openvino_bf16
 from srdeploy.demo.compare import Comparison, Settings, compare
 from srdeploy.demo.upscalers import Upscalers
-from srdeploy.io import imaging, png16
+from srdeploy.io import imaging, png
 from srdeploy.runtime import engines, openvino_engine, zoo
 from srdeploy.runtime.upscaler import DEFAULT_TILE, Upscaler
 
@@ -81,7 +81,7 @@ def test_the_pixel_cap_is_checked_before_decoding(upscalers, tmp_path):
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    data = png16.PNG_SIGNATURE + chunk(b"IHDR", struct.pack(">IIBBBBB", 3000, 2000, 8, 2, 0, 0, 0)) + chunk(b"IDAT", b"garbage") + chunk(b"IEND", b"")
+    data = png.PNG_SIGNATURE + chunk(b"IHDR", struct.pack(">IIBBBBB", 3000, 2000, 8, 2, 0, 0, 0)) + chunk(b"IDAT", b"garbage") + chunk(b"IEND", b"")
     path = upload(tmp_path, "big.png", data)
     capped = Settings("same", None, imaging.DEFAULT_PNG_COMPRESSION, 1_000_000)
     outcome = compare(upscalers, path, "srresnet", "auto", "auto", capped, tmp_path)

@@ -26,7 +26,7 @@ from conftest import EXAMPLES, REPO, SRDEPLOY
 from PIL import Image
 
 from srdeploy.handlers.config import free_port_block
-from srdeploy.io import png16
+from srdeploy.io import png
 
 pytest.importorskip("gradio", reason="gradio is not installed (pip install 'srdeploy[demo]')")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install 'srdeploy[dev]')")
@@ -76,7 +76,7 @@ def over_the_cap(path: Path) -> Path:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    path.write_bytes(png16.PNG_SIGNATURE + chunk(b"IHDR", struct.pack(">IIBBBBB", 3000, 2000, 8, 2, 0, 0, 0)) + chunk(b"IDAT", b"garbage") + chunk(b"IEND", b""))
+    path.write_bytes(png.PNG_SIGNATURE + chunk(b"IHDR", struct.pack(">IIBBBBB", 3000, 2000, 8, 2, 0, 0, 0)) + chunk(b"IDAT", b"garbage") + chunk(b"IEND", b""))
     return path
 
 

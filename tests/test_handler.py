@@ -27,7 +27,7 @@ from PIL import Image
 from srdeploy.handlers import config as serve_config
 from srdeploy.handlers.config import Ports, ServeConfig
 from srdeploy.handlers.package import ENTRY_MODULE, PackageError, build_archive
-from srdeploy.io import png16
+from srdeploy.io import png
 from srdeploy.runtime import cpus, graph, zoo
 from srdeploy.runtime.engines import CPU_PROVIDERS
 from srdeploy.runtime.upscaler import DEFAULT_TILE, Upscaler
@@ -136,7 +136,7 @@ def test_bad_items_get_their_own_4xx_while_the_rest_succeed(served, rng):
     handler, context = served
     good = encoded(noise(rng, 10, 10), "PNG")
     big = encoded(noise(rng, 49, 48), "PNG")  # 2352 > 48 x 48 = 2304 pixels
-    huge_header = png16.PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 3000, 2000, 8, 2, 0, 0, 0)) + _chunk(b"IDAT", b"junk")
+    huge_header = png.PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 3000, 2000, 8, 2, 0, 0, 0)) + _chunk(b"IDAT", b"junk")
     requests = [
         ({"body": good}, {}),
         ({"body": b"shopping list: eggs, milk\n"}, {}),
@@ -262,8 +262,8 @@ def test_config_properties_is_safe_by_default(archive):
 def test_size_limits_hold_the_worst_case_request_and_response(rng):
     """16-bit RGBA noise, the largest thing the handler reads or writes per pixel."""
     config = ServeConfig(max_pixels=40 * 30)
-    upload = png16.encode_png16(rng.integers(0, 65536, (30, 40, 4), dtype=np.uint16))
-    output = png16.encode_png16(rng.integers(0, 65536, (120, 160, 4), dtype=np.uint16))
+    upload = png.encode_png(rng.integers(0, 65536, (30, 40, 4), dtype=np.uint16))
+    output = png.encode_png(rng.integers(0, 65536, (120, 160, 4), dtype=np.uint16))
     assert len(upload) <= serve_config.max_request_bytes(config)
     assert len(output) <= serve_config.max_response_bytes(config) - (1 << 20)  # without the headroom
     default = ServeConfig()

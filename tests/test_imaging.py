@@ -6,13 +6,16 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageOps
 
-from srdeploy.io import imaging, png16
+from srdeploy.io import imaging, png
 from srdeploy.io.imaging import ImageError, Picture
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def _bytes(img: Image.Image, fmt: str, **options) -> bytes:
@@ -109,7 +112,7 @@ def test_16bit_gray_png_and_tiff_keep_all_16_bits(rng):
 @pytest.mark.parametrize("channels", [3, 4])
 def test_16bit_colour_png_keeps_all_16_bits(channels, rng):
     values = rng.integers(0, 65536, (300, 21, channels)).astype(np.uint16)  # > one 256-row block
-    data = png16.encode_png16(values, b"profile")
+    data = png.encode_png(values, b"profile")
     info = imaging.probe(data, "c16.png")
     assert info.depth == 16 and info.has_alpha == (channels == 4)
     pic = imaging.decode(data, "c16.png")
@@ -121,6 +124,47 @@ def test_16bit_colour_png_keeps_all_16_bits(channels, rng):
     lacks = "alpha and 16-bit samples" if channels == 4 else "16-bit samples"
     assert imaging.choose_format("jpg", info) == ("PNG", f"JPEG cannot store {lacks}, wrote PNG")
     assert np.array_equal(imaging.decode(imaging.encode(pic, "PNG"), "again").color, values[..., :3])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("level", [0, 1, 3, 9])
+def test_png_writer_keeps_every_sample_across_row_blocks(channels, dtype, level, rng, monkeypatch):
+    """srdeploy.io.png on every colour type and depth, in blocks of a few rows so the Up
+    filter's row above crosses block boundaries; Pillow (or read_png16) decodes it."""
+    monkeypatch.setattr(png, "_BLOCK_BYTES", 100)
+    shape = (37, 13) if channels == 1 else (37, 13, channels)
+    values = rng.integers(0, np.iinfo(dtype).max + 1, shape, dtype=dtype)
+    values[5:20] = values[4]  # flat rows: the Up filter's best case, still lossless
+    data = png.encode_png(values, b"profile", level)
+    pic = imaging.decode(data, "w.png")
+    if channels == 2 and dtype == np.uint16:  # read back as its high bytes (see read_png16)
+        values = (values >> 8).astype(np.uint8)
+    colour = values if channels in (1, 3) else values[..., :-1]
+    if channels == 2:
+        colour = colour[..., 0]
+    assert pic.depth == 8 * values.dtype.itemsize and pic.icc_profile == b"profile"
+    assert np.array_equal(pic.color, colour)
+    assert (pic.alpha is None) == (channels in (1, 3)) and (pic.alpha is None or np.array_equal(pic.alpha, values[..., -1]))
+
+
+def test_png_levels_pick_the_writer_and_zlib_gives_the_same_pixels_without_isal(rng, monkeypatch):
+    """Levels 0-3 go through srdeploy.io.png (ISA-L when installed), 4-9 through Pillow's
+    filter search; without ISA-L the fast levels deflate with zlib: other bytes, the same
+    pixels."""
+    face = np.asarray(Image.open(EXAMPLES / "astronaut_face.png").convert("RGB"))
+    pic = Picture(face)
+    assert imaging.encode(pic, "PNG", png_compression=6) == _bytes(Image.fromarray(face), "PNG", compress_level=6)
+    fast = imaging.encode(pic, "PNG", png_compression=1)
+    assert fast == png.encode_png(face, None, 1) and np.array_equal(imaging.decode(fast, "f.png").color, face)
+    monkeypatch.setattr(png, "_isal", None)
+    assert png.deflate_library(1) == "zlib"
+    with_zlib = imaging.encode(pic, "PNG", png_compression=1)
+    assert np.array_equal(imaging.decode(with_zlib, "z.png").color, face)
+    with pytest.raises(ValueError, match="0 to 9"):
+        png.encode_png(face, None, 10)
+    with pytest.raises(TypeError, match="uint8 or uint16"):
+        png.encode_png(face.astype(np.float32))
 
 
 def test_16bit_png_from_another_encoder_with_sub_and_up_filters(rng):
@@ -136,7 +180,7 @@ def test_16bit_png_from_another_encoder_with_sub_and_up_filters(rng):
             sub[6:] -= raw[y, :-6]
             rows.append(b"\x01" + sub.tobytes())
     ihdr = struct.pack(">IIBBBBB", 5, 6, 16, 2, 0, 0, 0)
-    data = png16.PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"".join(rows))) + _png_chunk(b"IEND", b"")
+    data = png.PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"".join(rows))) + _png_chunk(b"IEND", b"")
     assert np.array_equal(imaging.decode(data, "f.png").color, values.astype(np.uint16))
 
 
@@ -218,15 +262,15 @@ def test_encode_is_deterministic(rng):
 
 def bad_inputs(rng) -> dict[str, tuple[bytes, str]]:
     """name -> (file bytes, the reason its error must give). Shared with the CLI tests."""
-    png = _bytes(Image.fromarray(_rgb(rng, 64, 64)), "PNG")
+    good_png = _bytes(Image.fromarray(_rgb(rng, 64, 64)), "PNG")
     jpeg = _bytes(Image.fromarray(_rgb(rng, 64, 64)), "JPEG")
-    bomb = png16.PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _png_chunk(b"IEND", b"")
+    bomb = png.PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _png_chunk(b"IEND", b"")
     frames = [Image.fromarray(_rgb(rng, 8, 8)).convert("P") for _ in range(3)]
     gif = io.BytesIO()
     frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
     return {
         "empty.png": (b"", "empty file (0 bytes)"),
-        "truncated.png": (png[: len(png) // 2], "corrupt or truncated PNG data"),
+        "truncated.png": (good_png[: len(good_png) // 2], "corrupt or truncated PNG data"),
         "truncated.jpg": (jpeg[: len(jpeg) // 2], "corrupt or truncated JPEG data"),
         "notes.jpg": (b"shopping list: eggs, milk\n", "not an image (the file holds text)"),
         "bomb.png": (bomb, "decompression bomb"),
@@ -247,7 +291,7 @@ def test_bad_input_gets_its_own_clear_error(name):
 
 def test_pixel_cap_is_checked_before_decoding(rng):
     """The IDAT here is garbage: reaching the decoder would report corruption instead."""
-    head = png16.PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 3000, 2000, 8, 2, 0, 0, 0))
+    head = png.PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 3000, 2000, 8, 2, 0, 0, 0))
     data = head + _png_chunk(b"IDAT", b"garbage") + _png_chunk(b"IEND", b"")
     with pytest.raises(ImageError, match=r"big.png: 3000x2000 \(6,000,000 pixels\) exceeds the input cap of 1,000,000 pixels"):
         imaging.decode(data, "big.png", max_pixels=1_000_000)
@@ -284,7 +328,7 @@ def test_decompression_bomb_warning_becomes_an_error():
     """100 Mpx is between Pillow's warning (89 Mpx) and its own error (179 Mpx)."""
     import warnings
 
-    head = png16.PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 10_000, 10_000, 8, 0, 0, 0, 0))
+    head = png.PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 10_000, 10_000, 8, 0, 0, 0, 0))
     data = head + _png_chunk(b"IDAT", zlib.compress(b"\0" * 100)) + _png_chunk(b"IEND", b"")
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")

@@ -236,10 +236,10 @@ def test_every_mode_through_the_model(up, mode, rng):
 
 
 def test_16bit_colour_is_upscaled_at_16_bits(up, rng):
-    from srdeploy.io import png16
+    from srdeploy.io import png
 
     values = rng.integers(0, 65536, (12, 10, 3)).astype(np.uint16)
-    out = imaging.decode(up.upscale_bytes(png16.encode_png16(values), "c16.png").data, "out")
+    out = imaging.decode(up.upscale_bytes(png.encode_png(values), "c16.png").data, "out")
     assert out.depth == 16 and out.color.shape == (48, 40, 3)
     expected = np.rint(up.upscale_array(values.astype(np.float32) / 65535) * 65535).astype(np.uint16)
     assert np.array_equal(out.color, expected)

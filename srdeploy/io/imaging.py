@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageCms
 
-from srdeploy.io import png16
+from srdeploy.io import png
 from srdeploy.io.formats import READ_FORMATS, SUFFIXES
 from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError, open_checked, sniff, why
 
@@ -34,10 +34,12 @@ __all__ = [
 MAX_SIDE = {"WEBP": 16383, "JPEG": 65535, "PNG": 2**31 - 1, "TIFF": 2**31 - 1, "BMP": 2**31 - 1}
 KEEPS_ALPHA = {"PNG", "WEBP", "TIFF"}
 DEFAULT_QUALITY = {"JPEG": 95, "WEBP": 90}
-# zlib level of PNG outputs, 0-9: lower is faster and bigger, the pixels are the same. 4
-# makes faces about as small as Pillow's 6 in half the time (docs/results.md, "PNG
-# compression").
-DEFAULT_PNG_COMPRESSION = 4
+# PNG compression, 0-9; the pixels are the same at every level. 0 stores; 1-3 are
+# srdeploy's fast writer (srdeploy.io.png: one filter, ISA-L or zlib at that level); 4-9
+# are Pillow's per-row filter choice and zlib at that level, for the smallest files.
+# Measured on 256x256 faces (docs/results.md, "PNG compression"): level 1 encodes in
+# 0.6 ms, 14% bigger than level 4's 8.8 ms.
+DEFAULT_PNG_COMPRESSION = 1
 
 
 def allow_pixels(max_pixels: int) -> None:
@@ -97,9 +99,9 @@ def decode(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Pict
     with open_checked(data, name, max_pixels) as im:
         info = _info(im, name)
         try:
-            rawmode = png16.png_rawmode(im)
-            if png16.is_png16_colour(im):
-                samples = png16.read_png16(data, im)  # (H, W, 3|4) uint16
+            rawmode = png.png_rawmode(im)
+            if png.is_png16_colour(im):
+                samples = png.read_png16(data, im)  # (H, W, 3|4) uint16
                 pic = Picture(samples[..., :3], samples[..., 3] if samples.shape[2] == 4 else None, im.info.get("icc_profile"))
             elif rawmode == "LA;16B":  # 16-bit grey+alpha: Pillow gives 8-bit RGBA, keep it grey
                 samples = np.asarray(im)
@@ -223,9 +225,9 @@ def encode(pic: Picture, fmt: str, quality: int | None = None, png_compression: 
     ``quality`` applies to JPEG/WebP, ``png_compression`` (zlib level 0-9) to PNG."""
     if not 0 <= png_compression <= 9:
         raise ValueError(f"png_compression must be a zlib level from 0 to 9, got {png_compression}")
-    if fmt == "PNG" and pic.depth == 16 and not (pic.gray and pic.alpha is None):
+    if fmt == "PNG" and (png_compression in png.FAST_LEVELS or pic.depth == 16):  # Pillow has no 16-bit colour
         planes = pic.color if pic.alpha is None else np.dstack([pic.color, pic.alpha])
-        return png16.encode_png16(planes, pic.icc_profile, png_compression)
+        return png.encode_png(planes, pic.icc_profile, png_compression)
     if pic.depth == 16 and fmt not in ("PNG", "TIFF"):
         pic = to_8bit(pic)  # explicit callers only: choose_format never picks this
     img = picture_to_pil(pic)
@@ -261,8 +263,8 @@ def output_suffix(fmt: str, input_suffix: str) -> str:
 def _info(im: Image.Image, name: str) -> ImageInfo:
     # No EXIF here: Pillow loads a whole PNG to look for a trailing eXIf chunk.
     w, h = im.size
-    rawmode = png16.png_rawmode(im)
-    depth = 16 if im.mode.startswith("I;16") or im.mode == "I" or png16.is_png16_colour(im) else 8
+    rawmode = png.png_rawmode(im)
+    depth = 16 if im.mode.startswith("I;16") or im.mode == "I" or png.is_png16_colour(im) else 8
     gray = im.mode in ("1", "L", "LA", "La", "I", "F") or im.mode.startswith("I;16") or rawmode == "LA;16B"
     return ImageInfo(name, im.format, w, h, bool(im.has_transparency_data), depth, gray)
 
