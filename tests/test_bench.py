@@ -15,6 +15,14 @@ from PIL import Image
 ROW_FIELDS = {"set", "row", "images", "images_per_s", "output_mpx_per_s", "gflop_per_s", "peak_share", "vs_torch", "max_abs_diff_vs_torch", "passes"}
 
 
+def bf16_cpu() -> bool:
+    """Whether this CPU runs the OpenVINO bf16 row (bf16 units that OpenVINO lists)."""
+    from srdeploy.runtime import openvino_engine
+    from srdeploy.runtime.cpus import cpu_info
+
+    return cpu_info().has_bf16 and "BF16" in openvino_engine.capabilities()
+
+
 def bench(*args, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run([str(SRDEPLOY), "bench", *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
@@ -75,7 +83,8 @@ def test_bench_reports_every_row_for_both_input_sets(tiny_generator, tiny_onnx, 
     assert sets == ["3 x 8x8", "1 x 96x96"]
     rows = {(r["set"], r["row"]): r for r in result["rows"]}
     expected = ("torch", "ort_fp32", "openvino_fp32", "openvino_defaults", "ort_int8", "openvino_int8", "pipeline")
-    assert set(rows) == {(s, row) for s in sets for row in expected}  # bf16 only on CPUs with bf16 units
+    expected += ("openvino_bf16",) if bf16_cpu() else ()  # bf16 only on CPUs with bf16 units
+    assert set(rows) == {(s, row) for s in sets for row in expected}
     for record in rows.values():
         assert ROW_FIELDS <= set(record)
         assert record["images_per_s"] > 0 and record["output_mpx_per_s"] > 0 and record["gflop_per_s"] > 0
@@ -83,7 +92,9 @@ def test_bench_reports_every_row_for_both_input_sets(tiny_generator, tiny_onnx, 
         assert len(record["passes"]) == 1
     for s in sets:
         for same_network in ("ort_fp32", "openvino_fp32", "openvino_defaults"):
-            assert rows[s, same_network]["max_abs_diff_vs_torch"] < 1e-4
+            if rows[s, same_network]["precision"] == "fp32":  # OpenVINO's defaults are bf16 on bf16 CPUs
+                assert rows[s, same_network]["max_abs_diff_vs_torch"] < 1e-4
+        assert rows[s, "openvino_defaults"]["precision"] == ("bf16" if bf16_cpu() else "fp32")
         assert rows[s, "ort_int8"]["max_abs_diff_vs_torch"] is not None
     assert result["flops"]["gflop"] == pytest.approx(srresnet_conv_flops(1, 8, 8, 8) / 1e9)
     big = next(s for s in result["sets"] if s["set"] == "1 x 96x96")
@@ -100,7 +111,8 @@ def test_bench_says_which_rows_are_absent_and_json_to_stdout(tiny_onnx, hr_folde
     run = bench("--model", tiny_onnx, "--data", hr_folder, "--large", 0, "--repeats", 1, "--json", "-")
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)  # the table went to stderr
-    assert [r["row"] for r in result["rows"]] == ["ort_fp32", "openvino_fp32", "openvino_defaults", "pipeline"]
+    bf16 = ["openvino_bf16"] if bf16_cpu() else []
+    assert [r["row"] for r in result["rows"]] == ["ort_fp32", "openvino_fp32", "openvino_defaults", *bf16, "pipeline"]
     notes = " ".join(result["notes"])
     assert "PyTorch row absent: no generator.pt" in notes and "int8 rows absent" in notes
     assert all(r["vs_torch"] is None for r in result["rows"])

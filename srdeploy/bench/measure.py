@@ -170,7 +170,8 @@ def openvino_defaults_row(path: Path, auto: Upscaler) -> Row:
     compiled = ov.Core().compile_model(str(path), "CPU")
     request = compiled.create_infer_request()
     run = lambda batch: request.infer({0: batch})[0].copy()  # noqa: E731
-    precision = "bf16" if str(compiled.get_property("INFERENCE_PRECISION_HINT")) == "bf16" else "fp32"
+    # What the plugin chose for itself: bf16 on CPUs with bf16 units, f32 elsewhere.
+    precision = "bf16" if compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16 else "fp32"
     tiled = lambda lr: tiling.upscale_tiled(run, lr, auto.scale, auto.tile, auto.overlap)  # noqa: E731
     return engine_row("openvino_defaults", f"OpenVINO defaults {precision}", precision, tiled)
 
