@@ -76,6 +76,11 @@ def two_node_cluster(temp_dir: Path) -> Iterator[str]:
     the address a driver connects to."""
     from ray.cluster_utils import Cluster
 
+    from ray._common.utils import get_default_ray_temp_dir
+
+    # The head writes its address file into Ray's default temp folder even when given its
+    # own, and fails on a machine where no Ray ever ran (no /tmp/ray yet).
+    Path(get_default_ray_temp_dir()).mkdir(parents=True, exist_ok=True)
     node = dict(num_cpus=CPUS_PER_NODE, object_store_memory=OBJECT_STORE_BYTES, node_ip_address="127.0.0.1")
     cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False, "temp_dir": str(temp_dir)})
     try:
