@@ -27,7 +27,7 @@ from srdeploy.runtime.upscaler import DEFAULT_TILE
 @click.option("--tile", type=click.IntRange(min=0), default=DEFAULT_TILE, show_default=True, help="LR tile side in pixels (tiles overlap by the model's receptive radius, so the output equals untiled); 0 = whole image (CPU only).")
 @click.option("--format", "fmt", type=click.Choice(["same", "png", "jpg", "webp"]), default="same", show_default=True, help="Output format; alpha and 16-bit inputs are written as PNG when the format cannot hold them.")
 @click.option("--quality", type=click.IntRange(1, 100), default=None, help="JPEG/WebP quality [default: 95 JPEG, 90 WebP]; PNG/TIFF/BMP are lossless.")
-@click.option("--png-compression", type=click.IntRange(0, 9), default=DEFAULT_PNG_COMPRESSION, show_default=True, help="zlib level of PNG outputs, 0-9: higher is smaller and slower (6 is Pillow's and libpng's default); the pixels are the same.")
+@click.option("--png-compression", type=click.IntRange(0, 9), default=DEFAULT_PNG_COMPRESSION, show_default=True, help="PNG compression, 0-9; the pixels are the same at every level. 0 stores, 1-3 are fast (one filter, ISA-L deflate), 4-9 smaller and slower (Pillow's filter search, zlib).")
 @click.option("-r", "--recursive", is_flag=True, help="Descend into subfolders.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs this tool did not make from the same input.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-file lines; failures still go to stderr.")

@@ -28,7 +28,7 @@ class Settings:
     recursive: bool = False
     overwrite: bool = False  # replace outputs this tool cannot prove it made from this input
     max_pixels: int = imaging.DEFAULT_MAX_PIXELS
-    png_compression: int = imaging.DEFAULT_PNG_COMPRESSION  # zlib level 0-9 of PNG outputs
+    png_compression: int = imaging.DEFAULT_PNG_COMPRESSION  # 0-9, as srdeploy.io.imaging.encode
 
     def __post_init__(self) -> None:
         if not 0 <= self.png_compression <= 9:

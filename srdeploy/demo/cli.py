@@ -35,7 +35,7 @@ HEADER_ALLOWANCE = 1 << 20
 @click.option("--precision", type=click.Choice(engines.PRECISIONS), default="auto", show_default=True, help="The precision selected when the page opens (as srdeploy upscale --precision).")
 @click.option("--tile", type=click.IntRange(min=0), default=DEFAULT_TILE, show_default=True, help="LR tile side in pixels, as srdeploy upscale --tile; 0 = whole image (CPU only).")
 @click.option("--quality", type=click.IntRange(1, 100), default=None, help="JPEG/WebP quality [default: 95 JPEG, 90 WebP], as srdeploy upscale --quality.")
-@click.option("--png-compression", type=click.IntRange(0, 9), default=DEFAULT_PNG_COMPRESSION, show_default=True, help="zlib level of PNG outputs, as srdeploy upscale --png-compression.")
+@click.option("--png-compression", type=click.IntRange(0, 9), default=DEFAULT_PNG_COMPRESSION, show_default=True, help="PNG compression 0-9, as srdeploy upscale --png-compression.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True, help="Refuse inputs with more pixels (checked before decoding).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; 0.0.0.0 makes the page reachable from other machines.")
 @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True, help="Port to listen on.")

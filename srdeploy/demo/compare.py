@@ -38,7 +38,7 @@ class Settings:
 
     format: str  # same | png | jpg | webp
     quality: int | None  # None: the format's default (JPEG 95, WebP 90)
-    png_compression: int  # zlib level 0-9
+    png_compression: int  # 0-9, as srdeploy.io.imaging.encode
     max_pixels: int  # input cap, checked on the header
 
 

@@ -36,9 +36,9 @@ KEEPS_ALPHA = {"PNG", "WEBP", "TIFF"}
 DEFAULT_QUALITY = {"JPEG": 95, "WEBP": 90}
 # PNG compression, 0-9; the pixels are the same at every level. 0 stores; 1-3 are
 # srdeploy's fast writer (srdeploy.io.png: one filter, ISA-L or zlib at that level); 4-9
-# are Pillow's per-row filter choice and zlib at that level, for the smallest files.
-# Measured on 256x256 faces (docs/results.md, "PNG compression"): level 1 encodes in
-# 0.6 ms, 14% bigger than level 4's 8.8 ms.
+# are Pillow's per-row filter search and zlib at that level, for the smallest files. 1
+# encodes a face several times faster than 4, a little bigger (docs/results.md, "PNG
+# compression").
 DEFAULT_PNG_COMPRESSION = 1
 
 
@@ -222,7 +222,7 @@ def check_output_size(info: ImageInfo, scale: int, fmt: str) -> None:
 
 def encode(pic: Picture, fmt: str, quality: int | None = None, png_compression: int = DEFAULT_PNG_COMPRESSION) -> bytes:
     """Picture -> file bytes in ``fmt`` (PNG, JPEG, WEBP, TIFF, BMP), ICC profile carried.
-    ``quality`` applies to JPEG/WebP, ``png_compression`` (zlib level 0-9) to PNG."""
+    ``quality`` applies to JPEG/WebP, ``png_compression`` (0-9, see DEFAULT_PNG_COMPRESSION) to PNG."""
     if not 0 <= png_compression <= 9:
         raise ValueError(f"png_compression must be a zlib level from 0 to 9, got {png_compression}")
     if fmt == "PNG" and (png_compression in png.FAST_LEVELS or pic.depth == 16):  # Pillow has no 16-bit colour

@@ -1,15 +1,15 @@
 """PNG: srdeploy's fast PNG writer, and the 16-bit colour PNGs Pillow cannot read.
 
 Writing. Pillow tries all five PNG filters on every row and keeps the best, then deflates
-with zlib: on a 256x256 face at level 4 that took 8.8 ms, more than a bf16 CPU's model
-takes for the image (docs/results.md, "PNG compression"). :func:`encode_png` filters every
-row with "Up" (the byte above, which suits photographs and upscaled images) and deflates
-with ISA-L where the ``isal`` package is installed (a dependency wherever it has wheels;
-0.6 ms for the same face at level 1, 14% bigger than Pillow's level 4), else with zlib.
-It writes 8- and 16-bit grey, grey+alpha, RGB and RGBA, streaming row blocks so a large
-image never exists twice in memory. The pixels are exactly the input's; the bytes depend
-on the level and on the deflate library, never the pixels. srdeploy.io.imaging decides
-which levels come here (:data:`FAST_LEVELS`) and which go to Pillow's smaller files.
+with zlib; at a bf16 CPU's model rate that costs about as much CPU as the model itself
+(docs/results.md, "PNG compression"). :func:`encode_png` filters every row with "Up" (the
+byte above, which suits photographs and upscaled images) and deflates with ISA-L where the
+``isal`` package is installed (a dependency wherever it has wheels), else with zlib: files
+a little bigger, written several times faster. It writes 8- and 16-bit grey, grey+alpha,
+RGB and RGBA, streaming row blocks so a large image never exists twice in memory. The
+pixels are exactly the input's; the bytes depend on the level and on the deflate library,
+never the pixels. srdeploy.io.imaging decides which levels come here (:data:`FAST_LEVELS`)
+and which go to Pillow's smaller files.
 
 Reading. Pillow opens a 48-bit RGB or 64-bit RGBA PNG as 8-bit "RGB"/"RGBA" and keeps only
 the high byte of every sample. Its PNG decoder still does the hard part (inflate,
