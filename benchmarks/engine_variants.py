@@ -67,7 +67,7 @@ def rows(model: Path, int8_models: list[Path], threads: int, x: np.ndarray) -> d
     for path in int8_models:
         quantized = providers.open_session(path, "cpu", threads, None)
         out[f"ORT int8, {path.name}"] = lambda s=quantized: s.run(None, {"lr": x})[0]
-        runner = openvino_engine.OpenVinoRunner(path, "int8", threads)
+        runner = openvino_engine.OpenVinoRunner(path, "int8", threads, "bf16" in precisions)  # as the Upscaler opens it
         out[f"OpenVINO int8, {path.name}"] = lambda r=runner: r(x)
     return out
 

@@ -7,6 +7,7 @@ message naming the file and the reason otherwise.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import click
@@ -16,8 +17,9 @@ import click
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for model.onnx, the other artifacts and manifest.json.")
 @click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx: fp16 weights and compute, float32 inputs/outputs.")
-@click.option("--int8", is_flag=True, help="Also write model.int8.onnx: ONNX Runtime static quantisation (QDQ, per-channel int8 weights), calibrated on --calibration; float32 inputs/outputs.")
+@click.option("--int8", is_flag=True, help="Also write model.int8.onnx: QDQ, per-channel int8 weights, calibrated on --calibration, for the engine --int8-engine names; float32 inputs/outputs.")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None, help="With --int8: folder of HR images (e.g. CelebA-HQ val faces); each is centre-cropped and degraded (bicubic x4) to a 64x64 LR input.")
+@click.option("--int8-engine", type=click.Choice(["cpu", "openvino"]), default="cpu", show_default=True, help="With --int8: the engine the int8 model is made for, and that `srdeploy upscale` runs it on: cpu = ONNX Runtime (its static quantiser), openvino = OpenVINO (NNCF's post-training quantisation; the faster one on CPUs with VNNI/AMX).")
 @click.option("--calibration-limit", type=click.IntRange(min=1), default=300, show_default=True, help="With --int8: calibration images used (the first, sorted by path); the next 8 check the int8 quality.")
 @click.option("--tensorrt", is_flag=True, help="Also build TensorRT engines (model.fp32.engine, model.fp16.engine with --fp16); needs tensorrt and a CUDA GPU.")
 @click.option("--opset", type=click.IntRange(min=17), default=None, help="ONNX opset (default 18, the exporter's native one).")
@@ -27,7 +29,7 @@ import click
 @click.option("--tile", type=click.IntRange(min=8), default=128, show_default=True, help="TensorRT profile: the LR tile size the engine is built for (srdeploy upscale reads it back from the engine; the CPU default tile is 256).")
 @click.option("--overlap", type=click.IntRange(min=0), default=24, show_default=True, help="TensorRT profile: LR halo on each tile side.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=4, show_default=True, help="TensorRT profile: most tiles per engine call.")
-def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration: Path | None, calibration_limit: int, tensorrt: bool, opset: int | None, check: bool, weights: str, images: Path | None, tile: int, overlap: int, max_batch: int) -> None:
+def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration: Path | None, int8_engine: str, calibration_limit: int, tensorrt: bool, opset: int | None, check: bool, weights: str, images: Path | None, tile: int, overlap: int, max_batch: int) -> None:
     """Export a training checkpoint (or bare generator state_dict) CHECKPOINT to ONNX
     (and TensorRT), with manifest.json and optional parity checks.
 
@@ -42,6 +44,8 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
         raise click.UsageError("--int8 needs --calibration DIR: a folder of HR images to calibrate the activation ranges on")
     if calibration is not None and not int8:
         raise click.UsageError("--calibration is used only with --int8")
+    if int8 and int8_engine == "openvino" and importlib.util.find_spec("nncf") is None:
+        raise click.UsageError("--int8-engine openvino quantises with NNCF, which is not installed: pip install 'srdeploy[export]'")
     from srdeploy.export.pipeline import Int8Request, export_artifacts, load_export_generator
     from srdeploy.runtime.manifest import read_manifest
     from srdeploy.runtime.tensorrt import TensorRTUnavailable, TileProfile
@@ -59,7 +63,7 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
             meta=meta,
             source=checkpoint,
             fp16=fp16,
-            int8=Int8Request(calibration, calibration_limit) if int8 else None,
+            int8=Int8Request(calibration, calibration_limit, int8_engine) if int8 else None,
             tensorrt=tensorrt,
             opset=opset,
             check=check,

@@ -49,6 +49,7 @@ class Int8Request:
 
     calibration: Path  # folder of HR images (recursive); each becomes a 64x64 LR input
     limit: int = 300  # calibration images used (the first ones, sorted by path)
+    engine: str = "cpu"  # the engine the file is quantised for: cpu (ONNX Runtime's quantiser) | openvino (NNCF)
 
 
 @dataclass
@@ -145,11 +146,14 @@ def export_artifacts(
 
 def _write_int8(result: ExportResult, request: Int8Request, calibration, batches: list[tuple[str, parity.Batch]]) -> None:
     """Quantise model.onnx into model.int8.onnx and measure it against model.onnx."""
-    from srdeploy.export.int8 import quality_vs_fp32, quantize_int8
+    from srdeploy.export.int8 import quality_vs_fp32, quantize_int8, quantize_int8_for_openvino
 
     out_dir = result.out_dir
     with _timed(result, "onnx int8"):
-        quantization = quantize_int8(out_dir / FP32_ONNX, out_dir / INT8_ONNX, calibration)
+        if request.engine == "openvino":
+            quantization = quantize_int8_for_openvino(out_dir / FP32_ONNX, out_dir / INT8_ONNX, calibration)
+        else:
+            quantization = quantize_int8(out_dir / FP32_ONNX, out_dir / INT8_ONNX, calibration)
     with _timed(result, "int8 quality"):
         quality = quality_vs_fp32(out_dir / FP32_ONNX, out_dir / INT8_ONNX, calibration, batches)
     result.models[INT8_ONNX] = {

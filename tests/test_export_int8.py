@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from PIL import Image
 
 from srdeploy.export.calibration import CalibrationReader, load_calibration
-from srdeploy.export.int8 import MIN_PSNR_Y, quality_vs_fp32, quantize_int8
+from srdeploy.export.int8 import MIN_PSNR_Y, quality_vs_fp32, quantize_int8, quantize_int8_for_openvino
 from srdeploy.runtime import contract, graph
 from srdeploy.runtime.manifest import verify_manifest
 
@@ -173,6 +173,38 @@ def test_int8_of_the_shipped_model_stays_close_to_fp32_and_a_broken_one_does_not
     quality = quality_vs_fp32(SHIPPED / "model.onnx", broken, black)
     assert not quality["ok"] and quality["natural_images"]["psnr_y_db_min"] < MIN_PSNR_Y
     assert any(f.startswith("broken.int8.onnx: PSNR-Y ") and "coffee.png" in f for f in quality["failures"])
+
+
+def test_int8_for_openvino_is_nncf_keeps_the_ends_in_float_and_says_its_engine(tmp_path):
+    """The NNCF path on the real B=8 generator: within the same bound as the default file,
+    tagged for OpenVINO, which auto then runs it on; the default file is tagged for ORT."""
+    pytest.importorskip("nncf")
+    from srdeploy.runtime.upscaler import Upscaler
+
+    folder = tmp_path / "examples"
+    folder.mkdir()
+    for p in sorted(EXAMPLES.glob("*")):
+        if p.suffix in (".png", ".jpg"):
+            (folder / p.name).write_bytes(p.read_bytes())
+    cal = load_calibration(folder, limit=3, check=1)
+    dst = tmp_path / "ov.int8.onnx"
+    info = quantize_int8_for_openvino(SHIPPED / "model.onnx", dst, cal)
+    assert info["engine"] == "openvino" and info["tool"].startswith("nncf.quantize") and info["graph_rewrites"]
+    model = onnx.load(str(dst))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    weight_dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    assert [k["node"] for k in info["fp32_nodes"]] == [convs[0].name, convs[-1].name]
+    assert convs[0].input[1] not in weight_dq and convs[-1].input[1] not in weight_dq  # the ends stay float
+    assert info["quantized_convs"] == len(convs) - 2
+    described = contract.validate_onnx_model(dst)
+    assert described["precision"] == "int8" and described["int8_engine"] == "openvino"
+    quality = quality_vs_fp32(SHIPPED / "model.onnx", dst, cal)
+    assert quality["ok"], quality["failures"]
+    assert Upscaler(dst).engine.provider == "openvino"
+
+    ort_file = tmp_path / "ort.int8.onnx"
+    quantize_int8(SHIPPED / "model.onnx", ort_file, cal, "minmax")
+    assert contract.validate_onnx_model(ort_file)["int8_engine"] == "cpu" and Upscaler(ort_file).engine.provider == "cpu"
 
 
 def test_int8_needs_calibration_and_calibration_needs_int8(tmp_path):

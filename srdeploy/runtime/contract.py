@@ -24,6 +24,11 @@ MAX_IR_VERSION = 13
 META_SCALE = "srdeploy.scale"
 META_PRECISION = "srdeploy.precision"  # "fp32" | "fp16" | "int8" (compute; the I/O stays float32)
 META_CONTRACT = "srdeploy.contract"
+# The engine an int8 model was quantised for ("cpu": ONNX Runtime's quantiser, the default
+# export; "openvino": NNCF's). Each engine keeps int8's quality bound only on its own file
+# (docs/results.md, "INT8: which file, which engine"); absent means "cpu".
+META_INT8_ENGINE = "srdeploy.int8_engine"
+INT8_ENGINES = ("cpu", "openvino")
 CONTRACT_TEXT = "lr: float32 NCHW RGB [0,1] -> sr: float32 NCHW RGB [0,1], batch/height/width dynamic"
 
 _FLOAT = 1  # onnx.TensorProto.FLOAT; spelled out so this module imports without onnx
@@ -36,9 +41,10 @@ def validate_onnx_model(path: str | os.PathLike) -> dict[str, Any]:
     Raises FileNotFoundError for a missing file and ValueError (naming the file and the
     reason) for a file that is not ONNX, keeps tensors in external data files, or whose
     inputs/outputs differ from the contract. Returns ``{"path", "opset", "ir_version",
-    "input_name", "output_name", "input_shape", "output_shape", "scale", "precision"}``;
-    shapes hold ints for fixed and strings for dynamic dimensions, ``scale`` and
-    ``precision`` are None when the file does not say.
+    "input_name", "output_name", "input_shape", "output_shape", "scale", "precision",
+    "int8_engine"}``; shapes hold ints for fixed and strings for dynamic dimensions, ``scale``
+    and ``precision`` are None when the file does not say; ``int8_engine`` (int8 models
+    only, else None) is what META_INT8_ENGINE says, "cpu" when it says nothing.
     """
     try:
         import onnx
@@ -72,7 +78,8 @@ def validate_onnx_model(path: str | os.PathLike) -> dict[str, Any]:
         "input_shape": _shape(lr),
         "output_shape": _shape(model.graph.output[0]),
         "scale": _scale(props, model.graph.output[0]),
-        "precision": _precision_of(model.graph, props.get(META_PRECISION)),
+        "precision": (precision := _precision_of(model.graph, props.get(META_PRECISION))),
+        "int8_engine": (props.get(META_INT8_ENGINE) if props.get(META_INT8_ENGINE) in INT8_ENGINES else "cpu") if precision == "int8" else None,
     }
 
 

@@ -10,7 +10,7 @@ or ``--fp16``), not of the engine.
 else the CPU engine and precision measured fastest on this class of CPU among those that
 meet the default quality contract, at most 0.02 dB PSNR-Y below ONNX Runtime fp32 on the
 CelebA-HQ test split. int8 is never picked by ``auto``: it is a model of its own, with its
-own bound (0.2 dB). What ``auto`` picked, and why, is printed, journalled and logged. An
+own bound (0.2 dB), and it runs on the engine it was quantised for. What ``auto`` picked, and why, is printed, journalled and logged. An
 explicit request that this machine cannot honour is an error, never a quiet substitute.
 The measurements behind the rules are in docs/results.md ("Engines per CPU").
 """
@@ -39,28 +39,33 @@ class Engine:
     why: str | None = None
 
 
-def fastest_cpu_engine(cpu: CpuInfo, model_precision: str, openvino: bool, openvino_bf16: bool) -> Engine:
+def fastest_cpu_engine(cpu: CpuInfo, model_precision: str, openvino: bool, openvino_bf16: bool, int8_engine: str = "cpu") -> Engine:
     """The CPU engine ``auto`` takes on ``cpu`` for a model computing in ``model_precision``
     (fp32 or int8). ``openvino``: OpenVINO is installed; ``openvino_bf16``: its CPU
-    plugin lists BF16. The rules follow the measurements in docs/results.md."""
+    plugin lists BF16; ``int8_engine``: the engine an int8 model was quantised for
+    (srdeploy.runtime.contract.META_INT8_ENGINE). The rules follow the measurements in
+    docs/results.md."""
+    if model_precision == "int8":
+        # Each engine kept int8's 0.2 dB bound only on the file made for it: OpenVINO lost
+        # 0.20-0.23 dB on ONNX Runtime's QDQ file, on AVX2 and AMX CPUs alike.
+        if int8_engine == "openvino" and openvino:
+            return Engine("openvino", "int8", "auto: an int8 model quantised for OpenVINO (NNCF), OpenVINO int8")
+        if int8_engine == "openvino":
+            return Engine("cpu", "int8", "auto: an int8 model quantised for OpenVINO, which is not installed: ONNX Runtime int8 (pip install 'srdeploy[cpu]')")
+        return Engine("cpu", "int8", "auto: an int8 model from ONNX Runtime's quantiser, ONNX Runtime int8")
     if not openvino:
         return Engine("cpu", model_precision, f"auto: ONNX Runtime {model_precision} (OpenVINO is not installed: pip install 'srdeploy[cpu]')")
-    if model_precision == "int8":
-        if cpu.has_int8_dot:
-            return Engine("openvino", "int8", "auto: an int8 model on a CPU with int8 dot products (VNNI/AMX), OpenVINO int8")
-        # Without VNNI, OpenVINO ran the same QDQ model a little faster but past int8's
-        # 0.2 dB bound; ONNX Runtime stays within it (docs/results.md, "Engines per CPU").
-        return Engine("cpu", "int8", "auto: an int8 model without VNNI, ONNX Runtime int8 (OpenVINO int8 loses more than 0.2 dB here)")
     if cpu.has_bf16 and openvino_bf16:
         return Engine("openvino", "bf16", "auto: bf16 units on this CPU, OpenVINO bf16 (within 0.02 dB PSNR-Y of fp32)")
     return Engine("openvino", "fp32", "auto: no bf16 units on this CPU, OpenVINO fp32")
 
 
-def resolve(provider: str, precision: str, model_precision: str, cpu: CpuInfo, openvino: bool, openvino_bf16: bool) -> Engine:
+def resolve(provider: str, precision: str, model_precision: str, cpu: CpuInfo, openvino: bool, openvino_bf16: bool, int8_engine: str = "cpu") -> Engine:
     """The engine for a request on this machine, before any GPU is tried: ``provider`` in
     PROVIDERS, ``precision`` in PRECISIONS, ``model_precision`` what the file computes in
-    (fp32 | fp16 | int8). ``auto`` resolves to the CPU choice here; the Upscaler tries
-    CUDA first. Raises ProviderError for a combination this machine cannot honour."""
+    (fp32 | fp16 | int8), ``int8_engine`` what an int8 file was quantised for. ``auto``
+    resolves to the CPU choice here; the Upscaler tries CUDA first. Raises ProviderError
+    for a combination this machine cannot honour."""
     if provider not in PROVIDERS:
         raise ProviderError(f"unknown provider {provider!r}: use one of {', '.join(PROVIDERS)}")
     if precision not in PRECISIONS:
@@ -75,7 +80,7 @@ def resolve(provider: str, precision: str, model_precision: str, cpu: CpuInfo, o
         if precision == "bf16":
             provider = "openvino"  # the only engine with a bf16 path
         else:
-            engine = fastest_cpu_engine(cpu, "int8" if model_precision == "int8" else "fp32", openvino, openvino_bf16)
+            engine = fastest_cpu_engine(cpu, "int8" if model_precision == "int8" else "fp32", openvino, openvino_bf16, int8_engine)
             if model_precision == "fp16":
                 return Engine("cpu", "fp16", "auto: an fp16 model without a GPU, ONNX Runtime")
             if precision == "fp32" and engine.precision == "bf16":

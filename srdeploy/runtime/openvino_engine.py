@@ -7,9 +7,12 @@ Compiled shapes are kept in a small LRU cache; each thread gets its own infer re
 (a request must not run two windows at once).
 
 Precision: ``fp32`` keeps f32 everywhere; ``bf16`` asks the plugin to compute in bf16
-(f32 accumulation) on CPUs with bf16 units; an int8 (QDQ) model runs as int8 whatever the
-hint. The plugin would quietly run f32 where bf16 is not supported: srdeploy.runtime.engines
-refuses that choice before a runner is made.
+(f32 accumulation) on CPUs with bf16 units; an int8 (QDQ) model runs its quantised
+convolutions as int8, and what it keeps in float (the head and tail convolutions of
+srdeploy's NNCF export) in bf16 where the CPU has bf16 units, else f32: in f32 those kept
+convolutions took about half the time of the whole int8 model (docs/results.md). The
+plugin would quietly run f32 where bf16 is not supported: srdeploy.runtime.engines refuses
+that choice before a runner is made.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from srdeploy.runtime import contract
 # Compiled window shapes kept at once: a batch of mixed image sizes meets one shape per
 # size smaller than a window, plus the window itself.
 MAX_COMPILED_SHAPES = 8
-PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8 comes from the graph's Q/DQ
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8 comes from the graph's Q/DQ; its float parts: see bf16_units
 INSTALL_HINT = "install OpenVINO: pip install 'srdeploy[cpu]' (it carries openvino)"
 
 
@@ -55,10 +58,12 @@ class OpenVinoRunner:
     """An ONNX model on OpenVINO's CPU plugin (see the module docstring).
 
     ``model``: a path to an .onnx file or the serialised bytes of one. ``threads``: CPU
-    threads of the plugin's pool. Raises ValueError when OpenVINO cannot read the model.
+    threads of the plugin's pool. ``bf16_units``: the CPU computes bf16 natively (an int8
+    model's float parts then run in bf16). Raises ValueError when OpenVINO cannot read the
+    model.
     """
 
-    def __init__(self, model: str | os.PathLike | bytes, precision: str, threads: int):
+    def __init__(self, model: str | os.PathLike | bytes, precision: str, threads: int, bf16_units: bool = False):
         import openvino as ov
 
         if precision not in PRECISION_HINTS:
@@ -70,7 +75,7 @@ class OpenVinoRunner:
             raise ValueError(f"OpenVINO cannot read this model: {e}") from None
         self.precision = precision
         self.config = {
-            "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "int8" and bf16_units else PRECISION_HINTS[precision],
             "INFERENCE_NUM_THREADS": threads,
             # One window at a time on all the threads: the batch overlaps file work with
             # it on other threads, and the server runs one request per worker.

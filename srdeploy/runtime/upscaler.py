@@ -194,14 +194,14 @@ class Upscaler:
         cpu = cpu_info()
         openvino = openvino_engine.available()
         bf16 = cpu.has_bf16 and openvino and "BF16" in openvino_engine.capabilities()
-        self.engine = engines.resolve(provider, precision, model_precision, cpu, openvino, bf16)
+        self.engine = engines.resolve(provider, precision, model_precision, cpu, openvino, bf16, info["int8_engine"] or "cpu")
         if gpu_note:
             self.engine = Engine(self.engine.provider, self.engine.precision, f"{gpu_note}; {self.engine.why.removeprefix('auto: ')}")
         if self.engine.provider == "openvino":
             rewrites = cpu_graph.OPENVINO_REWRITES.get(self.engine.precision)
             graph = cpu_graph.optimized_bytes(path, rewrites) if rewrites else None  # int8 graphs come rewritten
             try:
-                self._run = openvino_engine.OpenVinoRunner(graph or path, self.engine.precision, self.threads)
+                self._run = openvino_engine.OpenVinoRunner(graph or path, self.engine.precision, self.threads, bf16)
             except ValueError as e:
                 raise ModelError(f"{path}: {e}") from None
         elif self.engine.provider == "cpu":

@@ -1,0 +1,118 @@
+"""Where `srdeploy upscale`'s time goes, step by step, on 64x64 faces (not a test).
+
+    .venv/bin/python benchmarks/pipeline_steps.py [--count 400] [--repeats 3] [--png-compression N]
+
+Runs srdeploy.batch.run.run_batch in this process (the engine `auto` picks, its default
+threads and tile) on faces from the CelebA-HQ val split downscaled to 64x64 PNGs
+(../shared/data/celeba_hq_256/val; srdeploy.quality.degrade.downscale), and times each step
+of srdeploy.batch.steps on the thread that runs it: CPU seconds (time.thread_time) and
+wall seconds per image. The model's own worker threads are not any step's: the process's
+CPU seconds per image, beside the batch rate, hold them. Before the batch, the bare
+engine (Upscaler.upscale_array on the decoded arrays) runs on the same faces, so the
+pipeline's share of the bare rate is measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "celeba_hq_256" / "val"
+
+
+def make_faces(folder: Path, count: int) -> list[Path]:
+    from PIL import Image
+
+    from srdeploy.quality.degrade import downscale
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for src in sorted(DATA.glob("*"))[:count]:
+        path = folder / f"{src.stem}.png"
+        downscale(Image.open(src).convert("RGB"), 4).save(path)
+        paths.append(path)
+    return paths
+
+
+class StepClock:
+    """Wraps methods so each call adds its thread CPU and wall seconds to a named total."""
+
+    def __init__(self):
+        self.cpu: dict[str, float] = collections.defaultdict(float)
+        self.wall: dict[str, float] = collections.defaultdict(float)
+
+    def wrap(self, owner, name: str, label: str) -> None:
+        inner = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            cpu, wall = time.thread_time(), time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.cpu[label] += time.thread_time() - cpu
+                self.wall[label] += time.perf_counter() - wall
+
+        setattr(owner, name, staticmethod(timed) if isinstance(owner.__dict__.get(name), staticmethod) else timed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=400)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--png-compression", type=int, default=None)
+    args = parser.parse_args()
+
+    from srdeploy.batch import journal, run, steps
+    from srdeploy.batch.jobs import Settings
+    from srdeploy.io import imaging
+    from srdeploy.runtime.cpus import cpu_info
+    from srdeploy.runtime.upscaler import Upscaler
+
+    settings = Settings() if args.png_compression is None else Settings(png_compression=args.png_compression)
+    up = Upscaler("default")
+    print(f"{cpu_info().describe()}; {up.provider} {up.precision} ({up.note}); {up.threads} threads; PNG level {settings.png_compression}; "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    clock = StepClock()
+    for name in ("load", "upscale", "store"):
+        clock.wrap(steps.InputSteps, name, name)
+    clock.wrap(steps.Committer, "commit", "commit")
+    clock.wrap(journal.Journal, "append", "  journal append (in commit)")
+    clock.wrap(steps.Upscaler, "decode", "  decode (in load)")
+    clock.wrap(steps.Upscaler, "encode", "  encode (in store)")
+    with tempfile.TemporaryDirectory(prefix="pipeline-steps-") as tmp:
+        faces = make_faces(Path(tmp) / "in", args.count)
+        arrays = [imaging.decode(p.read_bytes(), p.name).color.astype(np.float32) / 255 for p in faces]
+        up.upscale_array(arrays[0])
+        bare, batch, cpu_per_image = [], [], []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            for lr in arrays:
+                up.upscale_array(lr)
+            bare.append(len(arrays) / (time.perf_counter() - start))
+            out = Path(tmp) / "out"
+            shutil.rmtree(out, ignore_errors=True)
+            clock.cpu.clear()
+            clock.wall.clear()
+            cpu = time.process_time()
+            summary = run.run_batch(up, [Path(tmp) / "in"], out, settings)
+            batch.append(len(summary.results) / summary.seconds)
+            cpu_per_image.append((time.process_time() - cpu) / len(summary.results))
+    ratios = [b / a for a, b in zip(bare, batch)]
+    print(f"bare engine {statistics.median(bare):.1f} images/s; pipeline {statistics.median(batch):.1f} images/s "
+          f"({statistics.median(ratios):.2f}x bare, per-repeat {', '.join(f'{r:.2f}' for r in ratios)}); "
+          f"process CPU {1000 * statistics.median(cpu_per_image):.1f} ms/image (medians of {args.repeats})")
+    print("last repeat, per image:")
+    for label in clock.cpu:
+        print(f"  {label:30s} CPU {1000 * clock.cpu[label] / args.count:6.2f} ms   wall {1000 * clock.wall[label] / args.count:6.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
