@@ -7,11 +7,13 @@ threads as the rows: the best ``side`` x ``side`` x ``side`` product among the e
 run that precision here, in GFLOP/s (GOP/s for int8: a multiply and an add per term, as
 the convolutions are counted).
 
-- fp32: numpy's sgemm, ONNX Runtime's MatMul (MLAS) and OpenVINO's MatMul;
+- fp32: numpy's sgemm, ONNX Runtime's MatMul (MLAS), OpenVINO's MatMul and, where torch
+  is installed, torch.matmul (oneDNN);
 - int8: ONNX Runtime's MatMulInteger, uint8 x int8 -> int32 (MLAS's int8 GEMM, the one
   behind its int8 convolutions);
-- bf16: OpenVINO's MatMul with the bf16 precision hint, only where the CPU has bf16 units
-  (elsewhere it would compute fp32 and the number would mean nothing).
+- bf16: OpenVINO's MatMul with the bf16 precision hint (which converts its f32 input) and
+  torch.matmul on bf16 tensors (oneDNN's AMX kernels on such CPUs), only where the CPU has
+  bf16 units (elsewhere it would compute fp32 and the number would mean nothing).
 
 Each figure is the best of a few runs after a warm-up.
 """
@@ -81,6 +83,22 @@ def _openvino_matmul(threads: int, side: int, precision: str) -> float | None:
     return _best_rate(lambda: request.infer({0: x}), side)
 
 
+def _torch_matmul(threads: int, side: int, dtype: str) -> float | None:
+    """torch.matmul of two ``dtype`` (float32 | bfloat16) matrices; None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        a, b = (torch.rand(side, side, generator=generator).to(getattr(torch, dtype)) for _ in range(2))
+        return _best_rate(lambda: a @ b, side)
+    finally:
+        torch.set_num_threads(before)
+
+
 def measure(threads: int, side: int = SIDE) -> dict[str, dict]:
     """Per precision: ``{"gflop_per_s": best or None, "by": {engine: GFLOP/s}}`` (None:
     that precision cannot be measured on this machine)."""
@@ -90,12 +108,13 @@ def measure(threads: int, side: int = SIDE) -> dict[str, dict]:
     a = np.random.default_rng(0).random((side, side), dtype=np.float32)
     candidates = {
         "fp32": {"numpy sgemm": _best_rate(lambda: a @ a, side), "ORT MatMul": _ort_matmul(threads, side, int8=False),
-                 "OpenVINO MatMul": _openvino_matmul(threads, side, "f32")},
+                 "OpenVINO MatMul": _openvino_matmul(threads, side, "f32"), "torch matmul": _torch_matmul(threads, side, "float32")},
         "int8": {"ORT MatMulInteger u8s8": _ort_matmul(threads, side, int8=True)},
         "bf16": {},
     }
     if openvino_engine.available() and cpu_info().has_bf16 and "BF16" in openvino_engine.capabilities():
         candidates["bf16"]["OpenVINO MatMul bf16"] = _openvino_matmul(threads, side, "bf16")
+        candidates["bf16"]["torch matmul bf16"] = _torch_matmul(threads, side, "bfloat16")
     out = {}
     for precision, by in candidates.items():
         by = {k: round(v, 1) for k, v in by.items() if v is not None}

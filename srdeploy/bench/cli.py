@@ -27,10 +27,10 @@ from srdeploy.runtime import zoo
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed passes over each set; the median is reported.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads of every engine [default: the CPUs this process may use].")
 @click.option("--tile", type=click.IntRange(min=0), default=None, help="LR tile side for every row, as `srdeploy upscale --tile` [default: the CLI's]; 0 = untiled.")
-@click.option("--int8", "int8_path", type=click.Path(path_type=Path, dir_okay=False), default=None, help="int8 model (srdeploy export --int8) for the int8 rows [default: model.int8.onnx beside the model, if any].")
+@click.option("--int8", "int8_paths", type=click.Path(path_type=Path, dir_okay=False), multiple=True, help="int8 model (srdeploy export --int8) for the int8 rows, on both CPU engines; repeatable (e.g. the files for each --int8-engine) [default: model.int8.onnx beside the model, if any].")
 @click.option("--peak", "peak_gflops", type=click.FloatRange(min=0, min_open=True), default=None, help="The CPU's peak GFLOP/s [default: estimated from /proc/cpuinfo].")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True), default=None, help="Also write the results as JSON to this file; '-' = stdout (the table then goes to stderr).")
-def bench(model, data, limit, large, large_side, repeats, threads, tile, int8_path, peak_gflops, json_out):
+def bench(model, data, limit, large, large_side, repeats, threads, tile, int8_paths, peak_gflops, json_out):
     """Time the generator in PyTorch eager, on every engine and precision this CPU runs
     (ONNX Runtime, OpenVINO; fp32, bf16, int8) and through the full `srdeploy upscale`
     pipeline, on the same inputs; print images/s, output Mpx/s, GFLOP/s, the share of the
@@ -59,7 +59,7 @@ def bench(model, data, limit, large, large_side, repeats, threads, tile, int8_pa
             ref = resolve_model(model)
             if ref.kind != "onnx" or (validate_onnx_model(ref.path)["precision"] or "fp32") != "fp32":
                 raise ModelError(f"{ref.path}: bench times an fp32 ONNX model on the CPU (give an int8 one with --int8)")
-            rows, notes, upscaler = measure.build_rows(ref, threads, tile, int8_path, workdir)
+            rows, notes, upscaler = measure.build_rows(ref, threads, tile, int8_paths, workdir)
         except (ModelError, ProviderError, ValueError, FileNotFoundError) as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(2)

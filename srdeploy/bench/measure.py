@@ -115,12 +115,13 @@ def engine_row(key: str, label: str, precision: str, upscale: Callable[[np.ndarr
     return Row(key, label, precision, run_pass)
 
 
-def build_rows(model: ModelRef, threads: int, tile: int | None, int8_path: Path | None, workdir: Path) -> tuple[list[Row], list[str], Upscaler]:
+def build_rows(model: ModelRef, threads: int, tile: int | None, int8_paths: tuple[Path, ...], workdir: Path) -> tuple[list[Row], list[str], Upscaler]:
     """Every engine x precision this machine can run for ``model`` (an fp32 ONNX model),
     each through the same tiling; notes on rows left out and why; and the Upscaler that
     ``srdeploy upscale`` would open (provider and precision auto), which the pipeline row
-    runs. The PyTorch row needs generator.pt beside model.onnx and torch; the int8 rows an
-    int8 model (``int8_path``, else model.int8.onnx beside model.onnx)."""
+    runs. The PyTorch row needs generator.pt beside model.onnx and torch; the int8 rows
+    int8 models (``int8_paths``, else model.int8.onnx beside model.onnx), each on ONNX
+    Runtime and OpenVINO."""
     rows, notes = [], []
     auto = Upscaler(model, provider="auto", tile=tile, threads=threads)
     generator = model.path.parent / GENERATOR_FILE
@@ -136,11 +137,13 @@ def build_rows(model: ModelRef, threads: int, tile: int | None, int8_path: Path 
             rows.append(engine_row("torch", "PyTorch eager fp32", "fp32", tiled))
     wanted = [("ort_fp32", "ORT fp32", "cpu", "fp32", model), ("openvino_fp32", "OpenVINO fp32", "openvino", "fp32", model),
               ("openvino_bf16", "OpenVINO bf16", "openvino", "bf16", model)]
-    int8 = int8_path or model.path.parent / INT8_FILE
-    if int8_path is None and not int8.is_file():
+    int8_files = list(int8_paths) or [model.path.parent / INT8_FILE]
+    if not int8_paths and not int8_files[0].is_file():
         notes.append(f"int8 rows absent: no --int8 given and no {INT8_FILE} beside {model.path}")
     else:
-        wanted += [("ort_int8", "ORT int8", "cpu", "int8", int8), ("openvino_int8", "OpenVINO int8", "openvino", "int8", int8)]
+        for n, int8 in enumerate(int8_files):  # each file on both engines; more than one: keys and labels say which
+            key, label = ("", "") if len(int8_files) == 1 else (f"_{n + 1}", f" ({int8.parent.name}/{int8.name})")
+            wanted += [(f"ort_int8{key}", f"ORT int8{label}", "cpu", "int8", int8), (f"openvino_int8{key}", f"OpenVINO int8{label}", "openvino", "int8", int8)]
     for key, label, provider, precision, source in wanted:
         try:
             upscaler = Upscaler(source, provider=provider, precision=precision, tile=auto.tile, threads=threads)
