@@ -7,7 +7,6 @@ message naming the file and the reason otherwise.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import click
@@ -44,8 +43,11 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
         raise click.UsageError("--int8 needs --calibration DIR: a folder of HR images to calibrate the activation ranges on")
     if calibration is not None and not int8:
         raise click.UsageError("--calibration is used only with --int8")
-    if int8 and int8_engine == "openvino" and importlib.util.find_spec("nncf") is None:
-        raise click.UsageError("--int8-engine openvino quantises with NNCF, which is not installed: pip install 'srdeploy[export]'")
+    if int8 and int8_engine == "openvino":
+        try:
+            import nncf  # noqa: F401 (before anything is written; the quantiser imports it again)
+        except ImportError:
+            raise click.UsageError("--int8-engine openvino quantises with NNCF, which is not installed: pip install 'srdeploy[export]'") from None
     from srdeploy.export.pipeline import Int8Request, export_artifacts, load_export_generator
     from srdeploy.runtime.manifest import read_manifest
     from srdeploy.runtime.tensorrt import TensorRTUnavailable, TileProfile

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +214,15 @@ def test_int8_needs_calibration_and_calibration_needs_int8(tmp_path):
     proc = run_export(SHIPPED / "generator.pt", "-o", tmp_path / "out", "--calibration", tmp_path)
     assert proc.returncode == 2 and "--calibration is used only with --int8" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_int8_for_openvino_without_nncf_says_which_extra_before_writing(tmp_path):
+    block = "import sys; sys.modules['nncf'] = None\nfrom srdeploy.cli import run; run()\n"
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", block, "export", str(SHIPPED / "generator.pt"), "-o", str(out), "--int8", "--int8-engine", "openvino",
+                           "--calibration", str(EXAMPLES)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "NNCF, which is not installed: pip install 'srdeploy[export]'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
 
 
 @pytest.mark.parametrize("make", ["missing", "empty"])
