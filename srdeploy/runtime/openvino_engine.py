@@ -8,11 +8,10 @@ Compiled shapes are kept in a small LRU cache; each thread gets its own infer re
 
 Precision: ``fp32`` keeps f32 everywhere; ``bf16`` asks the plugin to compute in bf16
 (f32 accumulation) on CPUs with bf16 units; an int8 (QDQ) model runs its quantised
-convolutions as int8, and what it keeps in float (the head and tail convolutions of
-srdeploy's NNCF export) in bf16 where the CPU has bf16 units, else f32: in f32 those kept
-convolutions took about half the time of the whole int8 model (docs/results.md). The
-plugin would quietly run f32 where bf16 is not supported: srdeploy.runtime.engines refuses
-that choice before a runner is made.
+convolutions as int8, and what it keeps in float (the head convolution of srdeploy's NNCF
+export, the ops around the Q/DQ pairs) in bf16 where the CPU has bf16 units, else f32
+(docs/results.md, "On the AMX Xeon"). The plugin would quietly run f32 where bf16 is not
+supported: srdeploy.runtime.engines refuses that choice before a runner is made.
 """
 
 from __future__ import annotations
