@@ -58,7 +58,7 @@ def rows(model: Path, int8_models: list[Path], threads: int, x: np.ndarray) -> d
     defaults = ov.Core().compile_model(str(model), "CPU")  # no config at all: OpenVINO's own choice
     out["OpenVINO defaults, plain file"] = lambda: defaults(x)[0]
     exported = onnx.load(str(model))
-    precisions = ["fp32"] + (["bf16"] if "BF16" in openvino_engine.capabilities() else [])
+    precisions = ["fp32"] + (["bf16"] if openvino_engine.native_bf16() else [])
     for name, rewrites in REWRITE_SETS.items():
         graph = cpu_graph.rewrite_for_cpu(exported, rewrites)[0].SerializeToString() if rewrites else str(model)
         for precision in precisions:

@@ -11,13 +11,16 @@ Writes, from the same 300 calibration faces the export uses (export.calibration)
   ``OverflowFix.ENABLE`` (7-bit weights, as the export's), the variant that matched the
   export's quality;
 - ``model.nncf-mixed7-ends.onnx``: the same with the first and last convolutions kept in
-  fp32, as the export keeps them;
-- ``model.nncf-perf-tail-ends.onnx``: preset PERFORMANCE on the tail-rewritten graph (below),
-  the first and last convolutions kept in fp32;
-- ``model.nncf-tail-ends.onnx``: the same on the graph with srdeploy.runtime.cpu_graph's
-  tail rewrite (the tail convolution before the last pixel shuffle), which OpenVINO needs.
+  fp32;
+- ``model.nncf-perf-tail-ends.onnx``: preset PERFORMANCE on the graph with
+  srdeploy.runtime.cpu_graph's tail rewrite (the tail convolution before the last pixel
+  shuffle, which OpenVINO needs), the first and last convolutions kept in fp32;
+- ``model.nncf-tail-ends.onnx``: preset MIXED with OverflowFix on that tail-rewritten graph,
+  the first and last convolutions kept in fp32.
 
-Compare them with the export's ``model.int8.onnx`` on quality (`srdeploy evaluate --model
+The recipe that won (PERFORMANCE, tail-rewritten graph, only the head kept in float) is
+``srdeploy export --int8 --int8-engine openvino`` (srdeploy.export.int8). Compare the
+variants with the export's ``model.int8.onnx`` on quality (`srdeploy evaluate --model
 ... --provider openvino|cpu`) and speed (`benchmarks/engine_variants.py --int8 ...`); the
 decision and its figures are in docs/results.md ("INT8: which file, which engine").
 """
@@ -59,13 +62,13 @@ def main() -> None:
         "model.nncf-plain.onnx": dict(preset=nncf.QuantizationPreset.PERFORMANCE),
         "model.nncf-mixed7.onnx": dict(preset=nncf.QuantizationPreset.MIXED,
                                        advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)),
-        # As the export keeps them: the 9x9 head on raw pixels and the 9x9 tail that makes them.
+        # The 9x9 head on raw pixels and the 9x9 tail that makes them kept in float.
         "model.nncf-mixed7-ends.onnx": dict(preset=nncf.QuantizationPreset.MIXED, ignored_scope=nncf.IgnoredScope(names=ends(model)),
                                             advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)),
         # OpenVINO's own preset (symmetric activations, which its CPU plugin runs as int8) with
         # the ends kept and the tail rewrite.
         "model.nncf-perf-tail-ends.onnx": dict(graph=tail_first, preset=nncf.QuantizationPreset.PERFORMANCE, ignored_scope=nncf.IgnoredScope(names=ends(tail_first))),
-        # The same on the graph OpenVINO runs (the tail conv before the last pixel shuffle).
+        # MIXED with the ends kept, on the graph OpenVINO runs (the tail conv before the last pixel shuffle).
         "model.nncf-tail-ends.onnx": dict(graph=tail_first, preset=nncf.QuantizationPreset.MIXED, ignored_scope=nncf.IgnoredScope(names=ends(tail_first)),
                                           advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)),
     }

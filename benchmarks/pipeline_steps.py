@@ -4,7 +4,8 @@
 
 Runs srdeploy.batch.run.run_batch in this process (the engine `auto` picks, its default
 threads and tile) on faces from the CelebA-HQ val split downscaled to 64x64 PNGs
-(../shared/data/celeba_hq_256/val; srdeploy.quality.degrade.downscale), and times each step
+(../shared/data/celeba_hq_256/val, made as `srdeploy bench` makes its inputs:
+srdeploy.bench.measure.make_input_sets), and times each step
 of srdeploy.batch.steps on the thread that runs it: CPU seconds (time.thread_time) and
 wall seconds per image. The model's own worker threads are not any step's: the process's
 CPU seconds per image, beside the batch rate, hold them. Before the batch, the bare
@@ -23,23 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "celeba_hq_256" / "val"
-
-
-def make_faces(folder: Path, count: int) -> list[Path]:
-    from PIL import Image
-
-    from srdeploy.quality.degrade import downscale
-
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for src in sorted(DATA.glob("*"))[:count]:
-        path = folder / f"{src.stem}.png"
-        downscale(Image.open(src).convert("RGB"), 4).save(path)
-        paths.append(path)
-    return paths
 
 
 class StepClock:
@@ -72,7 +57,7 @@ def main() -> None:
 
     from srdeploy.batch import journal, run, steps
     from srdeploy.batch.jobs import Settings
-    from srdeploy.io import imaging
+    from srdeploy.bench.measure import make_input_sets
     from srdeploy.runtime.cpus import cpu_info
     from srdeploy.runtime.upscaler import Upscaler
 
@@ -88,8 +73,8 @@ def main() -> None:
     clock.wrap(steps.Upscaler, "decode", "  decode (in load)")
     clock.wrap(steps.Upscaler, "encode", "  encode (in store)")
     with tempfile.TemporaryDirectory(prefix="pipeline-steps-") as tmp:
-        faces = make_faces(Path(tmp) / "in", args.count)
-        arrays = [imaging.decode(p.read_bytes(), p.name).color.astype(np.float32) / 255 for p in faces]
+        faces = make_input_sets(DATA, Path(tmp), args.count, large=0)[0]
+        folder, arrays = faces.files[0].parent, faces.arrays
         up.upscale_array(arrays[0])
         bare, batch, cpu_per_image = [], [], []
         for _ in range(args.repeats):
@@ -102,7 +87,7 @@ def main() -> None:
             clock.cpu.clear()
             clock.wall.clear()
             cpu = time.process_time()
-            summary = run.run_batch(up, [Path(tmp) / "in"], out, settings)
+            summary = run.run_batch(up, [folder], out, settings)
             batch.append(len(summary.results) / summary.seconds)
             cpu_per_image.append((time.process_time() - cpu) / len(summary.results))
     ratios = [b / a for a, b in zip(bare, batch)]

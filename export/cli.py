@@ -44,10 +44,12 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
     if calibration is not None and not int8:
         raise click.UsageError("--calibration is used only with --int8")
     if int8 and int8_engine == "openvino":
+        from srdeploy.export.int8 import NNCF_MISSING
+
         try:
             import nncf  # noqa: F401 (before anything is written; the quantiser imports it again)
         except ImportError:
-            raise click.UsageError("--int8-engine openvino quantises with NNCF, which is not installed: pip install 'srdeploy[export]'") from None
+            raise click.UsageError(NNCF_MISSING) from None
     from srdeploy.export.pipeline import Int8Request, export_artifacts, load_export_generator
     from srdeploy.runtime.manifest import read_manifest
     from srdeploy.runtime.tensorrt import TensorRTUnavailable, TileProfile

@@ -66,6 +66,7 @@ DEFAULT_METHOD = "percentile"
 # earlier form of this int8 graph, 64 calibration faces; PSNR-Y vs ground truth on the test
 # split): 99.99 -0.33 dB, 99.999 -0.33, 99.9999 -0.25, min-max -0.38.
 PERCENTILE = 99.9999
+NNCF_MISSING = "--int8-engine openvino quantises with NNCF, which is not installed: pip install 'srdeploy[export]'"
 WEIGHTS = "int8 per output channel, symmetric, 7-bit range (reduce_range: no int16 saturation without VNNI)"
 ACTIVATIONS = "uint8 per tensor, asymmetric"
 
@@ -186,7 +187,7 @@ def quantize_int8_for_openvino(src: str | os.PathLike, dst: str | os.PathLike, c
     try:
         import nncf
     except ImportError:
-        raise ImportError("--int8-engine openvino quantises with NNCF: pip install 'srdeploy[export]' (it carries nncf)") from None
+        raise ImportError(NNCF_MISSING) from None
     import logging
 
     src, dst = Path(src), Path(dst)

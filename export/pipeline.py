@@ -180,7 +180,6 @@ def check_parity(generator, out_dir: Path, models: dict[str, dict[str, Any]], ba
     bf16 where the CPU has bf16 units) on model.onnx, fp16 on ONNX Runtime, int8 on ONNX
     Runtime and OpenVINO, TensorRT engines."""
     from srdeploy.runtime import openvino_engine
-    from srdeploy.runtime.cpus import cpu_info
 
     reference = parity.run_backend(parity.torch_backend(generator), batches)
     rows = [parity.reference_row("torch fp32", reference)]
@@ -188,7 +187,7 @@ def check_parity(generator, out_dir: Path, models: dict[str, dict[str, Any]], ba
     rows.append(parity.compare(f"{REFERENCE} ({FP32_ONNX})", ort32, "torch fp32", reference, parity.FP32_LIMITS))
     openvino = openvino_engine.available()
     engines = [("openvino", "fp32")] if openvino else []
-    if openvino and cpu_info().has_bf16 and "BF16" in openvino_engine.capabilities():
+    if openvino_engine.native_bf16():
         engines.append(("openvino", "bf16"))
     for provider, precision in engines:
         backend = parity.runtime_backend(out_dir / FP32_ONNX, provider, precision)

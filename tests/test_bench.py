@@ -16,11 +16,10 @@ ROW_FIELDS = {"set", "row", "images", "images_per_s", "output_mpx_per_s", "gflop
 
 
 def bf16_cpu() -> bool:
-    """Whether this CPU runs the OpenVINO bf16 row (bf16 units that OpenVINO lists)."""
+    """Whether this CPU runs the OpenVINO bf16 row."""
     from srdeploy.runtime import openvino_engine
-    from srdeploy.runtime.cpus import cpu_info
 
-    return cpu_info().has_bf16 and "BF16" in openvino_engine.capabilities()
+    return openvino_engine.native_bf16()
 
 
 def bench(*args, timeout=300) -> subprocess.CompletedProcess:

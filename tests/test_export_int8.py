@@ -151,16 +151,21 @@ def test_upscaler_runs_int8_with_tiling_read_off_the_qdq_graph(tiny_onnx, tmp_pa
     np.testing.assert_allclose(tiled, whole, atol=1e-4)  # static ranges: a window sees what the whole image sees
 
 
-@pytest.mark.slow
-def test_int8_of_the_shipped_model_stays_close_to_fp32_and_a_broken_one_does_not(tmp_path):
-    """The real B=8 generator calibrated on three examples, checked on the fourth;
-    calibrating on black frames (every activation range collapsed) must fail the bound."""
+def example_calibration(tmp_path: Path):
+    """The shipped example images as a calibration set: three to calibrate, coffee.png held out."""
     folder = tmp_path / "examples"
     folder.mkdir()
     for p in sorted(EXAMPLES.glob("*")):
         if p.suffix in (".png", ".jpg"):
             (folder / p.name).write_bytes(p.read_bytes())
-    cal = load_calibration(folder, limit=3, check=1)
+    return load_calibration(folder, limit=3, check=1)
+
+
+@pytest.mark.slow
+def test_int8_of_the_shipped_model_stays_close_to_fp32_and_a_broken_one_does_not(tmp_path):
+    """The real B=8 generator calibrated on three examples, checked on the fourth;
+    calibrating on black frames (every activation range collapsed) must fail the bound."""
+    cal = example_calibration(tmp_path)
     assert cal.check_held_out and cal.check_files == ["coffee.png"]
     good = tmp_path / "good.int8.onnx"
     quantize_int8(SHIPPED / "model.onnx", good, cal)
@@ -182,12 +187,7 @@ def test_int8_for_openvino_is_nncf_keeps_the_head_in_float_and_says_its_engine(t
     pytest.importorskip("nncf")
     from srdeploy.runtime.upscaler import Upscaler
 
-    folder = tmp_path / "examples"
-    folder.mkdir()
-    for p in sorted(EXAMPLES.glob("*")):
-        if p.suffix in (".png", ".jpg"):
-            (folder / p.name).write_bytes(p.read_bytes())
-    cal = load_calibration(folder, limit=3, check=1)
+    cal = example_calibration(tmp_path)
     dst = tmp_path / "ov.int8.onnx"
     info = quantize_int8_for_openvino(SHIPPED / "model.onnx", dst, cal)
     assert info["engine"] == "openvino" and info["tool"].startswith("nncf.quantize") and info["graph_rewrites"]

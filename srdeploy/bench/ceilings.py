@@ -103,7 +103,6 @@ def measure(threads: int, side: int = SIDE) -> dict[str, dict]:
     """Per precision: ``{"gflop_per_s": best or None, "by": {engine: GFLOP/s}}`` (None:
     that precision cannot be measured on this machine)."""
     from srdeploy.runtime import openvino_engine
-    from srdeploy.runtime.cpus import cpu_info
 
     a = np.random.default_rng(0).random((side, side), dtype=np.float32)
     candidates = {
@@ -112,7 +111,7 @@ def measure(threads: int, side: int = SIDE) -> dict[str, dict]:
         "int8": {"ORT MatMulInteger u8s8": _ort_matmul(threads, side, int8=True)},
         "bf16": {},
     }
-    if openvino_engine.available() and cpu_info().has_bf16 and "BF16" in openvino_engine.capabilities():
+    if openvino_engine.native_bf16():
         candidates["bf16"]["OpenVINO MatMul bf16"] = _openvino_matmul(threads, side, "bf16")
         candidates["bf16"]["torch matmul bf16"] = _torch_matmul(threads, side, "bfloat16")
     out = {}

@@ -51,9 +51,7 @@ def installed_providers() -> list[str]:
     return [p for p in engines.PROVIDERS if p in found]
 
 
-def openvino_bf16() -> bool:
-    """Whether OpenVINO computes in bf16 here: a CPU with bf16 units and a plugin that lists BF16."""
-    return cpu_info().has_bf16 and openvino_engine.available() and "BF16" in openvino_engine.capabilities()
+openvino_bf16 = openvino_engine.native_bf16  # whether OpenVINO computes in bf16 here
 
 
 def _with(first: str, items: list[str], requested: str) -> tuple[str, ...]:

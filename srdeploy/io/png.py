@@ -104,7 +104,7 @@ def encode_png(pixels: np.ndarray, icc_profile: bytes | None = None, level: int 
 
 def deflate_library(level: int) -> str:
     """Which library deflates at ``level``: 'isal' or 'zlib' (the bytes differ, the pixels do not)."""
-    return "isal" if _isal is not None and level in (1, 2, 3) else "zlib"
+    return "isal" if _isal is not None and level in FAST_LEVELS and level > 0 else "zlib"  # 0 stores: zlib
 
 
 def _compressor(level: int):

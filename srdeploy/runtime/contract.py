@@ -69,6 +69,8 @@ def validate_onnx_model(path: str | os.PathLike) -> dict[str, Any]:
     lr = next(v for v in model.graph.input if v.name == INPUT_NAME)  # not input[0]: old exporters list weights first
     props = {p.key: p.value for p in model.metadata_props}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    precision = _precision_of(model.graph, props.get(META_PRECISION))
+    int8_engine = props.get(META_INT8_ENGINE) if props.get(META_INT8_ENGINE) in INT8_ENGINES else "cpu"
     return {
         "path": str(path),
         "opset": opset,
@@ -78,8 +80,8 @@ def validate_onnx_model(path: str | os.PathLike) -> dict[str, Any]:
         "input_shape": _shape(lr),
         "output_shape": _shape(model.graph.output[0]),
         "scale": _scale(props, model.graph.output[0]),
-        "precision": (precision := _precision_of(model.graph, props.get(META_PRECISION))),
-        "int8_engine": (props.get(META_INT8_ENGINE) if props.get(META_INT8_ENGINE) in INT8_ENGINES else "cpu") if precision == "int8" else None,
+        "precision": precision,
+        "int8_engine": int8_engine if precision == "int8" else None,
     }
 
 

@@ -47,6 +47,15 @@ def capabilities() -> set[str]:
     return set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
+def native_bf16() -> bool:
+    """Whether OpenVINO computes in bf16 here: it is installed, the CPU has bf16 units
+    (srdeploy.runtime.cpus) and its CPU plugin lists BF16. Elsewhere a bf16 hint would
+    quietly run f32."""
+    from srdeploy.runtime.cpus import cpu_info
+
+    return available() and cpu_info().has_bf16 and "BF16" in capabilities()
+
+
 def version() -> str:
     import openvino as ov
 

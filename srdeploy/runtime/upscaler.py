@@ -193,7 +193,7 @@ class Upscaler:
                     return
         cpu = cpu_info()
         openvino = openvino_engine.available()
-        bf16 = cpu.has_bf16 and openvino and "BF16" in openvino_engine.capabilities()
+        bf16 = openvino_engine.native_bf16()
         self.engine = engines.resolve(provider, precision, model_precision, cpu, openvino, bf16, info["int8_engine"] or "cpu")
         if gpu_note:
             self.engine = Engine(self.engine.provider, self.engine.precision, f"{gpu_note}; {self.engine.why.removeprefix('auto: ')}")
