@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -135,12 +136,12 @@ def test_an_unwritable_journal_stops_the_batch_without_temp_files(upscaler, tmp_
     real_append = Journal.append
     oks = []
 
-    def append(self, record):
+    def append(self, record, durable=False):
         if record.get("status") == "ok":
             oks.append(record)
             if len(oks) == 3:
                 raise OSError(28, "No space left on device")
-        real_append(self, record)
+        real_append(self, record, durable)
 
     monkeypatch.setattr(Journal, "append", append)
     with pytest.raises(OSError, match="No space left"):
@@ -151,6 +152,33 @@ def test_an_unwritable_journal_stops_the_batch_without_temp_files(upscaler, tmp_
     # for), and nothing after it.
     assert statuses == [("writing", "img_00.png"), ("ok", "img_00.png"), ("writing", "img_01.png"), ("ok", "img_01.png"), ("writing", "img_02.png")]
     assert_outputs_vouched_for(out)
+
+
+def test_each_output_is_vouched_for_on_disk_before_its_rename_and_every_record_by_the_end(upscaler, tmp_path, monkeypatch):
+    """What a power cut may keep: at each rename, the journal's fsynced part already holds
+    that output's writing record; when the run ends, every record is fsynced."""
+    make_inputs(tmp_path / "in", 5, seed=6)
+    out = tmp_path / "out"
+    synced = [0]  # the journal's length at its last fsync
+    real_fsync, real_publish = os.fsync, batch_steps.Folder.publish
+
+    def fsync(fd):
+        journal_file = (out / JOURNAL_NAME).stat()
+        if (os.fstat(fd).st_ino, os.fstat(fd).st_dev) == (journal_file.st_ino, journal_file.st_dev):
+            synced[0] = journal_file.st_size
+        real_fsync(fd)
+
+    def publish(self, tmp, target):
+        on_disk = (out / JOURNAL_NAME).read_bytes()[: synced[0]].decode()
+        assert f'"status": "writing", "output": "{target.name}"' in on_disk
+        real_publish(self, tmp, target)
+
+    monkeypatch.setattr("srdeploy.batch.journal.os.fsync", fsync)
+    monkeypatch.setattr(batch_steps.Folder, "publish", publish)
+    summary = run_batch(upscaler, [tmp_path / "in"], out, limits=OVERLAPPING)
+    assert summary.count("ok") == 5
+    assert synced[0] == (out / JOURNAL_NAME).stat().st_size
+    assert [r["status"] for r in journal(out) if "status" in r] == ["writing", "ok"] * 5
 
 
 def test_png_compression_changes_bytes_not_pixels_and_counts_only_for_png_outputs(upscaler, tmp_path):

@@ -1,4 +1,9 @@
-"""The batch journal: one JSON object per line, appended and fsynced, never rewritten.
+"""The batch journal: one JSON object per line, appended, never rewritten.
+
+Each record reaches the kernel in one write as it is appended, so a killed process loses
+none. Only records that vouch for an output about to be renamed into place (``writing``)
+are fsynced at once, for a power cut; the rest are fsynced when the run lets go of the
+journal (:meth:`Journal.lock`): losing them loses nothing a rerun needs.
 
 A run killed mid-append leaves at most one partial last line; readers skip lines that do
 not parse, and the next append starts on a fresh line. Records carry the run id and time.
@@ -12,7 +17,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 # Records that vouch for an output file: "writing" is appended just before the temp file
 # is renamed into place, "ok" right after; either proves the file when its sha256 matches.
@@ -25,6 +30,8 @@ class Journal:
         self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         self._made: dict[str, dict[str, Any]] | None = None
         self._reading = threading.Lock()  # the batch's loader threads ask last_ok at once
+        self._file: BinaryIO | None = None  # open for appends while the run holds the lock
+        self._torn = True  # whether the file may end without a newline (a killed run's last line)
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Every complete record, oldest first."""
@@ -51,25 +58,52 @@ class Journal:
                 self._made = made
         return self._made.get(output)
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: dict[str, Any], durable: bool = False) -> None:
+        """Add a record. ``durable``: fsync it before returning (a record a later step relies
+        on through a power cut); always so outside :meth:`lock`, where the file is not kept open."""
         record = {"run": self.run, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}
         line = json.dumps(record, ensure_ascii=False)
         try:
             data = line.encode("utf-8")
         except UnicodeEncodeError:  # undecodable file names: fall back to \\u escapes
             data = json.dumps(record).encode("ascii")
+        if self._file is not None:
+            self._write(self._file, data, durable)
+            return
+        with self._open() as f:
+            self._write(f, data, durable=True)
+
+    def _open(self) -> BinaryIO:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "ab") as f:
-            if f.tell() > 0 and not _ends_with_newline(self.path):
-                f.write(b"\n")
-            f.write(data + b"\n")
-            f.flush()
+        self._torn = True
+        return open(self.path, "ab", buffering=0)  # unbuffered: each record is one write()
+
+    def _write(self, f: BinaryIO, data: bytes, durable: bool) -> None:
+        if self._torn and f.tell() > 0 and not _ends_with_newline(self.path):
+            data = b"\n" + data
+        self._torn = True  # until the whole line is written
+        line = memoryview(data + b"\n")
+        while line:
+            line = line[f.write(line):]
+        self._torn = False
+        if durable:
             os.fsync(f.fileno())
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold an exclusive lock on OUT for the run: two batches writing into one folder
+        """Hold an exclusive lock on OUT for the run, and the journal open for its appends
+        (fsynced when the run ends, however it ends): two batches writing into one folder
         would remove each other's temp files. Released by the OS if the process dies."""
+        with self._locked(), self._open() as f:
+            self._file = f
+            try:
+                yield
+            finally:
+                self._file = None
+                os.fsync(f.fileno())
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
         try:
             import fcntl
         except ImportError:  # Windows: no advisory locks; run one batch per folder

@@ -12,8 +12,10 @@ input too large for that budget runs alone. Results and journal records appear i
 order; a result's ``seconds`` run from reading its input to its commit, so they overlap.
 
 Crash safety: an output is written to a hidden temp file beside it and fsynced; then a
-``writing`` record (with the output's sha256) is appended to the journal; then the temp
-file is renamed over the output (os.replace, atomic), and the ``ok`` record follows. A
+``writing`` record (with the output's sha256) is appended to the journal and fsynced; then
+the temp file is renamed over the output (os.replace, atomic), and the ``ok`` record
+follows (fsynced with the other records when the run ends: the ``writing`` record
+already vouches for the file). A
 run killed at any point leaves each output either absent or complete. On the next run an
 output counts as done only if the journal's last record vouching for it matches the
 file's sha256 *and* the same input content, model and settings; anything else is redone.

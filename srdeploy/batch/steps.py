@@ -247,7 +247,8 @@ class Committer:
         item, job = value.item, value.item.job
         try:
             if value.tmp is not None:  # else the place wrote it whole, vouched for by its own key
-                self.journal.append({"input": job.shown, "status": "writing", "output": str(job.output), "output_sha256": value.output_sha256, **item.key})
+                # Durable before the rename: a file in place must be vouched for after a power cut.
+                self.journal.append({"input": job.shown, "status": "writing", "output": str(job.output), "output_sha256": value.output_sha256, **item.key}, durable=True)
                 self.place.publish(value.tmp, item.target)
         except Exception as e:  # anything else reaches the pipeline, which discards the temp file
             self.discard(value)
