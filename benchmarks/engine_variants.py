@@ -65,10 +65,12 @@ def rows(model: Path, int8_models: list[Path], threads: int, x: np.ndarray) -> d
             runner = openvino_engine.OpenVinoRunner(graph, precision, threads)
             out[f"OpenVINO {precision}, {name}"] = lambda r=runner: r(x)
     for path in int8_models:
+        # Each export names its file model.int8.onnx: the folder tells two of them apart.
+        shown = f"{path.parent.name}/{path.name}" if len(int8_models) > 1 else path.name
         quantized = providers.open_session(path, "cpu", threads, None)
-        out[f"ORT int8, {path.name}"] = lambda s=quantized: s.run(None, {"lr": x})[0]
+        out[f"ORT int8, {shown}"] = lambda s=quantized: s.run(None, {"lr": x})[0]
         runner = openvino_engine.OpenVinoRunner(path, "int8", threads, "bf16" in precisions)  # as the Upscaler opens it
-        out[f"OpenVINO int8, {path.name}"] = lambda r=runner: r(x)
+        out[f"OpenVINO int8, {shown}"] = lambda r=runner: r(x)
     return out
 
 
