@@ -13,7 +13,10 @@ from srdeploy.runtime.upscaler import Upscaler
 
 AVX2 = CpuInfo("AMD EPYC", frozenset({"avx", "avx2", "fma"}), 2450.0)
 AVX512 = CpuInfo("Intel Xeon (Ice Lake)", frozenset({"avx", "avx2", "fma", "avx512f", "avx512_vnni"}), 2600.0)
+AVX512_BF16 = CpuInfo("AMD EPYC (Zen 4)", frozenset({"avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}), 2600.0)  # no AMX
 AMX = CpuInfo("Intel Xeon (Sapphire Rapids)", frozenset({"avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}), 2100.0)
+
+
 def pair(engine: Engine) -> tuple[str, str]:
     return engine.provider, engine.precision
 
@@ -21,7 +24,9 @@ def pair(engine: Engine) -> tuple[str, str]:
 needs_openvino = pytest.mark.skipif(not openvino_engine.available(), reason="openvino is not installed")
 
 
-@pytest.mark.parametrize("cpu, expected", [(AVX2, ("openvino", "fp32")), (AVX512, ("openvino", "fp32")), (AMX, ("openvino", "bf16"))])
+@pytest.mark.parametrize("cpu, expected", [
+    (AVX2, ("openvino", "fp32")), (AVX512, ("openvino", "fp32")), (AVX512_BF16, ("openvino", "bf16")), (AMX, ("openvino", "bf16")),
+])
 def test_auto_takes_the_engine_measured_fastest_for_each_cpu_class(cpu, expected):
     engine = resolve("auto", "auto", "fp32", cpu, openvino=True, openvino_bf16=True)
     assert (engine.provider, engine.precision) == expected
@@ -58,13 +63,18 @@ def test_requests_this_machine_cannot_honour_are_errors_not_substitutes():
 def test_an_int8_model_runs_in_int8_on_the_engine_it_was_quantised_for():
     """Each engine kept int8's 0.2 dB bound only on its own file, on every CPU measured:
     auto follows the file, and an explicit provider is obeyed."""
-    for cpu in (AVX2, AVX512, AMX):
+    for cpu in (AVX2, AVX512, AVX512_BF16, AMX):
         assert pair(resolve("auto", "auto", "int8", cpu, True, True)) == ("cpu", "int8")  # ONNX Runtime's quantiser (the default)
         assert pair(resolve("auto", "auto", "int8", cpu, True, True, int8_engine="openvino")) == ("openvino", "int8")
     missing = resolve("auto", "auto", "int8", AMX, openvino=False, openvino_bf16=False, int8_engine="openvino")
     assert pair(missing) == ("cpu", "int8") and "not installed" in missing.why
-    assert resolve("cpu", "auto", "int8", AVX2, True, True, int8_engine="openvino") == Engine("cpu", "int8")
-    assert resolve("openvino", "int8", "int8", AVX2, True, True) == Engine("openvino", "int8")
+    # Another engine than the file's, asked for: obeyed, and what it costs is said.
+    on_ort = resolve("cpu", "auto", "int8", AVX2, True, True, int8_engine="openvino")
+    assert pair(on_ort) == ("cpu", "int8") and on_ort.why.startswith("as asked") and "slower than its fp32" in on_ort.why
+    on_openvino = resolve("openvino", "int8", "int8", AVX2, True, True)
+    assert pair(on_openvino) == ("openvino", "int8") and "past int8's 0.2 dB" in on_openvino.why and "--int8-engine openvino" in on_openvino.why
+    assert resolve("openvino", "auto", "int8", AMX, True, True, int8_engine="openvino") == Engine("openvino", "int8")  # its own engine: nothing to say
+    assert resolve("cpu", "auto", "int8", AMX, True, True) == Engine("cpu", "int8")
 
 
 @needs_openvino

@@ -82,7 +82,7 @@ class Upscaler:
     ):
         self.model = model if isinstance(model, ModelRef) else resolve_model(model)
         self.threads = threads or available_cpus()
-        self.note: str | None = None  # what "auto" decided, for logs
+        self.note: str | None = None  # Engine.why: what "auto" decided, or what an explicit choice costs
         if tile is not None and tile < 0:
             raise ValueError(f"tile must be >= 0 (0 = untiled), got {tile}")
         self.tile = tile or None
