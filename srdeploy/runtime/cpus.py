@@ -35,6 +35,12 @@ class CpuInfo:
         """bf16 arithmetic units (AVX512-BF16 or AMX-BF16); without them bf16 is emulated."""
         return bool({"avx512_bf16", "amx_bf16"} & self.flags)
 
+    @property
+    def has_int8_dot(self) -> bool:
+        """int8 dot-product instructions (VNNI, AMX). Without them int8 kernels add pairs of
+        products in int16, which saturates on 8-bit weights (docs/results.md, INT8)."""
+        return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & self.flags)
+
     def describe(self) -> str:
         """The model and the flags that matter, as every benchmark figure names its CPU."""
         present = [f for f in FLAGS_THAT_MATTER if f in self.flags]
