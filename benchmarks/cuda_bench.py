@@ -1,6 +1,6 @@
 """Training and inference throughput of the generator on a CUDA GPU (not a test).
 
-    python benchmarks/cuda_bench.py [--parts peak,train,data,infer,compile] [--json FILE]
+    python benchmarks/cuda_bench.py [--parts peak,train,data,infer,compile,ort] [--json FILE]
 
 - peak: the GPU's measured ceilings (an 8192^3 bf16 and a TF32 matrix product), the
   reference for "share of peak" below;
@@ -12,7 +12,9 @@
   worker processes) vs the preloaded GPU tensors (--preload), in samples/s;
 - infer: generator inference at 64x64 LR, images/s and TFLOP/s for batch 1..256 in fp32,
   fp32 channels_last, bf16 and fp16 (channels_last), with their error against fp32;
-- compile: the same through torch.compile for the best eager configuration.
+- compile: the same through torch.compile for the best eager configuration;
+- ort: what srdeploy deploys: ONNX Runtime's CUDA provider on model.onnx and its fp16
+  conversion, numpy in and out (onnxruntime-gpu: tools/wheel_parts.py carries it).
 
 FLOPs are counted from the convolutions (2 x MACs; BN is folded at export, PReLU and
 PixelShuffle are memory-bound and not counted). A training step is counted as ~3x the
@@ -187,6 +189,49 @@ def infer_rows(args, compiled: bool = False) -> list[dict]:
     return rows
 
 
+def ort_rows(args, provider: str = "cuda", device: str = "cuda") -> list[dict]:
+    """ONNX Runtime's CUDA provider on the shipped model.onnx and its fp16 conversion, opened
+    as the Upscaler opens them (srdeploy.runtime.providers), numpy in and out, copies
+    included; errors against the PyTorch generator in fp32 without TF32. ``provider`` and
+    ``device`` let the CPU rehearse it."""
+    import tempfile
+
+    import numpy as np
+
+    from srdeploy.export.fp16 import convert_fp16
+    from srdeploy.runtime import contract
+    from srdeploy.runtime.providers import open_session
+
+    model = REPO / "srdeploy/models/srresnet/model.onnx"
+    base = Generator().eval().to(device)
+    base.load_state_dict(torch.load(REPO / "srdeploy/models/srresnet/generator.pt", weights_only=True))
+    flops = conv_flops(base, 3, 64, 64)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, path in (("fp32", model), ("fp16", convert_fp16(model, Path(tmp) / "model.fp16.onnx"))):
+            session = open_session(path, provider, 1, 64)
+            for batch in args.batches:
+                x = torch.rand(batch, 3, 64, 64, generator=torch.Generator().manual_seed(batch))
+                feed = {contract.INPUT_NAME: x.numpy()}
+                tf32, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False
+                with torch.inference_mode():
+                    ref = ((base(x.to(device)) + 1) / 2).float().cpu().numpy()  # the contract's [0, 1] output
+                torch.backends.cudnn.allow_tf32 = tf32
+                out = session.run(None, feed)[0]
+                for _ in range(args.warmup):
+                    session.run(None, feed)
+                start = time.perf_counter()
+                for _ in range(args.iters):
+                    session.run(None, feed)
+                sec = (time.perf_counter() - start) / args.iters
+                mse = float(np.mean((out.astype(np.float64) - ref) ** 2))
+                rows.append({"engine": f"onnxruntime {provider}", "precision": name, "batch": batch, "images_per_s": round(batch / sec, 1),
+                             "tflops": round(flops * batch / sec / 1e12, 2), "max_abs_err_vs_torch_fp32": float(f"{np.abs(out - ref).max():.2e}"),
+                             "psnr_vs_torch_fp32_db": round(float(10 * np.log10(1 / max(mse, 1e-20))), 1)})
+                print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="peak,train,data,infer")
@@ -204,7 +249,7 @@ def main() -> None:
     result = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
     torch.backends.cudnn.benchmark = True
     runners = {"peak": peak, "train": lambda: train_rows(args), "data": lambda: data_rows(args),
-               "infer": lambda: infer_rows(args), "compile": lambda: infer_rows(args, compiled=True)}
+               "infer": lambda: infer_rows(args), "compile": lambda: infer_rows(args, compiled=True), "ort": lambda: ort_rows(args)}
     for part in parts:
         t0 = time.perf_counter()
         try:

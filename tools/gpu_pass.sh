@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU pass as one command for a lent GPU machine with 10 minutes per call:
-# GPU tests, the CUDA throughput benchmark, SRResNet training continued from the shipped
-# default and SRGAN fine-tuning from it (whole 64x64 -> 256x256 faces, batches of 64 and
-# 32, data preloaded on the GPU), then the whole test suite and torch.compile if time is
-# left. Every step is time-boxed so the outputs always come back.
+# GPU tests (PyTorch, and the deployed path on onnxruntime-gpu when .carry/ holds its
+# parts: tools/wheel_parts.py), the CUDA throughput benchmark, SRResNet training continued
+# from the shipped default and SRGAN fine-tuning from it (whole 64x64 -> 256x256 faces,
+# batches of 64 and 32, data preloaded on the GPU), then the whole test suite and
+# torch.compile if time is left. Every step is time-boxed so the outputs always come back.
 #
 #   DATA=.data/celeba_hq_256 OUT=out/gpu bash tools/gpu_pass.sh
 #
@@ -29,6 +30,13 @@ exec > >(tee -a "$OUT/gpu-pass.log") 2>&1
 log setup
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 if compgen -G ".whl/*.whl" > /dev/null; then $PY -m pip install -q --no-index --no-deps .whl/*.whl; fi
+# onnxruntime-gpu, carried in parts by earlier calls (tools/wheel_parts.py); it shadows the image's CPU build.
+if compgen -G ".carry/part-*/manifest.json" > /dev/null; then
+    $PY tools/wheel_parts.py unpack --parts .carry --out /tmp/ort-wheel && \
+        $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/ort-wheel/*.whl && \
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+$PY -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())"
 $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . > /tmp/pip-install.txt 2>&1 || { tail -20 /tmp/pip-install.txt; log "install failed"; exit 1; }
 $PY -c "import torch, srdeploy.training.loop, srdeploy.export.pipeline; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name())" || exit 1
 $PY -m pip list 2>/dev/null | grep -i -E "^(torch|onnx|onnxruntime|onnxruntime-gpu|tensorrt|onnxconverter-common|torchserve) " || true
@@ -38,8 +46,8 @@ log "gpu-marked tests"
 timeout 120 $PY -m pytest -q -m gpu -rA -p no:cacheprovider tests/ > "$OUT/pytest-gpu.txt" 2>&1
 tail -25 "$OUT/pytest-gpu.txt"
 
-log "cuda benchmark (peak, train steps, data loading, inference)"
-timeout 150 $PY benchmarks/cuda_bench.py --parts peak,train,data,infer --data "$DATA/train" --json "$OUT/cuda_bench.json"
+log "cuda benchmark (peak, train steps, data loading, inference in PyTorch and on ONNX Runtime's CUDA provider)"
+timeout 180 $PY benchmarks/cuda_bench.py --parts peak,train,data,infer,ort --data "$DATA/train" --json "$OUT/cuda_bench.json"
 
 log "train srresnet: continue the shipped default on whole faces, batch 64"
 timeout $(( ${SRRESNET_MINUTES%.*} * 60 + 120 )) $SRD train srresnet --data "$DATA/train" --val-data "$DATA/val" --val-limit 100 \
