@@ -19,6 +19,24 @@ SCRIPTS = Path(sys.executable).parent
 SRDEPLOY = SCRIPTS / "srdeploy"
 
 
+def example_lr_faces(count: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """The example PNGs as 64x64 LR inputs: (name, uint8 (64, 64, 3)), each centre-cropped,
+    resized to 256x256 and degraded x4 as evaluation does (the first ``count``)."""
+    from PIL import Image
+
+    from srdeploy.quality.degrade import downscale
+
+    faces = []
+    for path in sorted(EXAMPLES.glob("*.png"))[:count]:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+        w, h = rgb.size
+        side = min(w, h, 256)
+        hr = rgb.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)).resize((256, 256))
+        faces.append((path.name, np.asarray(downscale(hr, 4))))
+    return faces
+
+
 def pytest_collection_modifyitems(config, items):
     import importlib.util
 

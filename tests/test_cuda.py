@@ -5,10 +5,8 @@ Skipped without a GPU (tests/conftest.py)."""
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, REPO
-from PIL import Image
+from conftest import REPO, example_lr_faces
 
-from srdeploy.quality.degrade import downscale
 from srdeploy.training.models import Generator
 
 pytestmark = pytest.mark.gpu
@@ -28,14 +26,7 @@ def trained():
 @pytest.fixture(scope="module")
 def faces():
     """64x64 LR crops of the example images, (N, 3, 64, 64) in [0, 1]."""
-    crops = []
-    for path in sorted(EXAMPLES.glob("*.png"))[:4]:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-        w, h = rgb.size
-        side = min(w, h, 256)
-        hr = rgb.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)).resize((256, 256))
-        crops.append(np.asarray(downscale(hr, 4), dtype=np.float32) / 255)
+    crops = [lr.astype(np.float32) / 255 for _, lr in example_lr_faces(4)]
     return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
 
 

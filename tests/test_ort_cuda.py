@@ -9,10 +9,9 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, SRDEPLOY
+from conftest import SRDEPLOY, example_lr_faces
 from PIL import Image
 
-from srdeploy.quality.degrade import downscale
 from srdeploy.runtime.providers import available_providers
 from srdeploy.runtime.upscaler import Upscaler
 
@@ -27,14 +26,8 @@ def faces(tmp_path_factory):
     """64x64 LR crops of the example images: (N, 3, 64, 64) float32 in [0, 1], and as PNG files."""
     folder = tmp_path_factory.mktemp("faces")
     crops = []
-    for path in sorted(EXAMPLES.glob("*.png")):
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-        w, h = rgb.size
-        side = min(w, h, 256)
-        hr = rgb.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)).resize((256, 256))
-        lr = np.asarray(downscale(hr, 4))
-        Image.fromarray(lr).save(folder / path.name)
+    for name, lr in example_lr_faces():
+        Image.fromarray(lr).save(folder / name)
         crops.append(lr.astype(np.float32) / 255)
     return np.stack(crops).transpose(0, 3, 1, 2).copy(), folder
 

@@ -104,14 +104,14 @@ def unpack(parts: Path, out: Path) -> list[Path]:
                 info = zipfile.ZipInfo(member["name"], date_time=(1980, 1, 1, 0, 0, 0))
                 info.external_attr = member["mode"] << 16
                 written[member["wheel"]].writestr(info, data)
-        for z in written.values():
-            z.close()
-        for name, path in paths.items():
-            path.replace(out / name)
-    finally:
+    except BaseException:
         for name, path in paths.items():
             written[name].close()
             path.unlink(missing_ok=True)
+        raise
+    for name, path in paths.items():
+        written[name].close()
+        path.replace(out / name)
     return [out / name for name in manifest["wheels"]]
 
 

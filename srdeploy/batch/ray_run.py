@@ -209,8 +209,9 @@ def job_rows(jobs: list[Job], journal: Journal, place: Any) -> list[dict[str, An
 
 def journal_copy(bucket: Any) -> Path:
     """The driver's local copy of a bucket's journal, appended during the run (as any
-    journal, srdeploy.batch.journal) and uploaded when it ends. It starts from the bucket's copy, unless the local
-    one already extends it (a run on this machine was killed before its upload)."""
+    journal, srdeploy.batch.journal) and uploaded when it ends. It starts from the bucket's
+    copy, unless the local one already extends it (a run on this machine was killed before
+    its upload)."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     path = cache / "srdeploy" / "journals" / hashlib.sha256(bucket.uri.encode()).hexdigest()[:16] / JOURNAL_NAME
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,11 @@ or ``--fp16``), not of the engine.
 else the CPU engine and precision measured fastest on this class of CPU among those that
 meet the default quality contract, at most 0.02 dB PSNR-Y below ONNX Runtime fp32 on the
 CelebA-HQ test split. int8 is never picked by ``auto``: it is a model of its own, with its
-own bound (0.2 dB), and it runs on the engine it was quantised for. What ``auto`` picked, and why, is printed, journalled and logged. An
-explicit request that this machine cannot honour is an error, never a quiet substitute;
-one it can honour at a cost (an int8 file on the engine it was not made for) runs, and
-the cost is said the same way. The measurements behind the rules are in docs/results.md ("Engines per CPU").
+own bound (0.2 dB), and it runs on the engine it was quantised for. What ``auto`` picked,
+and why, is printed, journalled and logged. An explicit request that this machine cannot
+honour is an error, never a quiet substitute; one it can honour at a cost (an int8 file on
+the engine it was not made for) runs, and the cost is said the same way. The measurements
+behind the rules are in docs/results.md ("Engines per CPU").
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def fastest_cpu_engine(cpu: CpuInfo, model_precision: str, openvino: bool, openv
         # Each engine kept int8's 0.2 dB bound only on the file made for it: OpenVINO lost
         # 0.20-0.23 dB on ONNX Runtime's QDQ file, on AVX2, AVX-512 and AMX CPUs alike.
         if int8_engine == "openvino" and openvino:
-            # Without VNNI still the least bad engine for it: ONNX Runtime's kernels saturate on its 8-bit weights too.
+            # Without VNNI too (with a note): ONNX Runtime's kernels lost 2.8 dB on 8-bit
+            # weights without VNNI (docs/results.md, INT8), NNCF's file has them; not measured on it.
             cost = _int8_cost("int8", int8_engine, "openvino", cpu)
             return Engine("openvino", "int8", "auto: an int8 model quantised for OpenVINO (NNCF), OpenVINO int8" + (f"; but {cost}" if cost else ""))
         if int8_engine == "openvino":
