@@ -155,6 +155,48 @@ def test_ctrl_c_leaves_no_partial_output_and_a_rerun_resumes(toy, cluster, tmp_p
     assert outputs(out)[names[-1]].read_bytes() == up.upscale_bytes((src / names[-1]).read_bytes(), names[-1]).data
 
 
+def test_stopping_the_writers_waits_until_their_processes_are_gone_and_admits_no_new_one(cluster, tmp_path):
+    """The run's last sweep is only final if no actor can stage a file after it: Ray's kill
+    is asynchronous (on Ctrl-C, an actor killed mid-write still wrote after the sweep)."""
+    import ray
+
+    from srdeploy.batch.ray_actor import Roster, is_running, sign_in
+    from srdeploy.batch.ray_run import stop_writers
+
+    class Scribbler:  # a writer as Upscaling is one: it signs in, then writes files
+        def __init__(self, roster):
+            sign_in(roster)
+
+        def pid(self):
+            return os.getpid()
+
+        def scribble(self, folder):
+            for i in range(100_000):
+                Path(folder, f"{i}.tmp").write_bytes(b"x" * 4096)
+                time.sleep(0.001)
+
+    ray.init(address=cluster, logging_level="ERROR", log_to_driver=False)
+    try:
+        roster = ray.remote(Roster).options(num_cpus=0).remote()
+        writer = ray.remote(Scribbler).options(num_cpus=0).remote(roster)
+        pid = ray.get(writer.pid.remote(), timeout=60)
+        writer.scribble.remote(str(tmp_path))
+        deadline = time.monotonic() + 30
+        while not any(tmp_path.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert any(tmp_path.iterdir()), "the writer never wrote"
+        stop_writers(roster)
+        assert not is_running(pid)  # gone, not only told to go
+        written = len(list(tmp_path.iterdir()))
+        time.sleep(0.5)
+        assert len(list(tmp_path.iterdir())) == written  # nothing written after the stop
+        late = ray.remote(Scribbler).options(num_cpus=0).remote(roster)  # the roster is closed
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(late.pid.remote(), timeout=60)
+    finally:
+        ray.shutdown()
+
+
 def test_an_actor_killed_mid_run_is_restarted_and_its_inputs_redone(toy, cluster, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     names = noise_folder(src, 40, 160, seed=3)

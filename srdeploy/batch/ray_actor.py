@@ -11,7 +11,9 @@ error from a bad file (it would fail the whole dataset).
 
 from __future__ import annotations
 
+import os
 import pickle
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,14 +75,69 @@ class _Vouched:
         return self.records.get(output)
 
 
+class Roster:
+    """The writers of one run: a small Ray actor of the driver's, where each Upscaling actor
+    signs in as it starts (its handle, node and PID) before it may write. The driver closes
+    it to stop them all (srdeploy.batch.ray_run.stop_writers); an actor that starts later is
+    refused and never writes."""
+
+    def __init__(self) -> None:
+        self.open, self.writers = True, {}
+
+    def sign_in(self, actor_id: str, handle: Any, node_id: str, pid: int) -> bool:
+        if self.open:
+            self.writers[actor_id] = (handle, node_id, pid)  # a restarted actor: its new process
+        return self.open
+
+    def close(self) -> list[tuple[Any, str, int]]:
+        self.open = False
+        return list(self.writers.values())
+
+
+def sign_in(roster: Any) -> None:
+    """Called by a writer actor as it starts: sign in to the run's Roster, or raise (never to
+    write) when the run is stopping."""
+    import ray
+
+    context = ray.get_runtime_context()
+    if not ray.get(roster.sign_in.remote(context.get_actor_id(), context.current_actor, context.get_node_id(), os.getpid())):
+        raise RuntimeError("the run is stopping")
+
+
+def wait_exit(pid: int, seconds: float) -> bool:
+    """Ray task, run on the node of process ``pid``: wait until it has exited (a zombie has
+    too: it writes nothing more). False if it still runs after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while is_running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def is_running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (macOS): ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
 class Upscaling:
     """A Ray Data actor: one Upscaler (one engine session, opened once when the actor
     starts), then for each input of a batch the steps up to ``store``: read, rerun check,
     decode, upscale, encode, and the output staged (a folder) or written (a bucket)."""
 
-    def __init__(self, model: str, provider: str, precision: str, tile: int, threads: int, settings: Settings, out: Path | str):
+    def __init__(self, model: str, provider: str, precision: str, tile: int, threads: int, settings: Settings, out: Path | str, roster: Any):
         from srdeploy.runtime.upscaler import Upscaler
 
+        sign_in(roster)
         imaging.allow_pixels(settings.max_pixels)
         upscaler = Upscaler(model, provider=provider, tile=tile, threads=threads, precision=precision)
         if isinstance(out, Path):

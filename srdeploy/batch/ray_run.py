@@ -18,8 +18,9 @@ The guarantees are the local batch's, with its code: the steps and the commit pr
 come back in whatever order the actors finish; the driver holds each until those before
 it are committed. A worker that dies is restarted by Ray and its task retried: its inputs
 are redone, a second answer for an input is discarded with its temp file. Ctrl-C (or a
-cluster error) stops the dataset, removes the temp files of the outputs not committed and
-raises; a bucket's outputs are whole objects or none.
+cluster error) stops the dataset, stops every actor (stop_writers: their processes have
+exited), removes the temp files of the outputs not committed and raises; a bucket's
+outputs are whole objects or none.
 
 The journal stays on the driver, with the listing and the plan: for a folder it is
 ``OUT/upscale-journal.jsonl`` as always; for a bucket it is appended to a local copy
@@ -40,7 +41,7 @@ from typing import Any, Callable
 from srdeploy.batch import ray_cluster
 from srdeploy.batch.jobs import JOURNAL_NAME, Job, Result, Settings, Summary
 from srdeploy.batch.journal import Journal, display
-from srdeploy.batch.ray_actor import Upscaling, check_engine, read_headers
+from srdeploy.batch.ray_actor import Roster, Upscaling, check_engine, read_headers, wait_exit
 from srdeploy.batch.run import NoInputs, Recorder, collect, nothing_found, plan, settings_record
 from srdeploy.batch.steps import Committer, Folder, arrived, is_staged
 
@@ -48,6 +49,7 @@ ROWS_PER_CALL = 8  # inputs per actor call: its results reach the driver togethe
 CALLS_PER_ACTOR = 16  # blocks of rows per actor: the unit Ray retries when a worker dies
 HEADERS_PER_TASK = 256
 ENGINE_CHECK_SECONDS = 600  # a fresh GPU node may build a TensorRT engine first
+WRITER_EXIT_SECONDS = 30
 
 
 class RayBatch:
@@ -147,6 +149,15 @@ class RayBatch:
         """The jobs through the actor pool, committed on this thread in input order."""
         if not jobs:
             return
+        import ray
+
+        roster = ray.remote(Roster).options(num_cpus=0).remote()
+        try:
+            self._through_actors(jobs, place, journal, settings, record, progress, roster)
+        finally:
+            stop_writers(roster)
+
+    def _through_actors(self, jobs: list[Job], place: Any, journal: Journal, settings: Settings, record: Recorder, progress: bool, roster: Any) -> None:
         import ray.data
         from tqdm import tqdm
 
@@ -157,7 +168,7 @@ class RayBatch:
             Upscaling,
             fn_constructor_kwargs=dict(
                 model=self.model, provider=self.engine["provider"], precision=self.engine["precision"], tile=self.tile,
-                threads=self.pool.threads, settings=settings, out=out,
+                threads=self.pool.threads, settings=settings, out=out, roster=roster,
             ),
             batch_size=ROWS_PER_CALL, compute=ray.data.ActorPoolStrategy(size=self.pool.actors),
             num_cpus=self.pool.cpus, num_gpus=self.pool.gpus or None,
@@ -196,6 +207,28 @@ class RayBatch:
                 raise
             if committed != len(jobs):
                 raise RuntimeError(f"the cluster answered for {committed} of {len(jobs)} inputs")
+
+
+def stop_writers(roster: Any) -> None:
+    """Kill the run's Upscaling actors and wait until their processes have exited, so that
+    none stages a file after the run's last sweep: Ray's kill is asynchronous, and Ray Data
+    does not wait for its actors when a dataset stops (on Ctrl-C, mid-write). A wait that
+    fails (a lost node) is let go: the next run's sweep removes what such a writer left."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    writers = ray.get(roster.close.remote())
+    for handle, _, _ in writers:
+        ray.kill(handle, no_restart=True)
+    waits = [
+        ray.remote(wait_exit).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(pid, WRITER_EXIT_SECONDS)
+        for _, node, pid in writers
+    ]
+    try:
+        ray.get(waits, timeout=WRITER_EXIT_SECONDS + 10)
+    except ray.exceptions.RayError:  # a timeout too
+        pass
+    ray.kill(roster)
 
 
 def job_rows(jobs: list[Job], journal: Journal, place: Any) -> list[dict[str, Any]]:
