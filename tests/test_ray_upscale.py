@@ -197,6 +197,21 @@ def test_stopping_the_writers_waits_until_their_processes_are_gone_and_admits_no
         ray.shutdown()
 
 
+def test_a_process_that_exited_is_not_running_before_it_is_reaped():
+    from srdeploy.batch.ray_actor import is_running
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while is_running(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not is_running(child.pid)  # a zombie now: it writes nothing more
+        assert Path(f"/proc/{child.pid}").exists() and child.poll() == 0  # unreaped until now
+        assert is_running(os.getpid())
+    finally:
+        child.wait()
+
+
 def test_an_actor_killed_mid_run_is_restarted_and_its_inputs_redone(toy, cluster, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     names = noise_folder(src, 40, 160, seed=3)

@@ -116,16 +116,19 @@ def wait_exit(pid: int, seconds: float) -> bool:
 
 
 def is_running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc (macOS): ask the kernel
+    """Whether process ``pid`` still runs; a zombie does not."""
+    if not Path("/proc/self").is_dir():  # no /proc (macOS): ask the kernel
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return False
+        except PermissionError:  # another user's: it exists
+            pass
         return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 

@@ -53,8 +53,8 @@ def fastest_cpu_engine(cpu: CpuInfo, model_precision: str, openvino: bool, openv
         # Each engine kept int8's 0.2 dB bound only on the file made for it: OpenVINO lost
         # 0.20-0.23 dB on ONNX Runtime's QDQ file, on AVX2, AVX-512 and AMX CPUs alike.
         if int8_engine == "openvino" and openvino:
-            # Without VNNI too (with a note): ONNX Runtime's kernels lost 2.8 dB on 8-bit
-            # weights without VNNI (docs/results.md, INT8), NNCF's file has them; not measured on it.
+            # Without VNNI too (with a note): on the AVX2 EPYC NNCF's file lost as much on ONNX
+            # Runtime (0.38 dB) as on OpenVINO (0.37), and ran there slower than fp32 (docs/results.md).
             cost = _int8_cost("int8", int8_engine, "openvino", cpu)
             return Engine("openvino", "int8", "auto: an int8 model quantised for OpenVINO (NNCF), OpenVINO int8" + (f"; but {cost}" if cost else ""))
         if int8_engine == "openvino":
