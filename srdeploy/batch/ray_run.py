@@ -154,8 +154,13 @@ class RayBatch:
         roster = ray.remote(Roster).options(num_cpus=0).remote()
         try:
             self._through_actors(jobs, place, journal, settings, record, progress, roster)
-        finally:
+        except BaseException:
+            # Stopped mid-run, actors may still be writing. A run that got every answer has
+            # none: Ray Data's iteration ends only when all its tasks have returned.
             stop_writers(roster)
+            raise
+        finally:
+            ray.kill(roster)
 
     def _through_actors(self, jobs: list[Job], place: Any, journal: Journal, settings: Settings, record: Recorder, progress: bool, roster: Any) -> None:
         import ray.data
@@ -228,7 +233,6 @@ def stop_writers(roster: Any) -> None:
         ray.get(waits, timeout=WRITER_EXIT_SECONDS + 10)
     except ray.exceptions.RayError:  # a timeout too
         pass
-    ray.kill(roster)
 
 
 def job_rows(jobs: list[Job], journal: Journal, place: Any) -> list[dict[str, Any]]:
