@@ -104,15 +104,12 @@ def sign_in(roster: Any) -> None:
         raise RuntimeError("the run is stopping")
 
 
-def wait_exit(pid: int, seconds: float) -> bool:
+def wait_exit(pid: int, seconds: float) -> None:
     """Ray task, run on the node of process ``pid``: wait until it has exited (a zombie has
-    too: it writes nothing more). False if it still runs after ``seconds``."""
+    too: it writes nothing more), for at most ``seconds``."""
     deadline = time.monotonic() + seconds
-    while is_running(pid):
-        if time.monotonic() > deadline:
-            return False
+    while is_running(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-    return True
 
 
 def is_running(pid: int) -> bool:

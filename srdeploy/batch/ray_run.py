@@ -217,21 +217,22 @@ class RayBatch:
 def stop_writers(roster: Any) -> None:
     """Kill the run's Upscaling actors and wait until their processes have exited, so that
     none stages a file after the run's last sweep: Ray's kill is asynchronous, and Ray Data
-    does not wait for its actors when a dataset stops (on Ctrl-C, mid-write). A wait that
-    fails (a lost node) is let go: the next run's sweep removes what such a writer left."""
+    does not wait for its actors when a dataset stops (on Ctrl-C, mid-write). It is called
+    while an error is on its way up, so it raises none of its own: a wait that fails (a
+    lost node, a timeout) is let go, and the next run's sweep removes what such a writer left."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    writers = ray.get(roster.close.remote())
-    for handle, _, _ in writers:
-        ray.kill(handle, no_restart=True)
-    waits = [
-        ray.remote(wait_exit).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(pid, WRITER_EXIT_SECONDS)
-        for _, node, pid in writers
-    ]
     try:
+        writers = ray.get(roster.close.remote(), timeout=WRITER_EXIT_SECONDS)
+        for handle, _, _ in writers:
+            ray.kill(handle, no_restart=True)
+        waits = [
+            ray.remote(wait_exit).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(pid, WRITER_EXIT_SECONDS)
+            for _, node, pid in writers
+        ]
         ray.get(waits, timeout=WRITER_EXIT_SECONDS + 10)
-    except ray.exceptions.RayError:  # a timeout too
+    except ray.exceptions.RayError:
         pass
 
 
