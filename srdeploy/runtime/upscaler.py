@@ -115,8 +115,12 @@ class Upscaler:
             color = np.repeat(color[..., None], 3, axis=2)  # (H, W, 3)
 
         def finish(core: np.ndarray) -> np.ndarray:  # float32 (h, w, 3) in [0, 1]
-            values = core @ LUMA if pic.gray else core
-            return np.rint(np.clip(values, 0.0, 1.0) * peak).astype(dtype)
+            # One temporary, worked in place (clip(x * peak, 0, peak) is exactly clip(x, 0, 1)
+            # * peak): a chain of fresh arrays costs several times the arithmetic when the
+            # allocator hands back unmapped pages (docs/results.md, "Batch throughput").
+            values = (core @ LUMA) * peak if pic.gray else core * peak
+            np.clip(values, 0.0, peak, out=values)
+            return np.rint(values, out=values).astype(dtype)
 
         out = tiling.upscale_tiled(self._run, color, self.scale, self.tile, self.overlap, finish)
         alpha = None if pic.alpha is None else _resize_alpha(pic.alpha, self.scale)
