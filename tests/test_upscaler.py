@@ -235,6 +235,25 @@ def test_every_mode_through_the_model(up, mode, rng):
         assert np.array_equal(got[..., -1], alpha)
 
 
+@pytest.mark.parametrize("provider", ["cpu", "openvino"])
+@pytest.mark.parametrize("mode", ["RGB", "L", "I;16"])
+def test_outputs_outside_0_1_are_clamped_before_quantising(tmp_path, provider, mode, rng):
+    """A model that overshoots [0, 1] (outside the contract) still gives the rounded,
+    clamped values: rint(clip(sr, 0, 1) * peak), grey from the clamped luma of its RGB."""
+    if provider == "openvino":
+        pytest.importorskip("openvino")
+    up = Upscaler(build_toy_sr(tmp_path / "overshoot.onnx", overshoot=True), provider=provider, tile=8)
+    peak, dtype = (65535.0, np.uint16) if mode == "I;16" else (255.0, np.uint8)
+    values = rng.integers(0, int(peak) + 1, (13, 17) if mode in ("L", "I;16") else (13, 17, 3)).astype(dtype)
+    pic = imaging.Picture(values, None, None)
+    colour = values.astype(np.float32) / peak
+    sr = up.upscale_array(np.repeat(colour[..., None], 3, 2) if pic.gray else colour)
+    assert sr.min() < -0.1 and sr.max() > 1.1  # the model does leave [0, 1]
+    expected = np.rint(np.clip(sr @ np.array([0.299, 0.587, 0.114], np.float32) if pic.gray else sr, 0.0, 1.0) * peak).astype(dtype)
+    got = up.upscale_picture(pic).color
+    assert got.dtype == dtype and np.array_equal(got, expected)
+
+
 def test_16bit_colour_is_upscaled_at_16_bits(up, rng):
     from srdeploy.io import png
 
