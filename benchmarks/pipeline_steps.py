@@ -65,7 +65,7 @@ class StepClock:
 def thread_cpu() -> dict[int, float]:
     """CPU seconds (user + system) of every live thread of this process, by native id
     (Linux /proc; empty elsewhere)."""
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    ticks = os.sysconf("SC_CLK_TCK")
     seconds = {}
     for task in Path("/proc/self/task").glob("*"):
         try:
@@ -124,10 +124,11 @@ def main() -> None:
             cpu, faulted = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             before, last = thread_cpu(), {}
 
-            reported = iter(range(1, len(faces.files) + 1))
+            results = []
 
-            def report(result, reported=reported, last=last) -> None:  # on the commit thread, while the pools are alive
-                if next(reported) == len(faces.files):
+            def report(result, results=results, last=last) -> None:  # on the commit thread, while the pools are alive
+                results.append(result)
+                if len(results) == len(faces.files):
                     last.update(cpu=thread_cpu(), roles=thread_roles())
 
             summary = run.run_batch(up, [folder], out, settings, report=report)

@@ -41,8 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "celeba_hq_256" / "val"
+from pipeline_steps import DATA  # the val faces; benchmarks/ is on sys.path when run as a script
 
 
 class Gate:

@@ -18,7 +18,7 @@ from srdeploy.io import imaging
 from srdeploy.runtime import zoo
 from srdeploy.runtime.manifest import write_manifest
 from srdeploy.runtime.providers import EXECUTION_PROVIDERS, OrtRunner, ProviderError, select_provider
-from srdeploy.runtime.upscaler import Upscaler
+from srdeploy.runtime.upscaler import LUMA, Upscaler
 from srdeploy.runtime.zoo import ModelError
 
 
@@ -249,7 +249,7 @@ def test_outputs_outside_0_1_are_clamped_before_quantising(tmp_path, provider, m
     colour = values.astype(np.float32) / peak
     sr = up.upscale_array(np.repeat(colour[..., None], 3, 2) if pic.gray else colour)
     assert sr.min() < -0.1 and sr.max() > 1.1  # the model does leave [0, 1]
-    expected = np.rint(np.clip(sr @ np.array([0.299, 0.587, 0.114], np.float32) if pic.gray else sr, 0.0, 1.0) * peak).astype(dtype)
+    expected = np.rint(np.clip(sr @ LUMA if pic.gray else sr, 0.0, 1.0) * peak).astype(dtype)
     got = up.upscale_picture(pic).color
     assert got.dtype == dtype and np.array_equal(got, expected)
 
