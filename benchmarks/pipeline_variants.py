@@ -1,7 +1,9 @@
 """Batch designs tried against srdeploy's pipeline at a fast model's rate, and why none is
 kept (not a test; docs/results.md, "Batch throughput at 100 faces/s").
 
-    python benchmarks/pipeline_variants.py --model M [--count 150] [--rounds 7] [--parts variants,contention]
+    python benchmarks/pipeline_variants.py --model M [--count 150] [--rounds 7] [--parts variants,contention] [--busy N]
+
+``--busy N`` runs N CPU-bound processes beside it (a shared machine), at normal priority.
 
 ``variants``: in one process, in rotated order each round, on the same 64x64 faces (made
 as pipeline_steps.py makes them):
@@ -14,6 +16,9 @@ as pipeline_steps.py makes them):
   model), so the model never shares its cores;
 - ``pipeline 2 streams``: the model called from two threads on the two-stream engine, so
   a worker that takes a core stalls one stream, not both halves of one call;
+- ``pipeline idle``: the shipped pipeline with its worker and commit threads in Linux's
+  SCHED_IDLE class, so the kernel runs file work only on a core the model leaves idle
+  and takes the core back the moment a model thread wakes (nice 19 still shares it);
 - ``phased``: groups of faces through the model with nothing else running, then their
   file work on two threads (:func:`run_phased`), optionally with the writes, fsyncs and
   commits moved into the next model phase.
@@ -23,15 +28,18 @@ the median of the per-round ratios to ``bare``, so a round the machine ran slow 
 once.
 
 ``contention``: the bare engine while another thread takes a fixed CPU share (zlib, which
-releases the GIL) every 8 ms: what the model loses when something else runs.
+releases the GIL) every 8 ms: what the model loses when something else runs, with that
+thread in the normal class and in SCHED_IDLE (and how much CPU it got).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -88,9 +96,22 @@ class Gate:
         return gated
 
 
-def patch_pipeline(gate: Gate, two_callers: threading.Event) -> None:
-    """Gate the steps, and let _Pipeline call the model from two threads when asked."""
+def to_idle_class() -> None:
+    """Put the calling thread in SCHED_IDLE (Linux; for good: leaving it needs privileges)."""
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+def patch_pipeline(gate: Gate, two_callers: threading.Event, idle_file_work: threading.Event) -> None:
+    """Gate the steps, let _Pipeline call the model from two threads when asked, and start
+    its worker and commit threads in SCHED_IDLE when asked."""
     from srdeploy.batch import pipeline, steps
+
+    class Pool(ThreadPoolExecutor):  # the pipeline makes a new pool of each kind per batch
+        def __init__(self, workers: int, thread_name_prefix: str = ""):
+            lower = to_idle_class if idle_file_work.is_set() else None
+            super().__init__(workers, thread_name_prefix=thread_name_prefix, initializer=lower)
+
+    pipeline.ThreadPoolExecutor = Pool
 
     for name in ("load", "store"):
         setattr(steps.InputSteps, name, gate.shared(getattr(steps.InputSteps, name)))
@@ -174,8 +195,8 @@ def variants(model: str, count: int, rounds: int) -> None:
     from srdeploy.bench.measure import make_input_sets
     from srdeploy.runtime.upscaler import Upscaler
 
-    gate, two_callers = Gate(), threading.Event()
-    patch_pipeline(gate, two_callers)
+    gate, two_callers, idle_file_work = Gate(), threading.Event(), threading.Event()
+    patch_pipeline(gate, two_callers, idle_file_work)
     one = Upscaler(model)
     two = Upscaler(model)
     if not hasattr(two._run, "config"):
@@ -198,9 +219,10 @@ def variants(model: str, count: int, rounds: int) -> None:
                 list(callers.map(two.upscale_array, arrays))
             return len(arrays) / (time.perf_counter() - start)
 
-        def batch(upscaler, gated: bool = False, two_threads: bool = False) -> float:
+        def batch(upscaler, gated: bool = False, two_threads: bool = False, idle: bool = False) -> float:
             gate.on = gated
             (two_callers.set if two_threads else two_callers.clear)()
+            (idle_file_work.set if idle else idle_file_work.clear)()
             out = tmp / "out"
             shutil.rmtree(out, ignore_errors=True)
             try:
@@ -208,6 +230,7 @@ def variants(model: str, count: int, rounds: int) -> None:
             finally:
                 gate.on = False
                 two_callers.clear()
+                idle_file_work.clear()
             return len(summary.results) / summary.seconds
 
         def phased(group: int, overlap_io: bool = False) -> float:
@@ -218,6 +241,7 @@ def variants(model: str, count: int, rounds: int) -> None:
         runs = {
             "bare": bare, "bare 2 streams": bare_two_streams, "pipeline": lambda: batch(one),
             "pipeline gate": lambda: batch(one, gated=True), "pipeline 2 streams": lambda: batch(two, two_threads=True),
+            "pipeline idle": lambda: batch(one, idle=True),
             "phased, groups of 8": lambda: phased(8), "phased, groups of 24": lambda: phased(24),
             "phased 24, I/O overlapped": lambda: phased(24, overlap_io=True),
         }
@@ -244,19 +268,25 @@ def contention(model: str, count: int, rounds: int) -> None:
     lr = np.random.default_rng(0).random((64, 64, 3), dtype=np.float32)
     payload = np.random.default_rng(1).integers(0, 40, 200_000, dtype=np.uint8).tobytes()  # compresses like a filtered face
 
-    def busy(stop: threading.Event, cpu_ms: float) -> None:
+    def busy(stop: threading.Event, cpu_ms: float, idle: bool, used: list[float]) -> None:
+        if idle:
+            to_idle_class()
+        begun, start = time.perf_counter(), time.thread_time()
         while not stop.is_set():
-            start = time.thread_time()
-            while time.thread_time() - start < cpu_ms / 1000:
+            burst = time.thread_time()
+            while time.thread_time() - burst < cpu_ms / 1000:
                 zlib.compress(payload, 1)
             time.sleep(0.008)
+        used.append((time.thread_time() - start) / (time.perf_counter() - begun))
 
-    rates: dict[float, list[float]] = {0.0: [], 3.0: [], 6.0: []}
+    loads = [(0.0, False), (3.0, False), (3.0, True), (6.0, False), (6.0, True)]  # (CPU ms per burst, SCHED_IDLE)
+    rates: dict[tuple, list[float]] = {load: [] for load in loads}
+    shares: dict[tuple, list[float]] = {load: [] for load in loads}
     for _ in range(rounds):
-        for cpu_ms, values in rates.items():
+        for load, values in rates.items():
             stop = threading.Event()
-            other = threading.Thread(target=busy, args=(stop, cpu_ms), daemon=True)
-            if cpu_ms:
+            other = threading.Thread(target=busy, args=(stop, *load, shares[load]), daemon=True)
+            if load[0]:
                 other.start()
             for _ in range(5):
                 up.upscale_array(lr)
@@ -265,13 +295,19 @@ def contention(model: str, count: int, rounds: int) -> None:
                 up.upscale_array(lr)
             values.append(count / (time.perf_counter() - start))
             stop.set()
-            if cpu_ms:
+            if load[0]:
                 other.join()
     print(f"bare engine, {count} calls per measure, {rounds} rounds (median; ratio: median of per-round ratios):")
-    for cpu_ms, values in rates.items():
-        share = cpu_ms / (cpu_ms + 8) / up.threads  # of all the cores, ignoring the sleep's overshoot
-        ratio = statistics.median(a / b for a, b in zip(values, rates[0.0]))
-        print(f"  other thread {cpu_ms:.0f} ms CPU per 8 ms sleep (about {100 * share:.0f}% of the cores): {statistics.median(values):6.1f} images/s, {ratio:.2f}x alone")
+    alone = rates[loads[0]]
+    for (cpu_ms, idle), values in rates.items():
+        if not cpu_ms:
+            print(f"  alone: {statistics.median(values):6.1f} images/s")
+            continue
+        share = cpu_ms / (cpu_ms + 8) / up.threads  # of all the cores, were it never kept waiting
+        got = statistics.median(shares[(cpu_ms, idle)]) / up.threads
+        ratio = statistics.median(a / b for a, b in zip(values, alone))
+        kind = "SCHED_IDLE" if idle else "normal    "
+        print(f"  other thread ({kind}) {cpu_ms:.0f} ms CPU per 8 ms sleep (asks about {100 * share:.0f}% of the cores, got {100 * got:.0f}%): {statistics.median(values):6.1f} images/s, {ratio:.2f}x alone")
 
 
 def main() -> None:
@@ -280,15 +316,22 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=150)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--parts", default="variants,contention")
+    parser.add_argument("--busy", type=int, default=0, help="CPU-bound processes to run beside the measurements")
     args = parser.parse_args()
     from srdeploy.runtime.cpus import cpu_info
 
-    print(cpu_info().describe(), flush=True)
+    print(cpu_info().describe() + (f"; {args.busy} busy processes beside" if args.busy else ""), flush=True)
     parts = args.parts.split(",")
-    if "variants" in parts:
-        variants(args.model, args.count, args.rounds)
-    if "contention" in parts:
-        contention(args.model, args.count, args.rounds)
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        if "variants" in parts:
+            variants(args.model, args.count, args.rounds)
+        if "contention" in parts:
+            contention(args.model, args.count, args.rounds)
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
 
 
 if __name__ == "__main__":
