@@ -28,7 +28,7 @@ from typing import Any, Callable, Protocol
 from srdeploy.batch import pipeline
 from srdeploy.batch.jobs import Job, Result, Settings, failure_reason
 from srdeploy.batch.journal import Journal
-from srdeploy.io.files import TMP_SUFFIX, sha256_file, stage_bytes
+from srdeploy.io.files import TMP_SUFFIX, read_regular, sha256_file, stage_bytes
 from srdeploy.io.imaging import Picture
 from srdeploy.runtime.upscaler import Decoded, Upscaler
 
@@ -126,7 +126,7 @@ class Folder:
 def read_input(source: Path | str) -> bytes:
     """An input's bytes: a local file, or an object-store URI (srdeploy.batch.stores)."""
     if isinstance(source, Path):
-        return source.read_bytes()
+        return read_regular(source)
     from srdeploy.batch import stores  # fsspec, only for URIs
 
     return stores.read_uri(source)

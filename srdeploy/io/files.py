@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -68,6 +69,34 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> Path:
     with atomic_writer(target) as f:
         f.write(data)
     return Path(target)
+
+
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """``path`` opened for reading, refusing anything but a regular file with an OSError
+    whose strerror says what it is: a FIFO would block its reader forever and a device may
+    never end. Opened non-blocking, so that a FIFO is refused rather than waited on."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(0, f"not a regular file: {_file_kind(mode)}", os.fspath(path))
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: str | os.PathLike) -> bytes:
+    """The bytes of a regular file (see :func:`open_regular`)."""
+    with open_regular(path) as f:
+        return f.read()
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [(stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")]
+    return next((kind for test, kind in kinds if test(mode)), "not a file")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

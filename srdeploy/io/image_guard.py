@@ -15,6 +15,7 @@ from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
+from srdeploy.io.files import open_regular
 from srdeploy.io.formats import READ_FORMATS
 
 # A square image at the cap upscales x4 to 16380 px a side, inside WebP's 16383 limit;
@@ -39,7 +40,7 @@ class open_checked:
             stream: BinaryIO = io.BytesIO(self.source)
         else:
             try:
-                stream = open(self.source, "rb")
+                stream = open_regular(self.source)
             except OSError as e:
                 raise ImageError(f"{name}: cannot read ({e.strerror or e})") from None
         self.stream = stream
@@ -51,8 +52,11 @@ class open_checked:
 
     def _enter(self, stream: BinaryIO) -> Image.Image:
         name = self.name
-        head = stream.read(64)
-        stream.seek(0)
+        try:
+            head = stream.read(64)
+            stream.seek(0)
+        except OSError as e:  # EIO from a failing disk, or a file that cannot be read from the start
+            raise ImageError(f"{name}: cannot read ({e.strerror or e})") from None
         if not head:
             raise ImageError(f"{name}: empty file (0 bytes)")
         kind = sniff(head)
@@ -66,7 +70,7 @@ class open_checked:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 self.im = Image.open(stream, formats=READ_FORMATS)
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-            raise ImageError(f"{name}: refused as a possible decompression bomb ({e})") from None
+            raise ImageError(f"{name}: refused as a possible decompression bomb ({e}); the input cap is {self.max_pixels:,} pixels (--max-pixels)") from None
         except UnidentifiedImageError:
             raise ImageError(f"{name}: not a readable image ({kind or 'unrecognised content'}; supported: {', '.join(READ_FORMATS)})") from None
         except Exception as e:
