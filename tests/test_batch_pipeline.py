@@ -88,6 +88,24 @@ def test_a_corrupt_file_in_the_middle_fails_alone_and_everything_stays_in_input_
     assert not temp_files(out) and not pipeline_threads()
 
 
+def test_missing_inputs_and_refused_headers_are_reported_in_their_place_in_input_order(upscaler, tmp_path):
+    """They are decided before the pipeline runs, yet are reported where they were given."""
+    make_inputs(tmp_path / "in", 5, bad={1: b"shopping list\n", 3: b""})  # refused from the header
+    (tmp_path / "b").mkdir()
+    make_inputs(tmp_path / "b", 2, seed=3)
+    given = [tmp_path / "missing_first.png", tmp_path / "in", tmp_path / "missing_middle.png", tmp_path / "b" / "img_01.png", tmp_path / "missing_last.png"]
+    out = tmp_path / "out"
+    reported = []
+    summary = run_batch(upscaler, given, out, report=reported.append, limits=OVERLAPPING)
+
+    expected = [("missing_first.png", "failed"), *[(f"img_{i:02d}.png", "failed" if i in (1, 3) else "ok") for i in range(5)],
+                ("missing_middle.png", "failed"), ("img_01.png", "ok"), ("missing_last.png", "failed")]
+    assert [(Path(r.input).name, r.status) for r in reported] == expected
+    assert [(Path(r.input).name, r.status) for r in summary.results] == expected
+    assert [(Path(r["input"]).name, r["status"]) for r in journal(out) if r.get("status") in ("ok", "failed")] == expected
+    assert reported[2].reason == "not an image (the file holds text)" and reported[4].reason == "empty file (0 bytes)"
+
+
 def test_overlapped_outputs_equal_one_at_a_time_outputs_and_the_shared_upscaler(upscaler, tmp_path):
     paths = make_inputs(tmp_path / "in", 6, seed=1)
     run_batch(upscaler, [tmp_path / "in"], tmp_path / "overlapped", limits=OVERLAPPING)

@@ -52,6 +52,7 @@ class Job:
     format: str
     note: str | None
     pixels: int  # input width x height, from the header
+    index: int = 0  # its place among the batch's listed files (srdeploy.batch.run.plan): the input order
 
 
 @dataclass

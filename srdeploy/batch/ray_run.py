@@ -42,7 +42,7 @@ from srdeploy.batch import ray_cluster
 from srdeploy.batch.jobs import JOURNAL_NAME, Job, Result, Settings, Summary
 from srdeploy.batch.journal import Journal, display
 from srdeploy.batch.ray_actor import Roster, Upscaling, check_engine, read_headers, wait_exit
-from srdeploy.batch.run import NoInputs, Recorder, collect, nothing_found, plan, settings_record
+from srdeploy.batch.run import NoInputs, Recorder, collect, make_output_folder, nothing_found, plan, settings_record
 from srdeploy.batch.steps import Committer, Folder, arrived, is_staged
 
 ROWS_PER_CALL = 8  # inputs per actor call: its results reach the driver together
@@ -103,7 +103,7 @@ class RayBatch:
         if not files and not failures:
             raise NoInputs(nothing_found(inputs, unentered_dirs))
         if isinstance(out, Path):
-            out.mkdir(parents=True, exist_ok=True)
+            make_output_folder(out)
             place: Any = Folder(out)
             journal = Journal(out / JOURNAL_NAME)
         else:
@@ -112,16 +112,15 @@ class RayBatch:
             place = Bucket(out)
             journal = Journal(journal_copy(place))
         summary = Summary(journal=journal.path if isinstance(out, Path) else f"{out}/{JOURNAL_NAME}", unentered_dirs=unentered_dirs)  # type: ignore[arg-type]
-        record = Recorder(journal, summary, report)
         with journal.lock():
             try:
                 if isinstance(place, Folder):
                     place.sweep()  # temp files a killed run left; the lock says none is live
                 journal.append({"event": "run", "settings": settings_record(settings), **_describe(self.engine), "ray": self.pool.describe()})
                 jobs, refused = plan(files, settings, self.engine["scale"], self._headers(files, settings.max_pixels))
-                for result in failures + refused:
-                    record(result)
+                record = Recorder(journal, summary, report, jobs, decided=failures + refused)
                 self._upscale(jobs, place, journal, settings, record, progress)
+                record.close()
             finally:
                 if isinstance(place, Folder):
                     place.sweep()  # a dead worker's temp files: every value is committed or discarded now

@@ -31,6 +31,7 @@ import os
 import sys
 import time
 import unicodedata
+from collections import deque
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
@@ -47,55 +48,59 @@ from srdeploy.runtime.upscaler import Upscaler
 LIMITS = pipeline.Limits()  # 2 workers, 6 in flight, 32 Mpx (the numbers live there)
 
 
-def collect(inputs: list[Path | str], recursive: bool, out_dir: Path | str) -> tuple[list[tuple[Path | str, PurePosixPath]], list[Result], int]:
+def collect(inputs: list[Path | str], recursive: bool, out_dir: Path | str) -> tuple[list[tuple[Path | str, PurePosixPath]], list[tuple[int, Result]], int]:
     """Inputs -> (files with their place under OUT, failures for missing inputs, number of
     subfolders not entered because --recursive was not given). Folder contents land
     directly under OUT (``photos/a/b.png`` -> ``OUT/a/b.png``); files by their name. An
     input given as an object-store URI (a str; srdeploy.batch.stores) is listed by the
-    same rules, its objects named by URI."""
+    same rules, its objects named by URI. Each failure comes with its place in the input
+    order: the number of files listed before it."""
     files: list[tuple[Path | str, PurePosixPath]] = []
-    failures: list[Result] = []
+    failures: list[tuple[int, Result]] = []
     skipped_dirs = 0
+    seen: set[Path | str] = set()
     out_real = out_dir.resolve() if isinstance(out_dir, Path) else None
+
+    def add(path: Path | str, rel: PurePosixPath) -> None:
+        real = path.resolve() if isinstance(path, Path) else path
+        if real not in seen:  # the same file named twice (or inside a folder also given) counts once
+            seen.add(real)
+            files.append((path, rel))
+
     for given in inputs:
         if isinstance(given, str):
             from srdeploy.batch import stores  # fsspec, only for URIs
 
             listed = stores.find_inputs(given, recursive, out_dir if isinstance(out_dir, str) else None)
             if listed is None:
-                failures.append(Result(display(given), "failed", "no such file or folder"))
+                failures.append((len(files), Result(display(given), "failed", "no such file or folder")))
             else:
-                files.extend(listed[0])
+                for path, rel in listed[0]:
+                    add(path, rel)
                 skipped_dirs += listed[1]
         elif given.is_dir():
             found, unentered = walk_tree(os.walk(given), recursive, lambda root, d: (Path(root) / d).resolve() == out_real)
             for root, name in found:
                 path = Path(root) / name
-                files.append((path, PurePosixPath(path.relative_to(given).as_posix())))
+                add(path, PurePosixPath(path.relative_to(given).as_posix()))
             skipped_dirs += unentered
-        elif given.is_file():
-            files.append((given, PurePosixPath(given.name)))
+        elif given.exists():  # a file, or something else that is there: reading it says why it is refused
+            add(given, PurePosixPath(given.name))
         else:
-            failures.append(Result(display(given), "failed", "no such file or folder"))
-    seen: set[Path | str] = set()
-    unique = []
-    for path, rel in files:  # the same file named twice (or inside a folder also given) counts once
-        real = path.resolve() if isinstance(path, Path) else path
-        if real not in seen:
-            seen.add(real)
-            unique.append((path, rel))
-    return unique, failures, skipped_dirs
+            failures.append((len(files), Result(display(given), "failed", "no such file or folder")))
+    return files, failures, skipped_dirs
 
 
 def plan(
     files: list[tuple[Path | str, PurePosixPath]], settings: Settings, scale: int, headers: list[imaging.ImageInfo | imaging.ImageError] | None = None,
-) -> tuple[list[Job], list[Result]]:
+) -> tuple[list[Job], list[tuple[int, Result]]]:
     """Read each header, pick the output format and name, and refuse name collisions
     (the first input in order keeps the name; nothing is overwritten). ``headers``: each
     file's :func:`srdeploy.io.imaging.probe` (or the ImageError it raised), already read
-    elsewhere (on a cluster's workers); by default each is read here."""
+    elsewhere (on a cluster's workers); by default each is read here. Each refusal comes
+    with the file's index in ``files``, as each job does (Job.index)."""
     jobs: list[Job] = []
-    failures: list[Result] = []
+    failures: list[tuple[int, Result]] = []
     claimed: dict[str, str] = {}
     for i, (path, rel) in enumerate(files):
         shown = display(path)
@@ -106,16 +111,16 @@ def plan(
             fmt, note = imaging.choose_format(settings.format, info)
             imaging.check_output_size(info, scale, fmt)
         except imaging.ImageError as e:
-            failures.append(Result(shown, "failed", failure_reason(e, shown)))
+            failures.append((i, Result(shown, "failed", failure_reason(e, shown))))
             continue
         output = rel.with_suffix(imaging.output_suffix(fmt, rel.suffix))
         # Case- and Unicode-normalisation-insensitive, as macOS and Windows file systems are.
         key = unicodedata.normalize("NFC", str(output)).casefold()
         if key in claimed:
-            failures.append(Result(shown, "failed", f"output name {output} is already taken by {claimed[key]}; rename one of them", str(output)))
+            failures.append((i, Result(shown, "failed", f"output name {output} is already taken by {claimed[key]}; rename one of them", str(output))))
             continue
         claimed[key] = shown
-        jobs.append(Job(path, shown, output, fmt, note, info.width * info.height))
+        jobs.append(Job(path, shown, output, fmt, note, info.width * info.height, i))
     return jobs, failures
 
 
@@ -142,18 +147,15 @@ def run_batch(
     files, failures, unentered_dirs = collect(inputs, settings.recursive, out_dir)
     if not files and not failures:
         raise NoInputs(nothing_found(inputs, unentered_dirs))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out_dir)
     journal = Journal(out_dir / JOURNAL_NAME)
     summary = Summary(journal=journal.path, unentered_dirs=unentered_dirs)
-
-    record = Recorder(journal, summary, report)
 
     with journal.lock():
         Folder(out_dir).sweep()  # temp files a killed run left; the lock says none is live
         journal.append({"event": "run", "settings": settings_record(settings), **upscaler.describe()})
         jobs, refused = plan(files, settings, upscaler.scale)
-        for result in failures + refused:
-            record(result)
+        record = Recorder(journal, summary, report, jobs, decided=failures + refused)
         with tqdm(total=len(jobs), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
 
             def finish(result: Result, extra: dict) -> None:
@@ -165,8 +167,17 @@ def run_batch(
 
             steps = InputSteps(upscaler, Folder(out_dir), settings, journal, finish)
             pipeline.run_in_order(jobs, steps.as_pipeline(), limits or LIMITS, output_pixels)
+        record.close()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def make_output_folder(out_dir: Path) -> None:
+    """OUT and its parents, or an OSError that names OUT and says why not."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create the output folder {display(out_dir)} ({e.strerror or e})") from None
 
 
 class NoInputs(ValueError):
@@ -181,12 +192,35 @@ def nothing_found(inputs: list[Path | str], unentered_dirs: int) -> str:
 
 class Recorder:
     """Where each input's result goes, in input order: the summary, the journal (its one
-    record format) and ``report``."""
+    record format) and ``report``.
 
-    def __init__(self, journal: Journal, summary: Summary, report: Callable[[Result], None] | None):
+    Call it once per job's result, in job order (as the pipeline commits them), then
+    :meth:`close`. ``decided``: results known before any job runs (missing inputs, refused
+    headers), each with its place in the input order (srdeploy.batch.run.collect, plan);
+    each is recorded when the jobs ahead of it have been, so that nothing is reported out
+    of order."""
+
+    def __init__(self, journal: Journal, summary: Summary, report: Callable[[Result], None] | None, jobs: list[Job], decided: list[tuple[int, Result]] = []):
         self.journal, self.summary, self.report = journal, summary, report
+        self.places = [job.index for job in jobs]
+        # Stable: a missing input placed at i comes before the refused file listed at i.
+        self.decided = deque(sorted(decided, key=lambda placed: placed[0]))
+        self.recorded_jobs = 0
 
     def __call__(self, result: Result, **extra) -> None:
+        self._decided_before(self.places[self.recorded_jobs])
+        self.recorded_jobs += 1
+        self._record(result, extra)
+
+    def close(self) -> None:
+        """Record the decided results after the last job's (every job has been recorded)."""
+        self._decided_before(None)
+
+    def _decided_before(self, place: int | None) -> None:
+        while self.decided and (place is None or self.decided[0][0] <= place):
+            self._record(self.decided.popleft()[1], {})
+
+    def _record(self, result: Result, extra: dict) -> None:
         self.summary.results.append(result)
         self.journal.append({"input": result.input, "status": result.status, "reason": result.reason, "output": result.output, "seconds": round(result.seconds, 3), **extra})
         if self.report:
