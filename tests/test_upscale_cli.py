@@ -229,6 +229,59 @@ def test_missing_inputs_and_provider_errors(toy, tmp_path):
     assert "srdeploy[gpu]" in cuda.stderr
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_and_an_unreadable_file_fail_alone_without_blocking_the_batch(toy, tmp_path):
+    """A FIFO would block its reader forever; /proc/self/mem reads fail with EIO at offset 0."""
+    src = tmp_path / "in"
+    save(src / "a_good.png", np.zeros((8, 8, 3), np.uint8))
+    os.mkfifo(src / "b_pipe.png")
+    unreadable = Path("/proc/self/mem")
+    if unreadable.exists():
+        (src / "c_eio.png").symlink_to(unreadable)
+    save(src / "d_good.png", np.full((8, 8, 3), 9, np.uint8))
+    out = tmp_path / "out"
+    run = upscale(src, "-o", out, "--model", toy, timeout=120)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert sorted(outputs(out)) == ["a_good.png", "d_good.png"]
+    failed = {Path(r["input"]).name: r["reason"] for r in journal(out) if r.get("status") == "failed"}
+    assert failed.pop("b_pipe.png") == "cannot read (not a regular file: a named pipe)"
+    if unreadable.exists():
+        assert failed.pop("c_eio.png") == "cannot read (Input/output error)"
+    assert not failed
+    direct = upscale(src / "b_pipe.png", "-o", tmp_path / "out2", "--model", toy, timeout=120)
+    assert direct.returncode == 1 and f"failed  {src / 'b_pipe.png'}: cannot read (not a regular file: a named pipe)" in direct.stderr
+
+
+def test_an_empty_path_or_an_output_under_a_file_is_a_usage_error(toy, tmp_path):
+    image = save(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, message in (((image, "-o", ""), "Error: -o/--output is empty; name the output folder"),
+                          (("", "-o", tmp_path / "out"), "Error: an INPUT argument is empty")):
+        run = subprocess.run([str(SRDEPLOY), "upscale", *map(str, args), "--model", str(toy)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert run.returncode == 2 and message in run.stderr, run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written into the working folder
+    under_a_file = upscale(image, "-o", image / "sub", "--model", toy)
+    assert under_a_file.returncode == 2
+    assert f"Error: cannot create the output folder {image / 'sub'} (Not a directory)" in under_a_file.stderr
+
+
+def test_a_closed_stdout_pipe_stops_the_lines_not_the_batch(toy, tmp_path):
+    """As `srdeploy upscale ... | head -1`: here the reader is gone before the first line."""
+    src = tmp_path / "in"
+    for i in range(3):
+        save(src / f"{i}.png", np.full((8, 8, 3), i, np.uint8))
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        run = subprocess.run([str(SRDEPLOY), "upscale", str(src), "-o", str(tmp_path / "out"), "--model", str(toy)],
+                             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert run.returncode == 0, run.stderr
+    assert "Error" not in run.stderr and "3 ok, 0 skipped, 0 failed of 3" in run.stderr
+    assert sorted(outputs(tmp_path / "out")) == ["0.png", "1.png", "2.png"]
+
+
 def test_a_folder_without_images_is_an_error_that_writes_nothing(toy, tmp_path):
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)

@@ -8,6 +8,7 @@ command; Ray only with ``--ray`` (srdeploy.batch.ray_run).
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -47,19 +48,31 @@ def upscale(inputs, out_dir, model, provider, precision, tile, fmt, quality, png
     from srdeploy.batch.jobs import Result, Settings
     from srdeploy.batch.stores import as_local
 
+    # An empty argument would be Path(""), the current folder: never what was meant.
+    if not out_dir.strip():
+        _fail("-o/--output is empty; name the output folder")
+    if not all(text.strip() for text in inputs):
+        _fail("an INPUT argument is empty; name a file or folder")
     sources, out = [as_local(text) for text in inputs], as_local(out_dir)
     if ray_address is None and (actors is not None or cpus_per_actor is not None):
         _fail("--actors and --cpus-per-actor go with --ray")
     if ray_address is None and any(isinstance(x, str) for x in (*sources, out)):
         _fail(f"{next(x for x in (*sources, out) if isinstance(x, str))}: object-store URIs need --ray (for example --ray local)")
 
+    stdout_open = True
+
     def report(result: Result) -> None:
+        nonlocal stdout_open
         arrow = f" -> {result.output}" if result.status == "ok" else ""
         line = f"{result.status:<7} {result.input}{arrow}: {result.reason}"
         if result.status == "failed":
             tqdm.write(line, file=sys.stderr)
-        elif not quiet:
-            tqdm.write(line, file=sys.stdout)
+        elif not quiet and stdout_open:
+            try:
+                tqdm.write(line, file=sys.stdout)
+            except BrokenPipeError:  # `| head`: the reader left; the batch goes on, the journal has every line
+                stdout_open = False
+                _silence_stdout()
 
     settings = Settings(format=fmt, quality=quality, png_compression=png_compression, recursive=recursive, overwrite=overwrite, max_pixels=max_pixels)
     if ray_address is not None:
@@ -119,6 +132,14 @@ def _engine_line(d: dict, note: str | None) -> str:
     tiling = f"tile {d['tile']} + {d['overlap']} px overlap" if d["tile"] else "untiled"
     picked = f" ({note})" if note else ""
     return f"model {d['model']} (sha256 {d['model_sha256'][:12]}), x{d['scale']}, provider {d['provider']} {d['precision']}{picked}, {tiling}"
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that nothing more (nor Python's flush at exit) writes
+    to a pipe whose reader has gone."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _fail(message: str):
