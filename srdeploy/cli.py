@@ -52,13 +52,56 @@ EXTRAS: dict[str, tuple[str, str]] = {
 }
 
 
-def missing_package_message(error: ModuleNotFoundError) -> str:
-    """One line for a missing module: which package, and the extra that brings it."""
+# The extra each command is installed with: a package it misses is named with this extra
+# when the extra brings it (`export` without torch: srdeploy[export], not [train]).
+COMMAND_EXTRAS: dict[str, str] = {
+    "train": "train", "evaluate": "eval", "upscale": "cpu", "export": "export", "package": "serve", "demo": "demo", "bench": "cpu",
+}
+
+
+def missing_package_message(error: ModuleNotFoundError, command: str | None = None) -> str:
+    """One line for a missing module: which package, and the extra that brings it (the
+    running ``command``'s own extra when it does)."""
     top = (error.name or "").split(".")[0]
     if top in EXTRAS:
         distribution, extra = EXTRAS[top]
+        own = COMMAND_EXTRAS.get(command or "")
+        if own and distribution in extra_distributions(own):
+            extra = own
         return f"this needs the {distribution} package, which is not installed: pip install 'srdeploy[{extra}]'"
     return f"a module this needs is missing ({error}); reinstall srdeploy"
+
+
+def extra_distributions(extra: str) -> set[str]:
+    """The distributions srdeploy's ``extra`` installs, from the installed package's
+    metadata (pyproject.toml's optional-dependencies), following ``srdeploy[...]``."""
+    import importlib.metadata
+    import re
+
+    try:
+        requirements = importlib.metadata.requires("srdeploy") or []
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return set()
+    found: set[str] = set()
+    wanted, seen = [extra], set()
+    while wanted:
+        current = wanted.pop()
+        seen.add(current)
+        for requirement in requirements:
+            marker = re.search(r"""extra\s*==\s*["']([^"']+)["']""", requirement)
+            if not marker or marker.group(1) != current:
+                continue
+            name = re.match(r"([A-Za-z0-9_.\-]+)(\[([^\]]*)\])?", requirement)
+            if name.group(1) == "srdeploy":
+                wanted += [inner.strip() for inner in (name.group(3) or "").split(",") if inner.strip() not in seen]
+            else:
+                found.add(name.group(1).lower())
+    return found
+
+
+def _command(args: list[str] | None) -> str | None:
+    """The subcommand being run: the first argument that is not an option."""
+    return next((a for a in (sys.argv[1:] if args is None else args) if not a.startswith("-")), None)
 
 
 class LazyGroup(click.Group):
@@ -91,7 +134,7 @@ def run(args: list[str] | None = None) -> None:
     except ImportError as e:  # ours say what to install; Python's own name a module
         if os.environ.get("SRDEPLOY_TRACEBACK") == "1":
             raise
-        click.echo(f"Error: {missing_package_message(e) if isinstance(e, ModuleNotFoundError) and e.name else e}", err=True)
+        click.echo(f"Error: {missing_package_message(e, _command(args)) if isinstance(e, ModuleNotFoundError) and e.name else e}", err=True)
         sys.exit(2)
     except Exception as e:  # a command's own errors are one line already; this is the last guard
         if os.environ.get("SRDEPLOY_TRACEBACK") == "1":

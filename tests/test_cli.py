@@ -91,3 +91,14 @@ def test_a_missing_optional_package_is_one_line_naming_the_extra(tmp_path):
     assert out.returncode == 2
     assert "Error: this needs the scikit-image package, which is not installed: pip install 'srdeploy[eval]'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_missing_package_names_the_extra_of_the_command_that_needs_it(tmp_path):
+    """torch is in `train`, `export` and `serve`: `srdeploy export` without it names `export`."""
+    from srdeploy.cli import COMMAND_EXTRAS, COMMANDS
+
+    assert set(COMMAND_EXTRAS) == set(COMMANDS)
+    args = ["export", str(tmp_path / "last.pt"), "-o", str(tmp_path / "out")]
+    out = subprocess.run([sys.executable, "-c", BLOCKED.format(module="torch", args=args)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "Error: this needs the torch package, which is not installed: pip install 'srdeploy[export]'" in out.stderr

@@ -129,9 +129,9 @@ def _run(stage: str, resume: bool, given: dict[str, Any]) -> None:
         raise click.UsageError(as_flags(str(e))) from None
     if stage == "srgan" and not resume and not cfg.init:
         raise click.UsageError("srgan needs --init (a pre-trained generator checkpoint, or 'default')")
-    click.echo(f"srdeploy train {stage}: {json.dumps({k: v for k, v in cfg.to_dict().items() if v is not None})}", err=True)
+    from srdeploy.training.loop import train as run_training  # torch: a missing one is said before anything else
 
-    from srdeploy.training.loop import train as run_training
+    click.echo(f"srdeploy train {stage}: {json.dumps({k: v for k, v in cfg.to_dict().items() if v is not None})}", err=True)
 
     try:
         out_dir = run_training(cfg, resume=resume)

@@ -125,6 +125,8 @@ def write_report(result: Evaluation, out_dir: Path, data: str, sources: dict[str
               help="Where .pt checkpoints run (PyTorch).")
 def evaluate(data_dir, list_file, lr_dir, models, names, downsample, border, limit, figure_count, out_dir, provider, precision, device):
     """PSNR-Y / SSIM-Y / RGB PSNR of bicubic and each model on a folder of HR images."""
+    import skimage.metrics  # noqa: F401 (SSIM, in the eval extra: a missing one is said before any work)
+
     from srdeploy.training.evaluate import default_model_names, find_test_images, load_model
     from srdeploy.training.evaluate import evaluate as run_evaluation
 
