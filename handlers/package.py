@@ -8,6 +8,7 @@ from this checkout. Both files appear atomically (staged, then ``os.replace``).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ from srdeploy.handlers import config as serve_config
 from srdeploy.handlers.config import CONFIG_PROPERTIES_NAME, MODEL_CONFIG_NAME, Ports, ServeConfig
 from srdeploy.io.files import atomic_write_bytes
 from srdeploy.runtime import zoo
+from srdeploy.runtime.contract import validate_onnx_model
 from srdeploy.runtime.manifest import write_manifest
 from srdeploy.runtime.zoo import MODEL_FILE, ModelError, ModelRef, resolve_model
 
@@ -75,6 +77,9 @@ def build_archive(
         raise PackageError(f"model name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit")
     if ref.kind != "onnx":
         raise ModelError(f"{ref.path}: TorchServe archives carry an ONNX model; package the .onnx the engine was built from")
+    validate_onnx_model(ref.path)  # ValueError naming the file: a worker would refuse it later
+    if importlib.util.find_spec("model_archiver") is None:  # before anything is written
+        raise PackageError("building an archive needs torch-model-archiver, which is not installed: pip install 'srdeploy[serve]'")
     store = Path(store).expanduser().resolve()
     if store.exists() and not store.is_dir():
         raise PackageError(f"model store {store} exists and is not a folder")

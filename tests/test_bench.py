@@ -122,3 +122,14 @@ def test_bench_refuses_a_missing_data_folder(tiny_onnx, tmp_path):
     run = bench("--model", tiny_onnx, "--data", tmp_path / "nowhere", "--repeats", 1)
     assert run.returncode == 2
     assert "data folder not found" in run.stderr
+
+
+def test_bench_refuses_an_int8_file_that_is_not_one_and_a_json_path_without_its_folder(tiny_onnx, hr_folder, tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    for given, reason in ((junk, f"{junk}: not a readable ONNX model"), (tiny_onnx, f"{tiny_onnx}: --int8 takes an int8 model")):
+        run = bench("--model", tiny_onnx, "--data", hr_folder, "--large", 0, "--repeats", 1, "--int8", given)
+        assert run.returncode == 2 and reason in run.stderr and "Traceback" not in run.stderr
+    run = bench("--model", tiny_onnx, "--data", hr_folder, "--repeats", 1, "--json", tmp_path / "nowhere" / "b.json")
+    assert run.returncode == 2 and f"there is no folder {tmp_path / 'nowhere'}" in run.stderr
+    assert not (tmp_path / "nowhere").exists()

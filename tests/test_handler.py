@@ -318,6 +318,11 @@ def test_package_cli_builds_refuses_to_overwrite_and_reports_errors(tiny_onnx, t
     assert again.returncode == 2 and "faces.mar already exists; pass --force" in again.stderr
     bad = subprocess.run([str(SRDEPLOY), "package", "--model", str(tmp_path / "none.onnx"), "-o", str(store)], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "model file not found" in bad.stderr
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model\n")
+    garbled = subprocess.run([str(SRDEPLOY), "package", "--model", str(junk), "-o", str(tmp_path / "other")], capture_output=True, text=True, timeout=120)
+    assert garbled.returncode == 2 and f"Error: {junk}: not a readable ONNX model (" in garbled.stderr and "unexpected" not in garbled.stderr
+    assert not (tmp_path / "other").exists()  # refused before the store was made
     assert sorted(p.name for p in store.iterdir()) == ["faces.mar"]  # no staging left behind
 
 

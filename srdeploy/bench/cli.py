@@ -45,6 +45,9 @@ def bench(model, data, limit, large, large_side, repeats, threads, tile, int8_pa
     from srdeploy.runtime.zoo import resolve_model
 
     to_stdout = str(json_out) == "-"
+    if json_out is not None and not to_stdout and not json_out.parent.is_dir():  # say so before minutes of timing
+        click.echo(f"Error: --json {json_out}: there is no folder {json_out.parent}", err=True)
+        sys.exit(2)
     echo = (lambda text: click.echo(text, err=True)) if to_stdout else click.echo
     threads = threads or available_cpus()
     tile = DEFAULT_TILE if tile is None else tile
@@ -59,6 +62,9 @@ def bench(model, data, limit, large, large_side, repeats, threads, tile, int8_pa
             ref = resolve_model(model)
             if ref.kind != "onnx" or (validate_onnx_model(ref.path)["precision"] or "fp32") != "fp32":
                 raise ModelError(f"{ref.path}: bench times an fp32 ONNX model on the CPU (give an int8 one with --int8)")
+            for int8 in int8_paths:  # asked for by name: a file that cannot give its rows is an error, not a note
+                if validate_onnx_model(int8)["precision"] != "int8":
+                    raise ModelError(f"{int8}: --int8 takes an int8 model (srdeploy export --int8), and this one is not")
             rows, notes, upscaler = measure.build_rows(ref, threads, tile, int8_paths, workdir)
         except (ModelError, ProviderError, ValueError, FileNotFoundError) as e:
             click.echo(f"Error: {e}", err=True)

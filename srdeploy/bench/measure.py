@@ -148,7 +148,7 @@ def build_rows(model: ModelRef, threads: int, tile: int | None, int8_paths: tupl
         try:
             upscaler = Upscaler(source, provider=provider, precision=precision, tile=auto.tile, threads=threads)
         except (ModelError, ProviderError, ValueError) as e:
-            notes.append(f"{label} row absent: {e}")
+            notes.append(f"{label} row absent: {str(e).split('; ')[0]}")  # the reason, without advice on upscale's options
             continue
         if upscaler.overlap != auto.overlap and auto.tile:
             notes.append(f"{label} runs as `srdeploy upscale` would: its tiles overlap by {upscaler.overlap} px (fp32: {auto.overlap})")
