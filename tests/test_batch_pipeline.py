@@ -106,6 +106,27 @@ def test_missing_inputs_and_refused_headers_are_reported_in_their_place_in_input
     assert reported[2].reason == "not an image (the file holds text)" and reported[4].reason == "empty file (0 bytes)"
 
 
+def test_a_folder_that_cannot_be_listed_is_reported_not_passed_over(upscaler, tmp_path, monkeypatch):
+    """os.walk skips unreadable folders silently. The permission is simulated: tests may run as root."""
+    make_inputs(tmp_path / "in", 2)
+    make_inputs(tmp_path / "in" / "locked", 2)
+    make_inputs(tmp_path / "in" / "open", 1)
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == tmp_path / "in" / "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    reported = []
+    summary = run_batch(upscaler, [tmp_path / "in"], tmp_path / "out", Settings(recursive=True), report=reported.append)
+    assert summary.failed == 1 and summary.count("ok") == 3
+    locked = next(r for r in reported if r.status == "failed")
+    assert locked.input == str(tmp_path / "in" / "locked")
+    assert locked.reason == "cannot list this folder (Permission denied); none of its images were read"
+
+
 def test_overlapped_outputs_equal_one_at_a_time_outputs_and_the_shared_upscaler(upscaler, tmp_path):
     paths = make_inputs(tmp_path / "in", 6, seed=1)
     run_batch(upscaler, [tmp_path / "in"], tmp_path / "overlapped", limits=OVERLAPPING)

@@ -79,11 +79,14 @@ def collect(inputs: list[Path | str], recursive: bool, out_dir: Path | str) -> t
                     add(path, rel)
                 skipped_dirs += listed[1]
         elif given.is_dir():
-            found, unentered = walk_tree(os.walk(given), recursive, lambda root, d: (Path(root) / d).resolve() == out_real)
+            unlisted: list[OSError] = []  # os.walk passes over a folder it cannot list unless told
+            found, unentered = walk_tree(os.walk(given, onerror=unlisted.append), recursive, lambda root, d: (Path(root) / d).resolve() == out_real)
             for root, name in found:
                 path = Path(root) / name
                 add(path, PurePosixPath(path.relative_to(given).as_posix()))
             skipped_dirs += unentered
+            for e in unlisted:
+                failures.append((len(files), Result(display(Path(e.filename or given)), "failed", f"cannot list this folder ({e.strerror or e}); none of its images were read")))
         elif given.exists():  # a file, or something else that is there: reading it says why it is refused
             add(given, PurePosixPath(given.name))
         else:
