@@ -299,6 +299,17 @@ def test_pixel_cap_is_checked_before_decoding(rng):
         imaging.decode(data, "big.png", max_pixels=10_000_000)
 
 
+def test_16bit_colour_tiff_is_refused_rather_than_read_at_8_bits(rng):
+    tifffile = pytest.importorskip("tifffile")
+    out = io.BytesIO()
+    tifffile.imwrite(out, rng.integers(0, 65536, (6, 5, 3), dtype=np.uint16))
+    with pytest.raises(ImageError, match="colour.tif: 16-bit colour TIFF, which Pillow reads only at 8 bits; save it as a 16-bit PNG"):
+        imaging.probe(out.getvalue(), "colour.tif")
+    grey = io.BytesIO()
+    tifffile.imwrite(grey, rng.integers(0, 65536, (6, 5), dtype=np.uint16))
+    assert imaging.decode(grey.getvalue(), "grey.tif").color.dtype == np.uint16  # 16-bit grey still keeps its depth
+
+
 def test_multipage_tiff_is_refused(rng):
     pages = [Image.fromarray(_rgb(rng, 8, 8)) for _ in range(2)]
     out = io.BytesIO()
