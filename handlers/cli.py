@@ -31,7 +31,7 @@ from srdeploy.runtime.upscaler import DEFAULT_TILE
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help="As `srdeploy upscale --precision`.")
 @click.option("--tile", type=click.IntRange(min=1), default=DEFAULT_TILE, show_default=True, help="LR tile side, as `srdeploy upscale --tile` (same value, same bytes).")
 @click.option("--response-timeout", type=click.IntRange(min=1), default=None, help="Seconds per batch before TorchServe restarts the worker [default: sized from the model for a CPU].")
-@click.option("--force", is_flag=True, help="Replace an existing NAME.mar.")
+@click.option("--force", is_flag=True, help="Replace an existing NAME.mar and config.properties.")
 def package(model, store, name, properties, port, batch_size, max_batch_delay, workers, max_pixels, provider, precision, tile, response_timeout, force):
     """Build MODEL_STORE/NAME.mar for TorchServe 0.12 and a safe config.properties.
 
@@ -41,13 +41,14 @@ def package(model, store, name, properties, port, batch_size, max_batch_delay, w
     """
     from srdeploy.handlers.config import Ports, ServeConfig
     from srdeploy.handlers.package import PackageError, build_archive
+    from srdeploy.runtime.engines import ProviderError
     from srdeploy.runtime.zoo import ModelError
 
     try:
         config = ServeConfig(batch_size=batch_size, max_batch_delay_ms=max_batch_delay, workers=workers, max_pixels=max_pixels, tile=tile, provider=provider, precision=precision,
                              response_timeout_s=response_timeout)
         done = build_archive(model, store, name, config, Ports(port), properties, force)
-    except (ModelError, PackageError, ValueError, ImportError, OSError) as e:
+    except (ModelError, PackageError, ProviderError, ValueError, ImportError, OSError) as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(2)
     click.echo(f"wrote {done.archive} (model sha256 {done.model_sha256[:12]}, responseTimeout {done.response_timeout_s} s)")

@@ -24,6 +24,7 @@ from srdeploy.handlers.config import CONFIG_PROPERTIES_NAME, MODEL_CONFIG_NAME, 
 from srdeploy.io.files import atomic_write_bytes
 from srdeploy.runtime import zoo
 from srdeploy.runtime.contract import validate_onnx_model
+from srdeploy.runtime.engines import check_precision
 from srdeploy.runtime.manifest import write_manifest
 from srdeploy.runtime.zoo import MODEL_FILE, ModelError, ModelRef, resolve_model
 
@@ -77,7 +78,8 @@ def build_archive(
         raise PackageError(f"model name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit")
     if ref.kind != "onnx":
         raise ModelError(f"{ref.path}: TorchServe archives carry an ONNX model; package the .onnx the engine was built from")
-    validate_onnx_model(ref.path)  # ValueError naming the file: a worker would refuse it later
+    model_precision = validate_onnx_model(ref.path)["precision"] or "fp32"  # ValueError naming the file: a worker would refuse it later
+    check_precision(config.precision, model_precision)  # as a worker on any machine would; bf16 depends on the server's CPU
     if importlib.util.find_spec("model_archiver") is None:  # before anything is written
         raise PackageError("building an archive needs torch-model-archiver, which is not installed: pip install 'srdeploy[serve]'")
     store = Path(store).expanduser().resolve()
@@ -88,6 +90,10 @@ def build_archive(
     if archive.exists() and not force:
         raise PackageError(f"{archive} already exists; pass --force to replace it")
     properties = Path(properties_path).expanduser().resolve() if properties_path else store.parent / CONFIG_PROPERTIES_NAME
+    if properties.exists() and not force:  # another server's, or edited by hand
+        raise PackageError(f"{properties} already exists; pass --force to replace it, or --config to write another")
+    if not properties.parent.is_dir():
+        raise PackageError(f"--config {properties}: there is no folder {properties.parent}")
     timeout = config.response_timeout_s or serve_config.response_timeout(config, ref.path)
 
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.mar-", dir=store))  # same file system: os.replace is atomic

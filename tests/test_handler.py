@@ -324,6 +324,12 @@ def test_package_cli_builds_refuses_to_overwrite_and_reports_errors(tiny_onnx, t
     assert garbled.returncode == 2 and f"Error: {junk}: not a readable ONNX model (" in garbled.stderr and "unexpected" not in garbled.stderr
     assert not (tmp_path / "other").exists()  # refused before the store was made
     assert sorted(p.name for p in store.iterdir()) == ["faces.mar"]  # no staging left behind
+    (tmp_path / "config.properties").write_text("# edited by hand\n")
+    other = subprocess.run([str(SRDEPLOY), "package", "--model", str(tiny_onnx), "-o", str(store), "--name", "other"], capture_output=True, text=True, timeout=120)
+    assert other.returncode == 2 and "config.properties already exists; pass --force" in other.stderr
+    assert (tmp_path / "config.properties").read_text() == "# edited by hand\n" and not (store / "other.mar").exists()
+    int8 = subprocess.run([str(SRDEPLOY), "package", "--model", str(tiny_onnx), "-o", str(tmp_path / "s8"), "--precision", "int8"], capture_output=True, text=True, timeout=120)
+    assert int8.returncode == 2 and "int8 needs an int8 model" in int8.stderr and not (tmp_path / "s8").exists()
 
 
 def test_bad_names_and_engines_are_refused(tiny_onnx, tmp_path):
@@ -365,5 +371,5 @@ def test_package_names_the_archive_after_the_model_and_writes_its_provider(tiny_
     assert "load_models=srresnet=srresnet.mar" in shipped.config_properties.read_text()
     model_config = yaml.safe_load((unpack(shipped.archive, tmp_path / "unpacked") / "model-config.yaml").read_text())
     assert model_config["handler"]["provider"] == "cpu"
-    exported = build_archive(tiny_onnx, tmp_path / "store2")
+    exported = build_archive(tiny_onnx, tmp_path / "store2", properties_path=tmp_path / "tiny.properties")
     assert (exported.model_name, exported.archive.name) == ("tiny", "tiny.mar")

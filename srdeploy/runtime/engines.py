@@ -67,6 +67,16 @@ def fastest_cpu_engine(cpu: CpuInfo, model_precision: str, openvino: bool, openv
     return Engine("openvino", "fp32", "auto: no bf16 units on this CPU, OpenVINO fp32")
 
 
+def check_precision(precision: str, model_precision: str) -> None:
+    """Raise ProviderError when the file cannot compute in ``precision`` on any machine:
+    an int8 or fp16 file computes in its own precision, and int8 needs an int8 file."""
+    if model_precision in ("int8", "fp16"):  # the file decides the arithmetic
+        if precision not in ("auto", model_precision):
+            raise ProviderError(f"this is an {model_precision} model, which computes in {model_precision}; for {precision}, pass its fp32 model.onnx")
+    elif precision == "int8":
+        raise ProviderError("int8 needs an int8 model: srdeploy export CHECKPOINT -o OUT --int8 --calibration FOLDER, then --model OUT/model.int8.onnx")
+
+
 def resolve(provider: str, precision: str, model_precision: str, cpu: CpuInfo, openvino: bool, openvino_bf16: bool, int8_engine: str = "cpu") -> Engine:
     """The engine for a request on this machine, before any GPU is tried: ``provider`` in
     PROVIDERS, ``precision`` in PRECISIONS, ``model_precision`` what the file computes in
@@ -78,11 +88,7 @@ def resolve(provider: str, precision: str, model_precision: str, cpu: CpuInfo, o
     if precision not in PRECISIONS:
         raise ProviderError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     bf16_here = cpu.has_bf16 and openvino_bf16
-    if model_precision in ("int8", "fp16"):  # the file decides the arithmetic
-        if precision not in ("auto", model_precision):
-            raise ProviderError(f"this is an {model_precision} model, which computes in {model_precision}; for {precision}, pass its fp32 model.onnx")
-    elif precision == "int8":
-        raise ProviderError("int8 needs an int8 model: srdeploy export CHECKPOINT -o OUT --int8 --calibration FOLDER, then --model OUT/model.int8.onnx")
+    check_precision(precision, model_precision)
     if provider == "auto":
         if precision == "bf16":
             provider = "openvino"  # the only engine with a bf16 path
