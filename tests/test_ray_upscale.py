@@ -321,3 +321,18 @@ def test_without_ray_nothing_imports_it_and_uris_say_what_they_need(toy, tmp_pat
     assert uri.returncode == 2 and "s3://faces/in: object-store URIs need --ray" in uri.stderr
     too_big = upscale(EXAMPLES, "-o", tmp_path / "o4", "--model", toy, "--actors", "2")
     assert too_big.returncode == 2 and "--actors and --cpus-per-actor go with --ray" in too_big.stderr
+
+
+def test_an_address_nothing_listens_on_is_an_error_in_seconds_not_a_hang(toy, tmp_path):
+    """ray.init retries such an address for ever; the CLI checks that the head answers."""
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens on it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    src = save(tmp_path / "in" / "a.png", np.zeros((8, 8, 3), np.uint8)).parent
+    for address, message in ((f"127.0.0.1:{port}", f"Error: cannot reach a Ray cluster at 127.0.0.1:{port} (Connection refused)"),
+                             ("10.0.0.5:99999", "Error: --ray 10.0.0.5:99999: give local, auto or a cluster's HOST:PORT")):
+        run = upscale(src, "-o", tmp_path / "out", "--model", toy, "--ray", address, timeout=60)
+        assert run.returncode == 2 and message in run.stderr, run.stderr
+    assert not (tmp_path / "out").exists()

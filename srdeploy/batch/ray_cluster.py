@@ -10,12 +10,14 @@ import contextlib
 import logging
 import math
 import os
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass
 
 GPU_PROVIDERS = ("cuda", "tensorrt")
 LEVEL_NOTICE = "Set ray log level from environment variable"
+CONNECT_TIMEOUT_S = 10.0  # for the head's port to answer, before ray.init is tried
 
 
 class ClusterError(RuntimeError):
@@ -50,6 +52,8 @@ def connect(address: str) -> None:
     # one for every actor pool (ray-project/ray#57733) through our bar. Failures still
     # come as Python exceptions. A RAY_BACKEND_LOG_LEVEL the user set wins.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    if address not in ("local", "auto"):
+        reach(address)
     import ray
 
     options = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
@@ -64,6 +68,19 @@ def connect(address: str) -> None:
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise ClusterError(f"cannot connect to the Ray cluster at {address!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     quiet_ray_data()
+
+
+def reach(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise ClusterError unless ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``) takes a
+    TCP connection: ray.init retries an address nothing listens on for ever."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ClusterError(f"--ray {address}: give local, auto or a cluster's HOST:PORT (e.g. 10.0.0.5:6379, ray://10.0.0.5:10001)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e) or type(e).__name__)
+        raise ClusterError(f"cannot reach a Ray cluster at {address} ({reason}); is its head running (ray start --head)?") from None
 
 
 @contextlib.contextmanager
