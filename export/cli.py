@@ -54,6 +54,11 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
     from srdeploy.runtime.manifest import read_manifest
     from srdeploy.runtime.tensorrt import TensorRTUnavailable, TileProfile
 
+    if opset is not None:
+        import onnx
+
+        if opset > onnx.defs.onnx_opset_version():  # the exporter would fall back to its own opset
+            raise click.UsageError(f"--opset {opset}: the installed onnx {onnx.__version__} knows opsets up to {onnx.defs.onnx_opset_version()}")
     try:
         generator, meta = load_export_generator(checkpoint, weights)
     except (FileNotFoundError, ValueError) as e:

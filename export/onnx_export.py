@@ -53,7 +53,7 @@ def export_onnx(generator: Generator, path: str | os.PathLike, opset: int | None
     path = Path(path)
     opset = DEFAULT_OPSET if opset is None else int(opset)
     model = _export_proto(generator, opset)
-    _check_proto(model, path)
+    _check_proto(model, path, opset)
     atomic_write_bytes(path, model.SerializeToString())  # weights inline: no external data
     return path
 
@@ -106,7 +106,11 @@ def _strip_trace_metadata(model: onnx.ModelProto) -> None:
         node.doc_string = ""
 
 
-def _check_proto(model: onnx.ModelProto, path: Path) -> None:
+def _check_proto(model: onnx.ModelProto, path: Path, opset: int) -> None:
+    written = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:  # the exporter falls back to its own opset when the version converter fails
+        raise ValueError(f"{path.name}: opset {opset} was asked for and the exporter wrote opset {written}; "
+                         f"the installed onnx {onnx.__version__} converts up to opset {onnx.defs.onnx_opset_version()}")
     leftover = sorted({n.op_type for n in model.graph.node if n.op_type == "BatchNormalization"})
     if leftover:
         raise RuntimeError(f"{path.name}: BatchNorm was not folded into the convolutions ({leftover})")

@@ -123,3 +123,9 @@ def test_failed_parity_exits_non_zero_naming_artifact_and_metric(tmp_path):
     manifest = verify_manifest(tmp_path / "out")
     assert {r["backend"]: r["ok"] for r in manifest["parity"]["rows"]}["onnxruntime fp16 (model.fp16.onnx)"] is False
     assert [r["ok"] for r in manifest["parity"]["rows"]].count(False) == 1  # fp32 on every engine holds
+
+
+def test_an_opset_newer_than_onnx_knows_is_a_usage_error(tmp_path):
+    run = run_export(tmp_path / "last.pt", "-o", tmp_path / "out", "--opset", 99)
+    assert run.returncode == 2 and "--opset 99: the installed onnx" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "out").exists()

@@ -64,6 +64,16 @@ def test_opset_17_via_the_version_converter(tiny_generator, tmp_path, rng):
     np.testing.assert_allclose(_session(path).run(None, {"lr": lr})[0], _torch_sr(tiny_generator, lr), atol=1e-4, rtol=0)
 
 
+def test_an_opset_the_converter_cannot_reach_is_an_error_not_the_native_one(tiny_generator, tmp_path):
+    """The exporter falls back to opset 18 when conversion fails; nothing is written then."""
+    import onnx
+
+    too_new = onnx.defs.onnx_opset_version() + 1
+    with pytest.raises(ValueError, match=f"opset {too_new} was asked for and the exporter wrote opset 18"):
+        export_onnx(tiny_generator, tmp_path / "new.onnx", opset=too_new)
+    assert not list(tmp_path.iterdir())
+
+
 def test_bn_statistics_are_folded_not_dropped(tiny_generator, tiny_onnx, rng):
     """Outputs must differ from a generator whose BN stats are reset: folding used them."""
     lr = rng.random((1, 3, 12, 12), dtype=np.float32)
