@@ -56,10 +56,14 @@ def test_bad_files_are_skipped_with_a_warning_and_counted(folder):
     (folder / "empty.png").write_bytes(b"")
     (folder / "notes.jpg").write_text("not an image")
     _save(folder / "tiny.png", size=(8, 8))
+    buf = io.BytesIO()
+    Image.open(folder / "0.png").save(buf, "JPEG")
+    (folder / "truncated.jpg").write_bytes(buf.getvalue()[:300])  # its header passes; its data does not
     with pytest.warns(UserWarning) as caught:
         ds = SRDataset(folder, patch=32)
     assert len(ds) == 4
-    assert sorted(p.name for p, _ in ds.skipped) == ["empty.png", "notes.jpg", "tiny.png"]
+    assert sorted(p.name for p, _ in ds.skipped) == ["empty.png", "notes.jpg", "tiny.png", "truncated.jpg"]
+    assert any("truncated.jpg" in str(w.message) and "truncated" in str(w.message) for w in caught)
     assert any("tiny.png" in str(w.message) and "smaller than" in str(w.message) for w in caught)
 
 
