@@ -33,6 +33,9 @@ def test_recursive_listing_and_list_files_with_or_without_extensions(folder):
     (folder / "bad.txt").write_text("2\n99\n")
     with pytest.raises(FileNotFoundError, match="bad.txt: 1 listed images missing.*99"):
         list_images(folder, folder / "bad.txt")
+    (folder / "twice.txt").write_text("2\nsub/3\n2.png\n")
+    with pytest.raises(ValueError, match="twice.txt: '2.png' and '2' name the same image \\(2.png\\); list each once"):
+        list_images(folder, folder / "twice.txt")
 
 
 def test_pairs_are_the_shared_degradation_of_the_crop(folder):

@@ -35,6 +35,11 @@ def list_images(root: str | Path, list_file: str | Path | None = None) -> list[P
         if ambiguous:
             raise ValueError(f"{list_file}: names match several files under {root}, e.g. {ambiguous[0]!r}")
         paths = [by_name[n][0] for n in names]
+        first: dict[Path, str] = {}
+        for name, path in zip(names, paths):  # counted twice, an image would weigh double in every mean
+            if path in first:
+                raise ValueError(f"{list_file}: {name!r} and {first[path]!r} name the same image ({path.relative_to(root).as_posix()}); list each once")
+            first[path] = name
     if not paths:
         raise FileNotFoundError(f"no images ({', '.join(sorted(READ_SUFFIXES))}) under {root}")
     return paths
