@@ -314,3 +314,10 @@ def test_matches_the_pytorch_generator(tiny_onnx, tiny_generator, rng):
 
 def test_provider_names_cover_the_cli_choices():
     assert set(EXECUTION_PROVIDERS) == {"cpu", "cuda", "tensorrt"}
+
+
+def test_a_tile_smaller_than_the_overlap_is_refused(toy):
+    """The output would be the same, at many times the work: --tile 1 ran for minutes."""
+    assert Upscaler(toy, provider="cpu", tile=3).tile == 3  # the toy's overlap
+    with pytest.raises(ValueError, match="tile 2 is smaller than this model's 3 px overlap: each tile would run a 8 px window, 16x its pixels"):
+        Upscaler(toy, provider="cpu", tile=2)
