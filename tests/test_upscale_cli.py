@@ -157,6 +157,29 @@ def test_kill_9_mid_batch_then_rerun_completes_with_no_partial_file(toy, tmp_pat
         assert made[name].read_bytes() == up.upscale_bytes((src / name).read_bytes(), name).data
 
 
+def test_ctrl_c_mid_batch_exits_130_with_one_line_and_no_temp_file(toy, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    rng = np.random.default_rng(3)
+    for i in range(24):
+        save(src / f"img_{i:02d}.png", rng.integers(0, 256, (160, 160, 3), dtype=np.uint8))
+    proc = subprocess.Popen([str(SRDEPLOY), "upscale", str(src), "-o", str(out), "--model", str(toy), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / JOURNAL_NAME).exists() and (out / JOURNAL_NAME).read_text(encoding="utf-8").count('"status": "ok"') >= 3:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, "the batch finished before Ctrl-C; make it longer" if proc.returncode == 0 else err
+    assert err.strip() == "interrupted: every output written so far is whole and journalled; the same command resumes"
+    assert not temp_files(out) and 3 <= len(outputs(out)) < 24
+
+
 def test_rerun_skips_done_work_redoes_changed_inputs_and_protects_foreign_files(toy, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     rng = np.random.default_rng(3)

@@ -1,8 +1,8 @@
 """``srdeploy upscale``: 4x images from files and folders, on CPU or GPU.
 
 Exit status: 0 when every input is ok or skipped, 1 when any failed, 2 when the run
-could not start (model, provider, options or cluster). Heavy imports happen inside the
-command; Ray only with ``--ray`` (srdeploy.batch.ray_run).
+could not start (model, provider, options or cluster), 130 when Ctrl-C stopped it.
+Heavy imports happen inside the command; Ray only with ``--ray`` (srdeploy.batch.ray_run).
 """
 
 from __future__ import annotations
@@ -75,10 +75,14 @@ def upscale(inputs, out_dir, model, provider, precision, tile, fmt, quality, png
                 _silence_stdout()
 
     settings = Settings(format=fmt, quality=quality, png_compression=png_compression, recursive=recursive, overwrite=overwrite, max_pixels=max_pixels)
-    if ray_address is not None:
-        summary = _on_ray(ray_address, actors, cpus_per_actor, model, provider, precision, tile, sources, out, settings, report, quiet)
-    else:
-        summary = _here(model, provider, precision, tile, sources, out, settings, report, quiet)
+    try:
+        if ray_address is not None:
+            summary = _on_ray(ray_address, actors, cpus_per_actor, model, provider, precision, tile, sources, out, settings, report, quiet)
+        else:
+            summary = _here(model, provider, precision, tile, sources, out, settings, report, quiet)
+    except KeyboardInterrupt:  # the batch has committed or removed every output it began
+        click.echo("\ninterrupted: every output written so far is whole and journalled; the same command resumes", err=True)
+        sys.exit(130)
     if not quiet:
         if summary.unentered_dirs:
             click.echo(f"{summary.unentered_dirs} subfolder(s) not searched; add --recursive to include them", err=True)
