@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import SRDEPLOY
@@ -96,6 +97,28 @@ def test_not_a_generator_checkpoint_is_refused(tmp_path):
 
     proc = run_export(tmp_path / "absent.pt", "-o", tmp_path / "out")
     assert proc.returncode == 1 and "checkpoint not found" in proc.stderr and "absent.pt" in proc.stderr
+
+
+class _Payload:
+    """Unpickled without weights_only, this would create ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_checkpoint_that_carries_code_is_refused_in_one_line_without_running_it(tmp_path):
+    import torch
+
+    marker, evil = tmp_path / "ran.txt", tmp_path / "evil.pt"
+    torch.save({"generator": _Payload(marker)}, evil)
+    proc = run_export(evil, "-o", tmp_path / "out")
+    assert proc.returncode == 1 and not marker.exists() and not (tmp_path / "out").exists()
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"Error: {evil}: not a loadable weights-only checkpoint (UnpicklingError: ") and "open" in line
+    assert line.endswith("); srdeploy loads tensors and plain data only, never code") and "weights_only" not in line
 
 
 @pytest.mark.slow

@@ -40,10 +40,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        raise ValueError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: {_load_failure(e)}); "
+                         "srdeploy loads tensors and plain data only, never code") from e
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict checkpoint or state_dict, got {type(obj).__name__}")
     return obj
+
+
+def _load_failure(error: Exception) -> str:
+    """torch's reason in one line. Its weights-only refusal is paragraphs long and advises
+    weights_only=False, which would run the file's code: only the unpickler's own reason
+    (what it met in the file) is kept."""
+    text = str(error).split("WeightsUnpickler error:", 1)[-1]
+    advice = ("Weights only load failed", "weights_only", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not any(a in line for a in advice)]
+    return lines[0].split(". ")[0].rstrip(".") if lines else "the file holds more than tensors and plain data"  # its first sentence
 
 
 def infer_arch(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
