@@ -142,3 +142,10 @@ def test_psnr_helper():
     a = np.zeros((4, 4))
     assert psnr(a, a + 255.0) == pytest.approx(0.0)
     assert psnr(a, a + 1.0) == pytest.approx(20 * math.log10(255))
+
+
+def test_a_border_that_leaves_less_than_the_ssim_window_says_so(rng):
+    hr = rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    assert evaluate_pair(hr, hr, border=10)["ssim_y"] == pytest.approx(1.0)  # 12 x 20 left: enough
+    with pytest.raises(ValueError, match=r"a border of 11 px leaves 18x10 of a 40x32 image; SSIM's 11x11 window needs at least 11"):
+        evaluate_pair(hr, hr, border=11)

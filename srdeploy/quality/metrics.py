@@ -30,6 +30,9 @@ def _as_rgb_uint8(img: np.ndarray, name: str) -> np.ndarray:
     return img
 
 
+SSIM_WINDOW = 11  # the Gaussian window's side at sigma 1.5, as scikit-image sizes it (Wang et al. 2004)
+
+
 def _crop(a: np.ndarray, border: int) -> np.ndarray:
     return a[border:-border, border:-border] if border else a
 
@@ -59,6 +62,10 @@ def evaluate_pair(sr: np.ndarray, hr: np.ndarray, border: int = 4) -> dict[str, 
     from skimage.metrics import structural_similarity
 
     sr, hr = _rgb_pair(sr, hr, ("sr", "hr"))
+    h, w = hr.shape[0] - 2 * border, hr.shape[1] - 2 * border
+    if min(h, w) < SSIM_WINDOW:
+        raise ValueError(f"a border of {border} px leaves {max(w, 0)}x{max(h, 0)} of a {hr.shape[1]}x{hr.shape[0]} image; "
+                         f"SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window needs at least {SSIM_WINDOW} pixels a side (lower --border)")
     sr_y, hr_y = _crop(rgb_to_y(sr), border), _crop(rgb_to_y(hr), border)
     ssim = structural_similarity(
         sr_y, hr_y, data_range=255.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
