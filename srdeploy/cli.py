@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 
 import click
 
@@ -129,6 +130,8 @@ def main() -> None:
 
 def run(args: list[str] | None = None) -> None:
     """The console script: :func:`main`, with no traceback reaching the user."""
+    if os.environ.get("SRDEPLOY_TRACEBACK") != "1":
+        warnings.showwarning = _show_warning
     try:
         main(args=args)
     except ImportError as e:  # ours say what to install; Python's own name a module
@@ -141,6 +144,12 @@ def run(args: list[str] | None = None) -> None:
             raise
         click.echo(f"Error: {type(e).__name__}: {e} (unexpected; SRDEPLOY_TRACEBACK=1 shows where it came from)", err=True)
         sys.exit(2)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line for a user (``skipping data/x.jpg: ...``), not Python's
+    two, which name the source line that warned."""
+    click.echo(f"warning: {message}", err=True)
 
 
 if __name__ == "__main__":
