@@ -144,6 +144,14 @@ def test_without_gradio_the_demo_names_its_extra(tmp_path):
     assert list(tmp_path.iterdir()) == []  # its temporary folder is gone
 
 
+def test_an_address_that_is_not_this_machines_says_why():
+    from conftest import SRDEPLOY
+
+    out = subprocess.run([str(SRDEPLOY), "demo", "--host", "999.1.1.1"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("Error: cannot listen on 999.1.1.1:7860: 999.1.1.1 is not a name or address this machine can use (")
+
+
 def test_a_port_in_use_is_one_line(tmp_path):
     pytest.importorskip("gradio", reason="gradio is not installed (pip install 'srdeploy[demo]')")
     import socket
@@ -157,6 +165,6 @@ def test_a_port_in_use_is_one_line(tmp_path):
         out = subprocess.run([str(SRDEPLOY), "demo", "--port", str(port)], capture_output=True, text=True, timeout=120,
                              env={**os.environ, "TMPDIR": str(tmp_path)})
     assert out.returncode == 2
-    assert out.stderr.splitlines()[-1].startswith(f"Error: cannot listen on 127.0.0.1:{port}: ")
+    assert out.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"  # said before any model loads
     assert "Traceback" not in out.stderr
     assert [p.name for p in tmp_path.iterdir() if p.name != ".ses"] == []  # .ses: ONNX Runtime's, written on import

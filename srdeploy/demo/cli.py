@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -49,6 +50,10 @@ def demo(models, provider, precision, tile, quality, png_compression, max_pixels
     from srdeploy.runtime.upscaler import ProviderError
     from srdeploy.runtime.zoo import ModelError
 
+    problem = listen_problem(host, port)  # before minutes of loading: Gradio's own message hides the cause
+    if problem:
+        click.echo(f"Error: cannot listen on {host}:{port}: {problem}", err=True)
+        sys.exit(2)
     imaging.allow_pixels(max_pixels)  # as srdeploy upscale does
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM unwinds like Ctrl-C, so the temporary folder goes too
     workdir = Path(tempfile.mkdtemp(prefix="srdeploy-demo-"))
@@ -76,6 +81,22 @@ def demo(models, provider, precision, tile, quality, png_compression, max_pixels
         serve(build(choices, upscalers, settings, workdir / "results", provider, precision), CSS, host, port, max_pixels)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def listen_problem(host: str, port: int) -> str | None:
+    """Why a server could not listen on ``host``:``port`` (an unknown name, an address not
+    this machine's, a port taken), or None: a socket is bound there and closed again."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        return f"{host} is not a name or address this machine can use ({e.strerror})"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closed server's TIME_WAIT is fine
+        try:
+            probe.bind(address)
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
 
 
 def serve(page, css: str, host: str, port: int, max_pixels: int) -> None:
