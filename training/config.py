@@ -37,7 +37,7 @@ class TrainConfig:
     stage: Stage = "srresnet"
     """srresnet: MSE pre-training; srgan: adversarial fine-tuning from `init`."""
     data: str = ""
-    """Folder of HR images (searched recursively: JPEG, PNG, WebP). Required."""
+    """Folder of HR images (searched recursively: PNG, JPEG, WebP, BMP, TIFF, GIF). Required."""
     data_list: str | None = None
     """Optional file of image names (one per line, e.g. train.txt) selecting from `data`."""
     val_data: str | None = None

@@ -40,7 +40,7 @@ def results_markdown(result: Evaluation, data: str, sources: dict[str, str]) -> 
     lines = [
         f"# srdeploy evaluate: {data}",
         "",
-        f"{result.image_count} images from `{data}`; {result.degradation}"
+        f"{result.image_count} image{'s' if result.image_count != 1 else ''} from `{data}`; {result.degradation}"
         + (f"; {result.cropped} HR images cropped to a multiple of 4" if result.cropped else "")
         + ".",
         f"Protocol: {protocol_line(result.border)}. Higher is better in every column; "

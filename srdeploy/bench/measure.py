@@ -157,8 +157,12 @@ def build_rows(model: ModelRef, threads: int, tile: int | None, int8_paths: tupl
             rows.append(openvino_defaults_row(model.path, auto))
     rewrites = _rewrites_described(model.path)
     notes.append(f"ORT fp32 and OpenVINO run the graph as srdeploy.runtime.cpu_graph rewrites it for each: {rewrites}")
-    notes.append("OpenVINO defaults: the plain model.onnx compiled with no settings at all (what a user who compiles it gets), through the same tiles")
-    notes.append("int8 rows: GFLOP/s counts the fp32 graph's multiply-adds; % ceil is of the int8 ceiling")
+    present = {row.key for row in rows}
+    if "openvino_defaults" in present:
+        notes.append("OpenVINO defaults: the plain model.onnx compiled with no settings at all (what a user who compiles it gets), "
+                     + ("through the same tiles" if auto.tile else "untiled, as the other rows"))
+    if any(key.startswith(("ort_int8", "openvino_int8")) for key in present):
+        notes.append("int8 rows: GFLOP/s counts the fp32 graph's multiply-adds; % ceil is of the int8 ceiling")
     rows.append(pipeline_row(auto, workdir))
     notes.append(f"upscale pipeline: srdeploy.batch.run.run_batch in this process on what `srdeploy upscale` picks here "
                  f"({auto.provider} {auto.precision}): decode PNG, tiles, inference, encode PNG, fsync, write, journal; "
