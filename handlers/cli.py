@@ -29,7 +29,7 @@ from srdeploy.runtime.upscaler import DEFAULT_TILE
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True, help="Largest input in pixels (413 above); request/response size limits follow.")
 @click.option("--provider", type=click.Choice(SERVED_PROVIDERS), default="auto", show_default=True, help="Engine of the workers, written into the archive; auto = cuda when the worker can start it, else the fastest CPU engine for its CPU (a GPU worker on the CPU logs a warning).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help="As `srdeploy upscale --precision`.")
-@click.option("--tile", type=click.IntRange(min=1), default=DEFAULT_TILE, show_default=True, help="LR tile side, as `srdeploy upscale --tile` (same value, same bytes).")
+@click.option("--tile", type=click.IntRange(min=1), default=DEFAULT_TILE, show_default=True, help="LR tile side, as `srdeploy upscale --tile` (same value, same bytes); a server always tiles, so that a request's memory stays bounded.")
 @click.option("--response-timeout", type=click.IntRange(min=1), default=None, help="Seconds per batch before TorchServe restarts the worker [default: sized from the model for a CPU].")
 @click.option("--force", is_flag=True, help="Replace an existing NAME.mar and config.properties.")
 def package(model, store, name, properties, port, batch_size, max_batch_delay, workers, max_pixels, provider, precision, tile, response_timeout, force):

@@ -22,7 +22,7 @@ from srdeploy import __version__
 from srdeploy.handlers import config as serve_config
 from srdeploy.handlers.config import CONFIG_PROPERTIES_NAME, MODEL_CONFIG_NAME, Ports, ServeConfig
 from srdeploy.io.files import atomic_write_bytes
-from srdeploy.runtime import zoo
+from srdeploy.runtime import tiling, zoo
 from srdeploy.runtime.contract import validate_onnx_model
 from srdeploy.runtime.engines import check_precision
 from srdeploy.runtime.manifest import write_manifest
@@ -80,6 +80,9 @@ def build_archive(
         raise ModelError(f"{ref.path}: TorchServe archives carry an ONNX model; package the .onnx the engine was built from")
     model_precision = validate_onnx_model(ref.path)["precision"] or "fp32"  # ValueError naming the file: a worker would refuse it later
     check_precision(config.precision, model_precision)  # as a worker on any machine would; bf16 depends on the server's CPU
+    problem = tiling.tile_problem(config.tile, serve_config.model_overlap(ref.path), untiled=False)  # every worker would refuse it
+    if problem:
+        raise PackageError(problem)
     if importlib.util.find_spec("model_archiver") is None:  # before anything is written
         raise PackageError("building an archive needs torch-model-archiver, which is not installed: pip install 'srdeploy[serve]'")
     store = Path(store).expanduser().resolve()

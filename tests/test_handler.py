@@ -330,6 +330,8 @@ def test_package_cli_builds_refuses_to_overwrite_and_reports_errors(tiny_onnx, t
     assert (tmp_path / "config.properties").read_text() == "# edited by hand\n" and not (store / "other.mar").exists()
     int8 = subprocess.run([str(SRDEPLOY), "package", "--model", str(tiny_onnx), "-o", str(tmp_path / "s8"), "--precision", "int8"], capture_output=True, text=True, timeout=120)
     assert int8.returncode == 2 and "int8 needs an int8 model" in int8.stderr and not (tmp_path / "s8").exists()
+    tiny_tile = subprocess.run([str(SRDEPLOY), "package", "--model", "default", "-o", str(tmp_path / "st"), "--tile", "4"], capture_output=True, text=True, timeout=120)
+    assert tiny_tile.returncode == 2 and "tile 4 is smaller than this model's 24 px overlap" in tiny_tile.stderr and not (tmp_path / "st").exists()
 
 
 def test_bad_names_and_engines_are_refused(tiny_onnx, tmp_path):

@@ -116,3 +116,14 @@ def overlap_of(graph: Any) -> int:
     ``onnx.GraphProto``), rounded up; FALLBACK_OVERLAP when the graph cannot be read."""
     reach = analyze(graph)
     return FALLBACK_OVERLAP if reach is None else math.ceil(reach.receptive_radius)
+
+
+def tile_problem(tile: int, overlap: int, untiled: bool = True) -> str | None:
+    """Why a ``tile`` is refused for a model of ``overlap``, or None. Any tile gives the same
+    bytes, but one smaller than the overlap runs windows mostly made of halo. ``untiled``:
+    whether the advice may offer 0 (a server always tiles)."""
+    if not tile or tile >= overlap:
+        return None
+    window = tile + 2 * overlap
+    return (f"tile {tile} is smaller than this model's {overlap} px overlap: each tile would run a {window} px window, "
+            f"{(window / tile) ** 2:.0f}x its pixels; use {'0 (untiled) or ' if untiled else ''}a tile of at least {overlap}")

@@ -90,10 +90,9 @@ class Upscaler:
             self._start_engine(provider, precision)
         else:
             self._start_onnx(provider, precision)
-            if self.tile and self.tile < self.overlap:  # same bytes, but the halo would dwarf the tile
-                window = self.tile + 2 * self.overlap
-                raise ValueError(f"tile {self.tile} is smaller than this model's {self.overlap} px overlap: each tile would run a {window} px window, "
-                                 f"{(window / self.tile) ** 2:.0f}x its pixels; use 0 (untiled) or a tile of at least {self.overlap}")
+            problem = tiling.tile_problem(self.tile or 0, self.overlap)
+            if problem:
+                raise ValueError(problem)
 
     # --- public API ---------------------------------------------------------------
 
