@@ -65,8 +65,8 @@ def cluster(s3_endpoint, tmp_path_factory):
                 os.environ[k] = v
 
 
-def upscale(*args, timeout=180, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SRDEPLOY), "upscale", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=srdeploy_env(**env))
+def upscale(*args, timeout=180, cwd=None, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SRDEPLOY), "upscale", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=srdeploy_env(**env), cwd=cwd)
 
 
 def noise_folder(folder: Path, count: int, side: int, seed: int) -> list[str]:
@@ -98,8 +98,9 @@ def test_mixed_corpus_on_two_nodes_matches_the_local_cli_byte_for_byte(toy, clus
             (src / "sub" / example.name).write_bytes(example.read_bytes())
 
     on_ray, here = tmp_path / "on_ray", tmp_path / "here"
-    run = upscale(src, "-o", on_ray, "--model", toy, "--recursive", "--ray", cluster)
-    local = upscale(src, "-o", here, "--model", toy, "--recursive")
+    # Given relative to the working folder: the workers get absolute paths, the records name inputs as given.
+    run = upscale("in", "-o", on_ray, "--model", toy, "--recursive", "--ray", cluster, cwd=tmp_path)
+    local = upscale("in", "-o", here, "--model", toy, "--recursive", cwd=tmp_path)
     assert run.returncode == 1 and local.returncode == 1, run.stderr[-3000:]
     assert "Ray: 4 actor(s) x 1 CPU" in run.stderr  # two actors a node: both nodes work
     assert "Traceback" not in run.stderr
@@ -109,10 +110,10 @@ def test_mixed_corpus_on_two_nodes_matches_the_local_cli_byte_for_byte(toy, clus
     for name in good:  # the same model, engine and settings give the same bytes
         assert outputs(on_ray)[name].read_bytes() == outputs(here)[name].read_bytes(), name
     failed = {r[0]: r[2] for r in rows(on_ray) if r[1] == "failed"}
-    assert set(failed) == {str(src / name) for name in corpus}
+    assert set(failed) == {f"in/{name}" for name in corpus}
     for name, (_, reason) in corpus.items():
-        assert reason in failed[str(src / name)]
-        assert f"failed  {src / name}: " in run.stderr  # one line per bad file
+        assert reason in failed[f"in/{name}"]
+        assert f"failed  in/{name}: " in run.stderr  # one line per bad file
     assert rows(on_ray) == rows(here)  # the same records, in the same (input) order
     assert f"{len(good)} ok, 0 skipped, {len(corpus)} failed of {len(good) + len(corpus)}" in run.stderr
     assert not temp_files(on_ray)

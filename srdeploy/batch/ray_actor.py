@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from srdeploy.batch.jobs import Settings, failure_reason
-from srdeploy.batch.journal import display
 from srdeploy.batch.steps import Folder, InputSteps, elapsed, failed
 from srdeploy.io import imaging
 
@@ -43,9 +42,8 @@ def read_headers(batch: dict[str, Any], max_pixels: int) -> dict[str, Any]:
     srdeploy.batch.run.plan on the driver."""
     imaging.allow_pixels(max_pixels)
     headers = []
-    for blob in batch["source"]:
-        source = pickle.loads(blob)
-        headers.append(pickle.dumps(_header(source, display(source), max_pixels)))
+    for blob, shown in zip(batch["source"], batch["shown"]):  # shown: the input as the user gave it
+        headers.append(pickle.dumps(_header(pickle.loads(blob), str(shown), max_pixels)))
     return {"index": batch["index"], "header": headers}
 
 

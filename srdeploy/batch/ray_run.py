@@ -35,6 +35,7 @@ import os
 import pickle
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -95,7 +96,6 @@ class RayBatch:
     ) -> Summary:
         """The batch (see srdeploy.batch.run.run_batch, whose rules and records it keeps)."""
         started = time.perf_counter()
-        inputs = [p.absolute() if isinstance(p, Path) else p for p in inputs]  # workers run elsewhere
         out = out.absolute() if isinstance(out, Path) else out.rstrip("/")
         if any(given == out or (isinstance(given, Path) and isinstance(out, Path) and given.is_dir() and given.resolve() == out.resolve()) for given in inputs):
             raise ValueError(f"the output folder {display(out)} is also an input folder; choose another -o")
@@ -118,6 +118,8 @@ class RayBatch:
                     place.sweep()  # temp files a killed run left; the lock says none is live
                 journal.append({"event": "run", "settings": settings_record(settings), **_describe(self.engine), "ray": self.pool.describe()})
                 jobs, refused = plan(files, settings, self.engine["scale"], self._headers(files, settings.max_pixels))
+                # Workers run elsewhere: they read absolute paths; results name inputs as given, as the local batch does.
+                jobs = [replace(job, source=_absolute(job.source)) for job in jobs]
                 record = Recorder(journal, summary, report, jobs, decided=failures + refused)
                 self._upscale(jobs, place, journal, settings, record, progress)
                 record.close()
@@ -133,7 +135,7 @@ class RayBatch:
         """Every input's header, read by Ray Data tasks, in input order."""
         import ray.data
 
-        rows = [{"index": i, "source": pickle.dumps(path)} for i, (path, _) in enumerate(files)]
+        rows = [{"index": i, "source": pickle.dumps(_absolute(path)), "shown": display(path)} for i, (path, _) in enumerate(files)]
         if not rows:
             return []
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / HEADERS_PER_TASK)))
@@ -233,6 +235,10 @@ def stop_writers(roster: Any) -> None:
         ray.get(waits, timeout=WRITER_EXIT_SECONDS + 10)
     except ray.exceptions.RayError:
         pass
+
+
+def _absolute(source: Path | str) -> Path | str:
+    return source.absolute() if isinstance(source, Path) else source
 
 
 def job_rows(jobs: list[Job], journal: Journal, place: Any) -> list[dict[str, Any]]:
