@@ -1,7 +1,7 @@
 """Build ``MODEL_STORE/<name>.mar`` with torch-model-archiver, and the server config.
 
 The archive holds the ONNX model, a manifest.json with its sha256 (checked when a worker
-loads it), model-config.yaml, and a five-line entry file that subclasses srdeploy's
+loads it), model-config.yaml, and a short entry file that subclasses srdeploy's
 handler: the code itself comes from the srdeploy installed where TorchServe runs, never
 from this checkout. Both files appear atomically (staged, then ``os.replace``).
 """
