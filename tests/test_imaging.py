@@ -126,6 +126,36 @@ def test_16bit_colour_png_keeps_all_16_bits(channels, rng):
     assert np.array_equal(imaging.decode(imaging.encode(pic, "PNG"), "again").color, values[..., :3])
 
 
+@pytest.mark.parametrize("interlace", [False, True])
+def test_16bit_grey_alpha_png_keeps_all_16_bits(interlace, rng):
+    values = rng.integers(0, 65536, (37, 23, 2)).astype(np.uint16)
+    if interlace:  # Adam7, as other encoders write it (ours never interlaces)
+        values = values[:9, :7]
+        data = _png_adam7(values)
+    else:
+        data = png.encode_png(values, b"grey profile")
+    info = imaging.probe(data, "la16.png")
+    assert info.depth == 16 and info.gray and info.has_alpha
+    pic = imaging.decode(data, "la16.png")
+    assert np.array_equal(pic.color, values[..., 0]) and np.array_equal(pic.alpha, values[..., 1])
+    assert imaging.choose_format("webp", info) == ("PNG", "WEBP cannot store 16-bit samples, wrote PNG")
+    again = imaging.decode(imaging.encode(pic, "PNG"), "again")
+    assert np.array_equal(again.color, values[..., 0]) and np.array_equal(again.alpha, values[..., 1])
+
+
+def _png_adam7(samples: np.ndarray) -> bytes:
+    """A 16-bit grey+alpha PNG, Adam7-interlaced, every row with filter 0 (None)."""
+    height, width, _ = samples.shape
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+    raw = b""
+    for x0, y0, dx, dy in passes:
+        sub = samples[y0::dy, x0::dx]
+        if sub.size:
+            raw += b"".join(b"\0" + row.astype(">u2").tobytes() for row in sub)
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 4, 0, 0, 1)
+    return png.PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b"")
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
 @pytest.mark.parametrize("level", [0, 1, 3, 9])

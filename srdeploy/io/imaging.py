@@ -99,13 +99,12 @@ def decode(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Pict
     with open_checked(data, name, max_pixels) as im:
         info = _info(im, name)
         try:
-            rawmode = png.png_rawmode(im)
             if png.is_png16_colour(im):
                 samples = png.read_png16(data, im)  # (H, W, 3|4) uint16
                 pic = Picture(samples[..., :3], samples[..., 3] if samples.shape[2] == 4 else None, im.info.get("icc_profile"))
-            elif rawmode == "LA;16B":  # 16-bit grey+alpha: Pillow gives 8-bit RGBA, keep it grey
-                samples = np.asarray(im)
-                pic = Picture(np.ascontiguousarray(samples[..., 0]), np.ascontiguousarray(samples[..., 3]), im.info.get("icc_profile"))
+            elif png.is_png16_grey_alpha(im):  # Pillow would give 8-bit RGBA
+                samples = png.read_png16_grey_alpha(data)
+                pic = Picture(np.ascontiguousarray(samples[..., 0]), np.ascontiguousarray(samples[..., 1]), im.info.get("icc_profile"))
             else:
                 im.load()
                 pic = picture_from_pil(im, name)
@@ -263,9 +262,8 @@ def output_suffix(fmt: str, input_suffix: str) -> str:
 def _info(im: Image.Image, name: str) -> ImageInfo:
     # No EXIF here: Pillow loads a whole PNG to look for a trailing eXIf chunk.
     w, h = im.size
-    rawmode = png.png_rawmode(im)
-    depth = 16 if im.mode.startswith("I;16") or im.mode == "I" or png.is_png16_colour(im) else 8
-    gray = im.mode in ("1", "L", "LA", "La", "I", "F") or im.mode.startswith("I;16") or rawmode == "LA;16B"
+    depth = 16 if im.mode.startswith("I;16") or im.mode == "I" or png.is_png16_colour(im) or png.is_png16_grey_alpha(im) else 8
+    gray = im.mode in ("1", "L", "LA", "La", "I", "F") or im.mode.startswith("I;16") or png.is_png16_grey_alpha(im)
     return ImageInfo(name, im.format, w, h, bool(im.has_transparency_data), depth, gray)
 
 

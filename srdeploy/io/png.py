@@ -15,7 +15,10 @@ Reading. Pillow opens a 48-bit RGB or 64-bit RGBA PNG as 8-bit "RGB"/"RGBA" and 
 the high byte of every sample. Its PNG decoder still does the hard part (inflate,
 un-filter, de-interlace) correctly for both byte orders, so :func:`read_png16` decodes the
 file twice: once with the big-endian raw mode (high bytes) and once with the same bits
-read as little-endian (which yields the low bytes), and joins them.
+read as little-endian (which yields the low bytes), and joins them. Pillow has no raw
+mode for the low bytes of 16-bit grey+alpha, so :func:`read_png16_grey_alpha` reads that
+file as the 8-bit RGBA image with the same bytes: 4 bytes a pixel in both, so the rows and
+their filters are the same, and each RGBA pixel is (grey high, grey low, alpha high, alpha low).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type: grey, grey+alpha, RGB, RGBA
 FILTER_UP = 2
 FAST_LEVELS = range(0, 4)  # 0 stores, 1-3 deflate fast; higher levels are about size (srdeploy.io.imaging)
-# Raw modes of 16-bit colour PNGs whose low bytes Pillow can unpack (grey+alpha cannot).
+# Raw modes of 16-bit colour PNGs whose low bytes Pillow can unpack (grey+alpha: read_png16_grey_alpha).
 _LOW_BYTE_RAWMODES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
 _BLOCK_BYTES = 1 << 20  # rows filtered and compressed at a time
 
@@ -65,6 +68,44 @@ def read_png16(data: bytes, im: Image.Image) -> np.ndarray:
     high_bytes = np.asarray(im, dtype=np.uint16)
     low_bytes = np.asarray(low, dtype=np.uint16)
     return (high_bytes << 8) | low_bytes
+
+
+def is_png16_grey_alpha(im: Image.Image) -> bool:
+    """True for a not yet loaded 16-bit grey+alpha PNG (Pillow would give 8-bit samples)."""
+    return png_rawmode(im) == "LA;16B"
+
+
+def read_png16_grey_alpha(data: bytes) -> np.ndarray:
+    """Full-depth samples of a 16-bit grey+alpha PNG: uint16 (H, W, 2), grey then alpha.
+
+    The same IDAT data under an IHDR that says 8-bit RGBA (and no ancillary chunks, whose
+    layouts depend on the colour type) decodes to the file's bytes, pixel for pixel."""
+    chunks = _chunks(data)
+    ihdr = bytearray(chunks[0][1])
+    ihdr[8], ihdr[9] = 8, 6  # bit depth 8, colour type 6 (RGBA); size, compression, filter, interlace kept
+    as_rgba = io.BytesIO()
+    as_rgba.write(PNG_SIGNATURE)
+    _chunk(as_rgba, b"IHDR", bytes(ihdr))
+    for kind, payload in chunks:
+        if kind == b"IDAT":
+            _chunk(as_rgba, kind, payload)
+    _chunk(as_rgba, b"IEND", b"")
+    with Image.open(io.BytesIO(as_rgba.getvalue()), formats=["PNG"]) as im:
+        raw = np.asarray(im, dtype=np.uint16)  # (H, W, 4): grey high, grey low, alpha high, alpha low
+    return np.stack([(raw[..., 0] << 8) | raw[..., 1], (raw[..., 2] << 8) | raw[..., 3]], axis=-1)
+
+
+def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, payload) of every chunk of a PNG whose signature was checked; CRCs were
+    checked by Pillow when it opened the file."""
+    chunks, at = [], len(PNG_SIGNATURE)
+    while at + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[at : at + 8])
+        chunks.append((kind, data[at + 8 : at + 8 + length]))
+        at += 12 + length
+        if kind == b"IEND":
+            break
+    return chunks
 
 
 def encode_png(pixels: np.ndarray, icc_profile: bytes | None = None, level: int = 1) -> bytes:
