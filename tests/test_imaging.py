@@ -251,6 +251,17 @@ def test_icc_profile_is_carried_to_the_output(fmt, rng):
 # --- output formats ------------------------------------------------------------------
 
 
+def test_a_grey_profile_is_not_put_on_webp_rgb(rng):
+    """WebP has no grey: Pillow writes L as RGB, and a GRAY ICC profile on it is invalid."""
+    grey_profile = bytes(16) + b"GRAY" + bytes(108)
+    rgb_profile = bytes(16) + b"RGB " + bytes(108)
+    grey = Picture(rng.integers(0, 256, (8, 8), dtype=np.uint8), None, grey_profile)
+    assert Image.open(io.BytesIO(imaging.encode(grey, "WEBP"))).info.get("icc_profile") is None
+    assert Image.open(io.BytesIO(imaging.encode(grey, "PNG"))).info.get("icc_profile") == grey_profile  # PNG keeps grey
+    colour = Picture(_rgb(rng), None, rgb_profile)
+    assert Image.open(io.BytesIO(imaging.encode(colour, "WEBP"))).info.get("icc_profile") == rgb_profile
+
+
 def test_choose_format_rules():
     info = imaging.ImageInfo("x", "JPEG", 10, 10, has_alpha=False, depth=8, gray=False)
     assert imaging.choose_format("same", info) == ("JPEG", None)

@@ -238,6 +238,8 @@ def encode(pic: Picture, fmt: str, quality: int | None = None, png_compression: 
         options.update(quality=q, subsampling=0 if q >= 90 else 2)  # 4:4:4 keeps the detail SR adds
     elif fmt == "WEBP":
         options.update(quality=quality or DEFAULT_QUALITY["WEBP"])
+        if img.mode in ("L", "LA") and (pic.icc_profile or b"")[16:20] == b"GRAY":  # the header's colour space
+            options.pop("icc_profile")  # WebP stores grey as RGB, which a grey profile cannot describe
     elif fmt == "TIFF":
         options.update(compression="tiff_adobe_deflate")
     elif fmt == "BMP":
