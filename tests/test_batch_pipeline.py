@@ -244,6 +244,21 @@ def test_png_compression_changes_bytes_not_pixels_and_counts_only_for_png_output
     assert journal(out)[-3]["settings"]["png_compression"] == 0
 
 
+def test_quality_counts_only_for_jpeg_and_webp_outputs_and_its_default_is_the_default(upscaler, tmp_path):
+    src = tmp_path / "in"
+    make_inputs(src, 1, seed=6)
+    Image.fromarray(np.random.default_rng(7).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(src / "photo.jpg", quality=90)
+    out = tmp_path / "out"
+    run_batch(upscaler, [src], out)
+
+    def statuses(settings: Settings) -> dict[str, str]:
+        return {Path(r.input).name: r.status for r in run_batch(upscaler, [src], out, settings).results}
+
+    assert statuses(Settings(quality=95)) == {"img_00.png": "skipped", "photo.jpg": "skipped"}  # 95 is JPEG's default
+    assert statuses(Settings(quality=50)) == {"img_00.png": "skipped", "photo.jpg": "ok"}  # PNG bytes do not depend on it
+    assert statuses(Settings(quality=50)) == {"img_00.png": "skipped", "photo.jpg": "skipped"}
+
+
 def test_png_compression_is_a_zlib_level():
     with pytest.raises(ValueError, match="zlib level from 0 to 9"):
         Settings(png_compression=10)

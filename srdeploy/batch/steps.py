@@ -29,7 +29,7 @@ from srdeploy.batch import pipeline
 from srdeploy.batch.jobs import Job, Result, Settings, failure_reason
 from srdeploy.batch.journal import Journal
 from srdeploy.io.files import TMP_SUFFIX, read_regular, sha256_file, stage_bytes
-from srdeploy.io.imaging import Picture
+from srdeploy.io.imaging import DEFAULT_QUALITY, Picture
 from srdeploy.runtime.upscaler import Decoded, Upscaler
 
 
@@ -193,8 +193,10 @@ class InputSteps:
         return {
             "source": source_identity(job.source), "input_sha256": hashlib.sha256(data).hexdigest(),
             "model_sha256": self.upscaler.model.sha256, "provider": self.upscaler.provider, "precision": self.upscaler.precision,
-            "format": job.format, "quality": self.settings.quality,
-            # Only PNG bytes depend on it: other outputs stay done when it changes.
+            # Each setting counts only where it changes the bytes: other outputs stay done when
+            # it changes, and a quality given as its default is the default.
+            "format": job.format,
+            "quality": self.settings.quality if job.format in DEFAULT_QUALITY and self.settings.quality not in (None, DEFAULT_QUALITY[job.format]) else None,
             "png_compression": self.settings.png_compression if job.format == "PNG" else None,
         }
 
