@@ -180,11 +180,13 @@ def test_cli_writes_table_csvs_and_figure(hr_dir, checkpoint, tmp_path, tiny_gen
 
 def test_cli_bilinear_and_border_options_are_applied_and_stated(hr_dir, tmp_path):
     out = tmp_path / "o"
+    out.mkdir()
+    (out / "comparison.png").write_bytes(b"an earlier run's figure")
     proc = _run_cli("--data", hr_dir, "--downsample", "bilinear", "--border", 2, "--figure-count", 0, "-o", out)
     assert proc.returncode == 0, proc.stderr
     md = (out / "results.md").read_text()
     assert "PIL bilinear" in md and "2-px border" in md and "4-px" not in md
-    assert not (out / "comparison.png").exists()
+    assert not (out / "comparison.png").exists()  # an earlier figure would not show these results
     row = _read_csv(out / "results.csv")[0]
     same = evaluate(find_test_images(hr_dir), [], downsample="bilinear", border=2, figure_count=0).table()[0]
     bicubic = evaluate(find_test_images(hr_dir), [], downsample="bicubic", border=2, figure_count=0).table()[0]

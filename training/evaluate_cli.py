@@ -95,6 +95,8 @@ def write_report(result: Evaluation, out_dir: Path, data: str, sources: dict[str
 
         title = f"x4 super-resolution; PSNR-Y, {result.border}-px border; {result.degradation}"
         written["comparison.png"] = save_image_grid(result.figure_rows, out_dir / "comparison.png", suptitle=title)
+    else:  # an earlier run's figure would sit beside results it does not show
+        (out_dir / "comparison.png").unlink(missing_ok=True)
     return written
 
 
