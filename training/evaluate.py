@@ -218,7 +218,7 @@ def load_model(spec: str, name: str | None = None, device: str = "cpu", provider
     Raises ValueError/FileNotFoundError naming the model and the reason."""
     name = name or default_model_names([spec])[0]
     if name == BICUBIC:
-        raise ValueError(f"{spec}: the name {BICUBIC!r} is taken by the baseline row; pass --name")
+        raise ValueError(f"{spec}: the name {BICUBIC!r} is taken by the baseline row; give this model another --name")
     if is_runtime_model(spec):
         return _runtime_model(spec, name, provider, precision)
     path = Path(spec)
@@ -250,7 +250,7 @@ def evaluate(
         raise ValueError(f"unknown downsample method {downsample!r}; use one of {sorted(DOWNSAMPLE_METHODS)}")
     names = [BICUBIC] + [m.name for m in models]
     if len(set(names)) != len(names):
-        raise ValueError(f"model names must be unique (got {names}); pass --name for each model")
+        raise ValueError(f"model names must be unique (got {names}); give each model its own --name")
     result = Evaluation(models=names, degradation=describe_degradation(images, downsample), border=border)
     for i, image in enumerate(tqdm(images, desc="evaluate", unit="img", disable=not progress)):
         lr_img, hr_img, cropped = load_lr_hr(image, downsample)

@@ -155,9 +155,9 @@ def build_rows(model: ModelRef, threads: int, tile: int | None, int8_paths: tupl
         rows.append(engine_row(key, label, precision, upscaler.upscale_array))
         if key == "openvino_fp32":  # OpenVINO is installed: its defaults too, for comparison
             rows.append(openvino_defaults_row(model.path, auto))
-    rewrites = _rewrites_described(model.path)
-    notes.append(f"ORT fp32 and OpenVINO run the graph as srdeploy.runtime.cpu_graph rewrites it for each: {rewrites}")
     present = {row.key for row in rows}
+    rewrites = _rewrites_described(model.path, {key.removeprefix("openvino_") for key in present if key.startswith("openvino_")})
+    notes.append(f"ORT fp32 and OpenVINO run the graph as srdeploy.runtime.cpu_graph rewrites it for each: {rewrites}")
     if "openvino_defaults" in present:
         notes.append("OpenVINO defaults: the plain model.onnx compiled with no settings at all (what a user who compiles it gets), "
                      + ("through the same tiles" if auto.tile else "untiled, as the other rows"))
@@ -183,12 +183,15 @@ def openvino_defaults_row(path: Path, auto: Upscaler) -> Row:
     return engine_row("openvino_defaults", f"OpenVINO defaults {precision}", precision, tiled)
 
 
-def _rewrites_described(path: Path) -> str:
+def _rewrites_described(path: Path, openvino_precisions: set[str]) -> str:
+    """The rewrites of each engine and precision that has a row here."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     parts = [f"ORT: {'; '.join(cpu_graph.rewrite_for_cpu(model)[1]) or 'nothing'}"]
     for precision, rewrites in cpu_graph.OPENVINO_REWRITES.items():
+        if precision not in openvino_precisions:
+            continue
         parts.append(f"OpenVINO {precision}: {'; '.join(cpu_graph.rewrite_for_cpu(model, rewrites)[1]) or 'nothing'}")
     return " | ".join(parts)
 
