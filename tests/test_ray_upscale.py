@@ -25,7 +25,7 @@ pytest.importorskip("s3fs")
 from conftest import EXAMPLES, SRDEPLOY  # noqa: E402
 from onnx_toy import build_toy_sr  # noqa: E402
 from test_imaging import bad_inputs  # noqa: E402
-from test_upscale_cli import journal, outputs, save, temp_files  # noqa: E402
+from test_upscale_cli import journal, outputs, save, temp_files, wait_for_ok_records  # noqa: E402
 
 from srdeploy.runtime.cpus import available_cpus  # noqa: E402
 from srdeploy.runtime.upscaler import Upscaler  # noqa: E402
@@ -127,11 +127,7 @@ def test_ctrl_c_leaves_no_partial_output_and_a_rerun_resumes(toy, cluster, tmp_p
     args = [str(SRDEPLOY), "upscale", str(src), "-o", str(out), "--model", str(toy), "--ray", cluster, "--actors", "2", "--quiet"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=srdeploy_env())
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / "upscale-journal.jsonl").exists() and (out / "upscale-journal.jsonl").read_text(encoding="utf-8").count('"status": "ok"') >= 3:
-                break
-            time.sleep(0.05)
+        wait_for_ok_records(proc, out, 3, timeout=120)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:

@@ -53,6 +53,15 @@ def fingerprint(folder: Path) -> dict[str, tuple[str, int]]:
     return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
 
 
+def wait_for_ok_records(proc: subprocess.Popen, out: Path, count: int, timeout: float) -> None:
+    """Until OUT's journal holds ``count`` ok records, the process ends, or ``timeout`` s pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / JOURNAL_NAME).exists() and (out / JOURNAL_NAME).read_text(encoding="utf-8").count('"status": "ok"') >= count:
+            return
+        time.sleep(0.01)
+
+
 def save(path: Path, pixels: np.ndarray, **options) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path, **options)
@@ -124,11 +133,7 @@ def test_kill_9_mid_batch_then_rerun_completes_with_no_partial_file(toy, tmp_pat
     for name in names:  # noise compresses badly: big outputs, slow enough to kill mid-run
         save(src / name, rng.integers(0, 256, (160, 160, 3), dtype=np.uint8))
     proc = subprocess.Popen([str(SRDEPLOY), "upscale", str(src), "-o", str(out), "--model", str(toy), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (out / JOURNAL_NAME).exists() and (out / JOURNAL_NAME).read_text(encoding="utf-8").count('"status": "ok"') >= 3:
-            break
-        time.sleep(0.01)
+    wait_for_ok_records(proc, out, 3, timeout=60)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the batch finished before it could be killed; make it longer"
@@ -164,11 +169,7 @@ def test_ctrl_c_mid_batch_exits_130_with_one_line_and_no_temp_file(toy, tmp_path
         save(src / f"img_{i:02d}.png", rng.integers(0, 256, (160, 160, 3), dtype=np.uint8))
     proc = subprocess.Popen([str(SRDEPLOY), "upscale", str(src), "-o", str(out), "--model", str(toy), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / JOURNAL_NAME).exists() and (out / JOURNAL_NAME).read_text(encoding="utf-8").count('"status": "ok"') >= 3:
-                break
-            time.sleep(0.01)
+        wait_for_ok_records(proc, out, 3, timeout=60)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:

@@ -33,7 +33,7 @@ import time
 import unicodedata
 from collections import deque
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Callable, Sequence
 
 from srdeploy.batch import pipeline
 from srdeploy.batch.jobs import FOLDER_SUFFIXES, JOURNAL_NAME, Job, Result, Settings, Summary, failure_reason, walk_tree  # noqa: F401 (FOLDER_SUFFIXES: its old home)
@@ -203,7 +203,7 @@ class Recorder:
     each is recorded when the jobs ahead of it have been, so that nothing is reported out
     of order."""
 
-    def __init__(self, journal: Journal, summary: Summary, report: Callable[[Result], None] | None, jobs: list[Job], decided: list[tuple[int, Result]] = []):
+    def __init__(self, journal: Journal, summary: Summary, report: Callable[[Result], None] | None, jobs: list[Job], decided: Sequence[tuple[int, Result]] = ()):
         self.journal, self.summary, self.report = journal, summary, report
         self.places = [job.index for job in jobs]
         # Stable: a missing input placed at i comes before the refused file listed at i.

@@ -97,11 +97,11 @@ class open_checked:
             frames = getattr(im, "n_frames", 1)  # walks frame headers, decodes no pixels
         except Exception as e:
             raise ImageError(f"{self.name}: corrupt {im.format} frame table ({why(e)})") from None
-        bits = im.tag_v2.get(258) if im.format == "TIFF" else None  # BitsPerSample, one per sample
-        if bits and max(bits if isinstance(bits, tuple) else (bits,)) > 8 and im.mode in ("RGB", "RGBA", "RGBX", "CMYK", "LA"):
+        bits = im.tag_v2.get(258, 8) if im.format == "TIFF" else 8  # BitsPerSample: one value, or one per sample
+        depth = max(bits) if isinstance(bits, tuple) else bits
+        if depth > 8 and im.mode in ("RGB", "RGBA", "RGBX", "CMYK", "LA"):
             # Pillow reads 16-bit colour TIFF samples as 8-bit ones: the output would lose its depth quietly.
-            raise ImageError(f"{self.name}: {max(bits) if isinstance(bits, tuple) else bits}-bit colour TIFF, which Pillow reads only at 8 bits; "
-                             "save it as a 16-bit PNG to keep its depth")
+            raise ImageError(f"{self.name}: {depth}-bit colour TIFF, which Pillow reads only at 8 bits; save it as a 16-bit PNG to keep its depth")
         if frames > 1 and im.format != "MPO":
             what = "pages" if im.format == "TIFF" else "frames"
             raise ImageError(f"{self.name}: {im.format} with {frames} {what}; only still, single images are supported")
