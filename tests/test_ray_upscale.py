@@ -25,7 +25,7 @@ pytest.importorskip("s3fs")
 from conftest import EXAMPLES, SRDEPLOY  # noqa: E402
 from onnx_toy import build_toy_sr  # noqa: E402
 from test_imaging import bad_inputs  # noqa: E402
-from test_upscale_cli import journal, outputs, save, temp_files, wait_for_ok_records  # noqa: E402
+from test_upscale_cli import interrupt_after_ok_records, journal, outputs, save, temp_files  # noqa: E402
 
 from srdeploy.runtime.cpus import available_cpus  # noqa: E402
 from srdeploy.runtime.upscaler import Upscaler  # noqa: E402
@@ -125,17 +125,9 @@ def test_ctrl_c_leaves_no_partial_output_and_a_rerun_resumes(toy, cluster, tmp_p
     src, out = tmp_path / "in", tmp_path / "out"
     names = noise_folder(src, 80, 160, seed=2)  # enough that Ctrl-C lands mid-run on a fast CPU
     args = [str(SRDEPLOY), "upscale", str(src), "-o", str(out), "--model", str(toy), "--ray", cluster, "--actors", "2", "--quiet"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=srdeploy_env())
-    try:
-        wait_for_ok_records(proc, out, 3, timeout=120)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, "the batch finished before Ctrl-C; make it longer" if proc.returncode == 0 else proc.returncode
-    assert "Traceback" not in err.decode() and "interrupted: every output written so far is whole" in err.decode()
+    code, err = interrupt_after_ok_records(args, out, 3, timeout=120, env=srdeploy_env())
+    assert code == 130, "the batch finished before Ctrl-C; make it longer" if code == 0 else code
+    assert "Traceback" not in err and "interrupted: every output written so far is whole" in err
     survivors = outputs(out)
     assert 3 <= len(survivors) < len(names)
     assert not temp_files(out)  # the staged outputs not committed were removed

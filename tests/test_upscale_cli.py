@@ -62,6 +62,21 @@ def wait_for_ok_records(proc: subprocess.Popen, out: Path, count: int, timeout: 
         time.sleep(0.01)
 
 
+def interrupt_after_ok_records(args: list[str], out: Path, count: int, timeout: float, **popen) -> tuple[int, str]:
+    """Start ``args``, send Ctrl-C (SIGINT) once OUT's journal holds ``count`` ok records,
+    and return the exit code and stderr; the process never outlives the call."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
+    try:
+        wait_for_ok_records(proc, out, count, timeout)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err
+
+
 def save(path: Path, pixels: np.ndarray, **options) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path, **options)
@@ -167,16 +182,8 @@ def test_ctrl_c_mid_batch_exits_130_with_one_line_and_no_temp_file(toy, tmp_path
     rng = np.random.default_rng(3)
     for i in range(24):
         save(src / f"img_{i:02d}.png", rng.integers(0, 256, (160, 160, 3), dtype=np.uint8))
-    proc = subprocess.Popen([str(SRDEPLOY), "upscale", str(src), "-o", str(out), "--model", str(toy), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for_ok_records(proc, out, 3, timeout=60)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, "the batch finished before Ctrl-C; make it longer" if proc.returncode == 0 else err
+    code, err = interrupt_after_ok_records([str(SRDEPLOY), "upscale", str(src), "-o", str(out), "--model", str(toy), "--quiet"], out, 3, timeout=60)
+    assert code == 130, "the batch finished before Ctrl-C; make it longer" if code == 0 else err
     assert err.strip() == "interrupted: every output written so far is whole and journalled; the same command resumes"
     assert not temp_files(out) and 3 <= len(outputs(out)) < 24
 
