@@ -262,3 +262,26 @@ def test_quality_counts_only_for_jpeg_and_webp_outputs_and_its_default_is_the_de
 def test_png_compression_is_a_zlib_level():
     with pytest.raises(ValueError, match="zlib level from 0 to 9"):
         Settings(png_compression=10)
+
+
+def test_a_run_killed_before_its_rename_leaves_the_older_output_ours_and_the_rerun_redoes_it(upscaler, tmp_path, monkeypatch):
+    """The journal's newest record for an output can vouch for bytes that never reached it
+    (written, then the run died before the rename): the file is still the one an older
+    record vouches for, so the rerun replaces it without --overwrite."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    (photo,) = make_inputs(src, 1, seed=7)
+    run_batch(upscaler, [src], out)
+    first = (out / photo.name).read_bytes()
+    make_inputs(src, 1, seed=8)  # the input changes
+
+    def die(self, tmp, target):  # as a kill between the writing record and the rename
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(batch_steps.Folder, "publish", die)
+    assert run_batch(upscaler, [src], out).count("failed") == 1
+    assert (out / photo.name).read_bytes() == first and journal(out)[-2]["status"] == "writing"
+
+    monkeypatch.undo()
+    (result,) = run_batch(upscaler, [src], out).results
+    assert result.status == "ok" and "replaced: input, model, engine or settings changed" in result.reason, result
+    assert (out / photo.name).read_bytes() != first

@@ -23,7 +23,7 @@ from test_imaging import bad_inputs
 
 from srdeploy.batch.jobs import JOURNAL_NAME
 from srdeploy.io import imaging
-from srdeploy.io.files import TMP_SUFFIX
+from srdeploy.io.files import TMP_SUFFIX, temp_path
 from srdeploy.runtime.upscaler import Upscaler
 
 
@@ -141,6 +141,32 @@ def test_bad_inputs_fail_one_by_one_and_good_files_still_succeed(toy, tmp_path):
     assert fingerprint(src) == before
 
 
+def test_names_at_the_file_systems_limit(toy, tmp_path):
+    """A 240-byte name is upscaled (its temp file's name is cut to fit), a name whose
+    output would pass 255 bytes (.jpg -> .webp) fails alone, naming the output."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    rng = np.random.default_rng(12)
+    long_png, too_long = "y" * 236 + ".png", "x" * 251 + ".jpg"
+    for name in (long_png, too_long, "ok.jpg"):
+        save(src / name, rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    run = upscale(src, "-o", out, "--model", toy, "--format", "webp")
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert f"failed  {src / too_long}: cannot write the output {'x' * 251}.webp (File name too long)" in run.stderr
+    assert sorted(outputs(out)) == ["ok.webp", "y" * 236 + ".webp"] and not temp_files(out)
+
+
+def test_a_run_removes_the_temp_files_a_killed_run_left_for_its_outputs_and_no_others(toy, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(src / "a.png", np.zeros((8, 8, 3), dtype=np.uint8))
+    stale = temp_path(out / "a.png")  # as a killed run of this batch left it
+    live = temp_path(out / "ckpt" / "last.pt")  # another writer's, at work in a subfolder
+    for path in (stale, live):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    assert upscale(src, "-o", out, "--model", toy).returncode == 0
+    assert not stale.exists() and live.read_bytes() == b"partial"
+
+
 def test_kill_9_mid_batch_then_rerun_completes_with_no_partial_file(toy, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     rng = np.random.default_rng(2)
@@ -211,6 +237,22 @@ def test_rerun_skips_done_work_redoes_changed_inputs_and_protects_foreign_files(
 
     webp = upscale(src, "-o", out, "--model", toy, "--format", "webp", "--quality", "60")
     assert webp.returncode == 0 and sorted(p.name for p in out.glob("*.webp")) == ["a.webp", "b.webp", "c.webp"]
+
+
+def test_an_output_never_lands_on_an_input_even_with_overwrite_into_the_inputs_folder(toy, tmp_path):
+    """``photos/*`` into photos/ itself: a.gif's output a.png would be the input a.png."""
+    photos = tmp_path / "photos"
+    rng = np.random.default_rng(11)
+    save(photos / "a.png", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").convert("P").save(photos / "a.gif")
+    save(photos / "c.jpg", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    before = fingerprint(photos)
+    run = upscale(photos / "a.gif", photos / "a.png", photos / "c.jpg", "-o", photos, "--model", toy, "--overwrite", "--format", "png")
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stdout + run.stderr
+    assert f"failed  {photos / 'a.gif'}: the output a.png would replace the input {photos / 'a.png'}; choose another -o" in run.stderr
+    assert f"failed  {photos / 'a.png'}: the output a.png would replace its input; choose another -o" in run.stderr
+    assert {name: print_ for name, print_ in fingerprint(photos).items() if name in before} == before
+    assert Image.open(photos / "c.png").size == (32, 32)
 
 
 def test_mirrored_tree_unicode_names_collisions_and_hidden_files(toy, tmp_path):

@@ -28,7 +28,7 @@ class Journal:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-        self._made: dict[str, dict[str, Any]] | None = None
+        self._made: dict[str, dict[str, dict[str, Any]]] | None = None  # output -> its sha256 -> record
         self._reading = threading.Lock()  # the batch's loader threads ask last_ok at once
         self._file: BinaryIO | None = None  # open for appends while the run holds the lock
         self._torn = True  # whether the file may end without a newline (a killed run's last line)
@@ -47,16 +47,23 @@ class Journal:
             if isinstance(record, dict):
                 yield record
 
-    def last_ok(self, output: str) -> dict[str, Any] | None:
-        """The newest record that vouches for ``output`` (relative path), as of the first call."""
+    def vouching(self, output: str) -> dict[str, dict[str, Any]]:
+        """The records that vouch for ``output`` (relative path), as of the first call: the
+        newest for each sha256 they give the file."""
         with self._reading:
             if self._made is None:
-                made = {}
+                made: dict[str, dict[str, dict[str, Any]]] = {}
                 for record in self.records():
                     if record.get("status") in _VOUCHING and record.get("output") and record.get("output_sha256"):
-                        made[record["output"]] = record
+                        made.setdefault(record["output"], {})[record["output_sha256"]] = record
                 self._made = made
-        return self._made.get(output)
+        return self._made.get(output, {})
+
+    def last_ok(self, output: str, output_sha256: str | None) -> dict[str, Any] | None:
+        """The newest record that vouches for ``output`` as the file is now (its sha256).
+        Not simply the newest record: a run killed between a ``writing`` record and its
+        rename leaves the file an older record vouches for."""
+        return self.vouching(output).get(output_sha256) if output_sha256 else None
 
     def append(self, record: dict[str, Any], durable: bool = False) -> None:
         """Add a record. ``durable``: fsync it before returning (a record a later step relies

@@ -64,13 +64,13 @@ def _header(source: Path | str, shown: str, max_pixels: int) -> imaging.ImageInf
 
 class _Vouched:
     """Stands in for the journal on a worker, for a folder's outputs: the records that
-    vouch for this batch's outputs, which the driver looked up in the journal."""
+    vouch for this batch's outputs (Journal.vouching), which the driver looked up."""
 
     def __init__(self) -> None:
-        self.records: dict[str, dict | None] = {}
+        self.records: dict[str, dict[str, dict]] = {}
 
-    def last_ok(self, output: str) -> dict | None:
-        return self.records.get(output)
+    def last_ok(self, output: str, output_sha256: str | None) -> dict | None:
+        return self.records.get(output, {}).get(output_sha256) if output_sha256 else None
 
 
 class Roster:

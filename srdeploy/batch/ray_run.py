@@ -97,7 +97,7 @@ class RayBatch:
         """The batch (see srdeploy.batch.run.run_batch, whose rules and records it keeps)."""
         started = time.perf_counter()
         out = out.absolute() if isinstance(out, Path) else out.rstrip("/")
-        if any(given == out or (isinstance(given, Path) and isinstance(out, Path) and given.is_dir() and given.resolve() == out.resolve()) for given in inputs):
+        if any((isinstance(given, str) and given.rstrip("/") == out) or (isinstance(given, Path) and isinstance(out, Path) and given.is_dir() and given.resolve() == out.resolve()) for given in inputs):
             raise ValueError(f"the output folder {display(out)} is also an input folder; choose another -o")
         files, failures, unentered_dirs = collect(inputs, settings.recursive, out)
         if not files and not failures:
@@ -112,12 +112,13 @@ class RayBatch:
             place = Bucket(out)
             journal = Journal(journal_copy(place))
         summary = Summary(journal=journal.path if isinstance(out, Path) else f"{out}/{JOURNAL_NAME}", unentered_dirs=unentered_dirs)  # type: ignore[arg-type]
+        jobs: list[Job] = []
         with journal.lock():
             try:
-                if isinstance(place, Folder):
-                    place.sweep()  # temp files a killed run left; the lock says none is live
                 journal.append({"event": "run", "settings": settings_record(settings), **_describe(self.engine), "ray": self.pool.describe()})
-                jobs, refused = plan(files, settings, self.engine["scale"], self._headers(files, settings.max_pixels))
+                jobs, refused = plan(files, settings, self.engine["scale"], place, self._headers(files, settings.max_pixels))
+                if isinstance(place, Folder):
+                    place.sweep(job.output for job in jobs)  # temp files a killed run left; the lock says none is live
                 # Workers run elsewhere: they read absolute paths; results name inputs as given, as the local batch does.
                 jobs = [replace(job, source=_absolute(job.source)) for job in jobs]
                 record = Recorder(journal, summary, report, jobs, decided=failures + refused)
@@ -125,7 +126,7 @@ class RayBatch:
                 record.close()
             finally:
                 if isinstance(place, Folder):
-                    place.sweep()  # a dead worker's temp files: every value is committed or discarded now
+                    place.sweep(job.output for job in jobs)  # a dead worker's temp files: every value is committed or discarded now
                 else:
                     place.upload(JOURNAL_NAME, journal.path.read_bytes())
         summary.seconds = time.perf_counter() - started
@@ -242,10 +243,10 @@ def _absolute(source: Path | str) -> Path | str:
 
 
 def job_rows(jobs: list[Job], journal: Journal, place: Any) -> list[dict[str, Any]]:
-    """The dataset's rows: each job, and for a folder the journal record that vouches for
+    """The dataset's rows: each job, and for a folder the journal records that vouch for
     its output (only the driver reads the journal; a bucket's objects vouch for themselves)."""
     return [
-        {"index": i, "job": pickle.dumps(job), "made": pickle.dumps(journal.last_ok(str(job.output)) if isinstance(place, Folder) else None)}
+        {"index": i, "job": pickle.dumps(job), "made": pickle.dumps(journal.vouching(str(job.output)) if isinstance(place, Folder) else {})}
         for i, job in enumerate(jobs)
     ]
 

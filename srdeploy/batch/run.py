@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 from srdeploy.batch import pipeline
 from srdeploy.batch.jobs import FOLDER_SUFFIXES, JOURNAL_NAME, Job, Result, Settings, Summary, failure_reason, walk_tree  # noqa: F401 (FOLDER_SUFFIXES: its old home)
 from srdeploy.batch.journal import Journal, display
-from srdeploy.batch.steps import Folder, InputSteps
+from srdeploy.batch.steps import Folder, InputSteps, Place, source_identity
 from srdeploy.io import imaging
 from srdeploy.io.formats import READ_SUFFIXES
 from srdeploy.runtime.upscaler import Upscaler
@@ -95,16 +95,18 @@ def collect(inputs: list[Path | str], recursive: bool, out_dir: Path | str) -> t
 
 
 def plan(
-    files: list[tuple[Path | str, PurePosixPath]], settings: Settings, scale: int, headers: list[imaging.ImageInfo | imaging.ImageError] | None = None,
+    files: list[tuple[Path | str, PurePosixPath]], settings: Settings, scale: int, place: Place, headers: list[imaging.ImageInfo | imaging.ImageError] | None = None,
 ) -> tuple[list[Job], list[tuple[int, Result]]]:
     """Read each header, pick the output format and name, and refuse name collisions
-    (the first input in order keeps the name; nothing is overwritten). ``headers``: each
+    (the first input in order keeps the name; nothing is overwritten) and outputs that
+    would replace an input, its own or another's (``place``: where outputs go). ``headers``: each
     file's :func:`srdeploy.io.imaging.probe` (or the ImageError it raised), already read
     elsewhere (on a cluster's workers); by default each is read here. Each refusal comes
     with the file's index in ``files``, as each job does (Job.index)."""
     jobs: list[Job] = []
     failures: list[tuple[int, Result]] = []
     claimed: dict[str, str] = {}
+    inputs = {source_identity(path): display(path) for path, _ in files}
     for i, (path, rel) in enumerate(files):
         shown = display(path)
         try:
@@ -117,6 +119,11 @@ def plan(
             failures.append((i, Result(shown, "failed", failure_reason(e, shown))))
             continue
         output = rel.with_suffix(imaging.output_suffix(fmt, rel.suffix))
+        replaced = inputs.get(place.location(place.target(output)))
+        if replaced is not None:
+            which = "its input" if replaced == shown else f"the input {replaced}"
+            failures.append((i, Result(shown, "failed", f"the output {output} would replace {which}; choose another -o", str(output))))
+            continue
         # Case- and Unicode-normalisation-insensitive, as macOS and Windows file systems are.
         key = unicodedata.normalize("NFC", str(output)).casefold()
         if key in claimed:
@@ -155,9 +162,9 @@ def run_batch(
     summary = Summary(journal=journal.path, unentered_dirs=unentered_dirs)
 
     with journal.lock():
-        Folder(out_dir).sweep()  # temp files a killed run left; the lock says none is live
         journal.append({"event": "run", "settings": settings_record(settings), **upscaler.describe()})
-        jobs, refused = plan(files, settings, upscaler.scale)
+        jobs, refused = plan(files, settings, upscaler.scale, Folder(out_dir))
+        Folder(out_dir).sweep(job.output for job in jobs)  # temp files a killed run left; the lock says none is live
         record = Recorder(journal, summary, report, jobs, decided=failures + refused)
         with tqdm(total=len(jobs), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
 

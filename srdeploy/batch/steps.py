@@ -23,12 +23,12 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from srdeploy.batch import pipeline
 from srdeploy.batch.jobs import Job, Result, Settings, failure_reason
 from srdeploy.batch.journal import Journal
-from srdeploy.io.files import TMP_SUFFIX, read_regular, sha256_file, stage_bytes
+from srdeploy.io.files import read_regular, sha256_file, stage_bytes, temp_files_of
 from srdeploy.io.imaging import DEFAULT_QUALITY, Picture
 from srdeploy.runtime.upscaler import Decoded, Upscaler
 
@@ -79,7 +79,7 @@ class Place(Protocol):
     """Where a batch's outputs go: a :class:`Folder` or a srdeploy.batch.stores.Bucket."""
 
     def target(self, output: PurePosixPath) -> Any: ...
-    def replaces_input(self, target: Any, source: Path | str) -> bool: ...
+    def location(self, target: Any) -> str: ...  # the target as source_identity names an input
     def holds(self, target: Any) -> bool: ...
     def sha256(self, target: Any) -> str | None: ...
     def stage(self, target: Any, data: bytes, key: dict, output_sha256: str) -> Path | None: ...  # None: written whole already
@@ -98,8 +98,8 @@ class Folder:
     def target(self, output: PurePosixPath) -> Path:
         return self.root / output
 
-    def replaces_input(self, target: Path, source: Path | str) -> bool:
-        return isinstance(source, Path) and target.resolve() == source.resolve()
+    def location(self, target: Path) -> str:
+        return os.path.realpath(target)
 
     def holds(self, target: Path) -> bool:
         return target.exists()
@@ -116,11 +116,17 @@ class Folder:
     def discard(self, tmp: Path) -> None:
         tmp.unlink(missing_ok=True)
 
-    def sweep(self) -> None:
-        """Remove the temp files under the folder: call it only while holding the journal's
-        lock, when none of them can belong to a live writer."""
-        for stale in self.root.rglob(f".*{TMP_SUFFIX}"):
-            stale.unlink(missing_ok=True)
+    def sweep(self, outputs: Iterable[PurePosixPath]) -> None:
+        """Remove the temp files a killed run left for these outputs: call it only while
+        holding the journal's lock, when none of them can belong to a live writer. Only
+        theirs: other writers may be at work in a subfolder (another batch into OUT/sub, an
+        export, a checkpoint)."""
+        names_by_folder: dict[Path, set[str]] = {}
+        for output in outputs:
+            names_by_folder.setdefault(self.root / output.parent, set()).add(output.name)
+        for folder, names in names_by_folder.items():
+            for stale in temp_files_of(folder, names):
+                stale.unlink(missing_ok=True)
 
 
 def read_input(source: Path | str) -> bytes:
@@ -143,8 +149,9 @@ class InputSteps:
     of one input becomes a failed _Outcome; only BaseExceptions and a journal that cannot
     be written (raised from ``finish``) get through to stop the batch.
 
-    ``journal`` answers ``last_ok(output)``: the record that vouches for an existing output
-    (a Journal, or what stands in for it where the journal is not at hand)."""
+    ``journal`` answers ``last_ok(output, output_sha256)``: the record that vouches for an
+    existing output with these bytes (a Journal, or what stands in for it where the
+    journal is not at hand)."""
 
     def __init__(self, upscaler: Upscaler, outputs: Path | Place, settings: Settings, journal: Journal, finish: Callable[[Result, dict], None] | None):
         self.upscaler, self.settings, self.journal = upscaler, settings, journal
@@ -169,13 +176,15 @@ class InputSteps:
         """Read the input, decide whether its output is already done, decode it."""
         item = _Item(job, self.place.target(job.output), time.perf_counter(), {}, "")
         try:
-            if self.place.replaces_input(item.target, job.source):
-                return _Outcome(item.result("failed", "the output would replace the input; choose another -o"), {})
             data = read_input(job.source)
         except OSError as e:
             return _Outcome(item.result("failed", f"cannot read ({e.strerror or e})"), {})
         item = replace(item, key=self._key(job, data))
-        if self.place.holds(item.target):
+        try:
+            exists = self.place.holds(item.target)
+        except OSError as e:  # a name too long for the file system, a folder we may not enter
+            return _Outcome(item.result("failed", cannot_write(job, e)), item.key)
+        if exists:
             checked = self._check_existing(item)
             if isinstance(checked, _Outcome):
                 return checked
@@ -204,8 +213,8 @@ class InputSteps:
         """An output already at the target: skipped when the journal says we made it from
         this key (or it is not ours and --overwrite is off), else the item, noting when it
         replaces an output of ours made from other input, model or settings."""
-        made = self.journal.last_ok(str(item.job.output))
-        ours = made is not None and made.get("output_sha256") == self.place.sha256(item.target)
+        made = self.journal.last_ok(str(item.job.output), self.place.sha256(item.target))
+        ours = made is not None
         if ours and all(made.get(k) == v for k, v in item.key.items()):
             return _Outcome(item.result("skipped", "already done (same input, model, engine and settings)"), item.key)
         if ours and made.get("source") == item.key["source"]:
@@ -228,9 +237,14 @@ class InputSteps:
         item = upscaled.item
         try:
             encoded = self.upscaler.encode(upscaled.picture, item.job.format, item.job.note, self.settings.quality, self.settings.png_compression)
-            output_sha256 = hashlib.sha256(encoded.data).hexdigest()
-            tmp = self.place.stage(item.target, encoded.data, item.key, output_sha256)
         except Exception as e:
+            return _Outcome(item.result("failed", failure_reason(e, item.job.shown)), item.key)
+        output_sha256 = hashlib.sha256(encoded.data).hexdigest()
+        try:
+            tmp = self.place.stage(item.target, encoded.data, item.key, output_sha256)
+        except OSError as e:
+            return _Outcome(item.result("failed", cannot_write(item.job, e)), item.key)
+        except Exception as e:  # a store's own error
             return _Outcome(item.result("failed", failure_reason(e, item.job.shown)), item.key)
         return _Staged(item, tmp, output_sha256, (encoded.width, encoded.height))
 
@@ -254,7 +268,8 @@ class Committer:
                 self.place.publish(value.tmp, item.target)
         except Exception as e:  # anything else reaches the pipeline, which discards the temp file
             self.discard(value)
-            self.finish(item.result("failed", failure_reason(e, job.shown)), item.key)  # raises again if the journal is what failed
+            reason = cannot_write(job, e) if isinstance(e, OSError) else failure_reason(e, job.shown)
+            self.finish(item.result("failed", reason), item.key)  # raises again if the journal is what failed
             return
         width, height = value.size
         note = f"; {job.note}" if job.note else ""  # why the format is not the one asked for
@@ -265,6 +280,11 @@ class Committer:
         """A stored output the batch stopped before committing: no temp file stays behind."""
         if staged.tmp is not None:
             self.place.discard(staged.tmp)
+
+
+def cannot_write(job: Job, error: OSError) -> str:
+    """Why an output could not be written, naming the output, not a temp file."""
+    return f"cannot write the output {job.output} ({error.strerror or error})"
 
 
 def arrived(value: _Staged | _Outcome, elapsed: float) -> _Staged | _Outcome:

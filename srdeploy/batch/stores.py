@@ -96,8 +96,8 @@ class Bucket:
     def target(self, output: PurePosixPath) -> str:
         return f"{self.root}/{output}"
 
-    def replaces_input(self, target: str, source: Path | str) -> bool:
-        return isinstance(source, str) and source == self.fs.unstrip_protocol(target)
+    def location(self, target: str) -> str:
+        return self.fs.unstrip_protocol(target)
 
     def holds(self, target: str) -> bool:
         return self._metadata(target) is not None
@@ -108,11 +108,11 @@ class Bucket:
         meta = self._metadata(target)
         return None if meta is None else meta.get(SHA256_FIELD)
 
-    def last_ok(self, output: str) -> dict | None:
-        """The record that vouches for an output: its rerun key and sha256, as a journal's
-        ``ok`` record holds them; None for an object srdeploy did not write."""
+    def last_ok(self, output: str, output_sha256: str | None) -> dict | None:
+        """The record that vouches for an output with these bytes: its rerun key and sha256,
+        as a journal's ``ok`` record holds them; None for an object srdeploy did not write."""
         meta = self._metadata(self.target(PurePosixPath(output)))
-        if not meta or KEY_FIELD not in meta or SHA256_FIELD not in meta:
+        if not meta or KEY_FIELD not in meta or meta.get(SHA256_FIELD) != output_sha256:
             return None
         try:
             key = json.loads(meta[KEY_FIELD])

@@ -7,7 +7,8 @@ old file or the new one, never a truncated one. The batch splits the two halves:
 stages an output, journals it, then renames it (srdeploy.batch.steps).
 
 Temp files are named ``.<target name>.<random>.srdeploy-tmp``, so a folder's leftovers
-from a killed writer can be found (the batch removes those in its output folder).
+from a killed writer can be found (the batch removes those of its own outputs); a target
+name too long for that is cut and told apart by a hash (:func:`temp_stem`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,36 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 TMP_SUFFIX = ".srdeploy-tmp"
+TOKEN_LENGTH = 8  # hex digits of the random part of a temp file's name
+NAME_MAX = 255  # bytes in a file name, on the file systems srdeploy writes to (ext4, xfs, APFS, NTFS)
+_ROOM = NAME_MAX - len(".") - len(".") - TOKEN_LENGTH - len(TMP_SUFFIX)  # for the target's name
+
+
+def temp_stem(name: str) -> str:
+    """What a temp file for a target called ``name`` is named up to its random part: the
+    name after a dot, or, where that would pass NAME_MAX (a name of 233-255 bytes that is
+    itself fine), the name cut to fit with a hash of it, so two long names stay apart."""
+    raw = os.fsencode(name)
+    if len(raw) <= _ROOM:
+        return f".{name}"
+    digest = hashlib.sha256(raw).hexdigest()[:8]
+    return f".{os.fsdecode(raw[: _ROOM - 1 - len(digest)])}~{digest}"
+
+
+def temp_path(target: Path) -> Path:
+    """A fresh temp file name beside ``target``."""
+    return target.parent / f"{temp_stem(target.name)}.{secrets.token_hex(TOKEN_LENGTH // 2)}{TMP_SUFFIX}"
+
+
+def temp_files_of(folder: Path, names: set[str]) -> list[Path]:
+    """The temp files in ``folder`` that stand for a target named in ``names``."""
+    stems = {temp_stem(name) for name in names}
+    tail = 1 + TOKEN_LENGTH + len(TMP_SUFFIX)  # ".<random>.srdeploy-tmp"
+    try:
+        with os.scandir(folder) as entries:
+            return [Path(e.path) for e in entries if e.name.endswith(TMP_SUFFIX) and e.name[:-tail] in stems and e.name[-tail] == "."]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 @contextlib.contextmanager
@@ -29,7 +60,7 @@ def staged(target: str | os.PathLike) -> Iterator[tuple[BinaryIO, Path]]:
     it is fsynced and closed (and left for the caller to rename), on an error removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+    tmp = temp_path(target)
     # os.open with 0o666 lets the umask decide the mode, as for any file the user writes
     # (tempfile.mkstemp would make it private, 0o600, and TorchServe could not read a model).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
