@@ -16,11 +16,12 @@ Crash safety: an output is written to a hidden temp file beside it and fsynced; 
 the temp file is renamed over the output (os.replace, atomic), and the ``ok`` record
 follows (fsynced with the other records when the run ends: the ``writing`` record
 already vouches for the file). A run killed at any point leaves each output either
-absent or complete. On the next run an output counts as done only if the journal's last
-record vouching for it matches the file's sha256 *and* the same input content, model and
+absent or complete. On the next run an output counts as done only if the newest journal
+record that vouches for the file's sha256 names the same input content, model and
 settings; anything else is redone.
-Temp files a killed run left are removed when the next run starts (it holds a lock on
-OUT, so none of them is live). A run stopped by Ctrl-C or an error it cannot go on from
+The temp files a killed run left for this batch's outputs are removed when the next run
+starts (it holds a lock on OUT, so none of them is live; other writers' temp files in
+OUT's subfolders are left alone). A run stopped by Ctrl-C or an error it cannot go on from
 (an unwritable journal) finishes the commit under way and removes the temp files of the
 outputs it did not commit before it raises.
 """
