@@ -143,6 +143,27 @@ def test_16bit_grey_alpha_png_keeps_all_16_bits(interlace, rng):
     assert np.array_equal(again.color, values[..., 0]) and np.array_equal(again.alpha, values[..., 1])
 
 
+@pytest.mark.parametrize("colour_type", [0, 2])  # 16-bit grey, 16-bit RGB
+def test_16bit_png_colour_key_transparency_becomes_a_16bit_alpha(colour_type, rng):
+    """A tRNS colour key is the transparency of 16-bit grey and RGB PNGs: the header says
+    alpha, so the output keeps it (Pillow applies the key only at 8 bits)."""
+    shape = (5, 7) if colour_type == 0 else (5, 7, 3)
+    values = rng.integers(0, 65536, shape).astype(np.uint16)
+    key = values[2, 3].copy()
+    values[0, 0] = key  # two pixels carry the key
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in values)
+    ihdr = struct.pack(">IIBBBBB", 7, 5, 16, colour_type, 0, 0, 0)
+    trns = struct.pack(">H", int(key)) if colour_type == 0 else struct.pack(">HHH", *map(int, key))
+    data = png.PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"tRNS", trns) + _png_chunk(b"IDAT", zlib.compress(rows)) + _png_chunk(b"IEND", b"")
+    assert imaging.probe(data, "k16.png").has_alpha
+    pic = imaging.decode(data, "k16.png")
+    expected = np.full((5, 7), 65535, np.uint16)
+    expected[0, 0] = expected[2, 3] = 0
+    assert pic.depth == 16 and np.array_equal(pic.color, values) and np.array_equal(pic.alpha, expected)
+    again = imaging.decode(imaging.encode(pic, "PNG"), "again")
+    assert np.array_equal(again.color, values) and np.array_equal(again.alpha, expected)
+
+
 def _png_adam7(samples: np.ndarray) -> bytes:
     """A 16-bit grey+alpha PNG, Adam7-interlaced, every row with filter 0 (None)."""
     height, width, _ = samples.shape

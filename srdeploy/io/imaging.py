@@ -101,7 +101,8 @@ def decode(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Pict
         try:
             if png.is_png16_colour(im):
                 samples = png.read_png16(data, im)  # (H, W, 3|4) uint16
-                pic = Picture(samples[..., :3], samples[..., 3] if samples.shape[2] == 4 else None, im.info.get("icc_profile"))
+                alpha = samples[..., 3] if samples.shape[2] == 4 else key_alpha(samples, im.info.get("transparency"))
+                pic = Picture(samples[..., :3], alpha, im.info.get("icc_profile"))
             elif png.is_png16_grey_alpha(im):  # Pillow would give 8-bit RGBA
                 samples = png.read_png16_grey_alpha(data)
                 pic = Picture(np.ascontiguousarray(samples[..., 0]), np.ascontiguousarray(samples[..., 1]), im.info.get("icc_profile"))
@@ -131,7 +132,8 @@ def picture_from_pil(im: Image.Image, name: str = "image") -> Picture:
         values = np.asarray(im)
         if mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
             raise ImageError(f"{name}: 32-bit integer pixels outside 0..65535 are not supported")
-        return Picture(values.astype(np.uint16), None, icc)
+        grey = values.astype(np.uint16)
+        return Picture(grey, key_alpha(grey, im.info.get("transparency")), icc)
     gray = mode in ("1", "L", "LA", "La") or (mode == "P" and _palette_is_gray(im))
     alpha = im.has_transparency_data
     target = "RGBA" if alpha else ("L" if gray else "RGB")  # Pillow applies palette/tRNS transparency on the way to RGBA
@@ -143,6 +145,17 @@ def picture_from_pil(im: Image.Image, name: str = "image") -> Picture:
         color = pixels[..., 0] if gray else pixels[..., :3]
         return Picture(np.ascontiguousarray(color), np.ascontiguousarray(pixels[..., 3]), icc)
     return Picture(pixels, None, icc)
+
+
+def key_alpha(samples: np.ndarray, key: int | tuple[int, ...] | None) -> np.ndarray | None:
+    """The alpha a PNG's tRNS colour key stands for (None without one): clear where a pixel
+    equals the key, opaque elsewhere. Pillow applies it at 8 bits only."""
+    if key is None:
+        return None
+    hit = samples == np.asarray(key, dtype=samples.dtype)
+    if samples.ndim == 3:
+        hit = hit.all(axis=-1)
+    return np.where(hit, 0, np.iinfo(samples.dtype).max).astype(samples.dtype)
 
 
 def picture_to_pil(pic: Picture) -> Image.Image:
