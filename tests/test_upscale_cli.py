@@ -255,6 +255,18 @@ def test_an_output_never_lands_on_an_input_even_with_overwrite_into_the_inputs_f
     assert Image.open(photos / "c.png").size == (32, 32)
 
 
+def test_recursive_follows_links_to_folders_each_real_folder_once(toy, tmp_path):
+    src = tmp_path / "in"
+    save(src / "a.png", np.zeros((8, 8, 3), dtype=np.uint8))
+    save(tmp_path / "elsewhere" / "b.png", np.ones((8, 8, 3), dtype=np.uint8))
+    (src / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (src / "again").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # the same folder twice
+    (src / "loop").symlink_to(src, target_is_directory=True)  # a cycle
+    run = upscale(src, "-o", tmp_path / "out", "--model", toy, "--recursive", timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert sorted(outputs(tmp_path / "out")) == ["a.png", "again/b.png"]  # sorted: "again" before "linked"
+
+
 def test_mirrored_tree_unicode_names_collisions_and_hidden_files(toy, tmp_path):
     src = tmp_path / "photos"
     rng = np.random.default_rng(4)

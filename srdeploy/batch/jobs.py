@@ -89,16 +89,17 @@ def failure_reason(error: Exception, shown: str) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def walk_tree(tree: Iterable[tuple[str, list[str], list[str]]], recursive: bool, is_out: Callable[[str, str], bool]) -> tuple[list[tuple[str, str]], int]:
+def walk_tree(tree: Iterable[tuple[str, list[str], list[str]]], recursive: bool, passed_over: Callable[[str, str], bool]) -> tuple[list[tuple[str, str]], int]:
     """The input rules of a folder, for any os.walk-style ``tree`` (top-down, ``dirs``
     pruned in place: os.walk, fsspec's walk): ``(root, name)`` of every file with an image
     suffix in order (sorted, a folder's files before its subfolders), hidden files and
-    folders and OUT (``is_out(root, dir)``) left out, and the number of subfolders not
-    entered because ``recursive`` is off."""
+    folders and those ``passed_over(root, dir)`` names (OUT; a folder already entered
+    through a link) left out, and the number of subfolders not entered because
+    ``recursive`` is off."""
     found: list[tuple[str, str]] = []
     unentered = 0
     for root, dirs, names in tree:
-        enter = sorted(d for d in dirs if not d.startswith(".") and not is_out(root, d))
+        enter = [d for d in sorted(dirs) if not d.startswith(".") and not passed_over(root, d)]
         if not recursive:
             unentered, enter = len(enter), []
         dirs[:] = enter

@@ -81,7 +81,17 @@ def collect(inputs: list[Path | str], recursive: bool, out_dir: Path | str) -> t
                 skipped_dirs += listed[1]
         elif given.is_dir():
             unlisted: list[OSError] = []  # os.walk passes over a folder it cannot list unless told
-            found, unentered = walk_tree(os.walk(given, onerror=unlisted.append), recursive, lambda root, d: (Path(root) / d).resolve() == out_real)
+            # Links to folders are followed, each real folder entered once (a link to a parent ends there).
+            entered = {given.resolve()}
+
+            def passed_over(root: str, d: str, entered: set[Path] = entered) -> bool:
+                real = (Path(root) / d).resolve()
+                if real == out_real or real in entered:
+                    return True
+                entered.add(real)
+                return False
+
+            found, unentered = walk_tree(os.walk(given, onerror=unlisted.append, followlinks=True), recursive, passed_over)
             for root, name in found:
                 path = Path(root) / name
                 add(path, PurePosixPath(path.relative_to(given).as_posix()))
