@@ -137,12 +137,14 @@ def test_bad_items_get_their_own_4xx_while_the_rest_succeed(served, rng):
     good = encoded(noise(rng, 10, 10), "PNG")
     big = encoded(noise(rng, 49, 48), "PNG")  # 2352 > 48 x 48 = 2304 pixels
     huge_header = png.PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 3000, 2000, 8, 2, 0, 0, 0)) + _chunk(b"IDAT", b"junk")
+    bomb_header = png.PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)) + _chunk(b"IDAT", b"junk")  # past Pillow's own guard
     requests = [
         ({"body": good}, {}),
         ({"body": b"shopping list: eggs, milk\n"}, {}),
         ({"body": good[: len(good) // 2]}, {}),
         ({"body": big}, {}),
         ({"body": huge_header}, {}),
+        ({"body": bomb_header}, {}),
         ({"body": b"GIF89a" + b"\0" * 20}, {}),
         ({"body": b""}, {}),
         ({"body": good}, {"X-Output-Format": "gif"}),
@@ -153,10 +155,10 @@ def test_bad_items_get_their_own_4xx_while_the_rest_succeed(served, rng):
     ]
     answers = send(handler, context, requests)
     statuses = [a["status"] for a in answers]
-    assert statuses == [200, 415, 400, 413, 413, 400, 400, 400, 400, 400, 400, 200]
+    assert statuses == [200, 415, 400, 413, 413, 413, 400, 400, 400, 400, 400, 400, 200]
     reasons = [
         None, "not an image (the file holds text)", "corrupt or truncated PNG data", "48x49 (2,352 pixels) exceeds this server's cap of 2,304 pixels",
-        "3000x2000 (6,000,000 pixels) exceeds", "GIF", "'body' is empty", "unknown output format 'gif'", "quality must be a whole number from 1 to 100, got 'high'",
+        "3000x2000 (6,000,000 pixels) exceeds", "pixels exceeds this server's cap of 2,304 pixels; send a smaller image", "GIF", "'body' is empty", "unknown output format 'gif'", "quality must be a whole number from 1 to 100, got 'high'",
         "holds dict data", "no image found", None,
     ]
     for idx, (answer, reason) in enumerate(zip(answers, reasons)):

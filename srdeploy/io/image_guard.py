@@ -27,6 +27,15 @@ class ImageError(ValueError):
     """An input that cannot be upscaled; the message names the file and the reason."""
 
 
+class TooManyPixels(ImageError):
+    """An image whose header declares more pixels than the cap: ``width`` x ``height``, or
+    more than ``pixels`` when Pillow's own guard refused it before its size was at hand."""
+
+    def __init__(self, message: str, pixels: int, width: int | None = None, height: int | None = None):
+        super().__init__(message)
+        self.pixels, self.width, self.height = pixels, width, height
+
+
 class open_checked:
     """Context manager: Pillow's lazily opened (header-only) image of ``source`` (bytes or
     a path), after every check that needs no decoding; raises ImageError."""
@@ -70,7 +79,8 @@ class open_checked:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 self.im = Image.open(stream, formats=READ_FORMATS)
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-            raise ImageError(f"{name}: refused as a possible decompression bomb ({e}); the input cap is {self.max_pixels:,} pixels (--max-pixels)") from None
+            # Past Pillow's guard, which allow_pixels keeps at or above the cap: over the cap too.
+            raise TooManyPixels(f"{name}: refused as a possible decompression bomb ({e}); the input cap is {self.max_pixels:,} pixels (--max-pixels)", Image.MAX_IMAGE_PIXELS or 0) from None
         except UnidentifiedImageError:
             raise ImageError(f"{name}: not a readable image ({kind or 'unrecognised content'}; supported: {', '.join(READ_FORMATS)})") from None
         except Exception as e:
@@ -87,9 +97,9 @@ class open_checked:
         # Checked here too: catch_warnings is process-wide, so a concurrent thread may have
         # reset the filter above; this cap does not depend on it.
         if w * h > self.max_pixels:
-            raise ImageError(
-                f"{self.name}: {w}x{h} ({w * h:,} pixels) exceeds the input cap of "
-                f"{self.max_pixels:,} pixels (--max-pixels); not decoded"
+            raise TooManyPixels(
+                f"{self.name}: {w}x{h} ({w * h:,} pixels) exceeds the input cap of {self.max_pixels:,} pixels (--max-pixels); not decoded",
+                w * h, w, h,
             )
         if w < 1 or h < 1:
             raise ImageError(f"{self.name}: image has no pixels ({w}x{h})")

@@ -23,10 +23,10 @@ from PIL import Image, ImageCms
 
 from srdeploy.io import png
 from srdeploy.io.formats import READ_FORMATS, SUFFIXES
-from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError, open_checked, sniff, why
+from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError, TooManyPixels, open_checked, sniff, why
 
 __all__ = [
-    "READ_FORMATS", "DEFAULT_MAX_PIXELS", "DEFAULT_PNG_COMPRESSION", "ImageError", "ImageInfo", "Picture", "probe", "decode", "encode",
+    "READ_FORMATS", "DEFAULT_MAX_PIXELS", "DEFAULT_PNG_COMPRESSION", "ImageError", "TooManyPixels", "ImageInfo", "Picture", "probe", "decode", "encode",
     "choose_format", "check_output_size", "output_suffix", "picture_from_pil", "picture_to_pil", "orient", "sniff",
 ]
 
