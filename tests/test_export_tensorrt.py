@@ -9,7 +9,7 @@ import types
 import pytest
 
 from srdeploy.export import parity
-from srdeploy.runtime import tensorrt
+from srdeploy.runtime import tensorrt, tiling
 from srdeploy.runtime.tensorrt import TensorRTUnavailable, TileProfile, require_tensorrt
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -36,9 +36,12 @@ def test_tensorrt_without_a_gpu_says_so(monkeypatch):
 
 def test_profile_for_the_runtime_tiles():
     profile = TileProfile.for_tiles(tile=128, overlap=24, max_batch=4)
-    assert profile.as_dict() == {"min": [1, 3, 16, 16], "opt": [1, 3, 176, 176], "max": [4, 3, 176, 176]}
+    assert profile.as_dict() == {"min": [1, 3, 1, 1], "opt": [1, 3, 176, 176], "max": [4, 3, 176, 176]}
     assert profile.accepts((2, 3, 37, 53)) and profile.accepts((4, 3, 176, 176))
-    assert not profile.accepts((5, 3, 64, 64)) and not profile.accepts((1, 3, 177, 64)) and not profile.accepts((1, 3, 8, 64))
+    assert not profile.accepts((5, 3, 64, 64)) and not profile.accepts((1, 3, 177, 64))
+    # Every window the tiler makes for a thin image: clamped to the image, so 10 rows high.
+    windows = {(r.stop - r.start, c.stop - c.start) for r, c in tiling.plan_tiles(10, 300, 128, 24)}
+    assert windows == {(10, 176)} and all(profile.accepts((1, 3, h, w)) for h, w in windows)
 
 
 @pytest.mark.parametrize(

@@ -50,11 +50,12 @@ class TileProfile:
     and accepts anything between ``min`` and ``max`` elementwise.
 
     The defaults fit 128x128 LR tiles (the engine's tile, which the Upscaler reads back
-    from the engine) plus a 24-px halo on each side: 176x176; edge tiles and small whole
-    images go down to 16x16.
+    from the engine) plus a 24-px halo on each side: 176x176; a window is smaller only where
+    the image is (windows are clamped into it), so down to 1x1: a 300x10 image's windows
+    are 10 rows high.
     """
 
-    min_shape: tuple[int, int, int, int] = (1, 3, 16, 16)
+    min_shape: tuple[int, int, int, int] = (1, 3, 1, 1)
     opt_shape: tuple[int, int, int, int] = (1, 3, 176, 176)
     max_shape: tuple[int, int, int, int] = (4, 3, 176, 176)
 
@@ -66,7 +67,7 @@ class TileProfile:
             raise ValueError(f"profile needs min <= opt <= max elementwise, got {self.min_shape} / {self.opt_shape} / {self.max_shape}")
 
     @classmethod
-    def for_tiles(cls, tile: int = 128, overlap: int = 24, max_batch: int = 4, min_side: int = 16) -> "TileProfile":
+    def for_tiles(cls, tile: int = 128, overlap: int = 24, max_batch: int = 4, min_side: int = 1) -> "TileProfile":
         """Profile for the runtime's tiles of ``tile`` LR pixels plus ``overlap`` each side."""
         side = tile + 2 * overlap
         low = min(min_side, side)
