@@ -58,6 +58,8 @@ def test_requests_this_machine_cannot_honour_are_errors_not_substitutes():
         resolve("openvino", "bf16", "int8", AMX, True, True)
     with pytest.raises(ProviderError, match="unknown provider"):
         resolve("directml", "auto", "fp32", AVX2, True, True)
+    with pytest.raises(ProviderError, match=r"an fp16 model is for GPUs .* for OpenVINO use the fp32 model.onnx"):
+        resolve("openvino", "auto", "fp16", AMX, True, True)
 
 
 def test_an_int8_model_runs_in_int8_on_the_engine_it_was_quantised_for():

@@ -102,8 +102,11 @@ def resolve(provider: str, precision: str, model_precision: str, cpu: CpuInfo, o
     if provider == "openvino":
         if not openvino:
             raise ProviderError("provider 'openvino' needs the openvino package, which is not installed: pip install 'srdeploy[cpu]'")
-        if model_precision in ("int8", "fp16"):
-            return Engine("openvino", model_precision, _int8_cost(model_precision, int8_engine, "openvino", cpu))
+        if model_precision == "fp16":
+            raise ProviderError("an fp16 model is for GPUs (--provider cuda), and on a CPU runs on ONNX Runtime (--provider cpu); "
+                                "for OpenVINO use the fp32 model.onnx, which it runs in bf16 on CPUs with bf16 units")
+        if model_precision == "int8":
+            return Engine("openvino", "int8", _int8_cost("int8", int8_engine, "openvino", cpu))
         if precision == "bf16" and not bf16_here:
             raise ProviderError(f"bf16 needs a CPU with bf16 units (avx512_bf16 or amx_bf16), and this is {cpu.describe()}; "
                                 "OpenVINO would quietly compute in fp32. Use --precision fp32")
