@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from conftest import EXAMPLES
 from test_imaging import bad_inputs
 
 from srdeploy.demo.choices import installed_providers, machine_choices, openvino_bf16
-from srdeploy.demo.compare import Comparison, Settings, compare
+from srdeploy.demo.compare import KEEP_SECONDS, Comparison, Settings, compare
 from srdeploy.demo.upscalers import Upscalers
 from srdeploy.io import imaging, png
 from srdeploy.runtime import engines, openvino_engine, zoo
@@ -47,6 +48,15 @@ def test_the_download_is_the_cli_upscalers_bytes_and_the_pictures_line_up(upscal
     up = upscalers.get("srresnet", "auto", "auto").upscaler
     assert f"provider {up.provider} {up.precision}" in done.summary and up.note in done.summary  # what ran, and why auto chose it
     assert "64x64 -> 256x256 PNG" in done.summary
+
+
+def test_results_older_than_an_hour_are_removed_by_the_next_request(upscalers, tmp_path):
+    results = tmp_path / "results"
+    done = compare(upscalers, FACE, "srresnet", "auto", "auto", CLI_SETTINGS, results)
+    hour_and_a_bit = time.time() - KEEP_SECONDS - 60
+    os.utime(done.file.parent, (hour_and_a_bit, hour_and_a_bit))
+    recent = compare(upscalers, FACE, "srresnet", "auto", "auto", CLI_SETTINGS, results)
+    assert [p.name for p in results.iterdir()] == [recent.file.parent.name] and recent.file.exists()
 
 
 def test_the_page_format_is_the_cli_format(upscalers, tmp_path):

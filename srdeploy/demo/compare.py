@@ -11,6 +11,7 @@ the reason; nothing raises to the page.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 # Pictures on the page are at most this many pixels a side (the download is always the
 # whole file): a screen shows no more, and the page encodes every picture it shows.
 SHOWN_MAX_SIDE = 4096
+# A result's file stays this long (and Gradio's copies of uploads and results, see
+# srdeploy.demo.page): time enough to download it, and a page left running for days does
+# not fill the disk.
+KEEP_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ def compare(upscalers: Upscalers, upload: Path, model: str, provider: str, preci
         file = out_dir / uuid.uuid4().hex / (Path(name).stem + imaging.output_suffix(encoded.format, Path(name).suffix))
         file.parent.mkdir(parents=True)
         file.write_bytes(encoded.data)
+        remove_results(out_dir, older_than=time.time() - KEEP_SECONDS)
     except (ImageError, ModelError, ProviderError) as e:
         return str(e)  # ImageError names the file; the others name the model or the provider
     except ValueError as e:  # a setting the Upscaler refused
@@ -80,6 +86,17 @@ def compare(upscalers: Upscalers, upload: Path, model: str, provider: str, preci
     upscaled = _fit(_to_pil(result))
     bicubic = _to_pil(decoded.picture).resize(upscaled.size, Image.Resampling.BICUBIC)
     return Comparison(_fit(_to_pil(decoded.picture)), bicubic, upscaled, file, summary(up, decoded.picture, encoded, seconds, loaded.seconds))
+
+
+def remove_results(out_dir: Path, older_than: float) -> None:
+    """Remove the result folders under ``out_dir`` last changed before ``older_than`` (a
+    time.time() value)."""
+    for folder in out_dir.iterdir():
+        try:
+            if folder.stat().st_mtime < older_than:
+                shutil.rmtree(folder, ignore_errors=True)
+        except FileNotFoundError:  # another request removed it first
+            pass
 
 
 def summary(up: Upscaler, lr: Picture, encoded: Encoded, seconds: float, load_seconds: float) -> str:

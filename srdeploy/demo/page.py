@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from srdeploy.demo.choices import Choices
-from srdeploy.demo.compare import Comparison, Settings, compare
+from srdeploy.demo.compare import KEEP_SECONDS, Comparison, Settings, compare
 from srdeploy.demo.upscalers import Upscalers
 from srdeploy.io.formats import READ_FORMATS
 
@@ -29,7 +29,8 @@ CSS = """
 def build(choices: Choices, upscalers: Upscalers, settings: Settings, out_dir: Path, provider: str, precision: str) -> gr.Blocks:
     """The page for ``choices``; requests run through ``upscalers`` with ``settings`` (its
     format is the drop-down's first value) and write their files under ``out_dir``."""
-    with gr.Blocks(title="srdeploy demo", analytics_enabled=False) as page:
+    # delete_cache: Gradio's own copies of uploads and results go after KEEP_SECONDS too.
+    with gr.Blocks(title="srdeploy demo", analytics_enabled=False, delete_cache=(KEEP_SECONDS // 6, KEEP_SECONDS)) as page:
         gr.Markdown(
             "## srdeploy: 4x face super-resolution\n"
             f"Drop an image ({', '.join(READ_FORMATS)}) to see it upscaled 4x beside the input; slide across the result "
