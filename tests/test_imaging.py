@@ -4,6 +4,7 @@ corpus, each with its own clear error."""
 from __future__ import annotations
 
 import io
+import pickle
 import struct
 import zlib
 from pathlib import Path
@@ -357,6 +358,16 @@ def test_pixel_cap_is_checked_before_decoding(rng):
         imaging.decode(data, "big.png", max_pixels=1_000_000)
     with pytest.raises(ImageError, match="corrupt or truncated PNG"):
         imaging.decode(data, "big.png", max_pixels=10_000_000)
+
+
+def test_a_pixel_cap_refusal_survives_pickling(rng):
+    """Ray workers send their exceptions to the driver pickled: the refusal must arrive whole."""
+    head = png.PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 3000, 2000, 8, 2, 0, 0, 0))
+    with pytest.raises(imaging.TooManyPixels) as caught:
+        imaging.probe(head + _png_chunk(b"IEND", b""), "big.png", max_pixels=1_000_000)
+    back = pickle.loads(pickle.dumps(caught.value))
+    assert type(back) is imaging.TooManyPixels and str(back) == str(caught.value)
+    assert (back.pixels, back.width, back.height) == (caught.value.pixels, 3000, 2000)
 
 
 def test_16bit_colour_tiff_is_refused_rather_than_read_at_8_bits(rng):

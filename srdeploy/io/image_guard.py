@@ -35,6 +35,11 @@ class TooManyPixels(ImageError):
         super().__init__(message)
         self.pixels, self.width, self.height = pixels, width, height
 
+    def __reduce__(self):
+        # Ray and multiprocessing pickle the exceptions their workers raise; the default
+        # rebuilds from ``args`` (the message alone), which this signature refuses.
+        return type(self), (str(self), self.pixels, self.width, self.height)
+
 
 class open_checked:
     """Context manager: Pillow's lazily opened (header-only) image of ``source`` (bytes or
