@@ -197,8 +197,43 @@ def test_vgg_missing_weights_is_a_clear_error(tmp_path, monkeypatch):
         load_vgg_features(tmp_path / "nope.pth")
     bad = tmp_path / "bad.pth"
     torch.save({"not": torch.zeros(1)}, bad)
-    with pytest.raises(VGGWeightsMissing, match="not a torchvision vgg19"):
+    with pytest.raises(VGGWeightsMissing, match="not a torchvision vgg19") as caught:
         load_vgg_features(bad)
+    assert "(+33 more); unexpected: not" in str(caught.value) and len(str(caught.value)) < 400  # one readable line, not 1,500 characters
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(VGGWeightsMissing, match=f"--vgg-weights {bad}: not a loadable weights-only checkpoint"):
+        load_vgg_features(bad)
+    torch.save([torch.zeros(1)], bad)
+    with pytest.raises(VGGWeightsMissing, match="expected a dict"):
+        load_vgg_features(bad)
+
+
+def test_metrics_epochs_count_completed_epochs_and_a_resume_logs_each_step_once(tmp_path, image_folder):
+    """10 images in batches of 4: 2 steps an epoch. The record of step 4 ends epoch 2."""
+    out = train(tiny_config(tmp_path, image_folder, steps=4, log_every=2))
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [(r["step"], r["epoch"]) for r in records] == [(2, 1), (4, 2)]
+    # Records past the checkpoint (a run that died after logging them), one torn by the crash.
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"split": "train", "step": 6, "epoch": 3}) + "\n" + '{"split": "tr')
+    train(tiny_config(tmp_path, image_folder, steps=6, log_every=2), resume=True)
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [(r["step"], r["epoch"]) for r in records] == [(2, 1), (4, 2), (6, 3)]
+    with pytest.raises(ValueError, match="is at step 6, and a budget of 6 steps"):
+        train(tiny_config(tmp_path, image_folder, steps=6), resume=True)
+
+
+def test_images_of_several_sizes_need_a_patch_and_tiny_validation_images_are_skipped(tmp_path, image_folder):
+    Image.fromarray(np.zeros((40, 36, 3), np.uint8)).save(image_folder / "small.png")
+    with pytest.raises(ValueError, match=r"gives 2 square crops, e\.g\. 36px \(.*small\.png\), 48px .*at most 36"):
+        train(tiny_config(tmp_path, image_folder, patch=None))
+    val = tmp_path / "val"
+    val.mkdir()
+    for name, side in (("face.png", 48), ("tiny.png", 19)):
+        Image.fromarray(np.full((side, side, 3), 128, np.uint8)).save(val / name)
+    with pytest.warns(UserWarning, match=r"skipping .*tiny\.png: 19x19 is smaller than 20px a side"):
+        out = train(tiny_config(tmp_path, image_folder, steps=1, val_data=str(val)))
+    assert json.loads((out / "data.json").read_text())["val_images"] == 1
 
 
 def test_vgg_features_are_frozen_phi54():

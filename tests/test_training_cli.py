@@ -3,7 +3,12 @@ and errors that reach the user as one line."""
 
 import dataclasses
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -123,3 +128,50 @@ def test_resume_keeps_the_recipe(tmp_path, image_folder):  # noqa: F811
     assert other_stage.exit_code == 2 and "is a srresnet run" in error_lines(other_stage)[0]
     nothing = invoke("srresnet", "-o", str(tmp_path / "elsewhere"), "--resume")
     assert nothing.exit_code == 2 and "holds no run to continue" in error_lines(nothing)[0]
+
+
+def test_a_new_run_is_refused_in_a_folder_that_holds_one(tmp_path, image_folder):  # noqa: F811
+    run = tmp_path / "run"
+    assert invoke("srresnet", "--data", str(image_folder), "-o", str(run), "--steps", "1", *TINY).exit_code == 0
+    before = (run / "last.pt").read_bytes(), (run / "metrics.jsonl").read_text()
+    again = invoke("srresnet", "--data", str(image_folder), "-o", str(run), "--steps", "1", *TINY)
+    assert again.exit_code == 2
+    assert error_lines(again) == [f"Error: {run} already holds a run (config.json, last.pt): continue it with --resume, "
+                                  "or give another --out"]
+    assert ((run / "last.pt").read_bytes(), (run / "metrics.jsonl").read_text()) == before
+
+
+def test_relative_paths_are_stored_absolute_so_a_resume_works_from_anywhere(tmp_path, image_folder, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(image_folder.parent)
+    assert invoke("srresnet", "--data", image_folder.name, "-o", "run", "--steps", "1", *TINY).exit_code == 0
+    assert json.loads((image_folder.parent / "run/config.json").read_text())["data"] == str(image_folder)
+    monkeypatch.chdir(tmp_path.parent)
+    result = invoke("srresnet", "-o", str(image_folder.parent / "run"), "--resume", "--steps", "2")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_after_a_step_with_a_checkpoint_and_one_line(tmp_path, image_folder):  # noqa: F811
+    """SIGINT to the whole process group, as a terminal sends it: the DataLoader workers
+    get it too, and must not fail the batch the trainer is waiting for."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "srdeploy.cli", "train", "srresnet", "--data", str(image_folder), "-o", str(run),
+           "--steps", "100000", "--log-every", "1", *TINY[:-4], "--workers", "2", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "SRDEPLOY_NO_PROGRESS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run / "metrics.jsonl").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start training"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    step = load_checkpoint(run / "last.pt")["step"]
+    assert f"stopped by Ctrl-C at step {step}, saved in {run / 'last.pt'}; continue with" in stderr
+    assert json.loads((run / "end.json").read_text())["stopped_by"] == "interrupt"
+    assert "Error" not in stderr and "DataLoader" not in stderr

@@ -20,13 +20,21 @@ because it is exact and cheap: one int64, beside the gradient all-reduce DDP doe
 and each step already waits for its losses (``.item()``). One process goes through the
 same code and skips the broadcast. A step budget never reads the clock, so a run with one
 resumes bit-exactly.
+
+Ctrl-C is a budget too: the first SIGINT ends the run after the step in progress (rank 0
+sets the total to the current step, so under DDP every rank stops there), with a
+checkpoint; a second one stops at once.
 """
 
 from __future__ import annotations
 
 import math
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from srdeploy.training import distributed as dist
 from srdeploy.training.config import TrainConfig
@@ -50,16 +58,16 @@ class Budget:
     """
 
     def __init__(self, cfg: TrainConfig, steps_per_epoch: int, minutes_before: float, env: dist.DistEnv,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, interrupted: Callable[[], bool] = lambda: False):
         # --steps wins over --epochs; epochs are whole epochs of steps_per_epoch steps each.
         self.planned = cfg.steps if cfg.steps is not None else (cfg.epochs * steps_per_epoch if cfg.epochs else None)
         self.planned_by = "steps" if cfg.steps is not None else "epochs"
         self.max_minutes, self.minutes_before, self.env = cfg.max_minutes, minutes_before, env
         if self.planned is None and self.max_minutes is None:
             raise ValueError("a run needs a step or a wall-time budget")
-        self.clock = clock
+        self.clock, self.interrupted = clock, interrupted
         self.t_start = clock()
-        self.stopped_by: str | None = None  # rank 0, once the run ends: "steps", "epochs" or "max_minutes"
+        self.stopped_by: str | None = None  # rank 0, once the run ends: "steps", "epochs", "max_minutes" or "interrupt"
 
     def minutes(self) -> float:
         """Wall time of the whole run so far (rank 0's clock is the one that counts)."""
@@ -71,6 +79,9 @@ class Budget:
         return dist.broadcast_from_main(total, self.env)
 
     def _decide(self, step: int) -> int:
+        if self.interrupted():
+            self.stopped_by = "interrupt"
+            return step
         total = self.planned
         if self.max_minutes is not None:
             spent = self.minutes()
@@ -85,3 +96,33 @@ class Budget:
         if step >= total and self.stopped_by is None:
             self.stopped_by = self.planned_by
         return total
+
+
+@contextmanager
+def ctrl_c_ends_the_step() -> Iterator[Callable[[], bool]]:
+    """While the run trains: the first SIGINT only sets a flag (the returned callable reads
+    it) so that the loop can stop between steps and checkpoint; the second raises
+    KeyboardInterrupt as usual. Outside the main thread (where Python cannot take
+    signals) the flag never sets."""
+    hit = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield hit.is_set
+        return
+
+    def first(signum, frame) -> None:
+        hit.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\nCtrl-C: stopping after this step and writing last.pt (Ctrl-C again stops at once, without it)",
+              file=sys.stderr, flush=True)
+
+    before = signal.signal(signal.SIGINT, first)
+    try:
+        yield hit.is_set
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def ignore_ctrl_c(worker_id: int = 0) -> None:
+    """DataLoader worker_init_fn: the terminal's Ctrl-C reaches the workers too, and a
+    worker that dies of it fails the batch the main process still needs to finish its step."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -99,23 +99,30 @@ def build_generator(state_dict: dict[str, torch.Tensor], arch: dict[str, int] | 
     the missing, unexpected and mis-shaped keys."""
     arch = dict(arch or infer_arch(state_dict))
     g = Generator(**{k: arch[k] for k in ("num_blocks", "channels", "scale")})
-    expected = g.state_dict()
+    mismatch = state_dict_mismatch(g, state_dict)
+    if mismatch:
+        raise ValueError(f"not a generator with {arch}: {mismatch}")
+    g.load_state_dict(state_dict)
+    return g.eval()
+
+
+def state_dict_mismatch(model: torch.nn.Module, state_dict: dict[str, Any]) -> str | None:
+    """How ``state_dict`` differs from ``model``'s, in one line (at most five keys of each
+    kind), or None when it fits."""
+    expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     misshaped = [
         f"{k}: {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
         for k, v in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+        if k in state_dict and tuple(getattr(state_dict[k], "shape", ())) != tuple(v.shape)
     ]
-    if missing or unexpected or misshaped:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
-            if items:
-                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-                parts.append(f"{label}: {', '.join(items[:5])}{more}")
-        raise ValueError(f"not a generator with {arch}: " + "; ".join(parts))
-    g.load_state_dict(state_dict)
-    return g.eval()
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
+        if items:
+            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+            parts.append(f"{label}: {', '.join(items[:5])}{more}")
+    return "; ".join(parts) or None
 
 
 def load_generator(path: str | os.PathLike, map_location: str | torch.device = "cpu",

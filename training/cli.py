@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import sys
 import traceback
 import typing
 from pathlib import Path
@@ -39,6 +41,8 @@ PATHS = {
     "out": click.Path(file_okay=False),
     "vgg_weights": click.Path(dir_okay=False),
 }
+# Path fields written to config.json (``init`` may also be the shipped model's name).
+STORED_PATHS = {"data", "data_list", "val_data", "val_list", "vgg_weights", "init"}
 # What --resume may change: the budget (a resume extends it), the run folder (it may have
 # moved) and how the run is fed, logged and checkpointed. The rest is the stored config.
 RESUME_MAY_CHANGE = ("out", "epochs", "steps", "max_minutes", "workers", "preload", "val_every", "log_every", "ckpt_every")
@@ -120,6 +124,8 @@ def resumed_config(stage: str, given: dict[str, Any]) -> TrainConfig:
 
 def _run(stage: str, resume: bool, given: dict[str, Any]) -> None:
     given = {k: v for k, v in given.items() if v is not None}
+    # Stored absolute, so that a resume from another working folder finds the same files.
+    given.update({k: os.path.abspath(v) for k, v in given.items() if k in STORED_PATHS and v != "default"})
     try:
         if resume:
             cfg = resumed_config(stage, given)
@@ -129,12 +135,23 @@ def _run(stage: str, resume: bool, given: dict[str, Any]) -> None:
         raise click.UsageError(as_flags(str(e))) from None
     if stage == "srgan" and not resume and not cfg.init:
         raise click.UsageError("srgan needs --init (a pre-trained generator checkpoint, or 'default')")
-    from srdeploy.training.loop import train as run_training  # torch: a missing one is said before anything else
+    held = [name for name in ("config.json", "last.pt") if (Path(cfg.out) / name).exists()]
+    if held and not resume:  # a new run here would overwrite its checkpoints and mix its metrics in
+        raise click.UsageError(f"{cfg.out} already holds a run ({', '.join(held)}): continue it with --resume, "
+                               "or give another --out")
+    from srdeploy.training.loop import RunInterrupted, train as run_training  # torch: a missing one is said before anything else
 
     click.echo(f"srdeploy train {stage}: {json.dumps({k: v for k, v in cfg.to_dict().items() if v is not None})}", err=True)
 
     try:
         out_dir = run_training(cfg, resume=resume)
+    except RunInterrupted as e:
+        click.echo(f"stopped by Ctrl-C at step {e.step}, saved in {e.checkpoint}; continue with "
+                   f"srdeploy train {stage} --out {cfg.out} --resume", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo(f"stopped by a second Ctrl-C; {Path(cfg.out) / 'last.pt'} holds the last checkpoint, if one was written", err=True)
+        sys.exit(130)
     except (OSError, ValueError, RuntimeError) as e:  # missing files, bad checkpoints, CUDA, DDP, corrupt images
         raise click.ClickException(as_flags(" ".join(str(e).split()) or type(e).__name__)) from None
     except Exception as e:  # a bug: one line still, with where it happened, for the report

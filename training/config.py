@@ -98,7 +98,8 @@ class TrainConfig:
     """Generator to start from: a run's last.pt/best.pt, or a shipped model name (default,
     srresnet, srgan). srgan needs one, srresnet may continue from one."""
     content: Content = "mse"
-    """Content loss: mse, mse+vgg (the seed's combined loss), vgg (the paper's)."""
+    """Content loss: mse, mse+vgg (the seed's combined loss), vgg (VGG alone, as in the
+    paper; its weights, `vgg_weight` 1 and `vgg_scale` 1/12.75, come with --preset paper)."""
     mse_weight: float = 1.0
     """Weight of the pixel MSE in the content loss."""
     vgg_weight: float = 5e-4

@@ -35,18 +35,18 @@ class CorruptImageError(RuntimeError):
     pass
 
 
-def _problem(path: Path, min_side: int) -> str | None:
-    """Why ``path`` cannot be trained on, or None. The whole file is decoded: a header
-    check passes a truncated JPEG, which would stop the run when it is first drawn."""
+def _check(path: Path, min_side: int, needed_for: str) -> tuple[tuple[int, int], str | None]:
+    """((width, height), why ``path`` cannot be used or None). The whole file is decoded: a
+    header check passes a truncated JPEG, which would stop the run when it is first drawn."""
     try:
         with Image.open(path) as im:
             w, h = im.size
             im.load()
     except Exception as e:  # PIL raises several unrelated types for bad files
-        return f"{type(e).__name__}: {e}"
+        return (0, 0), f"{type(e).__name__}: {e}"
     if min(w, h) < min_side:
-        return f"{w}x{h} is smaller than the {min_side}px crop"
-    return None
+        return (w, h), f"{w}x{h} is smaller than {min_side}px a side ({needed_for})"
+    return (w, h), None
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
@@ -59,27 +59,41 @@ class SRDataset(Dataset):
 
     Index with an int (no augmentation: full image or centre crop, for validation) or with
     an (epoch, index) pair from ``EpochSampler`` (random crop + flip seeded by the pair).
+    Without a patch an item is the largest centred square whose side is a multiple of the
+    scale. ``min_side``/``needed_for``: a smaller image is skipped, saying what needs the size.
     """
 
     def __init__(self, root, list_file=None, patch: int | None = None, scale: int = 4,
-                 downsample: str = "bicubic", flip: bool = True, seed: int = 0, limit: int | None = None):
+                 downsample: str = "bicubic", flip: bool = True, seed: int = 0, limit: int | None = None,
+                 min_side: int | None = None, needed_for: str | None = None):
         self.patch, self.scale, self.downsample, self.flip, self.seed = patch, scale, downsample, flip, seed
+        min_side = min_side or patch or scale
+        needed_for = needed_for or ("the --patch crop" if patch else f"one x{scale} LR pixel")
         paths = list_images(root, list_file)[:limit]
         self.skipped: list[tuple[Path, str]] = []
         self.paths: list[Path] = []
+        self.sizes: list[tuple[int, int]] = []  # (width, height) of each usable path
         with ThreadPoolExecutor(available_cpus()) as pool:  # Pillow decodes without the GIL
-            problems = list(pool.map(lambda p: _problem(p, patch or scale), paths))
-        for p, problem in zip(paths, problems):
+            checks = list(pool.map(lambda p: _check(p, min_side, needed_for), paths))
+        for p, (size, problem) in zip(paths, checks):
             if problem:
                 warnings.warn(f"skipping {p}: {problem}", stacklevel=2)
                 self.skipped.append((p, problem))
             else:
                 self.paths.append(p)
+                self.sizes.append(size)
         if not self.paths:
             raise FileNotFoundError(f"no usable images under {root} ({len(self.skipped)} skipped)")
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def item_sides(self) -> dict[int, Path]:
+        """The HR side of each distinct item size, with one file that has it."""
+        sides: dict[int, Path] = {}
+        for p, (w, h) in zip(self.paths, self.sizes):
+            sides.setdefault(self.patch or min(w, h) - min(w, h) % self.scale, p)
+        return sides
 
     def _load(self, path: Path) -> Image.Image:
         try:

@@ -268,7 +268,10 @@ def evaluate(
             seconds = time.perf_counter() - start
             if sr.shape != hr.shape:
                 raise ValueError(f"{name} returned {sr.shape} for {image.hr_path}; expected {hr.shape}")
-            scores = evaluate_pair(sr, hr, border)
+            try:
+                scores = evaluate_pair(sr, hr, border)
+            except ValueError as e:
+                raise ValueError(f"{image.hr_path}: {e}") from None
             result.per_image.append({"image": image.name, "model": name, **scores, "seconds": seconds})
             panels.append((sr, f"{name}\n{scores['psnr_y']:.2f} dB"))
         if i < figure_count:

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from srdeploy.io.files import atomic_write_bytes
 from srdeploy.training import distributed as dist
-from srdeploy.training.budget import Budget, lr_factor
+from srdeploy.training.budget import Budget, ctrl_c_ends_the_step, ignore_ctrl_c, lr_factor
 from srdeploy.training.checkpoint import save_checkpoint
 from srdeploy.training.config import TrainConfig
 from srdeploy.training.data import EpochSampler, PreloadedLoader, PreloadedPairs, SRDataset
@@ -32,8 +32,9 @@ from srdeploy.training.validate import Validator
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
     """Train until the budget (--steps, --epochs, --max-minutes) is spent; returns the run
-    folder. ``resume`` continues from ``cfg.out``/last.pt, wherever that folder now is."""
-    with dist.process_group() as env:
+    folder. ``resume`` continues from ``cfg.out``/last.pt, wherever that folder now is.
+    After Ctrl-C it raises RunInterrupted, once the step in progress and last.pt are done."""
+    with dist.process_group() as env, ctrl_c_ends_the_step() as interrupted:
         device = pick_device(cfg.device, env.local_rank)
         out = Path(cfg.out)
         torch.manual_seed(cfg.seed)
@@ -43,6 +44,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         steps_per_epoch = len(dataset) // env.world_size // cfg.batch_size
         if steps_per_epoch == 0:
             raise ValueError(f"{len(dataset)} images cannot fill one batch of {cfg.batch_size} per process")
+        budget = Budget(cfg, steps_per_epoch, at.minutes, env, interrupted=interrupted)
+        if resume and budget.planned is not None and budget.planned <= at.step:
+            raise ValueError(f"--resume: {out} is at step {at.step}, and a budget of {budget.planned} steps "
+                             f"(`steps` or `epochs`) leaves none to run; give a larger one")
         if at.epoch_step >= steps_per_epoch:  # older versions could checkpoint an epoch's last step before moving on
             at.epoch, at.epoch_step = at.epoch + 1, 0
         ctx = StepContext(cfg, dist.wrap(m.generator, env), m.g_opt,
@@ -50,7 +55,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         step_fn = srgan_step if cfg.stage == "srgan" else srresnet_step
         validator = Validator(cfg, device) if (env.is_main and cfg.val_data) else None
         logger = RunLogger(out, cfg, enabled=env.is_main)
-        budget = Budget(cfg, steps_per_epoch, at.minutes, env)
+        if resume:  # what was logged after the checkpoint is redone: keep one record per step
+            logger.drop_after(at.step)
         logger.write_json("data.json", {
             "train_images": len(dataset), "train_skipped": [f"{p}: {why}" for p, why in dataset.skipped],
             "val_images": len(validator.pairs) if validator else 0,
@@ -98,23 +104,27 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             at.step, at.epoch_step = at.step + 1, at.epoch_step + 1
             window.step_done(lr_img.shape[0] * env.world_size)
             bar.update(losses, window, total)
+            epoch_done = at.epoch_step == steps_per_epoch
+            if epoch_done:  # before logging: a record's epoch counts the epochs its step completed
+                at.epoch, at.epoch_step, batches = at.epoch + 1, 0, None
             if at.step % cfg.log_every == 0:
                 logger.log(train_record(losses, lr, window))
                 window = Throughput()
-            if at.epoch_step == steps_per_epoch:
-                at.epoch, at.epoch_step, batches = at.epoch + 1, 0, None
-                if at.epoch % cfg.val_every == 0:
-                    validate_and_save()
-                    logger.plot()
-                    window.restart_clock()  # validation is not step time
-                    continue
+            if epoch_done and at.epoch % cfg.val_every == 0:
+                validate_and_save()
+                logger.plot()
+                window.restart_clock()  # validation is not step time
+                continue
             if at.step % cfg.ckpt_every == 0:
                 save()
 
-        # The budget is spent: log the last, partial interval and end with a validated checkpoint.
+        # The budget is spent: log the last, partial interval and end with a validated
+        # checkpoint; after Ctrl-C, with a checkpoint only (validation can take minutes).
         if window.steps:
             logger.log(train_record(losses, lr, window))
-        if at.validated != at.step:
+        if budget.stopped_by == "interrupt":
+            save()
+        elif at.validated != at.step:
             validate_and_save()
         logger.plot()
         bar.close()
@@ -124,7 +134,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             "ranks": [{"rank": i, "step": int(r[0]), "lr": r[1], "weight_sum": r[2]} for i, r in enumerate(ranks)]})
         if any(r[:2] != ranks[0][:2] or not math.isclose(r[2], ranks[0][2], rel_tol=1e-9) for r in ranks):
             raise RuntimeError(f"DDP ranks disagree at the end of the run (step, lr, weight sum): {ranks}")
+    if budget.stopped_by == "interrupt":
+        raise RunInterrupted(at.step, out / "last.pt")
     return out
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C ended the run after a whole step, with ``last.pt`` written at ``step``."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(step, checkpoint)
+        self.step, self.checkpoint = step, checkpoint
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
@@ -142,11 +162,16 @@ def pick_device(name: str, local_rank: int) -> torch.device:
 def make_loader(cfg: TrainConfig, env: dist.DistEnv, device: torch.device):
     """(dataset, sampler, loader): this rank's shard of (epoch, index) pairs, batched."""
     dataset = SRDataset(cfg.data, cfg.data_list, cfg.patch, cfg.scale, cfg.downsample, cfg.flip, cfg.seed)
+    sides = dataset.item_sides()
+    if len(sides) > 1:  # said now, not when the first mixed batch is drawn
+        some = ", ".join(f"{side}px ({path})" for side, path in sorted(sides.items())[:3])
+        raise ValueError(f"without `patch` every image of a batch must have one size; {cfg.data} gives {len(sides)} "
+                         f"square crops, e.g. {some}; give `patch` (a multiple of {cfg.scale}, at most {min(sides)})")
     sampler = EpochSampler(len(dataset), cfg.seed, env.rank, env.world_size)
     if cfg.preload:
         return dataset, sampler, PreloadedLoader(PreloadedPairs(dataset, device), sampler, cfg.batch_size)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
-                        pin_memory=device.type == "cuda", persistent_workers=False,
+                        pin_memory=device.type == "cuda", persistent_workers=False, worker_init_fn=ignore_ctrl_c,
                         prefetch_factor=4 if cfg.workers else None)
     return dataset, sampler, loader
 
@@ -194,6 +219,17 @@ class RunLogger:
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def drop_after(self, step: int) -> None:
+        """Remove the records past ``step``: a resume from a checkpoint at ``step`` redoes
+        the steps after it, and logs them again."""
+        path = self.out / "metrics.jsonl"
+        if not (self.enabled and path.is_file()):
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _step_of(line) <= step]
+        if len(kept) != len(lines):
+            atomic_write_bytes(path, "".join(kept).encode("utf-8"))
+
     def plot(self) -> None:
         if self.enabled and (self.out / "metrics.jsonl").is_file():
             from srdeploy.training.figures import save_loss_curves
@@ -202,6 +238,14 @@ class RunLogger:
 
     def progress(self, total: int | None, initial: int) -> _Progress:
         return _Progress(total, initial, self.enabled and os.environ.get("SRDEPLOY_NO_PROGRESS") != "1")
+
+
+def _step_of(line: str) -> float:
+    """A metrics line's step; infinity for a line torn by a crash mid-write (dropped)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except ValueError:
+        return math.inf
 
 
 class _Progress:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from srdeploy.quality.metrics import evaluate_pair
+from srdeploy.quality.metrics import evaluate_pair, smallest_side
 from srdeploy.training.config import TrainConfig
 from srdeploy.training.data import SRDataset
 
@@ -34,7 +34,10 @@ def bicubic_x(lr: torch.Tensor, scale: int) -> np.ndarray:
 class Validator:
     def __init__(self, cfg: TrainConfig, device: torch.device, batch_size: int = 8):
         self.device, self.batch_size, self.scale = device, batch_size, cfg.scale
-        self.data = SRDataset(cfg.val_data, cfg.val_list, None, cfg.scale, cfg.downsample, flip=False, limit=cfg.val_limit)
+        # An image too small to score is skipped with a warning naming it, like a bad one.
+        self.data = SRDataset(cfg.val_data, cfg.val_list, None, cfg.scale, cfg.downsample, flip=False, limit=cfg.val_limit,
+                              min_side=-(-smallest_side() // cfg.scale) * cfg.scale,  # the crop is a multiple of the scale
+                              needed_for="the least PSNR/SSIM-Y can score")
         self.skipped = self.data.skipped
         self.pairs = [self.data[i] for i in range(len(self.data))]  # small: decoded once
         bicubic = [evaluate_pair(bicubic_x(lr, cfg.scale), to_uint8(hr)) for lr, hr in self.pairs]

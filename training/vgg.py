@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from srdeploy.training.checkpoint import load_checkpoint, state_dict_mismatch
+
 PHI_54_END = 36  # features[:36] ends with relu5_4
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -71,11 +73,14 @@ def load_vgg_features(weights_file: str | os.PathLike | None = None) -> VGGFeatu
         path = Path(weights_file)
         if not path.is_file():
             raise VGGWeightsMissing(f"--vgg-weights {path}: file not found. {_help_text()}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise VGGWeightsMissing(f"{path}: not a torchvision vgg19 state_dict ({e})") from None
+        try:  # weights-only, and the same one-line reasons as every other weights file
+            state = load_checkpoint(path)
+        except ValueError as e:
+            raise VGGWeightsMissing(f"--vgg-weights {e}") from None
+        mismatch = state_dict_mismatch(model, state)
+        if mismatch:
+            raise VGGWeightsMissing(f"--vgg-weights {path}: not a torchvision vgg19 state_dict ({mismatch})")
+        model.load_state_dict(state)
         return VGGFeatures(model.features)
     try:
         model = vgg19(weights=VGG19_Weights.IMAGENET1K_V1)

@@ -33,6 +33,12 @@ def _as_rgb_uint8(img: np.ndarray, name: str) -> np.ndarray:
 SSIM_WINDOW = 11  # the Gaussian window's side at sigma 1.5, as scikit-image sizes it (Wang et al. 2004)
 
 
+def smallest_side(border: int = 4) -> int:
+    """The smallest HR side ``evaluate_pair`` can score: the border on both sides plus
+    SSIM's window."""
+    return 2 * border + SSIM_WINDOW
+
+
 def _crop(a: np.ndarray, border: int) -> np.ndarray:
     return a[border:-border, border:-border] if border else a
 
@@ -63,7 +69,7 @@ def evaluate_pair(sr: np.ndarray, hr: np.ndarray, border: int = 4) -> dict[str, 
 
     sr, hr = _rgb_pair(sr, hr, ("sr", "hr"))
     h, w = hr.shape[0] - 2 * border, hr.shape[1] - 2 * border
-    if min(h, w) < SSIM_WINDOW:
+    if min(hr.shape[:2]) < smallest_side(border):
         raise ValueError(f"a border of {border} px leaves {max(w, 0)}x{max(h, 0)} of a {hr.shape[1]}x{hr.shape[0]} image; "
                          f"SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window needs at least {SSIM_WINDOW} pixels a side (lower --border)")
     sr_y, hr_y = _crop(rgb_to_y(sr), border), _crop(rgb_to_y(hr), border)
