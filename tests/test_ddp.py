@@ -22,13 +22,13 @@ def _faces(folder, n=16):
     return folder
 
 
-def _torchrun(args, timeout):
-    """``torchrun --nproc-per-node 2 -m srdeploy.cli train srresnet ARGS`` -> (returncode,
+def _torchrun(args, timeout, stage="srresnet"):
+    """``torchrun --nproc-per-node 2 -m srdeploy.cli train STAGE ARGS`` -> (returncode,
     stderr, seconds). The launcher and its workers run in their own process group, which is
     killed on a timeout, so a hung rank cannot outlive the test."""
     env = {**os.environ, "SRDEPLOY_DDP_BACKEND": "gloo", "SRDEPLOY_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "srdeploy.cli", "train", "srresnet", "--blocks", "1", "--channels", "8", "--patch", "32",
+           "-m", "srdeploy.cli", "train", stage, "--blocks", "1", "--channels", "8", "--patch", "32",
            "--batch-size", "2", "--workers", "0", "--device", "cpu", *args]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -72,3 +72,20 @@ def test_two_process_run_under_max_minutes_stops_both_ranks_at_one_step(tmp_path
     lrs = [r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
     assert lrs[0] > lrs[-1] == rank0["lr"] and rank0["lr"] < 0.2 * 2e-4
     assert seconds < budget * 60 + 120  # stopped on time, not by a timeout
+
+
+@pytest.mark.slow
+def test_two_process_srgan_run_keeps_both_networks_equal_on_both_ranks(tmp_path):
+    """The fine-tune steps two DDP-wrapped networks in turn. The generator's weights, which
+    the discriminator's verdicts feed through the adversarial loss, must end equal on both
+    ranks (end.json fingerprints the generator)."""
+    faces, pre, out = _faces(tmp_path / "hr"), tmp_path / "pre", tmp_path / "gan"
+    rc, stderr, _ = _torchrun(["--data", str(faces), "-o", str(pre), "--steps", "1"], timeout=300)
+    assert rc == 0, stderr[-3000:]
+    rc, stderr, _ = _torchrun(["--data", str(faces), "-o", str(out), "--init", str(pre / "last.pt"), "--steps", "3",
+                               "--log-every", "1"], timeout=300, stage="srgan")
+    assert rc == 0, stderr[-3000:]  # the run itself fails when the ranks' generator weights differ
+    rank0, rank1 = json.loads((out / "end.json").read_text())["ranks"]
+    assert rank0["step"] == rank1["step"] == 3 and rank0["weight_sum"] == rank1["weight_sum"]
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["discriminator"] is not None and ckpt["config"]["stage"] == "srgan"
