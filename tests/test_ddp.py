@@ -89,3 +89,33 @@ def test_two_process_srgan_run_keeps_both_networks_equal_on_both_ranks(tmp_path)
     assert rank0["step"] == rank1["step"] == 3 and rank0["weight_sum"] == rank1["weight_sum"]
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["discriminator"] is not None and ckpt["config"]["stage"] == "srgan"
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_torchrun_stops_both_ranks_at_one_step_with_a_checkpoint(tmp_path):
+    """The terminal's SIGINT reaches torchrun and both ranks, and torchrun forwards its own
+    copy to the ranks a moment later: that copy must not count as a second Ctrl-C."""
+    out = tmp_path / "run"
+    env = {**os.environ, "SRDEPLOY_DDP_BACKEND": "gloo", "SRDEPLOY_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "srdeploy.cli", "train", "srresnet", "--blocks", "1", "--channels", "8", "--patch", "32",
+           "--batch-size", "2", "--workers", "0", "--device", "cpu", "--data", str(_faces(tmp_path / "hr")),
+           "-o", str(out), "--steps", "100000", "--log-every", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "metrics.jsonl").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start training"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    end = json.loads((out / "end.json").read_text())
+    rank0, rank1 = end["ranks"]
+    assert end["stopped_by"] == "interrupt", stderr[-3000:]
+    assert rank0["step"] == rank1["step"] == end["step"] == load_checkpoint(out / "last.pt")["step"]
+    assert rank0["weight_sum"] == rank1["weight_sum"]
+    assert stderr.count("Ctrl-C: stopping after this step") == 1 and f"stopped by Ctrl-C at step {end['step']}" in stderr

@@ -99,11 +99,11 @@ class Budget:
 
 
 @contextmanager
-def ctrl_c_ends_the_step() -> Iterator[Callable[[], bool]]:
+def ctrl_c_ends_the_step(announce: bool = True) -> Iterator[Callable[[], bool]]:
     """While the run trains: the first SIGINT only sets a flag (the returned callable reads
     it) so that the loop can stop between steps and checkpoint; the second raises
     KeyboardInterrupt as usual. Outside the main thread (where Python cannot take
-    signals) the flag never sets."""
+    signals) the flag never sets. ``announce``: say so on stderr (rank 0 alone, under DDP)."""
     hit = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield hit.is_set
@@ -111,9 +111,18 @@ def ctrl_c_ends_the_step() -> Iterator[Callable[[], bool]]:
 
     def first(signum, frame) -> None:
         hit.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        print("\nCtrl-C: stopping after this step and writing last.pt (Ctrl-C again stops at once, without it)",
-              file=sys.stderr, flush=True)
+        at = time.monotonic()
+
+        def again(signum, frame) -> None:
+            # A copy within a second is not a second press: torchrun forwards the
+            # terminal's SIGINT to ranks that got it from the terminal already.
+            if time.monotonic() - at > 1.0:
+                raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, again)
+        if announce:
+            print("\nCtrl-C: stopping after this step and writing last.pt (Ctrl-C again stops at once, without it)",
+                  file=sys.stderr, flush=True)
 
     before = signal.signal(signal.SIGINT, first)
     try:

@@ -34,7 +34,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     """Train until the budget (--steps, --epochs, --max-minutes) is spent; returns the run
     folder. ``resume`` continues from ``cfg.out``/last.pt, wherever that folder now is.
     After Ctrl-C it raises RunInterrupted, once the step in progress and last.pt are done."""
-    with dist.process_group() as env, ctrl_c_ends_the_step() as interrupted:
+    with dist.process_group() as env, ctrl_c_ends_the_step(env.is_main) as interrupted:
         device = pick_device(cfg.device, env.local_rank)
         out = Path(cfg.out)
         torch.manual_seed(cfg.seed)
