@@ -41,6 +41,25 @@ def _torchrun(args, timeout, stage="srresnet"):
     return proc.returncode, stderr, time.monotonic() - t0
 
 
+def ctrl_c_once_logged(cmd, env, metrics, records, timeout=120):
+    """Run ``cmd`` in its own process group, send the group SIGINT (as a terminal's Ctrl-C
+    does) once ``metrics`` holds ``records`` lines; returns (exit code, stderr). The group
+    never outlives the call."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= records):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start training"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return proc.returncode, stderr
+
+
 @pytest.mark.slow
 def test_two_process_gloo_run(tmp_path):
     out = tmp_path / "run"
@@ -101,18 +120,7 @@ def test_ctrl_c_under_torchrun_stops_both_ranks_at_one_step_with_a_checkpoint(tm
            "-m", "srdeploy.cli", "train", "srresnet", "--blocks", "1", "--channels", "8", "--patch", "32",
            "--batch-size", "2", "--workers", "0", "--device", "cpu", "--data", str(_faces(tmp_path / "hr")),
            "-o", str(out), "--steps", "100000", "--log-every", "1"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not ((out / "metrics.jsonl").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) >= 3):
-            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start training"
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+    _, stderr = ctrl_c_once_logged(cmd, env, out / "metrics.jsonl", records=3)  # torchrun's own exit code
     end = json.loads((out / "end.json").read_text())
     rank0, rank1 = end["ranks"]
     assert end["stopped_by"] == "interrupt", stderr[-3000:]

@@ -5,13 +5,11 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 from click.testing import CliRunner
+from test_ddp import ctrl_c_once_logged
 from test_training import image_folder  # noqa: F401 (a fixture)
 
 from srdeploy.cli import main
@@ -157,20 +155,8 @@ def test_ctrl_c_stops_after_a_step_with_a_checkpoint_and_one_line(tmp_path, imag
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "srdeploy.cli", "train", "srresnet", "--data", str(image_folder), "-o", str(run),
            "--steps", "100000", "--log-every", "1", *TINY[:-4], "--workers", "2", "--device", "cpu"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "SRDEPLOY_NO_PROGRESS": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not ((run / "metrics.jsonl").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) >= 2):
-            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start training"
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    returncode, stderr = ctrl_c_once_logged(cmd, {**os.environ, "SRDEPLOY_NO_PROGRESS": "1"}, run / "metrics.jsonl", 2)
+    assert returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
     step = load_checkpoint(run / "last.pt")["step"]
     assert f"stopped by Ctrl-C at step {step}, saved in {run / 'last.pt'}; continue with" in stderr
     assert json.loads((run / "end.json").read_text())["stopped_by"] == "interrupt"
