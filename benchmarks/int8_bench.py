@@ -1,6 +1,6 @@
 """INT8 vs fp32 ONNX Runtime throughput on this machine's CPU (not a test).
 
-    .venv/bin/python benchmarks/int8_bench.py EXPORT_DIR [--rounds 7] [--threads 2] [--profile]
+    python benchmarks/int8_bench.py EXPORT_DIR [--rounds 7] [--threads 2] [--profile]
 
 EXPORT_DIR holds model.onnx and model.int8.onnx (``srdeploy export ... --int8``). Both
 run on 64x64 LR inputs at batch 1 and 8 as the Upscaler runs them (its session settings;

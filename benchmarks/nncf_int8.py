@@ -1,7 +1,7 @@
 """NNCF post-training quantisation of model.onnx, the alternative to `srdeploy export --int8`
 (not a test; needs `pip install nncf`).
 
-    .venv/bin/python benchmarks/nncf_int8.py --model default --calibration ../shared/data/celeba_hq_256/val -o out/nncf
+    python benchmarks/nncf_int8.py --model default --calibration ../shared/data/celeba_hq_256/val -o out/nncf
 
 Writes, from the same 300 calibration faces the export uses (export.calibration):
 

@@ -1,7 +1,7 @@
 """ONNX Runtime CPU settings and graph rewrites for the generator, timed back to back
 against PyTorch eager on one input (not a test).
 
-    .venv/bin/python benchmarks/ort_cpu_variants.py [--model default] [--side 64] [--threads N] [--rounds 12]
+    python benchmarks/ort_cpu_variants.py [--model default] [--side 64] [--threads N] [--rounds 12]
 
 Every variant is one ORT session (or the PyTorch generator, channels_last, inference_mode)
 on the same input. Rounds interleave the variants, rotating their order, and each round's

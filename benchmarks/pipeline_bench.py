@@ -1,6 +1,6 @@
 """`srdeploy upscale` end to end against the bare model, on 64x64 faces (not a test).
 
-    .venv/bin/python benchmarks/pipeline_bench.py [--count 100] [--repeats 3] [--before REV]
+    python benchmarks/pipeline_bench.py [--count 100] [--repeats 3] [--before REV]
         [--variants bare,before,after] [--parts encode,busy,throughput]
 
 Inputs: the CelebA-HQ test faces (../shared/data/celeba_hq_256/test) downscaled to 64x64

@@ -1,6 +1,6 @@
 """Where `srdeploy upscale`'s time goes, step by step, on 64x64 faces (not a test).
 
-    .venv/bin/python benchmarks/pipeline_steps.py [--count 400] [--repeats 3] [--png-compression N] [--model M]
+    python benchmarks/pipeline_steps.py [--count 400] [--repeats 3] [--png-compression N] [--model M]
 
 Runs srdeploy.batch.run.run_batch in this process (the engine `auto` picks, its default
 threads and tile) on faces from the CelebA-HQ val split downscaled to 64x64 PNGs

@@ -21,7 +21,9 @@ as pipeline_steps.py makes them):
   and takes the core back the moment a model thread wakes (nice 19 still shares it);
 - ``phased``: groups of faces through the model with nothing else running, then their
   file work on two threads (:func:`run_phased`), optionally with the writes, fsyncs and
-  commits moved into the next model phase.
+  commits moved into the next model phase;
+- ``per-core pipelines, 2 streams``: two threads, each taking an input through load,
+  upscale on its own stream and store (:func:`run_per_core`), the commits in input order.
 
 The two pipeline variants are patched into srdeploy.batch for the run only. Ratios are
 the median of the per-round ratios to ``bare``, so a round the machine ran slow counts
@@ -172,7 +174,7 @@ def run_phased(upscaler, folder: Path, out: Path, settings, group: int, overlap_
         steps.commit(_Staged(item, tmp, output_sha256, (encoded.width, encoded.height)))
 
     with journal.lock(), ThreadPoolExecutor(2) as workers, ThreadPoolExecutor(1) as io:
-        jobs, _ = run.plan(files, settings, upscaler.scale)
+        jobs, _ = run.plan(files, settings, upscaler.scale, place)
         steps = InputSteps(upscaler, place, settings, journal, lambda result, extra: done.append(result))
         upscaled: list = []
         for first in range(0, len(jobs) + group, group):
@@ -186,6 +188,30 @@ def run_phased(upscaler, folder: Path, out: Path, settings, group: int, overlap_
                     steps.commit(value if stored is None else stored.result())
             loaded = [f.result() for f in loads]
             upscaled = [v if isinstance(v, pipeline.Done) else steps.upscale(v) for v in loaded]
+    return len(done) / (time.perf_counter() - start)
+
+
+def run_per_core(upscaler, folder: Path, out: Path, settings) -> float:
+    """Two whole pipelines, one a core: each of two threads takes the next input through
+    load, upscale (on its own stream of a two-stream engine) and store, so file work only
+    ever delays its own thread's model call, never the other half of a shared one; the
+    commits run in input order on this thread. No budget, no stop handling: a measurement,
+    not a batch runner. Returns images/s."""
+    from srdeploy.batch import run
+    from srdeploy.batch.jobs import JOURNAL_NAME
+    from srdeploy.batch.journal import Journal
+    from srdeploy.batch.steps import Folder, InputSteps
+
+    start = time.perf_counter()
+    files, _, _ = run.collect([folder], settings.recursive, out)
+    out.mkdir(parents=True, exist_ok=True)
+    journal = Journal(out / JOURNAL_NAME)
+    done: list = []
+    with journal.lock(), ThreadPoolExecutor(2, thread_name_prefix="core") as cores:
+        jobs, _ = run.plan(files, settings, upscaler.scale, Folder(out))
+        steps = InputSteps(upscaler, Folder(out), settings, journal, lambda result, extra: done.append(result))
+        for stored in [cores.submit(steps.through_store, job) for job in jobs]:
+            steps.commit(stored.result())
     return len(done) / (time.perf_counter() - start)
 
 
@@ -238,12 +264,18 @@ def variants(model: str, count: int, rounds: int) -> None:
             shutil.rmtree(out, ignore_errors=True)
             return run_phased(one, folder, out, Settings(), group, overlap_io)
 
+        def per_core() -> float:
+            out = tmp / "out"
+            shutil.rmtree(out, ignore_errors=True)
+            return run_per_core(two, folder, out, Settings())
+
         runs = {
             "bare": bare, "bare 2 streams": bare_two_streams, "pipeline": lambda: batch(one),
             "pipeline gate": lambda: batch(one, gated=True), "pipeline 2 streams": lambda: batch(two, two_threads=True),
             "pipeline idle": lambda: batch(one, idle=True),
             "phased, groups of 8": lambda: phased(8), "phased, groups of 24": lambda: phased(24),
             "phased 24, I/O overlapped": lambda: phased(24, overlap_io=True),
+            "per-core pipelines, 2 streams": lambda: per_core(),
         }
         for measure in runs.values():  # compile, warm up
             measure()

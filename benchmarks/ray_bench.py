@@ -1,7 +1,7 @@
 """`srdeploy upscale --ray local` with 1 and 2 actors against the local CLI, on 64x64 faces,
 and the driver's memory for a large listing (not a test).
 
-    .venv/bin/python benchmarks/ray_bench.py [--count 100] [--parts throughput,listing] [--files 100000]
+    python benchmarks/ray_bench.py [--count 100] [--parts throughput,listing] [--files 100000]
 
 Inputs: the CelebA-HQ test faces (../shared/data/celeba_hq_256/test) downscaled to 64x64
 with srdeploy.quality.degrade.downscale (bicubic, antialiased), as PNGs in a temp folder.
@@ -100,7 +100,7 @@ def listing(files: int) -> None:
             headers = batch._headers(listed, Settings().max_pixels)
             steps.append(("header pass (Ray tasks)", time.perf_counter() - t, rss_mib()))
             t = time.perf_counter()
-            jobs, refused = plan(listed, Settings(), engine["scale"], headers)
+            jobs, refused = plan(listed, Settings(), engine["scale"], Folder(out), headers)
             steps.append(("plan", time.perf_counter() - t, rss_mib()))
             t = time.perf_counter()
             rows = job_rows(jobs, Journal(out / "upscale-journal.jsonl"), Folder(out))

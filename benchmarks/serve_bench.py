@@ -1,7 +1,7 @@
 """Serving benchmark: TorchServe with srgan.mar against `srdeploy upscale`, same machine,
 same run, same model, same 256x256 inputs (not a test).
 
-    .venv/bin/python benchmarks/serve_bench.py [--model default|PATH.onnx] [--size 256]
+    python benchmarks/serve_bench.py [--model default|PATH.onnx] [--size 256]
         [--concurrency 1,4,16] [--requests 4] [--batch-size 1] [--json out.json]
 
 1. The CLI: `srdeploy upscale` on ``--cli-images`` inputs; images/s from its summary.

@@ -1,6 +1,6 @@
 """Runtime benchmark for `srdeploy upscale` on this machine's CPU (not a test).
 
-    .venv/bin/python benchmarks/upscale_bench.py [--threads N] [--parts throughput,tiling,rss]
+    python benchmarks/upscale_bench.py [--threads N] [--parts throughput,tiling,rss]
 
 Measures, for one seeded B=8, 64-channel SRResNet generator (the seed's architecture;
 random weights: speed and memory do not depend on the values):
