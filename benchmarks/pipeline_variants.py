@@ -207,9 +207,10 @@ def run_per_core(upscaler, folder: Path, out: Path, settings) -> float:
     out.mkdir(parents=True, exist_ok=True)
     journal = Journal(out / JOURNAL_NAME)
     done: list = []
+    place = Folder(out)
     with journal.lock(), ThreadPoolExecutor(2, thread_name_prefix="core") as cores:
-        jobs, _ = run.plan(files, settings, upscaler.scale, Folder(out))
-        steps = InputSteps(upscaler, Folder(out), settings, journal, lambda result, extra: done.append(result))
+        jobs, _ = run.plan(files, settings, upscaler.scale, place)
+        steps = InputSteps(upscaler, place, settings, journal, lambda result, extra: done.append(result))
         for stored in [cores.submit(steps.through_store, job) for job in jobs]:
             steps.commit(stored.result())
     return len(done) / (time.perf_counter() - start)
@@ -275,7 +276,7 @@ def variants(model: str, count: int, rounds: int) -> None:
             "pipeline idle": lambda: batch(one, idle=True),
             "phased, groups of 8": lambda: phased(8), "phased, groups of 24": lambda: phased(24),
             "phased 24, I/O overlapped": lambda: phased(24, overlap_io=True),
-            "per-core pipelines, 2 streams": lambda: per_core(),
+            "per-core pipelines, 2 streams": per_core,
         }
         for measure in runs.values():  # compile, warm up
             measure()
