@@ -25,7 +25,7 @@ as pipeline_steps.py makes them):
 - ``per-core pipelines, 2 streams``: two threads, each taking an input through load,
   upscale on its own stream and store (:func:`run_per_core`), the commits in input order.
 
-The two pipeline variants are patched into srdeploy.batch for the run only. Ratios are
+The gate, two-stream and idle variants are patched into srdeploy.batch for the run only. Ratios are
 the median of the per-round ratios to ``bare``, so a round the machine ran slow counts
 once.
 
@@ -37,6 +37,7 @@ thread in the normal class and in SCHED_IDLE (and how much CPU it got).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
@@ -145,6 +146,25 @@ def patch_pipeline(gate: Gate, two_callers: threading.Event, idle_file_work: thr
     pipeline._Pipeline.run, pipeline._Pipeline._upscale_next = run, upscale_next
 
 
+@contextlib.contextmanager
+def planned(upscaler, folder: Path, out: Path, settings):
+    """What every hand-built batch here starts from, as srdeploy.batch.run.run_batch does:
+    the folder's inputs planned into ``out`` under its journal's lock. Yields (jobs, steps,
+    place, done): the InputSteps and output Folder to run them with, and the list each
+    committed result is appended to."""
+    from srdeploy.batch import run
+    from srdeploy.batch.jobs import JOURNAL_NAME
+    from srdeploy.batch.journal import Journal
+    from srdeploy.batch.steps import Folder, InputSteps
+
+    files, _, _ = run.collect([folder], settings.recursive, out)
+    out.mkdir(parents=True, exist_ok=True)
+    journal, place, done = Journal(out / JOURNAL_NAME), Folder(out), []
+    with journal.lock():
+        jobs, _ = run.plan(files, settings, upscaler.scale, place)
+        yield jobs, InputSteps(upscaler, place, settings, journal, lambda result, extra: done.append(result)), place, done
+
+
 def run_phased(upscaler, folder: Path, out: Path, settings, group: int, overlap_io: bool = False) -> float:
     """A batch in alternating phases: ``group`` model calls with nothing else running,
     then the file work of two groups at once on two threads (the next group's loads, the
@@ -152,17 +172,10 @@ def run_phased(upscaler, folder: Path, out: Path, settings, group: int, overlap_
     temp-file writes (with their fsyncs) and commits run on a third thread during the
     next model phase instead, so that only CPU work waits for the model. No budget, no
     stop handling: a measurement, not a batch runner. Returns images/s."""
-    from srdeploy.batch import pipeline, run
-    from srdeploy.batch.jobs import JOURNAL_NAME
-    from srdeploy.batch.journal import Journal
-    from srdeploy.batch.steps import Folder, InputSteps, _Staged
+    from srdeploy.batch import pipeline
+    from srdeploy.batch.steps import _Staged
 
     start = time.perf_counter()
-    files, _, _ = run.collect([folder], settings.recursive, out)
-    out.mkdir(parents=True, exist_ok=True)
-    journal = Journal(out / JOURNAL_NAME)
-    done = []
-    place = Folder(out)
 
     def encode(value):  # the CPU half of InputSteps.store
         item = value.item
@@ -173,9 +186,7 @@ def run_phased(upscaler, folder: Path, out: Path, settings, group: int, overlap_
         tmp = place.stage(item.target, encoded.data, item.key, output_sha256)
         steps.commit(_Staged(item, tmp, output_sha256, (encoded.width, encoded.height)))
 
-    with journal.lock(), ThreadPoolExecutor(2) as workers, ThreadPoolExecutor(1) as io:
-        jobs, _ = run.plan(files, settings, upscaler.scale, place)
-        steps = InputSteps(upscaler, place, settings, journal, lambda result, extra: done.append(result))
+    with planned(upscaler, folder, out, settings) as (jobs, steps, place, done), ThreadPoolExecutor(2) as workers, ThreadPoolExecutor(1) as io:
         upscaled: list = []
         for first in range(0, len(jobs) + group, group):
             loads = [workers.submit(steps.load, job) for job in jobs[first : first + group]]
@@ -197,20 +208,8 @@ def run_per_core(upscaler, folder: Path, out: Path, settings) -> float:
     ever delays its own thread's model call, never the other half of a shared one; the
     commits run in input order on this thread. No budget, no stop handling: a measurement,
     not a batch runner. Returns images/s."""
-    from srdeploy.batch import run
-    from srdeploy.batch.jobs import JOURNAL_NAME
-    from srdeploy.batch.journal import Journal
-    from srdeploy.batch.steps import Folder, InputSteps
-
     start = time.perf_counter()
-    files, _, _ = run.collect([folder], settings.recursive, out)
-    out.mkdir(parents=True, exist_ok=True)
-    journal = Journal(out / JOURNAL_NAME)
-    done: list = []
-    place = Folder(out)
-    with journal.lock(), ThreadPoolExecutor(2, thread_name_prefix="core") as cores:
-        jobs, _ = run.plan(files, settings, upscaler.scale, place)
-        steps = InputSteps(upscaler, place, settings, journal, lambda result, extra: done.append(result))
+    with planned(upscaler, folder, out, settings) as (jobs, steps, _, done), ThreadPoolExecutor(2, thread_name_prefix="core") as cores:
         for stored in [cores.submit(steps.through_store, job) for job in jobs]:
             steps.commit(stored.result())
     return len(done) / (time.perf_counter() - start)
@@ -246,14 +245,17 @@ def variants(model: str, count: int, rounds: int) -> None:
                 list(callers.map(two.upscale_array, arrays))
             return len(arrays) / (time.perf_counter() - start)
 
+        def fresh_out() -> Path:  # every measure writes every output anew
+            out = tmp / "out"
+            shutil.rmtree(out, ignore_errors=True)
+            return out
+
         def batch(upscaler, gated: bool = False, two_threads: bool = False, idle: bool = False) -> float:
             gate.on = gated
             (two_callers.set if two_threads else two_callers.clear)()
             (idle_file_work.set if idle else idle_file_work.clear)()
-            out = tmp / "out"
-            shutil.rmtree(out, ignore_errors=True)
             try:
-                summary = run.run_batch(upscaler, [folder], out, Settings())
+                summary = run.run_batch(upscaler, [folder], fresh_out(), Settings())
             finally:
                 gate.on = False
                 two_callers.clear()
@@ -261,14 +263,7 @@ def variants(model: str, count: int, rounds: int) -> None:
             return len(summary.results) / summary.seconds
 
         def phased(group: int, overlap_io: bool = False) -> float:
-            out = tmp / "out"
-            shutil.rmtree(out, ignore_errors=True)
-            return run_phased(one, folder, out, Settings(), group, overlap_io)
-
-        def per_core() -> float:
-            out = tmp / "out"
-            shutil.rmtree(out, ignore_errors=True)
-            return run_per_core(two, folder, out, Settings())
+            return run_phased(one, folder, fresh_out(), Settings(), group, overlap_io)
 
         runs = {
             "bare": bare, "bare 2 streams": bare_two_streams, "pipeline": lambda: batch(one),
@@ -276,7 +271,7 @@ def variants(model: str, count: int, rounds: int) -> None:
             "pipeline idle": lambda: batch(one, idle=True),
             "phased, groups of 8": lambda: phased(8), "phased, groups of 24": lambda: phased(24),
             "phased 24, I/O overlapped": lambda: phased(24, overlap_io=True),
-            "per-core pipelines, 2 streams": per_core,
+            "per-core pipelines, 2 streams": lambda: run_per_core(two, folder, fresh_out(), Settings()),
         }
         for measure in runs.values():  # compile, warm up
             measure()
@@ -289,7 +284,7 @@ def variants(model: str, count: int, rounds: int) -> None:
         print(f"{count} faces, {rounds} rounds (images/s median; ratio: median of per-round ratios to bare):")
         for name, values in rates.items():
             ratio = statistics.median(a / b for a, b in zip(values, rates["bare"]))
-            print(f"  {name:26s} {statistics.median(values):7.1f} images/s  {ratio:.2f}x bare")
+            print(f"  {name:30s} {statistics.median(values):7.1f} images/s  {ratio:.2f}x bare")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
