@@ -2,7 +2,11 @@
 deflate library on offer compresses one face's filtered rows (not a test; docs/results.md,
 "Batch throughput at 100 faces/s").
 
-    python benchmarks/file_work.py [--calls 300]
+    python benchmarks/file_work.py [--calls 300] [--gap-ms 0]
+
+``--gap-ms G`` sleeps G ms between calls (outside the timing), as the batch's worker
+threads wait between inputs while the model runs: the same steps then cost more CPU, since
+each call starts with cold caches.
 
 The face: the first CelebA-HQ val image, downscaled to 64x64 as `srdeploy bench` makes its
 inputs, saved as PNG (Pillow's default level), and its 256x256 output of the shipped model.
@@ -26,18 +30,25 @@ from PIL import Image
 from pipeline_steps import DATA  # benchmarks/ is on sys.path when run as a script
 
 
-def timed(label: str, calls: int, step) -> None:
+def timed(label: str, calls: int, step, gap: float = 0.0) -> None:
+    """Mean wall and thread CPU of ``calls`` calls, each after ``gap`` seconds asleep."""
     step()
-    wall, cpu = time.perf_counter(), time.thread_time()
+    wall = cpu = 0.0
     for _ in range(calls):
+        if gap:
+            time.sleep(gap)
+        wall_at, cpu_at = time.perf_counter(), time.thread_time()
         step()
-    print(f"  {label:44s} {1e3 * (time.perf_counter() - wall) / calls:6.3f} ms wall  {1e3 * (time.thread_time() - cpu) / calls:6.3f} ms CPU", flush=True)
+        wall, cpu = wall + time.perf_counter() - wall_at, cpu + time.thread_time() - cpu_at
+    print(f"  {label:44s} {1e3 * wall / calls:6.3f} ms wall  {1e3 * cpu / calls:6.3f} ms CPU", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--gap-ms", type=float, default=0.0, help="sleep between calls (default: none)")
     args = parser.parse_args()
+    gap = args.gap_ms / 1000
 
     from isal import isal_zlib
 
@@ -57,20 +68,20 @@ def main() -> None:
     decoded = up.decode(data, "face.png")
     picture = up.upscale_picture(decoded.picture)
     encoded = up.encode(picture, "PNG")
-    print(f"one face: {len(data):,} bytes in, {len(encoded.data):,} bytes out (PNG level 1); {args.calls} calls each")
+    print(f"one face: {len(data):,} bytes in, {len(encoded.data):,} bytes out (PNG level 1); {args.calls} calls each, {args.gap_ms:g} ms asleep between calls")
 
     print("steps:")
-    timed("Upscaler.decode (header checks + decode)", args.calls, lambda: up.decode(data, "face.png"))
-    timed("  Pillow alone: open, load, RGB array", args.calls, lambda: np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
-    timed("Upscaler.encode (PNG level 1)", args.calls, lambda: up.encode(picture, "PNG"))
-    timed("sha256 of the output", args.calls, lambda: hashlib.sha256(encoded.data).hexdigest())
+    timed("Upscaler.decode (header checks + decode)", args.calls, lambda: up.decode(data, "face.png"), gap)
+    timed("  Pillow alone: open, load, RGB array", args.calls, lambda: np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), gap)
+    timed("Upscaler.encode (PNG level 1)", args.calls, lambda: up.encode(picture, "PNG"), gap)
+    timed("sha256 of the output", args.calls, lambda: hashlib.sha256(encoded.data).hexdigest(), gap)
     with tempfile.TemporaryDirectory(prefix="file-work-", dir=Path.cwd()) as folder:  # on the disk outputs go to
         target = Path(folder) / "face.png"
-        timed("temp file, fsync, rename (stage_bytes)", args.calls, lambda: os.replace(stage_bytes(target, encoded.data), target))
+        timed("temp file, fsync, rename (stage_bytes)", args.calls, lambda: os.replace(stage_bytes(target, encoded.data), target), gap)
         journal = Journal(Path(folder) / "journal.jsonl")
         record = {"input": "faces/face.png", "status": "writing", "output": "face.png", "output_sha256": "0" * 64, "input_sha256": "1" * 64}
         with journal.lock():
-            timed("durable journal record", args.calls, lambda: journal.append(record, durable=True))
+            timed("durable journal record", args.calls, lambda: journal.append(record, durable=True), gap)
 
     rows = np.ascontiguousarray(picture.color).reshape(picture.color.shape[0], -1)
     filtered = np.empty((rows.shape[0], 1 + rows.shape[1]), np.uint8)
@@ -101,7 +112,7 @@ def main() -> None:
         print("(deflate, libdeflate's binding, not installed)")
     print(f"deflate of the face's Up-filtered rows ({len(block):,} bytes):")
     for name, compress in codecs.items():
-        timed(f"{name} -> {len(compress()):,} bytes", args.calls, compress)
+        timed(f"{name} -> {len(compress()):,} bytes", args.calls, compress, gap)
 
 
 if __name__ == "__main__":
