@@ -106,6 +106,17 @@ def test_missing_inputs_and_refused_headers_are_reported_in_their_place_in_input
     assert reported[2].reason == "not an image (the file holds text)" and reported[4].reason == "empty file (0 bytes)"
 
 
+def test_the_progress_bar_counts_every_input_and_ends_at_the_summary_count(upscaler, tmp_path, capsys):
+    """Inputs decided before the run (missing, refused) are done from the start, so the bar
+    does not stop at 4/4 when the summary says 'of 9'."""
+    make_inputs(tmp_path / "in", 6, bad={1: b"shopping list\n", 3: b""})
+    summary = run_batch(upscaler, [tmp_path / "in", tmp_path / "missing.png"], tmp_path / "out", progress=True, limits=OVERLAPPING)
+
+    assert len(summary.results) == 7 and sum(r.status == "ok" for r in summary.results) == 4
+    states = capsys.readouterr().err.replace("\r", "\n")
+    assert " 3/7 " in states and " 7/7 " in states and "/4 " not in states
+
+
 def test_a_folder_that_cannot_be_listed_is_reported_not_passed_over(upscaler, tmp_path, monkeypatch):
     """os.walk skips unreadable folders silently. The permission is simulated: tests may run as root."""
     make_inputs(tmp_path / "in", 2)

@@ -33,7 +33,6 @@ import hashlib
 import math
 import os
 import pickle
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -43,7 +42,7 @@ from srdeploy.batch import ray_cluster
 from srdeploy.batch.jobs import JOURNAL_NAME, Job, Result, Settings, Summary
 from srdeploy.batch.journal import Journal, display
 from srdeploy.batch.ray_actor import Roster, Upscaling, check_engine, read_headers, wait_exit
-from srdeploy.batch.run import NoInputs, Recorder, collect, make_output_folder, nothing_found, plan, settings_record
+from srdeploy.batch.run import NoInputs, Recorder, collect, make_output_folder, nothing_found, plan, progress_bar, settings_record
 from srdeploy.batch.steps import Committer, Folder, arrived, is_staged
 
 ROWS_PER_CALL = 8  # inputs per actor call: its results reach the driver together
@@ -122,7 +121,8 @@ class RayBatch:
                 # Workers run elsewhere: they read absolute paths; results name inputs as given, as the local batch does.
                 jobs = [replace(job, source=_absolute(job.source)) for job in jobs]
                 record = Recorder(journal, summary, report, jobs, decided=failures + refused)
-                self._upscale(jobs, place, journal, settings, record, progress)
+                with progress_bar(len(jobs), len(failures) + len(refused), progress) as bar:
+                    self._upscale(jobs, place, journal, settings, record, bar)
                 record.close()
             finally:
                 if isinstance(place, Folder):
@@ -147,7 +147,7 @@ class RayBatch:
                 headers[int(index)] = pickle.loads(blob)
         return headers
 
-    def _upscale(self, jobs: list[Job], place: Any, journal: Journal, settings: Settings, record: Recorder, progress: bool) -> None:
+    def _upscale(self, jobs: list[Job], place: Any, journal: Journal, settings: Settings, record: Recorder, bar: Any) -> None:
         """The jobs through the actor pool, committed on this thread in input order."""
         if not jobs:
             return
@@ -155,7 +155,7 @@ class RayBatch:
 
         roster = ray.remote(Roster).options(num_cpus=0).remote()
         try:
-            self._through_actors(jobs, place, journal, settings, record, progress, roster)
+            self._through_actors(jobs, place, journal, settings, record, bar, roster)
         except BaseException:
             # Stopped mid-run, actors may still be writing. A run that got every answer has
             # none: Ray Data's iteration ends only when all its tasks have returned.
@@ -164,9 +164,8 @@ class RayBatch:
         finally:
             ray.kill(roster)
 
-    def _through_actors(self, jobs: list[Job], place: Any, journal: Journal, settings: Settings, record: Recorder, progress: bool, roster: Any) -> None:
+    def _through_actors(self, jobs: list[Job], place: Any, journal: Journal, settings: Settings, record: Recorder, bar: Any, roster: Any) -> None:
         import ray.data
-        from tqdm import tqdm
 
         rows = job_rows(jobs, journal, place)
         blocks = min(len(rows), self.pool.actors * CALLS_PER_ACTOR)
@@ -180,40 +179,39 @@ class RayBatch:
             batch_size=ROWS_PER_CALL, compute=ray.data.ActorPoolStrategy(size=self.pool.actors),
             num_cpus=self.pool.cpus, num_gpus=self.pool.gpus or None,
         )
-        with tqdm(total=len(jobs), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
-            failed = 0
+        failed = 0
 
-            def finish(result: Result, extra: dict) -> None:
-                nonlocal failed
-                record(result, **extra)
-                if result.status == "failed":
-                    failed += 1
-                    bar.set_postfix(failed=failed)
+        def finish(result: Result, extra: dict) -> None:
+            nonlocal failed
+            record(result, **extra)
+            if result.status == "failed":
+                failed += 1
+                bar.set_postfix(failed=failed)
 
-            committer = Committer(place, journal, finish)
-            pending: dict[int, Any] = {}  # results that arrived before those ahead of them
-            committed = 0
-            try:
-                for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                    for index, blob in zip(batch["index"], batch["outcome"]):
-                        index = int(index)
-                        value, took = pickle.loads(blob)
-                        if index < committed or index in pending:  # a retried task's second answer
-                            if is_staged(value):
-                                committer.discard(value)
-                            continue
-                        pending[index] = arrived(value, took)
-                        bar.update()
-                    while committed in pending:
-                        committer.commit(pending.pop(committed))
-                        committed += 1
-            except BaseException:
-                for value in pending.values():
-                    if is_staged(value):
-                        committer.discard(value)
-                raise
-            if committed != len(jobs):
-                raise RuntimeError(f"the cluster answered for {committed} of {len(jobs)} inputs")
+        committer = Committer(place, journal, finish)
+        pending: dict[int, Any] = {}  # results that arrived before those ahead of them
+        committed = 0
+        try:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                for index, blob in zip(batch["index"], batch["outcome"]):
+                    index = int(index)
+                    value, took = pickle.loads(blob)
+                    if index < committed or index in pending:  # a retried task's second answer
+                        if is_staged(value):
+                            committer.discard(value)
+                        continue
+                    pending[index] = arrived(value, took)
+                    bar.update()
+                while committed in pending:
+                    committer.commit(pending.pop(committed))
+                    committed += 1
+        except BaseException:
+            for value in pending.values():
+                if is_staged(value):
+                    committer.discard(value)
+            raise
+        if committed != len(jobs):
+            raise RuntimeError(f"the cluster answered for {committed} of {len(jobs)} inputs")
 
 
 def stop_writers(roster: Any) -> None:

@@ -160,8 +160,6 @@ def run_batch(
     anything is written) or OUT is unusable (ValueError when it is an input folder,
     RuntimeError when locked; OSError when the journal cannot be written). ``limits``: how
     many inputs are in flight at once (default :data:`LIMITS`)."""
-    from tqdm import tqdm
-
     start = time.perf_counter()
     if any(given.is_dir() and given.resolve() == out_dir.resolve() for given in inputs):
         raise ValueError(f"the output folder {display(out_dir)} is also an input folder; choose another -o")
@@ -177,7 +175,7 @@ def run_batch(
         jobs, refused = plan(files, settings, upscaler.scale, Folder(out_dir))
         Folder(out_dir).sweep(job.output for job in jobs)  # temp files a killed run left; the lock says none is live
         record = Recorder(journal, summary, report, jobs, decided=failures + refused)
-        with tqdm(total=len(jobs), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        with progress_bar(len(jobs), len(failures) + len(refused), progress) as bar:
 
             def finish(result: Result, extra: dict) -> None:
                 record(result, **extra)
@@ -191,6 +189,15 @@ def run_batch(
         record.close()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def progress_bar(jobs: int, decided: int, shown: bool):
+    """The batch's progress bar (stderr) over every input: ``decided`` of them (missing,
+    refused by their headers) have their result before the run starts, so they count as
+    done from the start, and the bar ends at the count the summary line gives."""
+    from tqdm import tqdm
+
+    return tqdm(total=jobs + decided, initial=decided, unit="img", disable=not shown, file=sys.stderr, dynamic_ncols=True)
 
 
 def make_output_folder(out_dir: Path) -> None:
