@@ -367,6 +367,27 @@ def test_a_closed_stdout_pipe_stops_the_lines_not_the_batch(toy, tmp_path):
     assert sorted(outputs(tmp_path / "out")) == ["0.png", "1.png", "2.png"]
 
 
+def test_a_closed_stderr_pipe_neither_hangs_nor_stops_the_batch(toy, tmp_path):
+    """As `srdeploy upscale ... 2>&1 | head -2` once head has left: the progress bar, the
+    failure lines and the summary find stderr closed. Its first write used to raise inside
+    the commit thread, which left tqdm's lock held and hung the batch at its end."""
+    src = tmp_path / "in"
+    for i in range(3):
+        save(src / f"{i}.png", np.full((8, 8, 3), i, np.uint8))
+    (src / "3.png").write_text("not an image")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        run = subprocess.run([str(SRDEPLOY), "upscale", str(src), "-o", str(tmp_path / "out"), "--model", str(toy)],
+                             stdout=write_end, stderr=write_end, timeout=120)
+    finally:
+        os.close(write_end)
+    assert run.returncode == 1  # 3.png failed, and says so in the journal
+    assert sorted(outputs(tmp_path / "out")) == ["0.png", "1.png", "2.png"]
+    assert sorted((Path(r["input"]).name, r["status"]) for r in journal(tmp_path / "out") if r.get("status") in ("ok", "failed")) == [
+        ("0.png", "ok"), ("1.png", "ok"), ("2.png", "ok"), ("3.png", "failed")]
+
+
 def test_a_folder_without_images_is_an_error_that_writes_nothing(toy, tmp_path):
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)

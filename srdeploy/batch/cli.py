@@ -8,7 +8,6 @@ Heavy imports happen inside the command; Ray only with ``--ray`` (srdeploy.batch
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 import click
@@ -59,20 +58,13 @@ def upscale(inputs, out_dir, model, provider, precision, tile, fmt, quality, png
     if ray_address is None and any(isinstance(x, str) for x in (*sources, out)):
         _fail(f"{next(x for x in (*sources, out) if isinstance(x, str))}: object-store URIs need --ray (for example --ray local)")
 
-    stdout_open = True
-
-    def report(result: Result) -> None:
-        nonlocal stdout_open
+    def report(result: Result) -> None:  # a reader that leaves (`| head`) costs lines, not the batch: srdeploy.cli.PipeSafe
         arrow = f" -> {result.output}" if result.status == "ok" else ""
         line = f"{result.status:<7} {result.input}{arrow}: {result.reason}"
         if result.status == "failed":
             tqdm.write(line, file=sys.stderr)
-        elif not quiet and stdout_open:
-            try:
-                tqdm.write(line, file=sys.stdout)
-            except BrokenPipeError:  # `| head`: the reader left; the batch goes on, the journal has every line
-                stdout_open = False
-                _silence_stdout()
+        elif not quiet:
+            tqdm.write(line, file=sys.stdout)
 
     settings = Settings(format=fmt, quality=quality, png_compression=png_compression, recursive=recursive, overwrite=overwrite, max_pixels=max_pixels)
     try:
@@ -136,14 +128,6 @@ def _engine_line(d: dict, note: str | None) -> str:
     tiling = f"tile {d['tile']} + {d['overlap']} px overlap" if d["tile"] else "untiled"
     picked = f" ({note})" if note else ""
     return f"model {d['model']} (sha256 {d['model_sha256'][:12]}), x{d['scale']}, provider {d['provider']} {d['precision']}{picked}, {tiling}"
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null, so that nothing more (nor Python's flush at exit) writes
-    to a pipe whose reader has gone."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
 
 
 def _fail(message: str):
