@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 
 import numpy as np
@@ -72,6 +73,39 @@ def test_a_listed_gpu_provider_that_cannot_start_is_caught(toy, monkeypatch):
     with pytest.warns(UserWarning):
         auto = Upscaler(toy, provider="auto")
     assert auto.provider in ("cpu", "openvino") and auto.note.startswith("auto: CUDA did not start (") and "failed to start" in auto.note
+
+
+ORT_LOAD_FAILURE = (  # what onnxruntime-gpu 1.31 logged on this CPU-only machine, NVIDIA's CUDA wheels installed
+    "\x1b[1;31m2026-12-07 02:11:34.107 [E:onnxruntime:Default, provider_bridge_ort.cc:2458 operator()] ... FAIL : Failed to load library "
+    "/venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime_providers_cuda.so with error: libcuda.so.1: cannot open "
+    "shared object file: No such file or directory\n\x1b[m\n"
+)
+
+
+def test_a_gpu_provider_that_cannot_load_says_why_in_one_line(toy, monkeypatch, capfd):
+    """The GPU itself is simulated: a session whose CUDA provider's library did not load, as
+    ONNX Runtime reports it (logged on stderr, the session left on the CPU). The user gets
+    one line naming the missing library, not ONNX Runtime's log, and stdout stays clean of
+    what preloading the CUDA libraries printed."""
+    real_session = ort.InferenceSession
+
+    def session_without_cuda(model, sess_options=None, providers=None):
+        os.write(2, ORT_LOAD_FAILURE.encode())
+        return real_session(model, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "preload_dlls", lambda: print("Failed to load libcudnn.so.9: no such file"), raising=False)
+    monkeypatch.setattr(ort, "InferenceSession", session_without_cuda)
+    with pytest.raises(ProviderError) as refused:
+        Upscaler(toy, provider="cuda")
+    message = str(refused.value)
+    assert "\n" not in message and "\x1b" not in message
+    assert "libonnxruntime_providers_cuda.so did not load: libcuda.so.1: cannot open shared object file" in message
+    assert "Failed to load libcudnn.so.9: no such file" in message and "NVIDIA GPU and driver" in message
+    auto = Upscaler(toy, provider="auto")  # falls back, and says why
+    assert "libcuda.so.1" in auto.note
+    out, err = capfd.readouterr()
+    assert out == "" and "onnxruntime" not in err
 
 
 def test_untiled_is_cpu_only(toy, monkeypatch):

@@ -35,6 +35,9 @@ if compgen -G ".carry/part-*/manifest.json" > /dev/null; then
     $PY tools/wheel_parts.py unpack --parts .carry --out /tmp/ort-wheel && \
         $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/ort-wheel/*.whl && \
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    # Its CUDA provider needs CUDA 13 and cuDNN 9: here those are torch's NVIDIA wheels, which
+    # ONNX Runtime's preload (srdeploy.runtime.providers) does not look for outside /tmp/site.
+    export LD_LIBRARY_PATH=$($PY -c "import glob, os, site; print(':'.join(sorted(glob.glob(os.path.join(site.getsitepackages()[0], 'nvidia', '*', 'lib')))))")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 $PY -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())"
 $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . > /tmp/pip-install.txt 2>&1 || { tail -20 /tmp/pip-install.txt; log "install failed"; exit 1; }

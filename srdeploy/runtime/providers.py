@@ -11,8 +11,14 @@ checked.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
+import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +31,10 @@ ORT_PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 EXECUTION_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 INSTALL_HINT = {
     "cpu": "pip install 'srdeploy[cpu]'",
-    "cuda": "install the GPU build of ONNX Runtime (pip install 'srdeploy[gpu]'; onnxruntime-gpu replaces onnxruntime) "
-    "with CUDA 12 and cuDNN 9 on the library path, on a machine with an NVIDIA GPU",
+    "cuda": "install the GPU build of ONNX Runtime with the CUDA and cuDNN libraries it was built for (pip install 'srdeploy[gpu]' "
+    "brings both; onnxruntime-gpu replaces onnxruntime), on a machine with an NVIDIA GPU and driver",
     "tensorrt": "install onnxruntime-gpu and TensorRT 10 (pip install 'srdeploy[gpu,tensorrt]') with its libraries "
-    "on the library path, on a machine with an NVIDIA GPU",
+    "on the library path, on a machine with an NVIDIA GPU and driver",
 }
 
 
@@ -73,20 +79,78 @@ def open_session(path: Path, provider: str, threads: int, window: int | None, op
     import onnxruntime as ort
 
     options = options or session_options(provider, threads)
+    if provider == "cpu":
+        try:
+            model = cpu_graph.optimized_bytes(path) if cpu_graph.nchwc_cpu() else None
+            return ort.InferenceSession(model or str(path), sess_options=options, providers=_provider_list(provider, window))
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
+            raise ValueError(f"{path}: ONNX Runtime cannot load this model: {e}") from None
+    unloaded = load_cuda_libraries()
+    log = io.StringIO()
     try:
-        model = cpu_graph.optimized_bytes(path) if provider == "cpu" and cpu_graph.nchwc_cpu() else None
-        session = ort.InferenceSession(model or str(path), sess_options=options, providers=_provider_list(provider, window))
-    except Exception as e:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
-        if provider != "cpu":
-            raise ProviderError(f"ONNX Runtime could not start {provider} for {path}: {e}") from None
-        raise ValueError(f"{path}: ONNX Runtime cannot load this model: {e}") from None
+        with native_stderr_to(log):  # a provider that fails to load is logged there in several lines
+            session = ort.InferenceSession(str(path), sess_options=options, providers=_provider_list(provider, window))
+    except Exception as e:
+        raise ProviderError(f"ONNX Runtime could not start {provider} for {path}: {e}{unloaded}{_load_failure(log.getvalue())}") from None
     wanted = EXECUTION_PROVIDERS[provider]
     if wanted not in session.get_providers():
         raise ProviderError(
             f"{wanted} is listed by ONNX Runtime but failed to start (the session would run on "
-            f"{', '.join(session.get_providers())}); check the GPU driver and libraries: {INSTALL_HINT[provider]}"
+            f"{', '.join(session.get_providers())}){unloaded}{_load_failure(log.getvalue())}; "
+            f"check the GPU driver and libraries: {INSTALL_HINT[provider]}"
         )
+    sys.stderr.write(log.getvalue())  # it started: what ONNX Runtime logged is the user's to see
     return session
+
+
+@contextlib.contextmanager
+def native_stderr_to(sink: io.StringIO) -> Iterator[None]:
+    """While the block runs, what is written to file descriptor 2 (native code's stderr,
+    and this process's own) goes to ``sink`` instead: ONNX Runtime logs a GPU provider that
+    cannot load in several coloured lines there, which srdeploy's one-line error replaces."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            sink.write(captured.read().decode(errors="replace"))
+
+
+def _load_failure(log: str) -> str:
+    """Why ONNX Runtime could not load a provider's library, from its log ('' if it did not say):
+    most often a library it needs (the NVIDIA driver's libcuda.so.1, CUDA, cuDNN) is missing."""
+    found = re.search(r"Failed to load library (\S+) with error: ([^\n\x1b]+)", log)
+    return f"; {Path(found.group(1)).name} did not load: {found.group(2).strip()}" if found else ""
+
+
+def load_cuda_libraries() -> str:
+    """Load the CUDA and cuDNN libraries that NVIDIA's wheels installed beside ONNX Runtime
+    (``onnxruntime-gpu[cuda,cudnn]``, which the ``gpu`` extra asks for) into this process.
+
+    The CUDA provider's library names them without a search path, so without this it finds
+    only a system-wide CUDA of the right major version. ONNX Runtime's ``preload_dlls``
+    (1.21+; a no-op in the CPU build) knows where the wheels put them; it prints what it
+    could not load, which is returned as ``"; ..."`` for the error message ('' when all
+    loaded) instead of reaching stdout, where the batch's results go."""
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return ""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            preload()
+    except Exception as e:  # its own checks raise RuntimeError; a library's loader, OSError
+        printed.write(f"preloading the CUDA libraries failed: {e}")
+    lines = [line.strip() for line in printed.getvalue().splitlines() if line.strip()]
+    return "".join(f"; {line}" for line in lines)
 
 
 def session_options(provider: str, threads: int) -> Any:
