@@ -17,6 +17,7 @@ import warnings
 import click
 
 from srdeploy import __version__
+from srdeploy.io.streams import PipeSafe
 
 # name -> (module, attribute, one-line help shown by `srdeploy --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -132,7 +133,7 @@ def run(args: list[str] | None = None) -> None:
     """The console script: :func:`main`, with no traceback reaching the user."""
     if os.environ.get("SRDEPLOY_TRACEBACK") != "1":
         warnings.showwarning = _show_warning
-    sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)
+    sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)  # `| head` ends neither a command nor its output
     try:
         main(args=args)
     except ImportError as e:  # ours say what to install; Python's own name a module
@@ -145,38 +146,6 @@ def run(args: list[str] | None = None) -> None:
             raise
         click.echo(f"Error: {type(e).__name__}: {e} (unexpected; SRDEPLOY_TRACEBACK=1 shows where it came from)", err=True)
         sys.exit(2)
-
-
-class PipeSafe:
-    """A standard stream whose reader may leave (``srdeploy upscale in/ -o out/ 2>&1 | head``).
-    The first write that finds the pipe closed points the stream's descriptor at /dev/null,
-    and the command goes on writing into it: raising instead would end a batch with a
-    traceback, or, in one of its threads, leave tqdm's lock held and hang it. The journal
-    keeps every line the reader did not take."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            self._to_devnull()
-            return len(text)
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            self._to_devnull()
-
-    def __getattr__(self, name: str):  # fileno, isatty, encoding, ...: the stream's own
-        return getattr(self._stream, name)
-
-    def _to_devnull(self) -> None:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, self._stream.fileno())
-        os.close(devnull)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

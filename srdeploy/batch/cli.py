@@ -58,7 +58,7 @@ def upscale(inputs, out_dir, model, provider, precision, tile, fmt, quality, png
     if ray_address is None and any(isinstance(x, str) for x in (*sources, out)):
         _fail(f"{next(x for x in (*sources, out) if isinstance(x, str))}: object-store URIs need --ray (for example --ray local)")
 
-    def report(result: Result) -> None:  # a reader that leaves (`| head`) costs lines, not the batch: srdeploy.cli.PipeSafe
+    def report(result: Result) -> None:  # a reader that leaves (`| head`) costs lines, not the batch: srdeploy.io.streams.PipeSafe
         arrow = f" -> {result.output}" if result.status == "ok" else ""
         line = f"{result.status:<7} {result.input}{arrow}: {result.reason}"
         if result.status == "failed":

@@ -7,13 +7,15 @@ Imported only when ``--ray`` is given; Ray comes with the ``ray`` extra.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 import os
 import socket
 import sys
-import tempfile
 from dataclasses import dataclass
+
+from srdeploy.io.streams import native_stderr_to
 
 GPU_PROVIDERS = ("cuda", "tensorrt")
 LEVEL_NOTICE = "Set ray log level from environment variable"
@@ -86,20 +88,15 @@ def reach(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
 @contextlib.contextmanager
 def _without_level_notice():
     """Starting, the C++ core says on stderr that it read RAY_BACKEND_LOG_LEVEL: stderr
-    goes to a file meanwhile, and all but that line is passed on."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
+    is caught meanwhile, and all but that line is passed on."""
+    caught = io.StringIO()
+    try:
+        with native_stderr_to(caught):
             yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            for line in caught.read().decode(errors="replace").splitlines(keepends=True):
-                if LEVEL_NOTICE not in line:
-                    sys.stderr.write(line)
+    finally:
+        for line in caught.getvalue().splitlines(keepends=True):
+            if LEVEL_NOTICE not in line:
+                sys.stderr.write(line)
 
 
 def quiet_ray_data() -> None:

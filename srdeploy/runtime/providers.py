@@ -16,14 +16,13 @@ import io
 import os
 import re
 import sys
-import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from srdeploy.io.streams import native_stderr_to
 from srdeploy.runtime import contract, cpu_graph
 from srdeploy.runtime.engines import ProviderError
 
@@ -88,7 +87,7 @@ def open_session(path: Path, provider: str, threads: int, window: int | None, op
     unloaded = load_cuda_libraries()
     log = io.StringIO()
     try:
-        with native_stderr_to(log):  # a provider that fails to load is logged there in several lines
+        with native_stderr_to(log):  # a provider that cannot load is logged there, in several coloured lines
             session = ort.InferenceSession(str(path), sess_options=options, providers=_provider_list(provider, window))
     except Exception as e:
         raise ProviderError(f"ONNX Runtime could not start {provider} for {path}: {e}{unloaded}{_load_failure(log.getvalue())}") from None
@@ -101,25 +100,6 @@ def open_session(path: Path, provider: str, threads: int, window: int | None, op
         )
     sys.stderr.write(log.getvalue())  # it started: what ONNX Runtime logged is the user's to see
     return session
-
-
-@contextlib.contextmanager
-def native_stderr_to(sink: io.StringIO) -> Iterator[None]:
-    """While the block runs, what is written to file descriptor 2 (native code's stderr,
-    and this process's own) goes to ``sink`` instead: ONNX Runtime logs a GPU provider that
-    cannot load in several coloured lines there, which srdeploy's one-line error replaces."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            sink.write(captured.read().decode(errors="replace"))
 
 
 def _load_failure(log: str) -> str:

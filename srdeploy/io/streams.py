@@ -1,0 +1,65 @@
+"""The process's standard streams: one whose reader has left, and native code's stderr.
+
+:class:`PipeSafe` keeps a closed pipe (``srdeploy upscale in/ -o out/ 2>&1 | head``) from
+ending or hanging a command. :func:`native_stderr_to` catches what C++ libraries write to
+file descriptor 2, which Python's own redirection never sees: ONNX Runtime's log of a GPU
+provider that cannot load, Ray's start-up notice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+
+
+class PipeSafe:
+    """A standard stream whose reader may leave. The first write that finds the pipe closed
+    points the stream's descriptor at /dev/null, and the command goes on writing into it:
+    raising instead would end a batch with a traceback, or, in one of its threads, leave
+    tqdm's lock held and hang it. The journal keeps every line the reader did not take."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def __getattr__(self, name: str):  # fileno, isatty, encoding, ...: the stream's own
+        return getattr(self._stream, name)
+
+    def _to_devnull(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+
+@contextlib.contextmanager
+def native_stderr_to(sink: io.StringIO) -> Iterator[None]:
+    """While the block runs, what is written to file descriptor 2 (by native code, and by
+    this process's own sys.stderr) goes to ``sink`` instead of the terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            sink.write(captured.read().decode(errors="replace"))
