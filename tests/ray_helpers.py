@@ -73,9 +73,9 @@ def processes_titled(prefix: str) -> list[int]:
     return found
 
 
-def stop_leftovers(marker: str) -> list[int]:
-    """Kill (by PID) what still mentions ``marker`` and return those PIDs."""
-    left = processes_mentioning(marker)
+def stop_leftovers(marker: str) -> dict[int, str]:
+    """Kill (by PID) what still mentions ``marker``; return their titles as they were."""
+    left = {pid: title_of(pid) for pid in processes_mentioning(marker)}
     for pid in left:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -106,12 +106,11 @@ def two_node_cluster(temp_dir: Path) -> Iterator[str]:
         deadline = time.monotonic() + 20  # workers exit when they notice their node has gone
         while processes_mentioning(str(temp_dir)) and time.monotonic() < deadline:
             time.sleep(0.5)
-        titles = {pid: title_of(pid) for pid in processes_mentioning(str(temp_dir))}
-        stop_leftovers(str(temp_dir))
-        daemons = {pid: title for pid, title in titles.items() if not title.startswith("ray::")}
+        left = stop_leftovers(str(temp_dir))
+        daemons = {pid: title for pid, title in left.items() if not title.startswith("ray::")}
         assert not daemons, f"Ray's own processes outlived the cluster's shutdown (killed): {daemons}"
-        if titles:  # a worker hung after its node had gone (once in five runs on 2026-12-07): killed, and said
-            warnings.warn(f"Ray workers outlived the cluster's shutdown by 20 s and were killed: {titles}", stacklevel=1)
+        if left:  # a worker hung after its node had gone (seen once, a MapWorker): killed, and said
+            warnings.warn(f"Ray workers outlived the cluster's shutdown by 20 s and were killed: {left}", stacklevel=1)
 
 
 def title_of(pid: int) -> str:

@@ -108,7 +108,7 @@ def test_missing_inputs_and_refused_headers_are_reported_in_their_place_in_input
 
 def test_the_progress_bar_counts_every_input_and_ends_at_the_summary_count(upscaler, tmp_path, capsys):
     """Inputs decided before the run (missing, refused) are done from the start, so the bar
-    does not stop at 4/4 when the summary says 'of 9'."""
+    does not stop at 4/4 when the summary says 'of 7'."""
     make_inputs(tmp_path / "in", 6, bad={1: b"shopping list\n", 3: b""})
     summary = run_batch(upscaler, [tmp_path / "in", tmp_path / "missing.png"], tmp_path / "out", progress=True, limits=OVERLAPPING)
 
@@ -241,7 +241,8 @@ def test_png_compression_changes_bytes_not_pixels_and_counts_only_for_png_output
 
     fast = run_batch(upscaler, [src], out, Settings(png_compression=0))
     status = {Path(r.input).name: (r.status, r.reason) for r in fast.results}
-    width, height = Image.open(src / "img_00.png").size
+    with Image.open(src / "img_00.png") as im:
+        width, height = im.size
     assert status["img_00.png"] == ("ok", f"{4 * width}x{4 * height} PNG (replaced: input, model, engine or settings changed)")
     assert status["photo.jpg"] == ("skipped", "already done (same input, model, engine and settings)")  # JPEG bytes do not depend on it
     stored = (out / "img_00.png").read_bytes()
