@@ -10,6 +10,7 @@ type and message (``SRDEPLOY_TRACEBACK=1`` shows the traceback instead).
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import sys
 import warnings
@@ -133,6 +134,9 @@ def run(args: list[str] | None = None) -> None:
     """The console script: :func:`main`, with no traceback reaching the user."""
     if os.environ.get("SRDEPLOY_TRACEBACK") != "1":
         warnings.showwarning = _show_warning
+    for stream in (sys.stdout, sys.stderr):  # a file name the console's encoding lacks (cp1252, latin-1) is shown escaped
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)  # `| head` ends neither a command nor its output
     try:
         main(args=args)

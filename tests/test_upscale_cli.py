@@ -499,3 +499,35 @@ def test_a_second_run_into_the_same_folder_is_refused_while_one_is_live(toy, tmp
         run = upscale(EXAMPLES / "coffee.png", "-o", out, "--model", toy)
     assert run.returncode == 2 and "another srdeploy upscale is writing to" in run.stderr
     assert not outputs(out)
+
+
+def test_a_link_loop_a_too_long_name_and_a_second_name_for_a_file_each_get_their_own_line(toy, tmp_path):
+    """Inputs that cannot even be looked at fail alone, and a file listed again under
+    another name (a link to it) is said to be skipped, not dropped without a word."""
+    src = tmp_path / "in"
+    save(src / "a.png", np.zeros((8, 8, 3), np.uint8))
+    (src / "b_alias.png").symlink_to(src / "a.png")
+    (src / "c_loop.png").symlink_to(src / "c_loop.png")
+    save(src / "d.png", np.full((8, 8, 3), 7, np.uint8))
+    too_long = tmp_path / ("x" * 300 + ".png")
+    out = tmp_path / "out"
+    run = upscale(src, too_long, "-o", out, "--model", toy, timeout=120)
+    assert run.returncode == 1 and "Traceback" not in run.stderr and "Error:" not in run.stderr, run.stderr
+    assert sorted(outputs(out)) == ["a.png", "d.png"]
+    assert f"skipped {src / 'b_alias.png'}: the same file as {src / 'a.png'}, upscaled once" in run.stdout + run.stderr
+    assert f"failed  {src / 'c_loop.png'}: cannot read (a loop of symbolic links)" in run.stderr
+    assert f"failed  {too_long}: cannot read (File name too long)" in run.stderr
+    assert "2 ok, 1 skipped, 2 failed" in run.stderr
+
+
+def test_a_name_the_console_cannot_encode_is_shown_escaped_and_the_batch_goes_on(toy, tmp_path):
+    """As on a Windows console redirected to a file (cp1252) or a latin-1 locale."""
+    src = tmp_path / "in"
+    for name in ("a.png", "b_日本.png", "c.png"):
+        save(src / name, np.zeros((8, 8, 3), np.uint8))
+    run = subprocess.run([str(SRDEPLOY), "upscale", str(src), "-o", str(tmp_path / "out"), "--model", str(toy)],
+                         capture_output=True, timeout=120, env={**os.environ, "PYTHONIOENCODING": "cp1252"})
+    stdout, stderr = run.stdout.decode("cp1252"), run.stderr.decode("cp1252")
+    assert run.returncode == 0, stderr
+    assert sorted(outputs(tmp_path / "out")) == ["a.png", "b_日本.png", "c.png"]
+    assert "b_\\u65e5\\u672c.png -> b_\\u65e5\\u672c.png: 32x32 PNG" in stdout

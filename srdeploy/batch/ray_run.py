@@ -42,7 +42,7 @@ from srdeploy.batch import ray_cluster
 from srdeploy.batch.jobs import JOURNAL_NAME, Job, Result, Settings, Summary
 from srdeploy.batch.journal import Journal, display
 from srdeploy.batch.ray_actor import Roster, Upscaling, check_engine, read_headers, wait_exit
-from srdeploy.batch.run import NoInputs, Recorder, collect, make_output_folder, nothing_found, plan, progress_bar, settings_record
+from srdeploy.batch.run import NoInputs, Recorder, collect, make_output_folder, nothing_found, plan, progress_bar, refuse_output_among_inputs, settings_record
 from srdeploy.batch.steps import Committer, Folder, arrived, is_staged
 
 ROWS_PER_CALL = 8  # inputs per actor call: its results reach the driver together
@@ -96,8 +96,7 @@ class RayBatch:
         """The batch (see srdeploy.batch.run.run_batch, whose rules and records it keeps)."""
         started = time.perf_counter()
         out = out.absolute() if isinstance(out, Path) else out.rstrip("/")
-        if any((isinstance(given, str) and given.rstrip("/") == out) or (isinstance(given, Path) and isinstance(out, Path) and given.is_dir() and given.resolve() == out.resolve()) for given in inputs):
-            raise ValueError(f"the output folder {display(out)} is also an input folder; choose another -o")
+        refuse_output_among_inputs(inputs, out)
         files, failures, unentered_dirs = collect(inputs, settings.recursive, out)
         if not files and not failures:
             raise NoInputs(nothing_found(inputs, unentered_dirs))

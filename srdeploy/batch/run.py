@@ -28,6 +28,7 @@ outputs it did not commit before it raises.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -50,36 +51,52 @@ LIMITS = pipeline.Limits()  # 2 workers, 6 in flight, 32 Mpx (the numbers live t
 
 
 def collect(inputs: list[Path | str], recursive: bool, out_dir: Path | str) -> tuple[list[tuple[Path | str, PurePosixPath]], list[tuple[int, Result]], int]:
-    """Inputs -> (files with their place under OUT, failures for missing inputs, number of
+    """Inputs -> (files with their place under OUT, results decided now, number of
     subfolders not entered because --recursive was not given). Folder contents land
     directly under OUT (``photos/a/b.png`` -> ``OUT/a/b.png``); files by their name. An
     input given as an object-store URI (a str; srdeploy.batch.stores) is listed by the
-    same rules, its objects named by URI. Each failure comes with its place in the input
-    order: the number of files listed before it."""
+    same rules, its objects named by URI. Decided now: inputs that are missing or cannot be
+    looked at (failed), and a file met a second time under another name (skipped: a
+    link to it, or a file inside a folder also given; its output is made once). Each
+    comes with its place in the input order: the number of files listed before it."""
     files: list[tuple[Path | str, PurePosixPath]] = []
     failures: list[tuple[int, Result]] = []
     skipped_dirs = 0
-    seen: set[Path | str] = set()
+    seen: dict[Path | str, Path | str] = {}  # real file -> the name it was first listed by
     out_real = out_dir.resolve() if isinstance(out_dir, Path) else None
 
+    def fail(path: Path | str, reason: str) -> None:
+        failures.append((len(files), Result(display(path), "failed", reason)))
+
     def add(path: Path | str, rel: PurePosixPath) -> None:
-        real = path.resolve() if isinstance(path, Path) else path
-        if real not in seen:  # the same file named twice (or inside a folder also given) counts once
-            seen.add(real)
-            files.append((path, rel))
+        try:
+            real = path.resolve() if isinstance(path, Path) else path
+        except (OSError, RuntimeError) as e:  # Python < 3.13 raises RuntimeError for a link loop
+            fail(path, cannot_look_at(e))
+            return
+        first = seen.setdefault(real, path)
+        if first is not path:
+            failures.append((len(files), Result(display(path), "skipped", f"the same file as {display(first)}, upscaled once")))
+            return
+        files.append((path, rel))
 
     for given in inputs:
-        if isinstance(given, str):
+        try:
+            kind = "uri" if isinstance(given, str) else "folder" if given.is_dir() else "file" if given.exists() else None
+        except OSError as e:  # a parent we may not enter, a name too long for the file system
+            fail(given, cannot_look_at(e))
+            continue
+        if kind == "uri":
             from srdeploy.batch import stores  # fsspec, only for URIs
 
             listed = stores.find_inputs(given, recursive, out_dir if isinstance(out_dir, str) else None)
             if listed is None:
-                failures.append((len(files), Result(display(given), "failed", "no such file or folder")))
+                fail(given, "no such file or folder")
             else:
                 for path, rel in listed[0]:
                     add(path, rel)
                 skipped_dirs += listed[1]
-        elif given.is_dir():
+        elif kind == "folder":
             unlisted: list[OSError] = []  # os.walk passes over a folder it cannot list unless told
             # Links to folders are followed, each real folder entered once (a link to a parent ends there).
             entered = {given.resolve()}
@@ -98,11 +115,18 @@ def collect(inputs: list[Path | str], recursive: bool, out_dir: Path | str) -> t
             skipped_dirs += unentered
             for e in unlisted:
                 failures.append((len(files), Result(display(Path(e.filename or given)), "failed", f"cannot list this folder ({e.strerror or e}); none of its images were read")))
-        elif given.exists():  # a file, or something else that is there: reading it says why it is refused
+        elif kind == "file":  # a file, or something else that is there: reading it says why it is refused
             add(given, PurePosixPath(given.name))
         else:
-            failures.append((len(files), Result(display(given), "failed", "no such file or folder")))
+            fail(given, "no such file or folder")
     return files, failures, skipped_dirs
+
+
+def cannot_look_at(error: OSError | RuntimeError) -> str:
+    """Why a path could not be looked at, in one line."""
+    if isinstance(error, RuntimeError) or getattr(error, "errno", None) == errno.ELOOP:
+        return "cannot read (a loop of symbolic links)"
+    return f"cannot read ({error.strerror or error})"
 
 
 def plan(
@@ -161,8 +185,7 @@ def run_batch(
     RuntimeError when locked; OSError when the journal cannot be written). ``limits``: how
     many inputs are in flight at once (default :data:`LIMITS`)."""
     start = time.perf_counter()
-    if any(given.is_dir() and given.resolve() == out_dir.resolve() for given in inputs):
-        raise ValueError(f"the output folder {display(out_dir)} is also an input folder; choose another -o")
+    refuse_output_among_inputs(inputs, out_dir)
     files, failures, unentered_dirs = collect(inputs, settings.recursive, out_dir)
     if not files and not failures:
         raise NoInputs(nothing_found(inputs, unentered_dirs))
@@ -189,6 +212,20 @@ def run_batch(
         record.close()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def refuse_output_among_inputs(inputs: Sequence[Path | str], out: Path | str) -> None:
+    """ValueError when OUT is also an input folder (local) or prefix (a URI)."""
+    for given in inputs:
+        if isinstance(given, str) or isinstance(out, str):
+            same = isinstance(given, str) and isinstance(out, str) and given.rstrip("/") == out.rstrip("/")
+        else:
+            try:
+                same = given.is_dir() and given.resolve() == out.resolve()
+            except (OSError, RuntimeError):  # an input that cannot be looked at: collect says why
+                same = False
+        if same:
+            raise ValueError(f"the output folder {display(out)} is also an input folder; choose another -o")
 
 
 def progress_bar(jobs: int, decided: int, shown: bool):
