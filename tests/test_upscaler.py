@@ -16,7 +16,7 @@ from onnx_toy import build_toy_sr
 from PIL import Image
 
 from srdeploy.io import imaging
-from srdeploy.runtime import zoo
+from srdeploy.runtime import tiling, zoo
 from srdeploy.runtime.manifest import write_manifest
 from srdeploy.runtime.providers import EXECUTION_PROVIDERS, OrtRunner, ProviderError, select_provider
 from srdeploy.runtime.upscaler import LUMA, Upscaler
@@ -136,6 +136,18 @@ def test_io_binding_path_gives_the_plain_run_result(up, rng):
     first, second = runner(batch), runner(rng.random((1, 3, 21, 17), dtype=np.float32))
     assert np.array_equal(first, up._run(batch))
     assert not np.array_equal(first, second)  # the bound input buffer really is refilled
+
+
+def test_io_binding_keeps_buffers_for_a_few_window_shapes_only(up, rng):
+    """Each bound shape holds a window's input and output on the device: a batch of many
+    image sizes (or a server running for weeks) must not keep one per size forever."""
+    runner = OrtRunner(up._run.session, up.scale, device="cpu", io_binding=True)
+    sides = range(5, 5 + tiling.SHAPES_KEPT + 4)
+    for side in sides:
+        batch = rng.random((1, 3, side, side + 1), dtype=np.float32)
+        assert np.array_equal(runner(batch), up._run(batch))
+    kept = runner._local.bindings
+    assert [shape[2] for shape in kept] == list(sides)[-tiling.SHAPES_KEPT:]  # the newest, oldest first
 
 
 @pytest.mark.gpu

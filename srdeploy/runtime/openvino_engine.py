@@ -23,11 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from srdeploy.runtime import contract
+from srdeploy.runtime import contract, tiling
 
-# Compiled window shapes kept at once: a batch of mixed image sizes meets one shape per
-# size smaller than a window, plus the window itself.
-MAX_COMPILED_SHAPES = 8
+MAX_COMPILED_SHAPES = tiling.SHAPES_KEPT
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8 comes from the graph's Q/DQ; its float parts: see bf16_units
 INSTALL_HINT = "install OpenVINO: pip install 'srdeploy[cpu]' (it carries openvino)"
 

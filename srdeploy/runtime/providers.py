@@ -17,13 +17,14 @@ import os
 import re
 import sys
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from srdeploy.io.streams import native_stderr_to
-from srdeploy.runtime import contract, cpu_graph
+from srdeploy.runtime import contract, cpu_graph, tiling
 from srdeploy.runtime.engines import ProviderError
 
 ORT_PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
@@ -209,8 +210,10 @@ class OrtRunner:
     def _bound(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
         import onnxruntime as ort
 
-        cache = self._local.__dict__.setdefault("bindings", {})
-        if shape not in cache:
+        cache: OrderedDict = self._local.__dict__.setdefault("bindings", OrderedDict())
+        if shape in cache:
+            cache.move_to_end(shape)
+        else:
             n, c, h, w = shape
             lr_value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, self.device, self.device_id)
             sr_shape = [n, c, h * self.scale, w * self.scale]
@@ -219,6 +222,8 @@ class OrtRunner:
             binding.bind_ortvalue_input(contract.INPUT_NAME, lr_value)
             binding.bind_ortvalue_output(contract.OUTPUT_NAME, sr_value)
             cache[shape] = (binding, lr_value)
+            while len(cache) > tiling.SHAPES_KEPT:  # each holds device memory: a window's in and out
+                cache.popitem(last=False)
         return cache[shape]
 
 

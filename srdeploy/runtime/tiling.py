@@ -27,6 +27,11 @@ from srdeploy.runtime.graph import analyze
 # generators up to B=12 (radius 4 + 2B + 3.5).
 FALLBACK_OVERLAP = 32
 
+# Window shapes a runner keeps ready (compiled, or with device buffers bound) at once: a
+# batch of mixed image sizes meets one shape per image smaller than a window, plus the
+# window itself, so a long batch or server must let the oldest go.
+SHAPES_KEPT = 8
+
 Runner = Callable[[np.ndarray], np.ndarray]  # float32 (1, 3, h, w) -> float32 (1, 3, s*h, s*w)
 
 
