@@ -531,3 +531,17 @@ def test_a_name_the_console_cannot_encode_is_shown_escaped_and_the_batch_goes_on
     assert run.returncode == 0, stderr
     assert sorted(outputs(tmp_path / "out")) == ["a.png", "b_日本.png", "c.png"]
     assert "b_\\u65e5\\u672c.png -> b_\\u65e5\\u672c.png: 32x32 PNG" in stdout
+
+
+def test_a_subfolder_of_out_that_cannot_be_listed_fails_its_outputs_alone(toy, tmp_path):
+    """OUT/sub is a link loop: the sweep for a killed run's temp files cannot list it."""
+    src = tmp_path / "in"
+    save(src / "a.png", np.zeros((8, 8, 3), np.uint8))
+    save(src / "sub" / "b.png", np.ones((8, 8, 3), np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").symlink_to(out / "sub")
+    run = upscale(src, "-o", out, "--model", toy, "--recursive", timeout=120)
+    assert run.returncode == 1 and "Error:" not in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert (out / "a.png").is_file()
+    assert f"failed  {src / 'sub' / 'b.png'}: cannot write the output sub/b.png (" in run.stderr  # the reason is mkdir's

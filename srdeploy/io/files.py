@@ -44,13 +44,14 @@ def temp_path(target: Path) -> Path:
 
 
 def temp_files_of(folder: Path, names: set[str]) -> list[Path]:
-    """The temp files in ``folder`` that stand for a target named in ``names``."""
+    """The temp files in ``folder`` that stand for a target named in ``names`` (none when
+    the folder cannot be listed: a link loop, no permission; writing there fails alone)."""
     stems = {temp_stem(name) for name in names}
     tail = 1 + TOKEN_LENGTH + len(TMP_SUFFIX)  # ".<random>.srdeploy-tmp"
     try:
         with os.scandir(folder) as entries:
             return [Path(e.path) for e in entries if e.name.endswith(TMP_SUFFIX) and e.name[:-tail] in stems and e.name[-tail] == "."]
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:
         return []
 
 
