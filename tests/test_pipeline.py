@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -147,6 +149,27 @@ def test_keyboard_interrupt_during_the_model_discards_stored_outputs_and_ends_ev
         pipeline.run_in_order(range(30), rec.steps(upscale=upscale, commit=slow_commit), pipeline.Limits(workers=2, in_flight=6))
     assert rec.committed == list(range(len(rec.committed))) and len(rec.committed) < 8
     assert rec.discarded, "nothing was in flight: the test did not test the stop"
+    assert not rec.temp_files, "a stored output was neither committed nor discarded"
+    assert not pipeline_threads()
+
+
+def test_ctrl_c_between_a_store_and_its_commit_still_discards_the_stored_output(monkeypatch):
+    """The interrupt lands after a job's store was handed to a worker and before its
+    commit was queued: only the pipeline knows the stored value then."""
+    rec = Recorder(seed=5)
+    commits = itertools.count()
+
+    class CtrlCBeforeTheFifthCommit(ThreadPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            if getattr(fn, "__name__", "") == "_commit" and next(commits) == 4:
+                time.sleep(0.05)  # the store on the worker finishes meanwhile
+                raise KeyboardInterrupt
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "ThreadPoolExecutor", CtrlCBeforeTheFifthCommit)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_in_order(range(12), rec.steps(), pipeline.Limits(workers=2, in_flight=6))
+    assert 4 in rec.discarded and 4 not in rec.committed
     assert not rec.temp_files, "a stored output was neither committed nor discarded"
     assert not pipeline_threads()
 

@@ -80,6 +80,10 @@ class _Pipeline(Generic[Job]):
         self.committing: deque[tuple[Job, Future]] = deque()  # commit futures, input order
         self.pixels_in_flight = 0
         self.stopping = threading.Event()  # set: commits not yet begun discard instead
+        # Stored values neither committed nor discarded, by id: what a stop must discard,
+        # even one whose commit a Ctrl-C kept from being queued.
+        self.uncommitted: dict[int, Any] = {}
+        self.uncommitted_lock = threading.Lock()
 
     def run(self, jobs: Iterable[Job]) -> None:
         waiting = deque(jobs)
@@ -117,8 +121,16 @@ class _Pipeline(Generic[Job]):
         value = loading.result()  # a load that raised stops the batch here
         if not isinstance(value, Done):
             value = self.steps.upscale(value)
-        stored = value if isinstance(value, Done) else self.workers.submit(self.steps.store, value)
+        stored = value if isinstance(value, Done) else self.workers.submit(self._store, value)
         self.committing.append((job, self.committer.submit(self._commit, stored)))
+
+    def _store(self, value: Any) -> Any:
+        """On a worker: the store step, its result registered until committed or discarded."""
+        stored = self.steps.store(value)
+        if not isinstance(stored, Done):
+            with self.uncommitted_lock:
+                self.uncommitted[id(stored)] = stored
+        return stored
 
     def _commit(self, stored: Future | Done) -> None:
         """On the commit thread, in submission (= input) order."""
@@ -136,10 +148,16 @@ class _Pipeline(Generic[Job]):
             self.stopping.set()  # nothing is committed past a job whose commit failed
             self._discard(value)  # which may have left its temp file
             raise
+        self._settled(value)
 
     def _discard(self, value: Any) -> None:
-        if not isinstance(value, Done):
+        if not isinstance(value, Done) and self._settled(value):
             self.steps.discard(value)
+
+    def _settled(self, value: Any) -> bool:
+        """Forget a stored value (committed or discarded now); whether it was still waiting."""
+        with self.uncommitted_lock:
+            return self.uncommitted.pop(id(value), None) is not None
 
     def _retire(self, block: bool) -> None:
         """Collect finished commits in order (waiting for the oldest if ``block``), freeing
@@ -157,3 +175,5 @@ class _Pipeline(Generic[Job]):
             loading.cancel()
         self.workers.shutdown(wait=True, cancel_futures=True)  # running loads and stores finish
         self.committer.shutdown(wait=True)  # queued commits now discard their stored values
+        for value in list(self.uncommitted.values()):  # stored, but its commit was never queued
+            self._discard(value)
