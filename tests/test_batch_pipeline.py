@@ -183,19 +183,20 @@ def test_ctrl_c_mid_batch_leaves_no_temp_file_then_a_rerun_resumes(upscaler, tmp
 def test_an_unwritable_journal_stops_the_batch_without_temp_files(upscaler, tmp_path, monkeypatch):
     make_inputs(tmp_path / "in", 10, seed=3)
     out = tmp_path / "out"
-    real_append = Journal.append
+    real_write = Journal._write
     oks = []
 
-    def append(self, record, durable=False):
-        if record.get("status") == "ok":
-            oks.append(record)
+    def write(self, f, data, durable):  # the disk fills up as the third ok record goes in
+        if b'"status": "ok"' in data:
+            oks.append(data)
             if len(oks) == 3:
                 raise OSError(28, "No space left on device")
-        real_append(self, record, durable)
+        real_write(self, f, data, durable)
 
-    monkeypatch.setattr(Journal, "append", append)
-    with pytest.raises(OSError, match="No space left"):
+    monkeypatch.setattr(Journal, "_write", write)
+    with pytest.raises(OSError) as stopped:
         run_batch(upscaler, [tmp_path / "in"], out, limits=OVERLAPPING)
+    assert str(stopped.value) == f"cannot write the journal {out / JOURNAL_NAME} (No space left on device)"  # the line the CLI prints
     assert not temp_files(out) and not pipeline_threads()
     statuses = [(r["status"], Path(r["input"]).name) for r in journal(out) if "status" in r]
     # Two whole commits, the third output's writing record (its file is in place and vouched

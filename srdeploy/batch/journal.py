@@ -74,11 +74,22 @@ class Journal:
             data = line.encode("utf-8")
         except UnicodeEncodeError:  # undecodable file names: fall back to \\u escapes
             data = json.dumps(record).encode("ascii")
-        if self._file is not None:
-            self._write(self._file, data, durable)
-            return
-        with self._open() as f:
-            self._write(f, data, durable=True)
+        with self._failing_as_journal():
+            if self._file is not None:
+                self._write(self._file, data, durable)
+                return
+            with self._open() as f:
+                self._write(f, data, durable=True)
+
+    @contextlib.contextmanager
+    def _failing_as_journal(self) -> Iterator[None]:
+        """An OSError (a full disk, a read-only mount) as a JournalError naming the journal."""
+        try:
+            yield
+        except JournalError:
+            raise
+        except OSError as e:
+            raise JournalError(f"cannot write the journal {display(self.path)} ({e.strerror or e})") from e
 
     def _open(self) -> BinaryIO:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,13 +112,17 @@ class Journal:
         """Hold an exclusive lock on OUT for the run, and the journal open for its appends
         (fsynced when the run ends, however it ends): two batches writing into one folder
         would remove each other's temp files. Released by the OS if the process dies."""
-        with self._locked(), self._open() as f:
-            self._file = f
-            try:
-                yield
-            finally:
-                self._file = None
-                os.fsync(f.fileno())
+        with self._locked():
+            with self._failing_as_journal():
+                f = self._open()
+            with f:
+                self._file = f
+                try:
+                    yield
+                finally:
+                    self._file = None
+                    with self._failing_as_journal():
+                        os.fsync(f.fileno())
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -126,6 +141,10 @@ class Journal:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class JournalError(OSError):
+    """The journal cannot be written: the batch stops (nothing could vouch for outputs)."""
 
 
 def _ends_with_newline(path: Path) -> bool:
