@@ -5,7 +5,7 @@ same input gives the same output everywhere::
 
     up = Upscaler("default", provider="auto", tile=256)
     sr = up.upscale_array(lr)                       # float32 (H, W, 3) in [0, 1] -> (4H, 4W, 3)
-    img = up.upscale_image(Image.open(path))        # any mode; alpha, grey, 16-bit kept
+    img = up.upscale_image(Image.open(path))        # any mode; alpha, grey, 16-bit grey kept
     out = up.upscale_bytes(data, "a.png", "same")   # file bytes -> file bytes (CLI and handler)
     # the same in three steps (the batch overlaps them on threads): decode, upscale_picture, encode
 
@@ -131,7 +131,8 @@ class Upscaler:
 
     def upscale_image(self, img: Image.Image) -> Image.Image:
         """Any Pillow image -> upscaled Pillow image (EXIF orientation applied, mode kept:
-        L, LA, RGB, RGBA, I;16; palette, CMYK and others come back as RGB/RGBA)."""
+        L, LA, RGB, RGBA, I;16; palette, CMYK and others come back as RGB/RGBA). Pillow opens
+        a 16-bit colour PNG as 8-bit RGB: upscale_bytes keeps all 16 bits of one."""
         pic = imaging.picture_from_pil(img, getattr(img, "filename", "") or "image")
         pic = imaging.orient(pic, img.getexif().get(0x0112, 1))
         return imaging.picture_to_pil(self.upscale_picture(pic))
