@@ -298,3 +298,22 @@ def test_a_run_killed_before_its_rename_leaves_the_older_output_ours_and_the_rer
     (result,) = run_batch(upscaler, [src], out).results
     assert result.status == "ok" and "replaced: input, model, engine or settings changed" in result.reason, result
     assert (out / photo.name).read_bytes() != first
+
+
+def test_an_input_file_far_larger_than_its_pixels_weighs_its_bytes_against_the_budget(upscaler, tmp_path, monkeypatch):
+    """An 8x8 PNG followed by 3 MB of other data (which decoders ignore) is read whole: its
+    weight counts those bytes, so it runs alone under a budget the pixels alone fit."""
+    paths = make_inputs(tmp_path / "in", 4, seed=6)
+    with open(paths[1], "ab") as f:
+        f.write(bytes(3 * 2**20))
+    weighed = {}
+    real_run = pipeline.run_in_order
+
+    def run_in_order(jobs, steps, limits, weight):
+        weighed.update({Path(job.source).name: weight(job) for job in jobs})
+        real_run(jobs, steps, limits, weight)
+
+    monkeypatch.setattr(pipeline, "run_in_order", run_in_order)
+    summary = run_batch(upscaler, [tmp_path / "in"], tmp_path / "out", limits=pipeline.Limits(workers=2, in_flight=4, budget=2**20))
+    assert [r.status for r in summary.results] == ["ok"] * 4
+    assert weighed["img_01.png"] > 2**20 > sum(w for name, w in weighed.items() if name != "img_01.png")

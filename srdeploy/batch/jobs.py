@@ -53,6 +53,7 @@ class Job:
     note: str | None
     pixels: int  # input width x height, from the header
     index: int = 0  # its place among the batch's listed files (srdeploy.batch.run.plan): the input order
+    size: int = 0  # the input file's bytes, read whole when it loads; 0 where not known (a URI)
 
 
 @dataclass

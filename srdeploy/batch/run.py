@@ -48,6 +48,7 @@ from srdeploy.runtime.upscaler import Upscaler
 # In flight at once. Two worker threads: one decodes ahead while the other encodes, each
 # mostly in Pillow/zlib code that releases the GIL; see README "Batch throughput".
 LIMITS = pipeline.Limits()  # 2 workers, 6 in flight, 32 Mpx (the numbers live there)
+BUDGET_BYTES_PER_PIXEL = 3  # the budget's pixels are 8-bit RGB: an input file's bytes count at that rate
 
 
 def collect(inputs: list[Path | str], recursive: bool, out_dir: Path | str) -> tuple[list[tuple[Path | str, PurePosixPath]], list[tuple[int, Result]], int]:
@@ -165,7 +166,7 @@ def plan(
             failures.append((i, Result(shown, "failed", f"output name {output} is already taken by {claimed[key]}; rename one of them", str(output))))
             continue
         claimed[key] = shown
-        jobs.append(Job(path, shown, output, fmt, note, info.width * info.height, i))
+        jobs.append(Job(path, shown, output, fmt, note, info.width * info.height, i, _file_size(path)))
     return jobs, failures
 
 
@@ -204,14 +205,24 @@ def run_batch(
                 record(result, **extra)
                 bar.update()
 
-            def output_pixels(job: Job) -> int:  # its weight against the pipeline's memory budget
-                return job.pixels * upscaler.scale**2
+            def weight(job: Job) -> int:  # against the pipeline's memory budget, in output pixels
+                # Its file is read whole too: a small image with a huge file (trailing data
+                # after the image) must not be let in six at a time.
+                return job.pixels * upscaler.scale**2 + job.size // BUDGET_BYTES_PER_PIXEL
 
             steps = InputSteps(upscaler, Folder(out_dir), settings, journal, finish)
-            pipeline.run_in_order(jobs, steps.as_pipeline(), limits or LIMITS, output_pixels)
+            pipeline.run_in_order(jobs, steps.as_pipeline(), limits or LIMITS, weight)
         record.close()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _file_size(path: Path | str) -> int:
+    """A local input's size in bytes (0 for a URI, or when it cannot be read: loading it says why)."""
+    try:
+        return os.stat(path).st_size if isinstance(path, Path) else 0
+    except OSError:
+        return 0
 
 
 def refuse_output_among_inputs(inputs: Sequence[Path | str], out: Path | str) -> None:
