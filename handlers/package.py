@@ -153,6 +153,8 @@ def _run_archiver(name: str, files: Path, entry: Path, staging: Path) -> None:
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     except FileNotFoundError as e:
         raise PackageError(f"cannot run torch-model-archiver ({e})") from None
+    except subprocess.TimeoutExpired:
+        raise PackageError("torch-model-archiver did not finish within 600 s; nothing was written") from None
     if done.returncode != 0 or not (staging / f"{name}.mar").is_file():
         detail = (done.stderr or done.stdout).strip().splitlines()
         hint = " (install it: pip install 'srdeploy[serve]')" if "No module named" in done.stderr else ""

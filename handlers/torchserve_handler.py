@@ -126,7 +126,7 @@ class UpscaleHandler:
             return _error(context, idx, 507, f"{name}: out of memory while upscaling; try a smaller image")
         except Exception as e:  # one item's failure must not take the batch down
             logger.exception("%s failed", name)
-            return _error(context, idx, 500, f"{name}: upscaling failed ({type(e).__name__}: {e})")
+            return _error(context, idx, 500, f"{name}: upscaling failed (an internal error; the server's log has the details)")
         context.set_response_content_type(idx, CONTENT_TYPES[encoded.format])
         if encoded.note:
             context.set_response_header(idx, NOTE_HEADER, encoded.note)

@@ -172,6 +172,26 @@ def test_bad_items_get_their_own_4xx_while_the_rest_succeed(served, rng):
         assert reason in error["message"], error
 
 
+def test_an_internal_failure_is_a_500_for_its_item_alone_and_its_details_stay_in_the_log(served, rng, monkeypatch, caplog):
+    handler, context = served
+    real = handler.upscaler.upscale_picture
+    calls = []
+
+    def fails_once(picture):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("onnxruntime: node /body/conv_3 at /opt/models/secret_path")
+        return real(picture)
+
+    monkeypatch.setattr(handler.upscaler, "upscale_picture", fails_once)
+    image = encoded(noise(rng, 10, 10), "PNG")
+    answers = send(handler, context, [({"body": image}, {}), ({"body": image}, {})])
+    assert [a["status"] for a in answers] == [500, 200]
+    message = json.loads(answers[0]["body"])["message"]
+    assert "secret_path" not in message and "upscaling failed (an internal error; the server's log has the details)" in message
+    assert "secret_path" in caplog.text  # the operator sees it
+
+
 def test_output_format_from_header_or_field(served, tiny_onnx, rng):
     handler, context = served
     rgb, rgba = encoded(noise(rng, 12, 14), "PNG"), encoded(noise(rng, 12, 14, 4), "PNG")
