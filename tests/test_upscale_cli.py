@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import re
 import signal
 import subprocess
@@ -386,6 +387,18 @@ def test_a_closed_stderr_pipe_neither_hangs_nor_stops_the_batch(toy, tmp_path):
     assert sorted(outputs(tmp_path / "out")) == ["0.png", "1.png", "2.png"]
     assert sorted((Path(r["input"]).name, r["status"]) for r in journal(tmp_path / "out") if r.get("status") in ("ok", "failed")) == [
         ("0.png", "ok"), ("1.png", "ok"), ("2.png", "ok"), ("3.png", "failed")]
+
+
+@pytest.mark.parametrize("redirect", [">&-", "2>&-", ">/dev/full"], ids=["stdout closed", "stderr closed", "stdout full"])
+def test_a_stream_closed_from_the_start_or_full_costs_lines_not_the_batch(toy, tmp_path, redirect):
+    src = tmp_path / "in"
+    for i in range(3):
+        save(src / f"{i}.png", np.full((8, 8, 3), i, np.uint8))
+    out = tmp_path / "out"
+    command = f"{shlex.quote(str(SRDEPLOY))} upscale {shlex.quote(str(src))} -o {shlex.quote(str(out))} --model {shlex.quote(str(toy))} {redirect}"
+    run = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "Traceback" not in run.stdout + run.stderr, run.stdout + run.stderr
+    assert sorted(outputs(out)) == ["0.png", "1.png", "2.png"]
 
 
 def test_a_folder_without_images_is_an_error_that_writes_nothing(toy, tmp_path):

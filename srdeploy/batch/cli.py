@@ -19,7 +19,8 @@ from srdeploy.runtime.upscaler import DEFAULT_TILE
 
 @click.command("upscale")
 # Paths stay text until srdeploy.batch.stores.as_local: a Path would fold s3://b into s3:/b.
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+# readable=False: an input we may not read fails alone, in the batch, like any other bad file.
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(readable=False))
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder (or, with --ray, an s3:// or gs:// prefix); input folders are mirrored inside it.")
 @click.option("--model", default="default", show_default=True, help=f"{' | '.join(zoo.NAMES)} | PATH.onnx | PATH.engine")
 @click.option("--provider", type=click.Choice(engines.PROVIDERS), default="auto", show_default=True, help="Engine: cpu (ONNX Runtime), openvino, cuda, tensorrt; auto = cuda if usable, else the fastest CPU engine for this CPU (printed).")

@@ -17,25 +17,27 @@ from collections.abc import Iterator
 
 
 class PipeSafe:
-    """A standard stream whose reader may leave. The first write that finds the pipe closed
-    points the stream's descriptor at /dev/null, and the command goes on writing into it:
-    raising instead would end a batch with a traceback, or, in one of its threads, leave
-    tqdm's lock held and hang it. The journal keeps every line the reader did not take."""
+    """A standard stream that may stop taking text: its reader left (``| head``), it is a
+    full disk (``> /dev/full``), or it was closed before the start (``>&-``: Python's
+    stream is None then). The first write that fails points the stream's descriptor at
+    /dev/null, and the command goes on writing into it: raising instead would end a batch
+    with a traceback, or, in one of its threads, leave tqdm's lock held and hang it. The
+    journal keeps every line the reader did not take."""
 
     def __init__(self, stream):
-        self._stream = stream
+        self._stream = stream if stream is not None else open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (for the process's life)
 
     def write(self, text: str) -> int:
         try:
             return self._stream.write(text)
-        except BrokenPipeError:
+        except OSError:
             self._to_devnull()
             return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
-        except BrokenPipeError:
+        except OSError:
             self._to_devnull()
 
     def __getattr__(self, name: str):  # fileno, isatty, encoding, ...: the stream's own
