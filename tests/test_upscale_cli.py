@@ -7,8 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shlex
 import re
+import shlex
 import signal
 import subprocess
 import sys
