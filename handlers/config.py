@@ -47,6 +47,8 @@ MIN_RESPONSE_TIMEOUT = 60
 # filter byte per row and deflate's stored-block overhead on incompressible data.
 RESPONSE_BYTES_PER_PIXEL = 8 * 1.01
 METADATA_ALLOWANCE = 8 << 20  # EXIF/ICC/XMP an upload may carry beside its pixels
+RESPONSE_ALLOWANCE = 1 << 20  # the PNG's chunks and the ICC profile carried over
+JAVA_INT_MAX = 2**31 - 1  # TorchServe reads max_request_size and max_response_size as Java ints
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,10 @@ class ServeConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.response_timeout_s is not None and self.response_timeout_s < 1:
             raise ValueError(f"response_timeout_s must be >= 1, got {self.response_timeout_s}")
+        if max(max_request_bytes(self), max_response_bytes(self)) > JAVA_INT_MAX:
+            largest = math.floor((JAVA_INT_MAX - RESPONSE_ALLOWANCE) / (4 * 4 * RESPONSE_BYTES_PER_PIXEL))
+            raise ValueError(f"max_pixels {self.max_pixels:,} makes the largest response ({max_response_bytes(self):,} bytes) too "
+                             f"large for TorchServe, whose size limits are Java ints; the most it can serve is {largest:,} pixels")
 
 
 @dataclass(frozen=True)
@@ -187,7 +193,7 @@ def max_request_bytes(config: ServeConfig) -> int:
 
 def max_response_bytes(config: ServeConfig, scale: int = 4) -> int:
     """The x4 output of an input at the cap in the largest encoding the handler writes."""
-    return math.ceil(config.max_pixels * scale * scale * RESPONSE_BYTES_PER_PIXEL) + (1 << 20)
+    return math.ceil(config.max_pixels * scale * scale * RESPONSE_BYTES_PER_PIXEL) + RESPONSE_ALLOWANCE
 
 
 # --- rendering --------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from srdeploy.handlers.config import CONFIG_PROPERTIES_NAME, MODEL_CONFIG_NAME, 
 from srdeploy.io.files import atomic_write_bytes
 from srdeploy.runtime import tiling, zoo
 from srdeploy.runtime.contract import validate_onnx_model
-from srdeploy.runtime.engines import check_precision
+from srdeploy.runtime.engines import check_request
 from srdeploy.runtime.manifest import write_manifest
 from srdeploy.runtime.zoo import MODEL_FILE, ModelError, ModelRef, resolve_model
 
@@ -79,7 +79,7 @@ def build_archive(
     if ref.kind != "onnx":
         raise ModelError(f"{ref.path}: TorchServe archives carry an ONNX model; package the .onnx the engine was built from")
     model_precision = validate_onnx_model(ref.path)["precision"] or "fp32"  # ValueError naming the file: a worker would refuse it later
-    check_precision(config.precision, model_precision)  # as a worker on any machine would; bf16 depends on the server's CPU
+    check_request(config.provider, config.precision, model_precision)  # as a worker on any machine would; bf16 depends on the server's CPU
     problem = tiling.tile_problem(config.tile, serve_config.model_overlap(ref.path), untiled=False)  # every worker would refuse it
     if problem:
         raise PackageError(problem)
@@ -88,7 +88,6 @@ def build_archive(
     store = Path(store).expanduser().resolve()
     if store.exists() and not store.is_dir():
         raise PackageError(f"model store {store} exists and is not a folder")
-    store.mkdir(parents=True, exist_ok=True)
     archive = store / f"{name}.mar"
     if archive.exists() and not force:
         raise PackageError(f"{archive} already exists; pass --force to replace it")
@@ -99,6 +98,9 @@ def build_archive(
         raise PackageError(f"--config {properties}: there is no folder {properties.parent}")
     timeout = config.response_timeout_s or serve_config.response_timeout(config, ref.path)
 
+    # Written together or not at all: a failed run leaves neither file, nor a store folder it made.
+    made_store = not store.exists()
+    store.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.mar-", dir=store))  # same file system: os.replace is atomic
     try:
         files = staging / "files"
@@ -109,11 +111,18 @@ def build_archive(
         entry = files / f"{ENTRY_MODULE}.py"
         entry.write_text(ENTRY_SOURCE.format(name=name, version=__version__), encoding="utf-8")
         _run_archiver(name, files, entry, staging)
+        text = serve_config.config_properties(store, name, config, timeout, ports)
+        try:
+            atomic_write_bytes(properties, text.encode("ascii"))
+        except OSError as e:
+            raise PackageError(f"cannot write {properties} ({e.strerror or e}); nothing was written") from None
         os.replace(staging / f"{name}.mar", archive)
+    except BaseException:
+        if made_store:
+            shutil.rmtree(store, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    text = serve_config.config_properties(store, name, config, timeout, ports)
-    atomic_write_bytes(properties, text.encode("ascii"))
     return Packaged(archive, properties, name, ref.sha256, timeout)
 
 

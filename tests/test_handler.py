@@ -24,8 +24,10 @@ import yaml
 from conftest import REPO, SRDEPLOY
 from PIL import Image
 
+from srdeploy.export.fp16 import convert_fp16
 from srdeploy.handlers import config as serve_config
 from srdeploy.handlers.config import Ports, ServeConfig
+from srdeploy.handlers import package as package_module
 from srdeploy.handlers.package import ENTRY_MODULE, PackageError, build_archive
 from srdeploy.io import png
 from srdeploy.runtime import cpus, graph, zoo
@@ -314,8 +316,8 @@ def test_flops_and_timeout_come_from_the_graph(tiny_onnx):
     # 3x3 8->32 at x1 and x2 (4x the pixels), tail 9x9 8->3 at x4 (16x): multiply-adds x 2.
     expected = 2 * (8 * 3 * 81 + 2 * 8 * 8 * 9 + 8 * 8 * 9 + 32 * 8 * 9 * (1 + 4) + 3 * 8 * 81 * 16)
     assert graph.analyze(onnx.load(str(tiny_onnx)).graph).conv_flop_per_lr_pixel == expected
-    slow = ServeConfig(max_pixels=4096 * 4096, batch_size=2)
-    per_image = 4096 * 4096 * expected * ((DEFAULT_TILE + 2 * 6) / DEFAULT_TILE) ** 2 / serve_config.ASSUMED_CPU_FLOPS
+    slow = ServeConfig(max_pixels=4000 * 4000, batch_size=2)
+    per_image = 4000 * 4000 * expected * ((DEFAULT_TILE + 2 * 6) / DEFAULT_TILE) ** 2 / serve_config.ASSUMED_CPU_FLOPS
     assert serve_config.response_timeout(slow, tiny_onnx) >= 2 * per_image
     assert serve_config.response_timeout(ServeConfig(), tiny_onnx) == serve_config.MIN_RESPONSE_TIMEOUT
 
@@ -354,6 +356,33 @@ def test_package_cli_builds_refuses_to_overwrite_and_reports_errors(tiny_onnx, t
     assert int8.returncode == 2 and "int8 needs an int8 model" in int8.stderr and not (tmp_path / "s8").exists()
     tiny_tile = subprocess.run([str(SRDEPLOY), "package", "--model", "default", "-o", str(tmp_path / "st"), "--tile", "4"], capture_output=True, text=True, timeout=120)
     assert tiny_tile.returncode == 2 and "tile 4 is smaller than this model's 24 px overlap" in tiny_tile.stderr and not (tmp_path / "st").exists()
+
+
+def test_package_refuses_what_every_worker_would_refuse_and_a_failed_run_writes_nothing(tiny_onnx, tmp_path, monkeypatch):
+    """Settings no server could run (an engine without that precision, sizes past
+    TorchServe's Java ints), and a config file that cannot be written: no archive, no
+    config, no store folder made for the run."""
+    fp16 = convert_fp16(tiny_onnx, tmp_path / "model.fp16.onnx")
+
+    def package(*args):
+        return subprocess.run([str(SRDEPLOY), "package", *map(str, args)], capture_output=True, text=True, timeout=120)
+
+    refusals = [
+        ((tiny_onnx, "--provider", "cpu", "--precision", "bf16"), "provider 'cpu' has no bf16 path"),
+        ((fp16, "--provider", "openvino"), "an fp16 model is for GPUs"),
+        ((tiny_onnx, "--max-pixels", 16769025), "too large for TorchServe, whose size limits are Java ints; the most it can serve is 16,602,994 pixels"),
+    ]
+    for i, (args, message) in enumerate(refusals):
+        run = package("--model", *args, "-o", tmp_path / f"store{i}")
+        assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr, run.stderr
+        assert not (tmp_path / f"store{i}").exists()
+    def disk_full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(package_module, "atomic_write_bytes", disk_full)
+    with pytest.raises(PackageError, match=re.escape(f"cannot write {tmp_path / 'config.properties'} (No space left on device); nothing was written")):
+        build_archive(tiny_onnx, tmp_path / "store")
+    assert not (tmp_path / "store").exists()
 
 
 def test_bad_names_and_engines_are_refused(tiny_onnx, tmp_path):

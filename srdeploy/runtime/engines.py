@@ -67,14 +67,21 @@ def fastest_cpu_engine(cpu: CpuInfo, model_precision: str, openvino: bool, openv
     return Engine("openvino", "fp32", "auto: no bf16 units on this CPU, OpenVINO fp32")
 
 
-def check_precision(precision: str, model_precision: str) -> None:
-    """Raise ProviderError when the file cannot compute in ``precision`` on any machine:
-    an int8 or fp16 file computes in its own precision, and int8 needs an int8 file."""
+def check_request(provider: str, precision: str, model_precision: str) -> None:
+    """Raise ProviderError for a request no machine can honour (what depends on the
+    machine is left to :func:`resolve`): an int8 or fp16 file computes in its own
+    precision, int8 needs an int8 file, bf16 runs on OpenVINO only, and OpenVINO takes no
+    fp16 file. ``srdeploy package`` checks an archive's settings with it."""
     if model_precision in ("int8", "fp16"):  # the file decides the arithmetic
         if precision not in ("auto", model_precision):
             raise ProviderError(f"this is an {model_precision} model, which computes in {model_precision}; for {precision}, pass its fp32 model.onnx")
     elif precision == "int8":
         raise ProviderError("int8 needs an int8 model: srdeploy export CHECKPOINT -o OUT --int8 --calibration FOLDER, then --model OUT/model.int8.onnx")
+    if provider == "openvino" and model_precision == "fp16":
+        raise ProviderError("an fp16 model is for GPUs (--provider cuda), and on a CPU runs on ONNX Runtime (--provider cpu); "
+                            "for OpenVINO use the fp32 model.onnx, which it runs in bf16 on CPUs with bf16 units")
+    if precision == "bf16" and provider not in ("auto", "openvino"):
+        raise ProviderError(f"provider {provider!r} has no bf16 path; bf16 runs on --provider openvino (CPUs with bf16 units)")
 
 
 def resolve(provider: str, precision: str, model_precision: str, cpu: CpuInfo, openvino: bool, openvino_bf16: bool, int8_engine: str = "cpu") -> Engine:
@@ -88,7 +95,7 @@ def resolve(provider: str, precision: str, model_precision: str, cpu: CpuInfo, o
     if precision not in PRECISIONS:
         raise ProviderError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     bf16_here = cpu.has_bf16 and openvino_bf16
-    check_precision(precision, model_precision)
+    check_request(provider, precision, model_precision)
     if provider == "auto":
         if precision == "bf16":
             provider = "openvino"  # the only engine with a bf16 path
@@ -102,9 +109,6 @@ def resolve(provider: str, precision: str, model_precision: str, cpu: CpuInfo, o
     if provider == "openvino":
         if not openvino:
             raise ProviderError("provider 'openvino' needs the openvino package, which is not installed: pip install 'srdeploy[cpu]'")
-        if model_precision == "fp16":
-            raise ProviderError("an fp16 model is for GPUs (--provider cuda), and on a CPU runs on ONNX Runtime (--provider cpu); "
-                                "for OpenVINO use the fp32 model.onnx, which it runs in bf16 on CPUs with bf16 units")
         if model_precision == "int8":
             return Engine("openvino", "int8", _int8_cost("int8", int8_engine, "openvino", cpu))
         if precision == "bf16" and not bf16_here:
@@ -113,8 +117,6 @@ def resolve(provider: str, precision: str, model_precision: str, cpu: CpuInfo, o
         if precision == "auto":
             return Engine("openvino", "bf16" if bf16_here else "fp32", f"auto precision: {'bf16 units' if bf16_here else 'no bf16 units'} on this CPU")
         return Engine("openvino", precision)
-    if precision == "bf16":
-        raise ProviderError(f"provider {provider!r} has no bf16 path; bf16 runs on --provider openvino (CPUs with bf16 units)")
     return Engine(provider, model_precision if model_precision in ("int8", "fp16") else "fp32", _int8_cost(model_precision, int8_engine, provider, cpu))
 
 
