@@ -122,6 +122,10 @@ def test_resume_keeps_the_recipe(tmp_path, image_folder):  # noqa: F811
     assert invoke("srresnet", "--data", str(image_folder), "-o", str(run), "--steps", "1", *TINY).exit_code == 0
     changed = invoke("srresnet", "-o", str(run), "--resume", "--lr", "1e-3")
     assert changed.exit_code == 2 and "--lr cannot change" in error_lines(changed)[0]
+    # The first command again with --resume: its flags repeat the stored recipe, so it continues.
+    again = invoke("srresnet", "--data", str(image_folder), "-o", str(run), "--steps", "2", *TINY, "--resume")
+    assert again.exit_code == 0, again.output
+    assert load_checkpoint(run / "last.pt")["step"] == 2
     other_stage = invoke("srgan", "-o", str(run), "--resume")
     assert other_stage.exit_code == 2 and "is a srresnet run" in error_lines(other_stage)[0]
     nothing = invoke("srresnet", "-o", str(tmp_path / "elsewhere"), "--resume")

@@ -108,14 +108,15 @@ def resumed_config(stage: str, given: dict[str, Any]) -> TrainConfig:
     saved, last = Path(out) / "config.json", Path(out) / "last.pt"
     if not (saved.is_file() and last.is_file()):
         raise click.UsageError(f"--resume: {out} holds no run to continue (config.json and last.pt)")
-    fixed = sorted(set(given) - set(RESUME_MAY_CHANGE))
-    if fixed:
-        raise click.UsageError(f"--resume continues the stored config; {', '.join(flag_of(k) for k in fixed)} cannot change "
-                               f"(a resume may set {', '.join(flag_of(k) for k in RESUME_MAY_CHANGE)})")
     try:
         stored = json.loads(saved.read_text())
     except (OSError, ValueError) as e:
         raise click.UsageError(f"--resume: cannot read {saved} ({e})") from None
+    # The original command with --resume added must work: a flag that repeats the stored value changes nothing.
+    fixed = sorted(k for k in set(given) - set(RESUME_MAY_CHANGE) if k not in stored or given[k] != stored[k])
+    if fixed:
+        raise click.UsageError(f"--resume continues the stored config; {', '.join(flag_of(k) for k in fixed)} cannot change "
+                               f"(a resume may set {', '.join(flag_of(k) for k in RESUME_MAY_CHANGE)})")
     if stored.get("stage") != stage:
         raise click.UsageError(f"--resume: {out} is a {stored.get('stage')} run; continue it with srdeploy train {stored.get('stage')}")
     # --out is where the folder is now, whatever it was when the run started.
