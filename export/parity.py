@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from srdeploy.io.formats import READ_SUFFIXES, is_image_name
+from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError, open_checked, why
 
 Batch = np.ndarray  # float32 (N, 3, H, W) in [0, 1]
 Backend = Callable[[Batch], np.ndarray]  # -> float32 (N, 3, sH, sW) in [0, 1]
@@ -106,19 +107,21 @@ def _image_batch(folder: Path, side: int = 64, limit: int = 4) -> Batch:
     ``side`` x ``side`` LR input, greyscale as RGB."""
     from PIL import Image
 
-    paths = sorted(p for p in folder.glob("*") if is_image_name(p.name))[:limit] if folder.is_dir() else []
+    paths = sorted(p for p in folder.glob("*") if is_image_name(p.name) and p.is_file())[:limit] if folder.is_dir() else []
     if not paths:
         raise ValueError(f"{folder}: no images ({', '.join(sorted(READ_SUFFIXES))}) for the parity inputs")
     images = []
     for p in paths:
         try:
-            with Image.open(p) as im:
+            with open_checked(p, str(p), DEFAULT_MAX_PIXELS) as im:  # header checks first: a bomb is refused, named
                 w, h = im.size
                 s = min(w, h)
                 box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
                 rgb = im.convert("RGB").resize((side, side), Image.Resampling.BICUBIC, box=box)
-        except OSError as e:
-            raise ValueError(f"{p}: unreadable image for the parity inputs ({e})") from e
+        except ImageError as e:
+            raise ValueError(f"{e} (a parity input)") from None
+        except (OSError, ValueError, SyntaxError) as e:  # data Pillow cannot decode past the header
+            raise ValueError(f"{p}: unreadable image for the parity inputs ({why(e)})") from None
         images.append(np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0)
     return np.stack(images)
 

@@ -1,8 +1,8 @@
 """One export run: generator -> model.onnx [+ model.fp16.onnx] [+ model.int8.onnx]
 [+ engines] + manifest.json.
 
-Order matters for the user: the calibration images (for int8) are read before anything
-is written, so a bad folder costs nothing; the ONNX files and a manifest describing them
+Order matters for the user: the calibration images (for int8) and the parity images
+(--images) are read before anything is written, so a bad folder costs nothing; the ONNX files and a manifest describing them
 are written next, so a missing TensorRT (checked next, failing fast) still leaves usable
 ONNX outputs; parity runs last, and its figures go into the manifest.
 """
@@ -83,8 +83,8 @@ def export_artifacts(
 ) -> ExportResult:
     """Write the requested artifacts and manifest.json into ``out_dir``.
 
-    Raises ValueError naming the folder, before writing anything, when ``int8`` names a
-    calibration folder without readable images; TensorRTUnavailable (after the ONNX files
+    Raises ValueError naming the folder or file, before writing anything, when ``int8``
+    names a calibration folder without readable images or ``images_dir`` holds a bad one; TensorRTUnavailable (after the ONNX files
     and their manifest are written) when ``tensorrt`` is asked for without TensorRT or a
     GPU. Parity and int8 quality failures do not raise: they are in ``result.failures``
     and the manifest.
@@ -97,6 +97,9 @@ def export_artifacts(
         from srdeploy.export.calibration import load_calibration
 
         calibration = load_calibration(int8.calibration, int8.limit)
+    # The parity inputs (synthetic patterns and the --images folder), decoded once for the
+    # int8 quality check and --check; before anything is written, as the calibration images.
+    batches = parity.parity_batches(images_dir=images_dir) if int8 is not None or check else []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = ExportResult(out_dir, models={})
@@ -114,9 +117,6 @@ def export_artifacts(
         with _timed(result, "onnx fp16"):
             convert_fp16(out_dir / FP32_ONNX, out_dir / FP16_ONNX)
         result.models[FP16_ONNX] = _onnx_entry(out_dir / FP16_ONNX)
-    # The parity inputs (synthetic patterns and the --images folder), decoded once for the
-    # int8 quality check and --check.
-    batches = parity.parity_batches(images_dir=images_dir) if int8 is not None or check else []
     if int8 is not None:
         _write_int8(result, int8, calibration, batches)
     _write(result, generator, meta, source)

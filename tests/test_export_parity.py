@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -89,8 +91,18 @@ def test_image_folder_batch(tmp_path):
     name, batch = parity.parity_batches(images_dir=tmp_path)[-1]
     assert name == "images" and batch.shape == (2, 3, 64, 64) and batch.dtype == np.float32
     assert np.allclose(batch[0], 128 / 255)  # greyscale -> RGB
+    (tmp_path / "a_folder.png").mkdir()  # not a file: passed over
+    assert parity.parity_batches(images_dir=tmp_path)[-1][1].shape == (2, 3, 64, 64)
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match=r"broken\.png: unreadable image"):
+    with pytest.raises(ValueError, match=r"broken\.png: not an image \(the file holds text\) \(a parity input\)"):
+        parity.parity_batches(images_dir=tmp_path)
+    (tmp_path / "broken.png").unlink()
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)) + chunk(b"IDAT", b"junk")  # 400 Mpx
+    (tmp_path / "bomb.png").write_bytes(bomb)
+    with pytest.raises(ValueError, match=r"bomb\.png: .*pixels.* \(a parity input\)"):
         parity.parity_batches(images_dir=tmp_path)
     with pytest.raises(ValueError, match=r"empty: no images \(.*\.png"):
         parity.parity_batches(images_dir=tmp_path / "empty")
