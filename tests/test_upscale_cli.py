@@ -558,3 +558,14 @@ def test_a_subfolder_of_out_that_cannot_be_listed_fails_its_outputs_alone(toy, t
     assert run.returncode == 1 and "Error:" not in run.stderr and "Traceback" not in run.stderr, run.stderr
     assert (out / "a.png").is_file()
     assert f"failed  {src / 'sub' / 'b.png'}: cannot write the output sub/b.png (" in run.stderr  # the reason is mkdir's
+
+
+def test_a_newline_in_a_file_name_is_escaped_so_each_result_stays_one_line(toy, tmp_path):
+    src = tmp_path / "in"
+    save(src / "new\nline.png", np.zeros((8, 8, 3), np.uint8))
+    (src / "bad\rname.png").write_text("not an image")
+    run = upscale(src, "-o", tmp_path / "out", "--model", toy)
+    assert run.returncode == 1
+    assert run.stdout.splitlines() == [f"ok      {src}/new\\nline.png -> new\\nline.png: 32x32 PNG"]
+    assert f"failed  {src}/bad\\rname.png: not an image (the file holds text)\n" in run.stderr
+    assert (tmp_path / "out" / "new\nline.png").is_file()  # the file itself keeps its name

@@ -8,6 +8,7 @@ Heavy imports happen inside the command; Ray only with ``--ray`` (srdeploy.batch
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 import click
@@ -61,7 +62,7 @@ def upscale(inputs, out_dir, model, provider, precision, tile, fmt, quality, png
 
     def report(result: Result) -> None:  # a reader that leaves (`| head`) costs lines, not the batch: srdeploy.io.streams.PipeSafe
         arrow = f" -> {result.output}" if result.status == "ok" else ""
-        line = f"{result.status:<7} {result.input}{arrow}: {result.reason}"
+        line = one_line(f"{result.status:<7} {result.input}{arrow}: {result.reason}")
         if result.status == "failed":
             tqdm.write(line, file=sys.stderr)
         elif not quiet:
@@ -123,6 +124,14 @@ def _on_ray(address, actors, cpus_per_actor, model, provider, precision, tile, s
             return batch.run(sources, out, settings, report=report, progress=not quiet)
     except (ClusterError, ValueError, RuntimeError, OSError) as e:  # the cluster, or OUT unusable
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters (a newline in a file name) escaped: one result, one line."""
+    return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _engine_line(d: dict, note: str | None) -> str:
