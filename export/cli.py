@@ -41,8 +41,7 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
     """
     if int8 and calibration is None:
         raise click.UsageError("--int8 needs --calibration DIR: a folder of HR images to calibrate the activation ranges on")
-    if calibration is not None and not int8:
-        raise click.UsageError("--calibration is used only with --int8")
+    _refuse_unused_options({"int8": int8, "tensorrt": tensorrt, "check": check or int8})
     if int8 and int8_engine == "openvino":
         from srdeploy.export.int8 import NNCF_MISSING
 
@@ -113,3 +112,20 @@ def _int8_summary(entry: dict) -> str:
         f"{len(natural['images'])} images ({where}; bound >= {natural['min_psnr_y_db']:g} dB); "
         f"PSNR {quality['parity_inputs']['psnr_db']:.2f} dB on the parity inputs ([0,1] output)"
     )
+
+
+# Options that do something only beside another: given without it, they would be ignored.
+_USED_WITH = {
+    "calibration": "int8", "int8_engine": "int8", "calibration_limit": "int8",
+    "tile": "tensorrt", "overlap": "tensorrt", "max_batch": "tensorrt",
+    "images": "check",  # the parity inputs: --check and the int8 quality check read them
+}
+
+
+def _refuse_unused_options(given: dict[str, bool]) -> None:
+    """A usage error for an option given on the command line without the one it serves."""
+    ctx = click.get_current_context()
+    for name, needs in _USED_WITH.items():
+        if not given[needs] and ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
+            also = " or --int8" if name == "images" else ""
+            raise click.UsageError(f"--{name.replace('_', '-')} is used only with --{needs}{also}")

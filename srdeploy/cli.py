@@ -139,7 +139,13 @@ def run(args: list[str] | None = None) -> None:
             stream.reconfigure(errors="backslashreplace")
     sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)  # `| head` ends neither a command nor its output
     try:
-        main(args=args)
+        code = main.main(args=args, standalone_mode=False)  # so that Ctrl-C reaches us, not click's "Aborted!" and status 1
+    except click.exceptions.Abort:  # Ctrl-C where the command does not say more (upscale and train do)
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
     except ImportError as e:  # ours say what to install; Python's own name a module
         if os.environ.get("SRDEPLOY_TRACEBACK") == "1":
             raise
@@ -150,6 +156,7 @@ def run(args: list[str] | None = None) -> None:
             raise
         click.echo(f"Error: {type(e).__name__}: {e} (unexpected; SRDEPLOY_TRACEBACK=1 shows where it came from)", err=True)
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)  # --help and --version give theirs
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

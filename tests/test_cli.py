@@ -102,3 +102,25 @@ def test_a_missing_package_names_the_extra_of_the_command_that_needs_it(tmp_path
     out = subprocess.run([sys.executable, "-c", BLOCKED.format(module="torch", args=args)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "Error: this needs the torch package, which is not installed: pip install 'srdeploy[export]'" in out.stderr
+
+
+def test_ctrl_c_in_a_command_is_status_130_with_one_line_not_clicks_aborted(tmp_path):
+    """`srdeploy export` stopped once it is at work; upscale and train say more of their own."""
+    import signal
+    import time
+
+    from conftest import REPO
+
+    checkpoint = REPO / "srdeploy" / "models" / "srresnet" / "generator.pt"
+    proc = subprocess.Popen([sys.executable, "-c", "from srdeploy.cli import run; run()", "export", str(checkpoint), "-o", str(tmp_path / "out"), "--check"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "weights, generator" in proc.stdout.readline()  # at work: the checkpoint is loaded
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "interrupted", stderr
+    assert "Aborted!" not in stderr and "Traceback" not in stderr

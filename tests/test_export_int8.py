@@ -216,6 +216,18 @@ def test_int8_needs_calibration_and_calibration_needs_int8(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--int8-engine", "openvino"], "--int8-engine is used only with --int8"),
+    (["--calibration-limit", "5"], "--calibration-limit is used only with --int8"),
+    (["--tile", "64"], "--tile is used only with --tensorrt"),
+    (["--images", str(EXAMPLES)], "--images is used only with --check or --int8"),
+])
+def test_an_option_without_the_one_it_serves_is_refused_not_ignored(tmp_path, args, message):
+    proc = run_export(SHIPPED / "generator.pt", "-o", tmp_path / "out", *args)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_int8_for_openvino_without_nncf_says_which_extra_before_writing(tmp_path):
     block = "import sys; sys.modules['nncf'] = None\nfrom srdeploy.cli import run; run()\n"
     out = tmp_path / "out"

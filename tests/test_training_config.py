@@ -28,3 +28,14 @@ def test_stage_defaults_are_what_resolve_config_gives_without_a_preset():
         resolved = resolve_config(stage, None, {"data": "x"}).to_dict()
         assert {k: v for k, v in stage_defaults(stage).items() if k != "data"} == {k: v for k, v in resolved.items() if k != "data"}
     assert stage_defaults("srgan")["epochs"] == 8 and resolve_config("srgan", None, {"data": "x", "content": "vgg"}).epochs == 6
+
+
+@pytest.mark.parametrize(("settings", "message", "served"), [
+    ({"val_list": "val.txt"}, "`val_list` is used only with `val_data`", {"val_data": "v"}),
+    ({"stage": "srgan", "content": "mse", "vgg_weights": "vgg19.pth"}, "`vgg_weights` is used only by a content loss with vgg", {"content": "mse+vgg"}),
+    ({"stage": "srresnet", "vgg_weights": "vgg19.pth"}, "`vgg_weights` is used only by a content loss with vgg", {"stage": "srgan", "content": "vgg"}),
+])
+def test_a_setting_that_would_be_ignored_is_refused(settings, message, served):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(data="x", epochs=1, **settings)
+    assert TrainConfig(data="x", epochs=1, **{**settings, **served})  # beside what it serves

@@ -167,6 +167,11 @@ class TrainConfig:
                 raise ConfigError(f"`{name}` must be >= 0; got {getattr(self, name)}")
         if not self.vgg_scale > 0:
             raise ConfigError(f"`vgg_scale` must be > 0; got {self.vgg_scale}")
+        # Settings that would be ignored without the one they serve.
+        if self.val_list and not self.val_data:
+            raise ConfigError("`val_list` is used only with `val_data` (the folder it lists)")
+        if self.vgg_weights and not self.uses_vgg:
+            raise ConfigError(f"`vgg_weights` is used only by a content loss with vgg (mse+vgg or vgg); this run's is {self.content}")
 
     @property
     def uses_vgg(self) -> bool:
