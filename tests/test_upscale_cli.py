@@ -569,3 +569,10 @@ def test_a_newline_in_a_file_name_is_escaped_so_each_result_stays_one_line(toy, 
     assert run.stdout.splitlines() == [f"ok      {src}/new\\nline.png -> new\\nline.png: 32x32 PNG"]
     assert f"failed  {src}/bad\\rname.png: not an image (the file holds text)\n" in run.stderr
     assert (tmp_path / "out" / "new\nline.png").is_file()  # the file itself keeps its name
+
+
+def test_an_output_folder_that_cannot_be_locked_is_named_in_one_line(toy, tmp_path):
+    out = tmp_path / "out"
+    (out / ".srdeploy-upscale.lock").mkdir(parents=True)  # something else by the lock's name
+    run = upscale(EXAMPLES / "coffee.png", "-o", out, "--model", toy)
+    assert run.returncode == 2 and run.stderr.splitlines()[-1] == f"Error: cannot lock the output folder {out}: .srdeploy-upscale.lock (Is a directory)", run.stderr

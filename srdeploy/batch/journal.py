@@ -132,7 +132,12 @@ class Journal:
             yield
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.parent / ".srdeploy-upscale.lock", "a+b") as handle:
+        lock = self.path.parent / ".srdeploy-upscale.lock"
+        try:
+            handle = open(lock, "a+b")  # noqa: SIM115 (closed below)
+        except OSError as e:  # a read-only OUT, or something else by that name
+            raise JournalError(f"cannot lock the output folder {display(self.path.parent)}: {display(lock.name)} ({e.strerror or e})") from None
+        with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
