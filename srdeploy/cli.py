@@ -18,7 +18,7 @@ import warnings
 import click
 
 from srdeploy import __version__
-from srdeploy.io.streams import PipeSafe
+from srdeploy.io.streams import PipeSafe, file_being_read
 
 # name -> (module, attribute, one-line help shown by `srdeploy --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -161,8 +161,10 @@ def run(args: list[str] | None = None) -> None:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A warning as one line for a user (``skipping data/x.jpg: ...``), not Python's
-    two, which name the source line that warned."""
-    click.echo(f"warning: {message}", err=True)
+    two, which name the source line that warned; naming the file it is about when a
+    thread raised it while reading one (Pillow's "Corrupt EXIF data" in a batch)."""
+    about = file_being_read()
+    click.echo(f"warning: {f'{about}: ' if about else ''}{message}", err=True)
 
 
 if __name__ == "__main__":

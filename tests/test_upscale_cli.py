@@ -576,3 +576,16 @@ def test_an_output_folder_that_cannot_be_locked_is_named_in_one_line(toy, tmp_pa
     (out / ".srdeploy-upscale.lock").mkdir(parents=True)  # something else by the lock's name
     run = upscale(EXAMPLES / "coffee.png", "-o", out, "--model", toy)
     assert run.returncode == 2 and run.stderr.splitlines()[-1] == f"Error: cannot lock the output folder {out}: .srdeploy-upscale.lock (Is a directory)", run.stderr
+
+
+def test_a_warning_pillow_raises_while_reading_a_file_names_the_file(toy, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    # An EXIF block whose one entry claims more bytes than it has: Pillow warns and goes on.
+    exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x05" + b"\x01\x12\0\x03\0\0\0\x01\0\x01\0\0" + b"\xff" * 8
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(src / "a.jpg", exif=exif)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(src / "b.jpg")
+    run = upscale(src, "-o", tmp_path / "out", "--model", toy)
+    assert run.returncode == 0, run.stderr
+    assert f"warning: {src / 'a.jpg'}: Corrupt EXIF data" in run.stderr
+    assert "b.jpg: Corrupt" not in run.stderr

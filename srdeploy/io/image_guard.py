@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from srdeploy.io.files import open_regular
 from srdeploy.io.formats import READ_FORMATS
+from srdeploy.io.streams import about_file
 
 # A square image at the cap upscales x4 to 16380 px a side, inside WebP's 16383 limit;
 # larger sides are also checked per output format (see imaging.MAX_SIDE).
@@ -49,6 +50,16 @@ class open_checked:
         self.source, self.name, self.max_pixels = source, name, max_pixels
 
     def __enter__(self) -> Image.Image:
+        name = self.name
+        self.naming = about_file(name)  # Pillow's warnings while the file is open are about it
+        self.naming.__enter__()
+        try:
+            return self._open()
+        except BaseException:
+            self.naming.__exit__(None, None, None)
+            raise
+
+    def _open(self) -> Image.Image:
         name = self.name
         if isinstance(self.source, bytes):
             stream: BinaryIO = io.BytesIO(self.source)
@@ -122,8 +133,11 @@ class open_checked:
             raise ImageError(f"{self.name}: {im.format} with {frames} {what}; only still, single images are supported")
 
     def __exit__(self, *exc) -> None:
-        self.im.close()
-        self.stream.close()
+        try:
+            self.im.close()
+            self.stream.close()
+        finally:
+            self.naming.__exit__(None, None, None)
 
 
 def sniff(head: bytes) -> str | None:

@@ -1,9 +1,12 @@
-"""The process's standard streams: one whose reader has left, and native code's stderr.
+"""The process's standard streams: one whose reader has left, native code's stderr, and
+which file a warning is about.
 
 :class:`PipeSafe` keeps a closed pipe (``srdeploy upscale in/ -o out/ 2>&1 | head``) from
 ending or hanging a command. :func:`native_stderr_to` catches what C++ libraries write to
 file descriptor 2, which Python's own redirection never sees: ONNX Runtime's log of a GPU
-provider that cannot load, Ray's start-up notice.
+provider that cannot load, Ray's start-up notice. :func:`about_file` names the file a
+thread is reading, so that a warning Pillow raises there ("Corrupt EXIF data") can say
+which of a batch's files it is about (srdeploy.cli shows warnings).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import io
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 
 
@@ -65,3 +69,22 @@ def native_stderr_to(sink: io.StringIO) -> Iterator[None]:
             os.close(saved)
             captured.seek(0)
             sink.write(captured.read().decode(errors="replace"))
+
+
+_reading = threading.local()
+
+
+@contextlib.contextmanager
+def about_file(name: str) -> Iterator[None]:
+    """Warnings raised on this thread while the block runs are about the file ``name``."""
+    previous = getattr(_reading, "name", None)
+    _reading.name = name
+    try:
+        yield
+    finally:
+        _reading.name = previous
+
+
+def file_being_read() -> str | None:
+    """The file this thread reads now (see :func:`about_file`), if any."""
+    return getattr(_reading, "name", None)
