@@ -97,8 +97,8 @@ class RayBatch:
         started = time.perf_counter()
         out = out.absolute() if isinstance(out, Path) else out.rstrip("/")
         refuse_output_among_inputs(inputs, out)
-        files, failures, unentered_dirs = collect(inputs, settings.recursive, out)
-        if not files and not failures:
+        files, decided, unentered_dirs = collect(inputs, settings.recursive, out)
+        if not files and not decided:
             raise NoInputs(nothing_found(inputs, unentered_dirs))
         if isinstance(out, Path):
             make_output_folder(out)
@@ -119,8 +119,8 @@ class RayBatch:
                     place.sweep(job.output for job in jobs)  # temp files a killed run left; the lock says none is live
                 # Workers run elsewhere: they read absolute paths; results name inputs as given, as the local batch does.
                 jobs = [replace(job, source=_absolute(job.source)) for job in jobs]
-                record = Recorder(journal, summary, report, jobs, decided=failures + refused)
-                with progress_bar(len(jobs), len(failures) + len(refused), progress) as bar:
+                record = Recorder(journal, summary, report, jobs, decided=decided + refused)
+                with progress_bar(len(jobs), len(decided) + len(refused), progress) as bar:
                     self._upscale(jobs, place, journal, settings, record, bar)
                 record.close()
             finally:

@@ -61,13 +61,13 @@ def collect(inputs: list[Path | str], recursive: bool, out_dir: Path | str) -> t
     link to it, or a file inside a folder also given; its output is made once). Each
     comes with its place in the input order: the number of files listed before it."""
     files: list[tuple[Path | str, PurePosixPath]] = []
-    failures: list[tuple[int, Result]] = []
+    decided: list[tuple[int, Result]] = []
     skipped_dirs = 0
     seen: dict[Path | str, Path | str] = {}  # real file -> the name it was first listed by
     out_real = out_dir.resolve() if isinstance(out_dir, Path) else None
 
     def fail(path: Path | str, reason: str) -> None:
-        failures.append((len(files), Result(display(path), "failed", reason)))
+        decided.append((len(files), Result(display(path), "failed", reason)))
 
     def add(path: Path | str, rel: PurePosixPath) -> None:
         try:
@@ -77,7 +77,7 @@ def collect(inputs: list[Path | str], recursive: bool, out_dir: Path | str) -> t
             return
         first = seen.setdefault(real, path)
         if first is not path:
-            failures.append((len(files), Result(display(path), "skipped", f"the same file as {display(first)}, upscaled once")))
+            decided.append((len(files), Result(display(path), "skipped", f"the same file as {display(first)}, upscaled once")))
             return
         files.append((path, rel))
 
@@ -115,12 +115,12 @@ def collect(inputs: list[Path | str], recursive: bool, out_dir: Path | str) -> t
                 add(path, PurePosixPath(path.relative_to(given).as_posix()))
             skipped_dirs += unentered
             for e in unlisted:
-                failures.append((len(files), Result(display(Path(e.filename or given)), "failed", f"cannot list this folder ({e.strerror or e}); none of its images were read")))
+                decided.append((len(files), Result(display(Path(e.filename or given)), "failed", f"cannot list this folder ({e.strerror or e}); none of its images were read")))
         elif kind == "file":  # a file, or something else that is there: reading it says why it is refused
             add(given, PurePosixPath(given.name))
         else:
             fail(given, "no such file or folder")
-    return files, failures, skipped_dirs
+    return files, decided, skipped_dirs
 
 
 def cannot_look_at(error: OSError | RuntimeError) -> str:
@@ -187,8 +187,8 @@ def run_batch(
     many inputs are in flight at once (default :data:`LIMITS`)."""
     start = time.perf_counter()
     refuse_output_among_inputs(inputs, out_dir)
-    files, failures, unentered_dirs = collect(inputs, settings.recursive, out_dir)
-    if not files and not failures:
+    files, decided, unentered_dirs = collect(inputs, settings.recursive, out_dir)
+    if not files and not decided:
         raise NoInputs(nothing_found(inputs, unentered_dirs))
     make_output_folder(out_dir)
     journal = Journal(out_dir / JOURNAL_NAME)
@@ -198,8 +198,8 @@ def run_batch(
         journal.append({"event": "run", "settings": settings_record(settings), **upscaler.describe()})
         jobs, refused = plan(files, settings, upscaler.scale, Folder(out_dir))
         Folder(out_dir).sweep(job.output for job in jobs)  # temp files a killed run left; the lock says none is live
-        record = Recorder(journal, summary, report, jobs, decided=failures + refused)
-        with progress_bar(len(jobs), len(failures) + len(refused), progress) as bar:
+        record = Recorder(journal, summary, report, jobs, decided=decided + refused)
+        with progress_bar(len(jobs), len(decided) + len(refused), progress) as bar:
 
             def finish(result: Result, extra: dict) -> None:
                 record(result, **extra)
