@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import stat
 
 import pytest
@@ -92,3 +93,22 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     atomic_write_bytes(target, b"second")
     assert target.read_bytes() == b"second"
     assert [p.name for p in target.parent.iterdir()] == ["file.bin"]
+
+
+def test_atomic_write_fsyncs_the_file_then_its_folder_after_the_rename(tmp_path, monkeypatch):
+    """The rename is durable only once the folder is fsynced: a power cut could undo it."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync folder" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync file"))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    atomic_write_bytes(tmp_path / "file.bin", b"data")
+    assert events == ["fsync file", "rename", "fsync folder"]

@@ -3,8 +3,10 @@
 A file is written to a hidden temp file beside its target (same folder, so same file
 system), flushed and fsynced, and only then renamed over the target with os.replace,
 which is atomic on POSIX and Windows: a reader, or a run killed at any moment, sees the
-old file or the new one, never a truncated one. The batch splits the two halves: it
-stages an output, journals it, then renames it (srdeploy.batch.steps).
+old file or the new one, never a truncated one; the folder is fsynced after the rename,
+so the new file is there after a power cut too. The batch splits the two halves: it
+stages an output, journals it, then renames it (srdeploy.batch.steps); a rename a power
+cut undoes there leaves the fsynced temp file, and the rerun redoes that output.
 
 Temp files are named ``.<target name>.<random>.srdeploy-tmp``, so a folder's leftovers
 from a killed writer can be found (the batch removes those of its own outputs); a target
@@ -94,6 +96,22 @@ def atomic_writer(target: str | os.PathLike) -> Iterator[BinaryIO]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    sync_folder(Path(target).parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder, so that a rename in it outlives a power cut (POSIX; elsewhere, and
+    on file systems that refuse it, the rename is atomic but its durability is the OS's)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> Path:
