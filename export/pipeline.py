@@ -104,7 +104,11 @@ def export_artifacts(
     out_dir.mkdir(parents=True, exist_ok=True)
     result = ExportResult(out_dir, models={})
     # Artifacts of an earlier export into the same folder would sit beside the new ones
-    # unvouched for by the new manifest (an old engine still runs, with old weights).
+    # unvouched for by the new manifest (an old engine still runs, with old weights). Its
+    # manifest goes first: until the new one is written (after fp16, int8 and their
+    # checks: minutes), a stopped export leaves a model.onnx with no manifest, which runs,
+    # not one the old manifest calls damaged.
+    (out_dir / contract.MANIFEST_NAME).unlink(missing_ok=True)
     for name in STALE_CANDIDATES:
         if (out_dir / name).is_file():
             (out_dir / name).unlink()

@@ -6,6 +6,7 @@ import importlib.util
 import json
 
 import pytest
+import torch
 
 from srdeploy.export.pipeline import _jsonable, export_artifacts
 from srdeploy.runtime.manifest import verify_manifest
@@ -35,6 +36,28 @@ def test_result_reports_what_was_removed(tiny_generator, tmp_path):
     result = export_artifacts(tiny_generator, tmp_path)
     assert result.removed == ["model.fp16.engine"] and list(result.models) == ["model.onnx"]
     assert set(result.seconds) == {"onnx fp32"} and not result.failures
+
+
+def test_a_re_export_stopped_before_its_manifest_leaves_a_model_that_runs(tiny_generator, tmp_path, monkeypatch):
+    """Ctrl-C during the fp16 conversion of a second export: the new model.onnx must not
+    sit beside the first export's manifest, which would call it damaged."""
+    from srdeploy.export import fp16
+    from srdeploy.runtime.zoo import resolve_model
+
+    export_artifacts(tiny_generator, tmp_path, fp16=True)
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fp16, "convert_fp16", interrupted)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in tiny_generator.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # other weights: another model.onnx
+    with pytest.raises(KeyboardInterrupt):
+        export_artifacts(tiny_generator, tmp_path, fp16=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    assert resolve_model(tmp_path / "model.onnx").path == tmp_path / "model.onnx"
 
 
 def test_checkpoint_metadata_becomes_json():
