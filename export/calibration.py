@@ -18,6 +18,7 @@ from PIL import Image
 
 from srdeploy.io.folders import scan_images
 from srdeploy.io.formats import READ_SUFFIXES
+from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError, open_checked
 from srdeploy.quality.degrade import downscale
 
 LR_SIDE = 64  # the serving shape the issue targets (64x64 -> 256x256)
@@ -72,9 +73,9 @@ def load_calibration(folder: str | Path, limit: int, check: int = 8, side: int =
         if len(inputs) == limit + check:
             break
         try:
-            inputs.append(lr_input(path, side, scale))
-        except (OSError, ValueError) as e:  # Pillow's errors for truncated/corrupt files
-            skipped.append(f"{path.relative_to(folder)}: {e}")
+            inputs.append(lr_input(path, side, scale, name=str(path.relative_to(folder))))
+        except (OSError, ValueError, SyntaxError) as e:  # ours (ImageError) and Pillow's for truncated/corrupt data
+            skipped.append(str(e) if isinstance(e, ImageError) else f"{path.relative_to(folder)}: {e}")  # ImageError names the file
             continue
         files.append(path.relative_to(folder).as_posix())
     if skipped:
@@ -89,9 +90,11 @@ def load_calibration(folder: str | Path, limit: int, check: int = 8, side: int =
     )
 
 
-def lr_input(path: Path, side: int = LR_SIDE, scale: int = 4) -> np.ndarray:
-    """One HR image file -> float32 (3, side, side) LR in [0, 1]."""
-    with Image.open(path) as im:
+def lr_input(path: Path, side: int = LR_SIDE, scale: int = 4, name: str | None = None) -> np.ndarray:
+    """One HR image file -> float32 (3, side, side) LR in [0, 1]. Raises ImageError (a
+    ValueError naming the file as ``name``, default its path) for what the header checks
+    refuse, a bomb included."""
+    with open_checked(path, name or str(path), DEFAULT_MAX_PIXELS) as im:
         im.load()
         rgb = im.convert("RGB")
     w, h = rgb.size

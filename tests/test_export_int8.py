@@ -4,6 +4,7 @@ it, and the CLI's --int8/--calibration handling."""
 from __future__ import annotations
 
 import contextlib
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -44,12 +45,14 @@ def test_calibration_inputs_are_the_evaluation_degradation(tmp_path):
 
     folder = smooth_images(tmp_path / "hr", 5, side=256)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+    bmp_bomb = b"BM" + struct.pack("<IHHI", 0, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, 40000, 40000, 1, 24, 0, 0, 0, 0, 0, 0)
+    (folder / "bomb.bmp").write_bytes(bmp_bomb)  # a header claiming 1.6 Gpx: refused, not decoded
+    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
         cal = load_calibration(folder, limit=3, check=2)
     assert cal.lr.shape == (3, 3, 64, 64) and cal.lr.dtype == np.float32
-    assert cal.files == ["img00.png", "img01.png", "img02.png"] and cal.available == 6
-    assert cal.check_files == ["img03.png", "img04.png"] and cal.check_held_out  # the broken one skipped
-    assert cal.skipped and cal.skipped[0].startswith("broken.png: ")
+    assert cal.files == ["img00.png", "img01.png", "img02.png"] and cal.available == 7
+    assert cal.check_files == ["img03.png", "img04.png"] and cal.check_held_out  # the broken ones skipped
+    assert [line.split(": ")[0] for line in cal.skipped] == ["bomb.bmp", "broken.png"]
     # A 256x256 HR image's LR is exactly evaluation's: downscale x4 of the image, /255.
     expected = np.asarray(downscale(Image.open(folder / "img00.png").convert("RGB")), np.float32).transpose(2, 0, 1) / 255
     np.testing.assert_array_equal(cal.lr[0], expected)

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from srdeploy.io.folders import list_images
+from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, open_checked
 from srdeploy.quality import degrade
 from srdeploy.runtime import cpu_graph, tiling
 from srdeploy.runtime.engines import ProviderError
@@ -62,7 +63,7 @@ def make_input_sets(data: Path, workdir: Path, limit: int | None = None, large: 
     hr_paths = list_images(data)[:limit]
     faces = []
     for path in hr_paths:
-        with Image.open(path) as hr:
+        with open_checked(path, str(path), DEFAULT_MAX_PIXELS) as hr:  # a bad file: an ImageError naming it
             faces.append(degrade.downscale(degrade.crop_to_multiple(hr.convert("RGB"), LR_SCALE), LR_SCALE))
     sets = [_input_set(_set_name(faces), faces, workdir / "lr")]
     if large > 0:
