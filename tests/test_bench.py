@@ -133,3 +133,26 @@ def test_bench_refuses_an_int8_file_that_is_not_one_and_a_json_path_without_its_
     run = bench("--model", tiny_onnx, "--data", hr_folder, "--repeats", 1, "--json", tmp_path / "nowhere" / "b.json")
     assert run.returncode == 2 and f"there is no folder {tmp_path / 'nowhere'}" in run.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_the_clock_peak_and_the_blas_ceiling_count_the_rows_threads_only(monkeypatch):
+    """`srdeploy bench --threads 1` on a 2-core machine: both yardsticks are one core's."""
+    from threadpoolctl import threadpool_info
+
+    from srdeploy.bench import ceilings, peak
+
+    monkeypatch.setattr(peak, "available_cpus", lambda: 2)
+    one, two = peak.estimate_peak(1), peak.estimate_peak()
+    if one is None:
+        pytest.skip("no clock in /proc/cpuinfo")
+    assert (one.cores, two.cores) == (1, 2) and one.gflops * 2 == pytest.approx(two.gflops)
+    seen = []
+    real_rate = ceilings._best_rate
+
+    def rate(fn, side):
+        seen.append([pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"])
+        return real_rate(fn, side)
+
+    monkeypatch.setattr(ceilings, "_best_rate", rate)
+    assert ceilings._numpy_sgemm(1, 64) > 0
+    assert seen and all(count == 1 for count in seen[0])

@@ -99,14 +99,27 @@ def _torch_matmul(threads: int, side: int, dtype: str) -> float | None:
         torch.set_num_threads(before)
 
 
+def _numpy_sgemm(threads: int, side: int) -> float | None:
+    """numpy's BLAS on ``threads`` threads (threadpoolctl caps its pool); None where it
+    cannot be capped and would use more cores than the rows it is compared with."""
+    from srdeploy.runtime.cpus import available_cpus
+
+    a = np.random.default_rng(0).random((side, side), dtype=np.float32)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return _best_rate(lambda: a @ a, side) if threads >= available_cpus() else None
+    with threadpool_limits(limits=threads, user_api="blas"):
+        return _best_rate(lambda: a @ a, side)
+
+
 def measure(threads: int, side: int = SIDE) -> dict[str, dict]:
     """Per precision: ``{"gflop_per_s": best or None, "by": {engine: GFLOP/s}}`` (None:
     that precision cannot be measured on this machine)."""
     from srdeploy.runtime import openvino_engine
 
-    a = np.random.default_rng(0).random((side, side), dtype=np.float32)
     candidates = {
-        "fp32": {"numpy sgemm": _best_rate(lambda: a @ a, side), "ORT MatMul": _ort_matmul(threads, side, int8=False),
+        "fp32": {"numpy sgemm": _numpy_sgemm(threads, side), "ORT MatMul": _ort_matmul(threads, side, int8=False),
                  "OpenVINO MatMul": _openvino_matmul(threads, side, "f32"), "torch matmul": _torch_matmul(threads, side, "float32")},
         "int8": {"ORT MatMulInteger u8s8": _ort_matmul(threads, side, int8=True)},
         "bf16": {},

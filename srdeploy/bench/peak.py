@@ -7,7 +7,8 @@ cycle, so 2 units is assumed when the ``fma`` flag is present, 1 otherwise. The 
 the highest one the kernel reports: cpufreq's ``cpuinfo_max_freq`` (the boost clock) when
 the machine exposes it, else the ``cpu MHz`` field of /proc/cpuinfo (on most virtual
 machines the nominal clock; boost makes the real peak somewhat higher). Cores are the
-ones this process may run on.
+threads the timed rows run on (``srdeploy bench --threads``), by default every core this
+process may run on.
 
 It counts fp32 lanes only: the measured ceilings of srdeploy.bench.ceilings, one per
 precision, are what ``srdeploy bench`` compares its rows with.
@@ -40,9 +41,10 @@ class CpuPeak:
         )
 
 
-def estimate_peak() -> CpuPeak | None:
-    """The estimate described in the module docstring; None when /proc/cpuinfo is absent
-    or names no clock (not Linux, or an unusual kernel)."""
+def estimate_peak(cores: int | None = None) -> CpuPeak | None:
+    """The estimate described in the module docstring, for ``cores`` (default: every usable
+    one); None when /proc/cpuinfo is absent or names no clock (not Linux, or an unusual
+    kernel)."""
     cpu = cpu_info()
     flags = cpu.flags
     try:
@@ -53,6 +55,6 @@ def estimate_peak() -> CpuPeak | None:
         ghz, source = cpu.mhz / 1e3, "/proc/cpuinfo cpu MHz"
     lanes = 16 if "avx512f" in flags else 8 if "avx" in flags else 4
     fma_units = 2 if "fma" in flags else 1
-    cores = available_cpus()
+    cores = min(cores or available_cpus(), available_cpus())
     gflops = cores * ghz * fma_units * lanes * 2
     return CpuPeak(gflops, cores, ghz, source, fma_units, lanes, cpu.model_name)

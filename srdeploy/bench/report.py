@@ -51,7 +51,7 @@ class FlopCounter:
 def machine_info(peak_gflops: float | None, threads: int) -> dict[str, Any]:
     """The CPU and the flags that matter, its fp32 peak (given, else estimated from the
     clock) with the method, and the ceiling of each precision measured now."""
-    estimate = cpu_peak.estimate_peak()
+    estimate = cpu_peak.estimate_peak(threads)  # the rows' threads, as the ceilings below
     cpu = cpu_info()
     if peak_gflops:
         peak, method = peak_gflops, f"{peak_gflops:.0f} GFLOP/s (given with --peak)"
