@@ -211,6 +211,12 @@ def test_cli_errors_name_the_problem(hr_dir, tmp_path):
 
     proc = _run_cli("--data", hr_dir, "--model", broken, "--name", "a", "--name", "b", "-o", tmp_path / "o4")
     assert proc.returncode == 2 and "--name" in proc.stderr
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))  # a run that wrote nothing leaves no folder
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    proc = _run_cli("--data", hr_dir, "-o", a_file / "results")  # refused before any scoring
+    assert proc.returncode == 2 and f"-o {a_file / 'results'}: cannot create this folder (Not a directory)" in proc.stderr
 
 
 def test_unreadable_image_is_named(hr_dir, tmp_path):

@@ -136,14 +136,25 @@ def evaluate(data_dir, list_file, lr_dir, models, names, downsample, border, lim
         raise click.UsageError(f"got {len(names)} --name for {len(models)} --model; give one per model or none")
     if lr_dir is not None and downsample is not None:
         raise click.UsageError("--downsample has no effect with --lr-dir (the LR images are given); drop one")
+    made = not out_dir.exists()
+    try:  # now, not after minutes of scoring: a typo in -o must not cost the results
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise click.UsageError(f"-o {out_dir}: cannot create this folder ({e.strerror or e})") from None
     try:
         images = find_test_images(data_dir, list_file, lr_dir, limit)
         names = names or default_model_names(models)
         loaded = [load_model(spec, name, device, provider, precision) for spec, name in zip(models, names)]
         result = run_evaluation(images, loaded, downsample or "bicubic", border, figure_count, progress=True)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise click.ClickException(str(e)) from e
-    sources = {m.name: m.source for m in loaded}
-    written = write_report(result, out_dir, str(data_dir), sources)
+        try:
+            written = write_report(result, out_dir, str(data_dir), {m.name: m.source for m in loaded})
+        except OSError as e:
+            raise OSError(f"cannot write the results into {out_dir} ({e.strerror or e})") from None
+    except BaseException as e:
+        if made and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # made for this run, which wrote nothing
+        if isinstance(e, (OSError, ValueError, RuntimeError)):
+            raise click.ClickException(str(e)) from None
+        raise
     click.echo(written["results.md"].read_text(encoding="utf-8"))
     click.echo("wrote " + ", ".join(str(p) for p in written.values()))
