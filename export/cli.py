@@ -108,7 +108,7 @@ def _int8_summary(entry: dict) -> str:
     where = "held out from calibration" if natural["held_out"] else "in-sample: the folder has no images beyond the calibration ones"
     return (
         f"\nint8: calibrated on {cal['images']} images of {cal['folder']} ({cal['method']}); kept fp32: {kept}\n"
-        f"  vs model.onnx: PSNR-Y {natural['psnr_y_db_mean']:.2f} dB mean, {natural['psnr_y_db_min']:.2f} dB worst on "
+        f"  on {quality['engine']} vs model.onnx: PSNR-Y {natural['psnr_y_db_mean']:.2f} dB mean, {natural['psnr_y_db_min']:.2f} dB worst on "
         f"{len(natural['images'])} images ({where}; bound >= {natural['min_psnr_y_db']:g} dB); "
         f"PSNR {quality['parity_inputs']['psnr_db']:.2f} dB on the parity inputs ([0,1] output)"
     )

@@ -274,7 +274,12 @@ def quality_vs_fp32(fp32: str | os.PathLike, int8: str | os.PathLike, calibratio
     from srdeploy.export import parity
     from srdeploy.quality.metrics import psnr_y
 
-    reference, candidate = parity.runtime_backend(fp32, "cpu"), parity.runtime_backend(int8, "cpu")  # the sessions upscale runs
+    from srdeploy.runtime.upscaler import Upscaler
+
+    # The sessions upscale runs: ONNX Runtime fp32 (the reference of every bound), and the
+    # engine `auto` picks for this int8 file (the one it was quantised for, where installed).
+    int8_runner = Upscaler(int8, provider="auto", tile=None)
+    reference, candidate = parity.runtime_backend(fp32, "cpu"), int8_runner.infer
     ref, out = _as_uint8_images(reference(calibration.check_lr)), _as_uint8_images(candidate(calibration.check_lr))
     per_image = [psnr_y(o, r) for o, r in zip(out, ref)]
     batches = batches if batches is not None else parity.parity_batches()
@@ -290,6 +295,7 @@ def quality_vs_fp32(fp32: str | os.PathLike, int8: str | os.PathLike, calibratio
     failures += rows.failures  # NaN/Inf or collapsed outputs
     return {
         "reference": f"onnxruntime fp32 ({Path(fp32).name})",
+        "engine": f"{int8_runner.provider} {int8_runner.precision}",
         "natural_images": natural,
         "parity_inputs": {"psnr_db": round(rows.psnr, 3), "max_abs": round(rows.max_abs, 5), "mean_abs": round(rows.mean_abs, 6)},
         "ok": not failures,

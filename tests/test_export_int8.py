@@ -204,6 +204,7 @@ def test_int8_for_openvino_is_nncf_keeps_the_head_in_float_and_says_its_engine(t
     assert described["precision"] == "int8" and described["int8_engine"] == "openvino"
     quality = quality_vs_fp32(SHIPPED / "model.onnx", dst, cal)
     assert quality["ok"], quality["failures"]
+    assert quality["engine"] == "openvino int8"  # checked on the engine upscale runs it on
     assert Upscaler(dst).engine.provider == "openvino"
 
     ort_file = tmp_path / "ort.int8.onnx"
