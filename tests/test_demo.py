@@ -105,6 +105,17 @@ def test_a_setting_that_cannot_run_is_one_line(upscalers, tmp_path):
     assert outcome.startswith("provider 'cpu' has no bf16 path") and "\n" not in outcome
 
 
+def test_running_out_of_memory_for_the_screen_copies_is_one_line_too(upscalers, tmp_path, monkeypatch):
+    from srdeploy.demo import compare as compare_module
+
+    def out_of_memory(picture):
+        raise MemoryError
+
+    monkeypatch.setattr(compare_module, "_to_pil", out_of_memory)
+    outcome = compare(upscalers, FACE, "srresnet", "auto", "auto", CLI_SETTINGS, tmp_path)
+    assert outcome == f"{FACE.name}: out of memory while upscaling; try a smaller image"
+
+
 def test_the_page_offers_what_this_machine_runs(tmp_path):
     choices = machine_choices()
     assert choices.models[0] == "srresnet" and set(zoo.shipped_models()) <= set(choices.models)

@@ -76,16 +76,19 @@ def compare(upscalers: Upscalers, upload: Path, model: str, provider: str, preci
         file.parent.mkdir(parents=True)
         file.write_bytes(encoded.data)
         remove_results(out_dir, older_than=time.time() - KEEP_SECONDS)
+        # The screen's copies (up to a few times the image's bytes): inside the guard too.
+        upscaled = _fit(_to_pil(result))
+        bicubic = _to_pil(decoded.picture).resize(upscaled.size, Image.Resampling.BICUBIC)
+        return Comparison(_fit(_to_pil(decoded.picture)), bicubic, upscaled, file, summary(up, decoded.picture, encoded, seconds, loaded.seconds))
     except (ImageError, ModelError, ProviderError) as e:
         return str(e)  # ImageError names the file; the others name the model or the provider
     except ValueError as e:  # a setting the Upscaler refused
         return f"{name}: {e}"
+    except MemoryError:
+        return f"{name}: out of memory while upscaling; try a smaller image"
     except Exception as e:  # the page's last guard: the server log gets the traceback, the user one line
         log.exception("upscaling %s failed", name)
         return f"{name}: unexpected {type(e).__name__}: {e}"
-    upscaled = _fit(_to_pil(result))
-    bicubic = _to_pil(decoded.picture).resize(upscaled.size, Image.Resampling.BICUBIC)
-    return Comparison(_fit(_to_pil(decoded.picture)), bicubic, upscaled, file, summary(up, decoded.picture, encoded, seconds, loaded.seconds))
 
 
 def remove_results(out_dir: Path, older_than: float) -> None:
