@@ -325,3 +325,28 @@ def test_an_address_nothing_listens_on_is_an_error_in_seconds_not_a_hang(toy, tm
         run = upscale(src, "-o", tmp_path / "out", "--model", toy, "--ray", address, timeout=60)
         assert run.returncode == 2 and message in run.stderr, run.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_workers_error_reaches_the_user_as_its_own_line_not_rays_traceback():
+    """An actor that cannot start (a node without the model file, or without bf16 units)
+    fails the dataset with the worker's traceback wrapped in Ray's errors."""
+    from ray.data.exceptions import UserCodeException
+    from ray.exceptions import RayTaskError
+
+    from srdeploy.batch.ray_cluster import failure_line
+    from srdeploy.runtime.zoo import ModelError
+
+    cause = ModelError("/models/m.onnx: model file not found")
+    wrapped = RayTaskError("Upscaling.__init__", "Traceback (most recent call last):\n  File \"ray_actor.py\", line 141\nModelError: ...", cause)
+    assert failure_line(wrapped) == "/models/m.onnx: model file not found"
+    assert failure_line(wrapped.as_instanceof_cause()) == "/models/m.onnx: model file not found"  # what ray.get raises
+    try:
+        try:
+            raise wrapped
+        except RayTaskError as e:
+            raise UserCodeException("UDF failed to process a data block.") from e
+    except UserCodeException as chained:
+        assert failure_line(chained) == "/models/m.onnx: model file not found"
+    ours = ValueError("the output folder out is also an input folder; choose another -o")
+    ours.__cause__ = OSError("an inner detail")
+    assert failure_line(ours) == str(ours)  # our own errors are not unwrapped

@@ -112,7 +112,9 @@ def _on_ray(address, actors, cpus_per_actor, model, provider, precision, tile, s
             importlib.import_module(package)
         except ModuleNotFoundError:
             _fail(f"--ray needs the {package.split('.')[0]} package, which is not installed: pip install 'srdeploy[ray]'")
-    from srdeploy.batch.ray_cluster import ClusterError
+    import ray
+
+    from srdeploy.batch.ray_cluster import ClusterError, failure_line
     from srdeploy.batch.ray_run import RayBatch
 
     try:
@@ -122,8 +124,10 @@ def _on_ray(address, actors, cpus_per_actor, model, provider, precision, tile, s
                 pool = batch.pool
                 click.echo(f"{_engine_line(engine, engine.get('note'))}; Ray: {pool.actors} actor(s) x {pool.cpus:g} CPU" + (" + 1 GPU" if pool.gpus else ""), err=True)
             return batch.run(sources, out, settings, report=report, progress=not quiet)
+    except ray.exceptions.RayError as e:  # a worker failed in a way the batch cannot go on from (an actor that cannot start)
+        _fail(f"the cluster could not run the batch: {failure_line(e)}")
     except (ClusterError, ValueError, RuntimeError, OSError) as e:  # the cluster, or OUT unusable
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        _fail(failure_line(e))
 
 
 def one_line(text: str) -> str:

@@ -26,6 +26,24 @@ class ClusterError(RuntimeError):
     """The cluster cannot run this batch (no address, too few resources): one line."""
 
 
+def failure_line(error: BaseException) -> str:
+    """What an error says, in one line. Through Ray's wrappers to the error a worker raised
+    (RayTaskError keeps it, under the worker's traceback, as ``cause``; Ray Data chains it
+    as ``__cause__``), e.g. the ModelError of an actor whose node lacks the model file."""
+    from ray.exceptions import RayError
+
+    seen: set[int] = set()
+    while isinstance(error, RayError) and id(error) not in seen:
+        seen.add(id(error))
+        inner = getattr(error, "cause", None)
+        inner = inner if isinstance(inner, BaseException) else error.__cause__
+        if inner is None:
+            break
+        error = inner
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 @dataclass(frozen=True)
 class Pool:
     """The actor pool: each actor holds one Upscaler on ``cpus`` logical CPUs (its engine's
