@@ -44,6 +44,7 @@ from srdeploy.batch.journal import Journal, display
 from srdeploy.batch.ray_actor import Roster, Upscaling, check_engine, read_headers, wait_exit
 from srdeploy.batch.run import NoInputs, Recorder, collect, make_output_folder, nothing_found, plan, progress_bar, refuse_output_among_inputs, settings_record
 from srdeploy.batch.steps import Committer, Folder, arrived, is_staged
+from srdeploy.runtime.zoo import MODEL_SUFFIXES
 
 ROWS_PER_CALL = 8  # inputs per actor call: its results reach the driver together
 CALLS_PER_ACTOR = 16  # blocks of rows per actor: the unit Ray retries when a worker dies
@@ -76,7 +77,7 @@ class RayBatch:
         nodes = ray_cluster.nodes()
         wants_gpu = provider in ray_cluster.GPU_PROVIDERS or (provider == "auto" and any(n.get("GPU", 0) for n in nodes))
         trial = ray_cluster.size_pool("cuda" if wants_gpu else "cpu", 1, self.cpus_per_actor, nodes)
-        self.model = str(Path(model).resolve()) if Path(model).suffix in (".onnx", ".engine") else model  # workers run elsewhere
+        self.model = str(Path(model).expanduser().resolve()) if Path(model).suffix.lower() in MODEL_SUFFIXES else model  # workers run elsewhere
         self.tile = tile
         check = ray.remote(check_engine).options(num_cpus=trial.cpus, num_gpus=trial.gpus)
         try:
