@@ -125,6 +125,9 @@ class UpscaleHandler:
             logger.error("%s: out of memory", name)
             return _error(context, idx, 507, f"{name}: out of memory while upscaling; try a smaller image")
         except Exception as e:  # one item's failure must not take the batch down
+            if runs_out_of_memory(e):  # the engine's own allocator (a GPU's memory), not Python's
+                logger.error("%s: out of memory in the engine: %s", name, e)
+                return _error(context, idx, 507, f"{name}: out of memory while upscaling; try a smaller image")
             logger.exception("%s failed", name)
             return _error(context, idx, 500, f"{name}: upscaling failed (an internal error; the server's log has the details)")
         context.set_response_content_type(idx, CONTENT_TYPES[encoded.format])
@@ -164,6 +167,17 @@ def _headers(context: Any, idx: int) -> dict[str, str]:
     """The request's HTTP headers (TorchServe mixes per-field content types in; skip those)."""
     headers = context.get_all_request_header(idx) or {}
     return {k: v for k, v in headers.items() if isinstance(v, str)}
+
+
+# How the engines say their allocator failed: ONNX Runtime ("CUDA failure 2: out of memory",
+# "Failed to allocate memory for requested buffer"), OpenVINO (std::bad_alloc).
+_OUT_OF_MEMORY = ("out of memory", "failed to allocate memory", "bad_alloc")
+
+
+def runs_out_of_memory(error: Exception) -> bool:
+    """Whether an engine's error says it ran out of memory (507, not 500)."""
+    text = str(error).lower()
+    return any(words in text for words in _OUT_OF_MEMORY)
 
 
 def _error(context: Any, idx: int, status: int, message: str) -> bytes:

@@ -193,6 +193,13 @@ def test_an_internal_failure_is_a_500_for_its_item_alone_and_its_details_stay_in
     assert "secret_path" not in message and "upscaling failed (an internal error; the server's log has the details)" in message
     assert "secret_path" in caplog.text  # the operator sees it
 
+    def engine_out_of_memory(picture):  # as ONNX Runtime's CUDA provider words it
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : CUDA failure 2: out of memory ; GPU=0")
+
+    monkeypatch.setattr(handler.upscaler, "upscale_picture", engine_out_of_memory)
+    (answer,) = send(handler, context, [({"body": image}, {})])
+    assert answer["status"] == 507 and "out of memory while upscaling; try a smaller image" in json.loads(answer["body"])["message"]
+
 
 def test_output_format_from_header_or_field(served, tiny_onnx, rng):
     handler, context = served
