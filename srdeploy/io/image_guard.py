@@ -50,8 +50,7 @@ class open_checked:
         self.source, self.name, self.max_pixels = source, name, max_pixels
 
     def __enter__(self) -> Image.Image:
-        name = self.name
-        self.naming = about_file(name)  # Pillow's warnings while the file is open are about it
+        self.naming = about_file(self.name)  # Pillow's warnings while the file is open are about it
         self.naming.__enter__()
         try:
             return self._open()
