@@ -121,12 +121,9 @@ class UpscaleHandler:
         except RequestError as e:
             logger.info("%s refused (%d): %s", name, e.status, e)
             return _error(context, idx, e.status, str(e))
-        except MemoryError:
-            logger.error("%s: out of memory", name)
-            return _error(context, idx, 507, f"{name}: out of memory while upscaling; try a smaller image")
         except Exception as e:  # one item's failure must not take the batch down
-            if runs_out_of_memory(e):  # the engine's own allocator (a GPU's memory), not Python's
-                logger.error("%s: out of memory in the engine: %s", name, e)
+            if runs_out_of_memory(e):
+                logger.error("%s: out of memory: %s", name, e or type(e).__name__)
                 return _error(context, idx, 507, f"{name}: out of memory while upscaling; try a smaller image")
             logger.exception("%s failed", name)
             return _error(context, idx, 500, f"{name}: upscaling failed (an internal error; the server's log has the details)")
@@ -175,9 +172,9 @@ _OUT_OF_MEMORY = ("out of memory", "failed to allocate memory", "bad_alloc")
 
 
 def runs_out_of_memory(error: Exception) -> bool:
-    """Whether an engine's error says it ran out of memory (507, not 500)."""
+    """Whether Python or an engine's own allocator (a GPU's memory) ran out: 507, not 500."""
     text = str(error).lower()
-    return any(words in text for words in _OUT_OF_MEMORY)
+    return isinstance(error, MemoryError) or any(words in text for words in _OUT_OF_MEMORY)
 
 
 def _error(context: Any, idx: int, status: int, message: str) -> bytes:

@@ -82,6 +82,14 @@ def per_image_csv(result: Evaluation) -> str:
 
 
 def write_report(result: Evaluation, out_dir: Path, data: str, sources: dict[str, str]) -> dict[str, Path]:
+    """results.md, the CSVs and the figure in ``out_dir``; an OSError names the folder."""
+    try:
+        return _write_report(result, out_dir, data, sources)
+    except OSError as e:  # not a temp file's name
+        raise OSError(f"cannot write the results into {out_dir} ({e.strerror or e})") from None
+
+
+def _write_report(result: Evaluation, out_dir: Path, data: str, sources: dict[str, str]) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, text in (
@@ -146,15 +154,11 @@ def evaluate(data_dir, list_file, lr_dir, models, names, downsample, border, lim
         names = names or default_model_names(models)
         loaded = [load_model(spec, name, device, provider, precision) for spec, name in zip(models, names)]
         result = run_evaluation(images, loaded, downsample or "bicubic", border, figure_count, progress=True)
-        try:
-            written = write_report(result, out_dir, str(data_dir), {m.name: m.source for m in loaded})
-        except OSError as e:
-            raise OSError(f"cannot write the results into {out_dir} ({e.strerror or e})") from None
-    except BaseException as e:
+        written = write_report(result, out_dir, str(data_dir), {m.name: m.source for m in loaded})
+    except (OSError, ValueError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from None
+    finally:
         if made and not any(out_dir.iterdir()):
             out_dir.rmdir()  # made for this run, which wrote nothing
-        if isinstance(e, (OSError, ValueError, RuntimeError)):
-            raise click.ClickException(str(e)) from None
-        raise
     click.echo(written["results.md"].read_text(encoding="utf-8"))
     click.echo("wrote " + ", ".join(str(p) for p in written.values()))
