@@ -21,7 +21,8 @@ from srdeploy.io.formats import READ_SUFFIXES
 from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError, open_checked
 from srdeploy.quality.degrade import downscale
 
-LR_SIDE = 64  # the serving shape the issue targets (64x64 -> 256x256)
+LR_SIDE = 64  # the size the shipped models were trained on and are served at (64x64 -> 256x256)
+CHECK_IMAGES = 8  # natural images the int8 quality bound is checked on, held out when the folder has them
 DEGRADATION = "centre square, resized to side*scale if needed (Pillow bicubic), then srdeploy.quality.degrade.downscale bicubic x4 with antialias"
 
 
@@ -51,7 +52,7 @@ class CalibrationSet:
         }
 
 
-def load_calibration(folder: str | Path, limit: int, check: int = 8, side: int = LR_SIDE, scale: int = 4) -> CalibrationSet:
+def load_calibration(folder: str | Path, limit: int, check: int = CHECK_IMAGES, side: int = LR_SIDE, scale: int = 4) -> CalibrationSet:
     """The first ``limit`` readable images of ``folder`` (recursive, sorted by path) as LR,
     and ``check`` more for the quality check: the images after those when the folder has
     them (held out), else the last calibration images (in-sample, and marked so).

@@ -11,34 +11,41 @@ from pathlib import Path
 
 import click
 
+from srdeploy.export import parity
+from srdeploy.export.calibration import CHECK_IMAGES
+from srdeploy.export.pipeline import Int8Request
+from srdeploy.runtime import contract, tensorrt
+from srdeploy.runtime.upscaler import DEFAULT_TILE
 
-@click.command("export")
+HELP = f"""Export a training checkpoint (or bare generator state_dict) CHECKPOINT to ONNX
+(and TensorRT), with manifest.json and optional parity checks.
+
+Parity inputs: generated gradients, noise, edges, a checkerboard and black/white
+frames at 37x53 LR in batches of 4 and 2. Bounds: ONNX Runtime fp32 vs torch max abs
+error <= {parity.FP32_LIMITS.max_abs:g} on the [0,1] scale; fp16 artifacts vs ONNX Runtime fp32 PSNR >= {parity.FP16_LIMITS.min_psnr:g} dB;
+no NaN/Inf and no output collapsed to flat black/white. The int8 model is always
+checked against model.onnx on {CHECK_IMAGES} natural images from the calibration folder (held
+out when it has more than --calibration-limit): PSNR-Y >= {parity.INT8_MIN_PSNR_Y:g} dB on each, or exit 1.
+"""
+
+
+@click.command("export", help=HELP)
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for model.onnx, the other artifacts and manifest.json.")
 @click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx: fp16 weights and compute, float32 inputs/outputs.")
 @click.option("--int8", is_flag=True, help="Also write model.int8.onnx: QDQ, per-channel int8 weights, calibrated on --calibration, for the engine --int8-engine names; float32 inputs/outputs.")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None, help="With --int8: folder of HR images (e.g. CelebA-HQ val faces); each is centre-cropped and degraded (bicubic x4) to a 64x64 LR input.")
-@click.option("--int8-engine", type=click.Choice(["cpu", "openvino"]), default="cpu", show_default=True, help="With --int8: the engine the int8 model is made for, and that `srdeploy upscale` runs it on: cpu = ONNX Runtime (its static quantiser), openvino = OpenVINO (NNCF's post-training quantisation; the faster one on CPUs with VNNI/AMX).")
-@click.option("--calibration-limit", type=click.IntRange(min=1), default=300, show_default=True, help="With --int8: calibration images used (the first, sorted by path); the next 8 check the int8 quality.")
+@click.option("--int8-engine", type=click.Choice(contract.INT8_ENGINES), default=Int8Request.engine, show_default=True, help="With --int8: the engine the int8 model is made for, and that `srdeploy upscale` runs it on: cpu = ONNX Runtime (its static quantiser), openvino = OpenVINO (NNCF's post-training quantisation; the faster one on CPUs with VNNI/AMX).")
+@click.option("--calibration-limit", type=click.IntRange(min=1), default=Int8Request.limit, show_default=True, help=f"With --int8: calibration images used (the first, sorted by path); the next {CHECK_IMAGES} check the int8 quality.")
 @click.option("--tensorrt", is_flag=True, help="Also build TensorRT engines (model.fp32.engine, model.fp16.engine with --fp16); needs tensorrt and a CUDA GPU.")
-@click.option("--opset", type=click.IntRange(min=17), default=None, help="ONNX opset (default 18, the exporter's native one).")
+@click.option("--opset", type=click.IntRange(min=17), default=None, help=f"ONNX opset (default {contract.DEFAULT_OPSET}, the exporter's native one).")
 @click.option("--check", is_flag=True, help="Compare every artifact with the PyTorch generator and print the parity table; exit 1 on a failed bound.")
 @click.option("--weights", type=click.Choice(["auto", "ema", "raw"]), default="auto", show_default=True, help="Which generator weights of a training checkpoint: the EMA ones (auto: when present) or the raw trained ones.")
 @click.option("--images", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None, help="Folder of images (e.g. examples/) added to the parity inputs: up to 4, centre square at 64x64 LR.")
-@click.option("--tile", type=click.IntRange(min=8), default=128, show_default=True, help="TensorRT profile: the LR tile size the engine is built for (srdeploy upscale reads it back from the engine; the CPU default tile is 256).")
-@click.option("--overlap", type=click.IntRange(min=0), default=24, show_default=True, help="TensorRT profile: LR halo on each tile side.")
-@click.option("--max-batch", type=click.IntRange(min=1), default=4, show_default=True, help="TensorRT profile: most tiles per engine call.")
+@click.option("--tile", type=click.IntRange(min=8), default=tensorrt.PROFILE_TILE, show_default=True, help=f"TensorRT profile: the LR tile size the engine is built for (srdeploy upscale reads it back from the engine; the CPU default tile is {DEFAULT_TILE}).")
+@click.option("--overlap", type=click.IntRange(min=0), default=tensorrt.PROFILE_OVERLAP, show_default=True, help="TensorRT profile: LR halo on each tile side.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=tensorrt.PROFILE_MAX_BATCH, show_default=True, help="TensorRT profile: most tiles per engine call.")
 def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration: Path | None, int8_engine: str, calibration_limit: int, tensorrt: bool, opset: int | None, check: bool, weights: str, images: Path | None, tile: int, overlap: int, max_batch: int) -> None:
-    """Export a training checkpoint (or bare generator state_dict) CHECKPOINT to ONNX
-    (and TensorRT), with manifest.json and optional parity checks.
-
-    Parity inputs: generated gradients, noise, edges, a checkerboard and black/white
-    frames at 37x53 LR in batches of 4 and 2. Bounds: ONNX Runtime fp32 vs torch max abs
-    error <= 1e-4 on the [0,1] scale; fp16 artifacts vs ONNX Runtime fp32 PSNR >= 45 dB;
-    no NaN/Inf and no output collapsed to flat black/white. The int8 model is always
-    checked against model.onnx on 8 natural images from the calibration folder (held
-    out when it has more than --calibration-limit): PSNR-Y >= 35 dB on each, or exit 1.
-    """
     if int8 and calibration is None:
         raise click.UsageError("--int8 needs --calibration DIR: a folder of HR images to calibrate the activation ranges on")
     _refuse_unused_options({"int8": int8, "tensorrt": tensorrt, "check": check or int8})
@@ -49,7 +56,7 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
             import nncf  # noqa: F401 (before anything is written; the quantiser imports it again)
         except ImportError:
             raise click.UsageError(NNCF_MISSING) from None
-    from srdeploy.export.pipeline import Int8Request, export_artifacts, load_export_generator
+    from srdeploy.export.pipeline import export_artifacts, load_export_generator
     from srdeploy.runtime.manifest import read_manifest
     from srdeploy.runtime.tensorrt import TensorRTUnavailable, TileProfile
 

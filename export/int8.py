@@ -48,23 +48,17 @@ from typing import Any
 import numpy as np
 import onnx
 
+from srdeploy.export import parity
 from srdeploy.export.calibration import CalibrationReader, CalibrationSet
 from srdeploy.io.files import atomic_write_bytes
 from srdeploy.runtime import contract, cpu_graph
 
-# The int8 quality bound: PSNR-Y of the int8 model's output against the fp32 model's, both
-# rounded to uint8, 4-px border removed, on every natural check image (faces held out from
-# calibration). On the 100 CelebA-HQ test faces the int8 export of the shipped default
-# (-0.17 dB against ground truth) scores 46.9 dB mean, 45.8 dB worst; full 8-bit weights on
-# the saturating u8 x s8 kernels (-2.8 dB against ground truth, an earlier default) 34.1 dB
-# mean, 25.2 dB worst.
-MIN_PSNR_Y = 35.0
+MIN_PSNR_Y = parity.INT8_MIN_PSNR_Y
 
 METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_METHOD = "percentile"
-# Two-sided, of each activation over the calibration set. Measured on the default (an
-# earlier form of this int8 graph, 64 calibration faces; PSNR-Y vs ground truth on the test
-# split): 99.99 -0.33 dB, 99.999 -0.33, 99.9999 -0.25, min-max -0.38.
+# Two-sided, of each activation over the calibration set: the one of 99.99, 99.999, 99.9999
+# and min-max that lost least against ground truth (docs/results.md, "INT8 on the CPU").
 PERCENTILE = 99.9999
 NNCF_MISSING = "--int8-engine openvino quantises with NNCF, which is not installed: pip install 'srdeploy[export]'"
 WEIGHTS = "int8 per output channel, symmetric, 7-bit range (reduce_range: no int16 saturation without VNNI)"

@@ -24,7 +24,6 @@ from srdeploy.io.files import atomic_write_bytes
 from srdeploy.runtime import contract
 from srdeploy.training.models import Generator
 
-DEFAULT_OPSET = 18
 # An example shape for tracing. Batch 2, not 1: torch.export specialises dimensions whose
 # example size is 0 or 1 and would then refuse to make the batch dynamic. H != W so that
 # no equality between them gets baked in.
@@ -51,7 +50,7 @@ def export_onnx(generator: Generator, path: str | os.PathLike, opset: int | None
     and ``onnx.checker.check_model(full_check=True)`` passes.
     """
     path = Path(path)
-    opset = DEFAULT_OPSET if opset is None else int(opset)
+    opset = contract.DEFAULT_OPSET if opset is None else int(opset)
     model = _export_proto(generator, opset)
     _check_proto(model, path, opset)
     atomic_write_bytes(path, model.SerializeToString())  # weights inline: no external data

@@ -45,8 +45,13 @@ FP16_LIMITS = Limits(min_psnr=45.0)
 BF16_LIMITS = Limits(min_psnr=40.0)
 # int8 error depends on the calibrated ranges: synthetic noise and checkerboards lie far
 # outside what faces produce, so here int8 is held only to finite, non-flat outputs; its
-# PSNR bound is on natural images (srdeploy.export.int8.MIN_PSNR_Y).
+# PSNR bound is on natural images (INT8_MIN_PSNR_Y).
 INT8_LIMITS = Limits()
+# The int8 quality bound on natural images: PSNR-Y of the int8 model's output against the
+# fp32 model's, both rounded to uint8, 4-px border removed, on every check image (faces held
+# out from calibration). 35 dB passes the shipped int8 export with a wide margin and fails
+# the earlier full-range weights that lost 2.8 dB (docs/results.md, "INT8 on the CPU").
+INT8_MIN_PSNR_Y = 35.0
 LIMITS = {"fp32": FP32_LIMITS, "fp16": FP16_LIMITS, "bf16": BF16_LIMITS, "int8": INT8_LIMITS}
 
 

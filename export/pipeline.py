@@ -20,7 +20,6 @@ from typing import Any
 
 from srdeploy import __version__
 from srdeploy.export import parity
-from srdeploy.export.int8 import MIN_PSNR_Y as MIN_INT8_PSNR_Y
 from srdeploy.io.files import sha256_file
 from srdeploy.runtime import contract
 from srdeploy.runtime.manifest import write_manifest
@@ -243,7 +242,7 @@ def build_manifest_info(generator, meta: dict[str, Any] | None, source: Path | N
             "limits": {
                 "fp32_max_abs": parity.FP32_LIMITS.max_abs,
                 "fp16_min_psnr_db": parity.FP16_LIMITS.min_psnr,
-                "int8": f"no NaN/Inf or flat outputs here; PSNR-Y >= {MIN_INT8_PSNR_Y:g} dB vs fp32 on natural images (models.{INT8_ONNX}.parity)",
+                "int8": f"no NaN/Inf or flat outputs here; PSNR-Y >= {parity.INT8_MIN_PSNR_Y:g} dB vs fp32 on natural images (models.{INT8_ONNX}.parity)",
             },
             "rows": [r.as_dict() for r in result.parity],
         }

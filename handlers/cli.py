@@ -11,10 +11,9 @@ from pathlib import Path
 
 import click
 
-from srdeploy.handlers.config import DEFAULT_MAX_PIXELS, SERVED_PROVIDERS
+from srdeploy.handlers.config import SERVED_PROVIDERS, Ports, ServeConfig
 from srdeploy.runtime import zoo
 from srdeploy.runtime.engines import PRECISIONS
-from srdeploy.runtime.upscaler import DEFAULT_TILE
 
 
 @click.command("package")
@@ -22,14 +21,14 @@ from srdeploy.runtime.upscaler import DEFAULT_TILE
 @click.option("-o", "--output", "store", required=True, type=click.Path(path_type=Path, file_okay=False), help="Model store folder; NAME.mar is written into it.")
 @click.option("--name", default=None, help="Model name: the archive's file name and the URL path /predictions/NAME [default: the model's, e.g. srresnet].")
 @click.option("--config", "properties", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Where to write config.properties [default: beside the model store folder].")
-@click.option("--port", type=click.IntRange(1, 65535 - 16), default=8080, show_default=True, help="Inference port; management, metrics, gRPC and worker ports follow it (+1..+5), all on 127.0.0.1.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Requests per batch (mixed sizes are fine); on a CPU batches add latency, not throughput.")
-@click.option("--max-batch-delay", type=click.IntRange(min=0), default=50, show_default=True, help="Milliseconds TorchServe waits to fill a batch.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes; they share the cores (ONNX Runtime threads = cores / workers).")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True, help="Largest input in pixels (413 above); request/response size limits follow.")
-@click.option("--provider", type=click.Choice(SERVED_PROVIDERS), default="auto", show_default=True, help="Engine of the workers, written into the archive; auto = cuda when the worker can start it, else the fastest CPU engine for its CPU (a GPU worker on the CPU logs a warning).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help="As `srdeploy upscale --precision`.")
-@click.option("--tile", type=click.IntRange(min=1), default=DEFAULT_TILE, show_default=True, help="LR tile side, as `srdeploy upscale --tile` (same value, same bytes); a server always tiles, so that a request's memory stays bounded.")
+@click.option("--port", type=click.IntRange(1, 65535 - 16), default=Ports.base, show_default=True, help="Inference port; management, metrics, gRPC and worker ports follow it (+1..+5), all on 127.0.0.1.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=ServeConfig.batch_size, show_default=True, help="Requests per batch (mixed sizes are fine); on a CPU batches add latency, not throughput.")
+@click.option("--max-batch-delay", type=click.IntRange(min=0), default=ServeConfig.max_batch_delay_ms, show_default=True, help="Milliseconds TorchServe waits to fill a batch.")
+@click.option("--workers", type=click.IntRange(min=1), default=ServeConfig.workers, show_default=True, help="Worker processes; they share the cores (ONNX Runtime threads = cores / workers).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=ServeConfig.max_pixels, show_default=True, help="Largest input in pixels (413 above); request/response size limits follow.")
+@click.option("--provider", type=click.Choice(SERVED_PROVIDERS), default=ServeConfig.provider, show_default=True, help="Engine of the workers, written into the archive; auto = cuda when the worker can start it, else the fastest CPU engine for its CPU (a GPU worker on the CPU logs a warning).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=ServeConfig.precision, show_default=True, help="As `srdeploy upscale --precision`.")
+@click.option("--tile", type=click.IntRange(min=1), default=ServeConfig.tile, show_default=True, help="LR tile side, as `srdeploy upscale --tile` (same value, same bytes); a server always tiles, so that a request's memory stays bounded.")
 @click.option("--response-timeout", type=click.IntRange(min=1), default=None, help="Seconds per batch before TorchServe restarts the worker [default: sized from the model for a CPU].")
 @click.option("--force", is_flag=True, help="Replace an existing NAME.mar and config.properties.")
 def package(model, store, name, properties, port, batch_size, max_batch_delay, workers, max_pixels, provider, precision, tile, response_timeout, force):
@@ -39,7 +38,6 @@ def package(model, store, name, properties, port, batch_size, max_batch_delay, w
 
         torchserve --start --ts-config config.properties --foreground
     """
-    from srdeploy.handlers.config import Ports, ServeConfig
     from srdeploy.handlers.package import PackageError, build_archive
     from srdeploy.runtime.engines import ProviderError
     from srdeploy.runtime.zoo import ModelError

@@ -33,7 +33,9 @@ MODEL_CONFIG_NAME = "model-config.yaml"
 # TensorRT's engine builds take minutes per shape: not something a worker does at start.
 SERVED_PROVIDERS = tuple(p for p in PROVIDERS if p != "tensorrt")
 CONFIG_PROPERTIES_NAME = "config.properties"
-DEFAULT_MAX_PIXELS = 512 * 512
+# A served request's default pixel cap: far below upscale's (a file on disk), because a
+# server holds each request's bytes and output in memory and answers within a timeout.
+SERVED_MAX_PIXELS = 512 * 512
 # Throughput assumed for the timeout: well below one busy core, so that an image at the cap
 # gets a few times the time a loaded CPU took before TorchServe kills the worker
 # (docs/results.md, "TorchServe").
@@ -67,7 +69,7 @@ class ServeConfig:
     workers: int = 1
     """Worker processes; they share the cores, so one worker with all of them is the
     default (ONNX Runtime already uses every core for one image)."""
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = SERVED_MAX_PIXELS
     """Largest input in LR pixels (width x height), refused with 413 before decoding."""
     tile: int = DEFAULT_TILE
     """LR tile side, as ``srdeploy upscale --tile`` (same value, same bytes out)."""

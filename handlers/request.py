@@ -8,7 +8,7 @@ headers are read through the context. A client chooses the output:
 - format: header ``X-Output-Format`` or form field ``format``: png (default), jpeg/jpg,
   webp, or same (the input's own format);
 - quality: header ``X-Output-Quality`` or form field ``quality``: 1-100 for JPEG/WebP
-  (default 95 JPEG, 90 WebP, as ``srdeploy upscale``).
+  (the defaults of ``srdeploy upscale``: srdeploy.io.imaging.DEFAULT_QUALITY).
 
 A raw body needs a Content-Type (image/png, application/octet-stream...): TorchServe's
 frontend parses a body sent as application/x-www-form-urlencoded (curl's default for
@@ -22,12 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from srdeploy.io import imaging
+
 FORMAT_HEADER = "x-output-format"
 QUALITY_HEADER = "x-output-quality"
 OPTION_FIELDS = ("format", "quality")
 IMAGE_FIELDS = ("image", "file", "body", "data")  # where the image is looked for, in order
 # Request format name -> the name srdeploy.io.imaging.choose_format takes.
-FORMATS = {"png": "png", "jpeg": "jpg", "jpg": "jpg", "webp": "webp", "same": "same"}
+FORMATS = {**{name: name for name in imaging.OUTPUT_CHOICES}, "jpeg": "jpg"}
 DEFAULT_FORMAT = "png"
 
 

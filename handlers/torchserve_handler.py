@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from srdeploy.handlers.config import DEFAULT_MAX_PIXELS, ort_threads
+from srdeploy.handlers.config import ServeConfig, ort_threads
 from srdeploy.handlers.request import RequestError, parse_request
 from srdeploy.io import imaging
 from srdeploy.runtime.engines import CPU_PROVIDERS
-from srdeploy.runtime.upscaler import DEFAULT_TILE, Upscaler
+from srdeploy.runtime.upscaler import Upscaler
 from srdeploy.runtime.zoo import MODEL_FILE, ModelError, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -47,11 +47,11 @@ NOTE_HEADER = "X-Upscale-Note"  # why the output format differs from the one ask
 class HandlerSettings:
     """The ``handler:`` section of model-config.yaml, plus the worker count."""
 
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    tile: int = DEFAULT_TILE
-    provider: str = "auto"
-    precision: str = "auto"
-    workers: int = 1
+    max_pixels: int = ServeConfig.max_pixels
+    tile: int = ServeConfig.tile
+    provider: str = ServeConfig.provider
+    precision: str = ServeConfig.precision
+    workers: int = ServeConfig.workers
 
     @classmethod
     def from_model_config(cls, config: dict[str, Any] | None) -> "HandlerSettings":
@@ -59,11 +59,11 @@ class HandlerSettings:
         section = config.get("handler") or {}
         try:
             return cls(
-                max_pixels=int(section.get("max_pixels", DEFAULT_MAX_PIXELS)),
-                tile=int(section.get("tile", DEFAULT_TILE)),
-                provider=str(section.get("provider", "auto")),
-                precision=str(section.get("precision", "auto")),
-                workers=int(config.get("maxWorkers", config.get("minWorkers", 1))),
+                max_pixels=int(section.get("max_pixels", cls.max_pixels)),
+                tile=int(section.get("tile", cls.tile)),
+                provider=str(section.get("provider", cls.provider)),
+                precision=str(section.get("precision", cls.precision)),
+                workers=int(config.get("maxWorkers", config.get("minWorkers", cls.workers))),
             )
         except (TypeError, ValueError) as e:
             raise ValueError(f"model-config.yaml: bad handler setting ({e})") from None

@@ -38,16 +38,17 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Sequence
 
 from srdeploy.batch import pipeline
-from srdeploy.batch.jobs import FOLDER_SUFFIXES, JOURNAL_NAME, Job, Result, Settings, Summary, failure_reason, walk_tree  # noqa: F401 (FOLDER_SUFFIXES: its old home)
+from srdeploy.batch.jobs import JOURNAL_NAME, Job, Result, Settings, Summary, failure_reason, walk_tree
 from srdeploy.batch.journal import Journal, display
 from srdeploy.batch.steps import Folder, InputSteps, Place, source_identity
 from srdeploy.io import imaging
 from srdeploy.io.formats import READ_SUFFIXES
 from srdeploy.runtime.upscaler import Upscaler
 
-# In flight at once. Two worker threads: one decodes ahead while the other encodes, each
-# mostly in Pillow/zlib code that releases the GIL; see README "Batch throughput".
-LIMITS = pipeline.Limits()  # 2 workers, 6 in flight, 32 Mpx (the numbers live there)
+# In flight at once (workers, inputs, pixels: pipeline.Limits). Two worker threads: one
+# decodes ahead while the other encodes, each mostly in Pillow/ISA-L code that releases the
+# GIL; why these limits: docs/results.md, "Batch throughput".
+LIMITS = pipeline.Limits()
 BUDGET_BYTES_PER_PIXEL = 3  # the budget's pixels are 8-bit RGB: an input file's bytes count at that rate
 
 

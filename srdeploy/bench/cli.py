@@ -1,5 +1,6 @@
-"""``srdeploy bench``: PyTorch eager vs ONNX Runtime fp32 (and INT8) vs the whole upscale
-pipeline, on the same inputs, with achieved GFLOP/s against the CPU's peak.
+"""``srdeploy bench``: PyTorch eager, every CPU engine x precision on offer (ONNX Runtime,
+OpenVINO; fp32, bf16, int8) and the whole upscale pipeline, on the same inputs in one run,
+each row's achieved rate against a ceiling measured for its own precision.
 
 What each row measures and how it is timed: srdeploy.bench.measure; the figures and the table:
 srdeploy.bench.report. Heavy imports happen inside the command (torch only when the

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from srdeploy.io import imaging
 from srdeploy.io.imaging import DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION
 from srdeploy.runtime import engines, zoo
 from srdeploy.runtime.upscaler import DEFAULT_TILE
@@ -35,7 +36,7 @@ HEADER_ALLOWANCE = 1 << 20
 @click.option("--provider", type=click.Choice(engines.PROVIDERS), default="auto", show_default=True, help="The engine selected when the page opens (as srdeploy upscale --provider).")
 @click.option("--precision", type=click.Choice(engines.PRECISIONS), default="auto", show_default=True, help="The precision selected when the page opens (as srdeploy upscale --precision).")
 @click.option("--tile", type=click.IntRange(min=0), default=DEFAULT_TILE, show_default=True, help="LR tile side in pixels, as srdeploy upscale --tile; 0 = whole image (CPU only).")
-@click.option("--quality", type=click.IntRange(1, 100), default=None, help="JPEG/WebP quality [default: 95 JPEG, 90 WebP], as srdeploy upscale --quality.")
+@click.option("--quality", type=click.IntRange(1, 100), default=None, help=f"JPEG/WebP quality [default: {imaging.QUALITY_DEFAULTS_TEXT}], as srdeploy upscale --quality.")
 @click.option("--png-compression", type=click.IntRange(0, 9), default=DEFAULT_PNG_COMPRESSION, show_default=True, help="PNG compression 0-9, as srdeploy upscale --png-compression.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True, help="Refuse inputs with more pixels (checked before decoding).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; 0.0.0.0 makes the page reachable from other machines.")

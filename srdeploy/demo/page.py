@@ -17,9 +17,9 @@ import gradio as gr
 from srdeploy.demo.choices import Choices
 from srdeploy.demo.compare import KEEP_SECONDS, Comparison, Settings, compare
 from srdeploy.demo.upscalers import Upscalers
+from srdeploy.io import imaging
 from srdeploy.io.formats import READ_FORMATS
 
-OUTPUT_FORMATS = ("same", "png", "jpg", "webp")  # srdeploy upscale --format
 CSS = """
 #status .srd-error { color: var(--error-text-color); font-weight: 600; }
 #status p { white-space: pre-line; margin: 0; }
@@ -43,7 +43,7 @@ def build(choices: Choices, upscalers: Upscalers, settings: Settings, out_dir: P
                 shown_input = gr.Image(label="Input", type="pil", format="png", image_mode=None, interactive=False, elem_id="input", height=260)
                 with gr.Row():
                     model = gr.Dropdown(list(choices.models), value=choices.models[0], label="Model", elem_id="model")
-                    fmt = gr.Dropdown(list(OUTPUT_FORMATS), value=settings.format, label="Output format", elem_id="format")
+                    fmt = gr.Dropdown(list(imaging.OUTPUT_CHOICES), value=settings.format, label="Output format", elem_id="format")
                 with gr.Row():
                     engine = gr.Dropdown(list(choices.providers), value=provider, label="Engine (provider)", elem_id="provider")
                     arithmetic = gr.Dropdown(list(choices.precisions), value=precision, label="Precision", elem_id="precision")

@@ -34,6 +34,10 @@ __all__ = [
 MAX_SIDE = {"WEBP": 16383, "JPEG": 65535, "PNG": 2**31 - 1, "TIFF": 2**31 - 1, "BMP": 2**31 - 1}
 KEEPS_ALPHA = {"PNG", "WEBP", "TIFF"}
 DEFAULT_QUALITY = {"JPEG": 95, "WEBP": 90}
+# The output formats a user chooses from (``--format``, the demo's menu, the handler's
+# header): the input's own, or one of the three srdeploy recommends for photos.
+OUTPUT_CHOICES = ("same", "png", "jpg", "webp")
+QUALITY_DEFAULTS_TEXT = f"{DEFAULT_QUALITY['JPEG']} JPEG, {DEFAULT_QUALITY['WEBP']} WebP"
 # PNG compression, 0-9; the pixels are the same at every level. 0 stores; 1-3 are
 # srdeploy's fast writer (srdeploy.io.png: one filter, ISA-L or zlib at that level); 4-9
 # are Pillow's per-row filter search and zlib at that level, for the smallest files. 1
@@ -209,7 +213,7 @@ def choose_format(requested: str, info: ImageInfo | Picture) -> tuple[str, str |
         fmt = {"jpg": "JPEG", "tif": "TIFF"}.get(requested.lower(), requested.upper())
         note = None
         if fmt not in MAX_SIDE:
-            raise ValueError(f"unknown output format {requested!r}: use same, png, jpg or webp")
+            raise ValueError(f"unknown output format {requested!r}: use {', '.join(OUTPUT_CHOICES[:-1])} or {OUTPUT_CHOICES[-1]}")
     lacks = []
     if has_alpha and fmt not in KEEPS_ALPHA:
         lacks.append("alpha")

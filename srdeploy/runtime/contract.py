@@ -1,4 +1,4 @@
-"""The exported-model contract every runtime relies on (docs/export.md, "The ONNX contract").
+"""The exported-model contract every runtime relies on (docs/export.md, "What it writes").
 
 input ``lr``: float32 NCHW, RGB in [0, 1]; output ``sr``: float32 NCHW in [0, 1], ``scale``
 times larger; batch, height and width dynamic; one self-contained file (no external data).
@@ -20,6 +20,8 @@ MANIFEST_NAME = "manifest.json"
 # The highest ONNX IR version any runtime srdeploy supports reads (onnx 1.19 era); the
 # exporter writes IR 10 at opset 18, which every pinned runtime, back to onnxruntime 1.18, reads.
 MAX_IR_VERSION = 13
+# The opset the exporter writes unless asked otherwise: torch.onnx's native one.
+DEFAULT_OPSET = 18
 # Model-level metadata_props srdeploy writes into every exported ONNX file.
 META_SCALE = "srdeploy.scale"
 META_PRECISION = "srdeploy.precision"  # "fp32" | "fp16" | "int8" (compute; the I/O stays float32)

@@ -19,7 +19,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CPUINFO = Path("/proc/cpuinfo")
 # The /proc/cpuinfo flags that decide which engine and precision run fastest: AVX2 and
 # AVX-512 (fp32 lanes), VNNI (int8 dot products), AVX512-BF16 and AMX (bf16/int8 tiles).
-FLAGS_THAT_MATTER = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+FLAGS_THAT_MATTER = ("avx2", "fma", "avx512f", "avx_vnni", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 @dataclass(frozen=True)

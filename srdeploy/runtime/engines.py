@@ -50,11 +50,11 @@ def fastest_cpu_engine(cpu: CpuInfo, model_precision: str, openvino: bool, openv
     (srdeploy.runtime.contract.META_INT8_ENGINE). The rules follow the measurements in
     docs/results.md."""
     if model_precision == "int8":
-        # Each engine kept int8's 0.2 dB bound only on the file made for it: OpenVINO lost
-        # 0.20-0.23 dB on ONNX Runtime's QDQ file, on AVX2, AVX-512 and AMX CPUs alike.
+        # Each engine kept int8's 0.2 dB bound only on the file made for it, on AVX2, AVX-512
+        # and AMX CPUs alike (docs/results.md, "INT8: which file, which engine").
         if int8_engine == "openvino" and openvino:
             # Without VNNI too (with a note): on the AVX2 EPYC NNCF's file lost as much on ONNX
-            # Runtime (0.38 dB) as on OpenVINO (0.37), and ran there slower than fp32 (docs/results.md).
+            # Runtime as on OpenVINO, and ran there slower than fp32.
             cost = _int8_cost("int8", int8_engine, "openvino", cpu)
             return Engine("openvino", "int8", "auto: an int8 model quantised for OpenVINO (NNCF), OpenVINO int8" + (f"; but {cost}" if cost else ""))
         if int8_engine == "openvino":
@@ -129,10 +129,10 @@ def _int8_cost(model_precision: str, int8_engine: str, provider: str, cpu: CpuIn
     if provider == "openvino" and int8_engine == "openvino":
         if cpu.has_int8_dot:
             return None
-        return ("this CPU has no VNNI or AMX, where OpenVINO lost 0.37 dB PSNR-Y on such a file, past int8's 0.2 dB: "
+        return ("this CPU has no VNNI or AMX, where OpenVINO's loss of PSNR-Y on such a file went past int8's 0.2 dB: "
                 "for this CPU, export with --int8-engine cpu")
     if provider == "openvino":
-        return ("as asked, on an int8 file quantised for ONNX Runtime: OpenVINO lost 0.20-0.23 dB PSNR-Y on such files, past int8's 0.2 dB; "
+        return ("as asked, on an int8 file quantised for ONNX Runtime: OpenVINO's loss of PSNR-Y on such files went past int8's 0.2 dB; "
                 "srdeploy export --int8 --int8-engine openvino makes one for OpenVINO")
     if int8_engine == "openvino":
         return "as asked, on an int8 file quantised for OpenVINO: ONNX Runtime ran such files slower than its fp32; auto runs it on OpenVINO"

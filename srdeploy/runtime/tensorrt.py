@@ -28,6 +28,12 @@ INSTALL_HINT = (
 )
 
 
+# The default engine profile (``srdeploy export --tile/--overlap/--max-batch``): 128x128 LR
+# tiles plus the shipped models' 24-px halo on each side, up to 4 windows a call.
+PROFILE_TILE, PROFILE_OVERLAP, PROFILE_MAX_BATCH = 128, 24, 4
+_SIDE = PROFILE_TILE + 2 * PROFILE_OVERLAP
+
+
 class TensorRTUnavailable(RuntimeError):
     """TensorRT or a CUDA GPU is missing; the message says which and how to get it."""
 
@@ -49,15 +55,14 @@ class TileProfile:
     """The ``lr`` shapes (N, 3, H, W) an engine accepts: TensorRT tunes kernels for ``opt``
     and accepts anything between ``min`` and ``max`` elementwise.
 
-    The defaults fit 128x128 LR tiles (the engine's tile, which the Upscaler reads back
-    from the engine) plus a 24-px halo on each side: 176x176; a window is smaller only where
-    the image is (windows are clamped into it), so down to 1x1: a 300x10 image's windows
-    are 10 rows high.
+    The defaults fit the PROFILE_* tiles (the engine's tile, which the Upscaler reads back
+    from the engine) with their halo; a window is smaller only where the image is (windows
+    are clamped into it), so down to 1x1: a 300x10 image's windows are 10 rows high.
     """
 
     min_shape: tuple[int, int, int, int] = (1, 3, 1, 1)
-    opt_shape: tuple[int, int, int, int] = (1, 3, 176, 176)
-    max_shape: tuple[int, int, int, int] = (4, 3, 176, 176)
+    opt_shape: tuple[int, int, int, int] = (1, 3, _SIDE, _SIDE)
+    max_shape: tuple[int, int, int, int] = (PROFILE_MAX_BATCH, 3, _SIDE, _SIDE)
 
     def __post_init__(self) -> None:
         for label, shape in (("min", self.min_shape), ("opt", self.opt_shape), ("max", self.max_shape)):
@@ -67,7 +72,7 @@ class TileProfile:
             raise ValueError(f"profile needs min <= opt <= max elementwise, got {self.min_shape} / {self.opt_shape} / {self.max_shape}")
 
     @classmethod
-    def for_tiles(cls, tile: int = 128, overlap: int = 24, max_batch: int = 4, min_side: int = 1) -> "TileProfile":
+    def for_tiles(cls, tile: int = PROFILE_TILE, overlap: int = PROFILE_OVERLAP, max_batch: int = PROFILE_MAX_BATCH, min_side: int = 1) -> "TileProfile":
         """Profile for the runtime's tiles of ``tile`` LR pixels plus ``overlap`` each side."""
         side = tile + 2 * overlap
         low = min(min_side, side)

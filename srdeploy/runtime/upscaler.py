@@ -11,9 +11,11 @@ same input gives the same output everywhere::
 
 Immutable after construction and safe to share between threads (ONNX Runtime sessions
 are; GPU I/O buffers are per thread). Providers: ``cpu``, ``cuda`` and ``tensorrt`` map to
-ONNX Runtime execution providers; ``auto`` picks CUDA when it works, else CPU, and says
-so. An explicitly requested provider that cannot start is an error, never a quiet CPU
-run. ``.engine`` files run through TensorRT directly (srdeploy.export.tensorrt_engine).
+ONNX Runtime execution providers, ``openvino`` to OpenVINO's CPU plugin; ``auto`` picks
+CUDA when it works, else the fastest engine and precision this CPU has within the quality
+contract (srdeploy.runtime.engines), and says which. An explicitly requested provider that
+cannot start is an error, never a quiet CPU run. ``.engine`` files run through TensorRT
+directly (srdeploy.runtime.tensorrt; srdeploy.export.tensorrt_engine builds them).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class Upscaler:
     the session (default: the CPUs this process may use).
     """
 
-    provider: str  # cpu | cuda | tensorrt: what actually runs the model
+    provider: str  # cpu | openvino | cuda | tensorrt: what actually runs the model
     scale: int  # 4 for the shipped generators
     overlap: int  # LR pixels of context around each tile: the model's receptive radius, rounded up
 
