@@ -38,6 +38,15 @@ def test_recursive_listing_and_list_files_with_or_without_extensions(folder):
         list_images(folder, folder / "twice.txt")
 
 
+def test_hidden_files_and_folders_are_left_out_as_upscale_leaves_them_out(tmp_path):
+    root = tmp_path / ".data"  # a hidden root is still read: only names below it count
+    (root / ".git").mkdir(parents=True)
+    _save(root / "a.png")
+    (root / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS resource fork, not a PNG
+    _save(root / ".git" / "b.png")
+    assert [p.name for p in list_images(root)] == ["a.png"]
+
+
 def test_pairs_are_the_shared_degradation_of_the_crop(folder):
     ds = SRDataset(folder, patch=32, flip=False)
     lr, hr = ds[0]  # int index: centre crop, no augmentation

@@ -8,8 +8,11 @@ from srdeploy.io.formats import READ_SUFFIXES, is_image_name
 
 
 def scan_images(root: Path) -> list[Path]:
-    """Image files under ``root``, recursive, sorted."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and is_image_name(p.name))
+    """Image files under ``root``, recursive, sorted; hidden files and folders (a name
+    starting with a dot: macOS's ``._face.jpg`` resource forks, ``.git``) are left out, as
+    ``srdeploy upscale`` leaves them out of a folder."""
+    root = Path(root)
+    return sorted(p for p in root.rglob("*") if p.is_file() and is_image_name(p.name) and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def list_images(root: str | Path, list_file: str | Path | None = None) -> list[Path]:
