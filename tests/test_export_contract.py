@@ -68,6 +68,41 @@ def test_refuses_external_data_even_when_the_data_file_is_gone(tmp_path):
         validate_onnx_model(path)
 
 
+def _external(name, location="secret"):
+    """A tensor whose bytes an engine would read from ``location`` beside the model (or in
+    the working folder when the model reaches it as bytes)."""
+    tensor = TensorProto(name=name, data_type=TensorProto.UINT8, dims=[8], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", "0"), ("length", "8")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def _hide_in_sparse_constant(model):
+    sparse = onnx.SparseTensorProto(dims=[8], values=_external("sparse_values"), indices=numpy_helper.from_array(np.arange(8), "i"))
+    model.graph.node.append(helper.make_node("Constant", [], ["c"], sparse_value=sparse))
+
+
+def _hide_in_sparse_initializer_indices(model):
+    values = numpy_helper.from_array(np.ones(8, np.uint8), "v")
+    model.graph.sparse_initializer.append(onnx.SparseTensorProto(dims=[8], values=values, indices=_external("sparse_indices")))
+
+
+def _hide_in_function_body(model):
+    body = [helper.make_node("Constant", [], ["k"], value=_external("function_constant"))]
+    model.functions.append(helper.make_function("local", "leak", [], ["k"], body, [helper.make_opsetid("", 18)]))
+
+
+@pytest.mark.parametrize("hide", [_hide_in_sparse_constant, _hide_in_sparse_initializer_indices, _hide_in_function_body])
+def test_refuses_external_data_wherever_a_tensor_hides(tmp_path, hide):
+    # A reviewer's model read a file from the working folder into its output through a
+    # sparse Constant; every place a TensorProto can sit is searched, not a list of them.
+    model = _model()
+    hide(model)
+    with pytest.raises(ValueError, match="refusing an ONNX model with external data"):
+        validate_onnx_model(_save(model, tmp_path))
+
+
 @pytest.mark.parametrize(
     "kwargs, reason",
     [

@@ -60,7 +60,7 @@ def validate_onnx_model(path: str | os.PathLike) -> dict[str, Any]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf DecodeError and friends
         raise ValueError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
-    external = _external_tensors(model.graph)
+    external = _external_tensors(model)
     if external:
         more = f" (+{len(external) - 3} more)" if len(external) > 3 else ""
         raise ValueError(
@@ -168,14 +168,22 @@ def _precision_of(graph: Any, stated: str | None) -> str | None:
     return None
 
 
-def _external_tensors(graph: Any) -> list[str]:
-    """Names of tensors (initializers, Constant attributes, subgraphs) kept in external files."""
+def _external_tensors(model: Any) -> list[str]:
+    """Names of the tensors anywhere in ``model`` kept in external files.
+
+    Every message of the model is visited, not a list of the places tensors usually sit:
+    a tensor can also hide in a sparse initializer's indices, a sparse Constant, a
+    subgraph or a model-local function, and the engines would read any of them from a
+    file beside the model, or in the working folder when the model is handed over as bytes.
+    """
     found = []
-    tensors = list(graph.initializer) + [s.values for s in graph.sparse_initializer]
-    for node in graph.node:
-        for attr in node.attribute:
-            tensors += ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                found += _external_tensors(sub)
-    found += [t.name or "<unnamed>" for t in tensors if t.data_location == _EXTERNAL or len(t.external_data)]
+    pending = [model]
+    while pending:  # iterative: nesting depth is the file's to choose
+        message = pending.pop()
+        if message.DESCRIPTOR.full_name == "onnx.TensorProto" and (message.data_location == _EXTERNAL or len(message.external_data)):
+            found.append(message.name or "<unnamed>")
+        for field, value in message.ListFields():
+            if field.type != field.TYPE_MESSAGE:
+                continue
+            pending.extend([value] if hasattr(value, "DESCRIPTOR") else value)  # one message, or a repeated field (ONNX has no maps)
     return found
