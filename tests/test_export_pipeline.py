@@ -106,3 +106,25 @@ def test_ema_asked_for_but_absent(tiny_generator, tmp_path):
     torch.save({"generator": {k: v for k, v in tiny_generator.state_dict().items() if k != "tail.bias"}}, broken)
     with pytest.raises(ValueError, match=r"broken\.pt: not a generator .*missing: tail\.bias"):
         load_export_generator(broken)
+
+
+@pytest.mark.parametrize(
+    "hostile, reason",
+    [
+        # A 4 MB file stating a 3,000-block model took 1.6 GB and 10 s before it was refused.
+        (lambda sd: {"generator": sd, "arch": {"num_blocks": 3000, "channels": 8, "scale": 4}}, r"its arch .* does not match its weights"),
+        (lambda sd: {"generator": sd, "arch": [1, 2]}, r"its arch \[1, 2\] does not match"),
+        (lambda sd: {"generator": sd, "arch": {"num_blocks": "8"}}, r"does not match its weights"),
+        (lambda sd: {**sd, "blocks.2999.body.0.weight": sd["blocks.0.body.0.weight"]}, r"blocks\.1 is missing among blocks\.0-2999"),
+        (lambda sd: {**sd, "tail.bias": "text"}, r"'tail\.bias' is not a named tensor"),
+    ],
+)
+def test_a_hostile_checkpoint_is_refused_in_one_line_before_anything_is_built(tiny_generator, tmp_path, hostile, reason):
+    import torch
+
+    from srdeploy.export.pipeline import load_export_generator
+
+    path = tmp_path / "hostile.pt"
+    torch.save(hostile(tiny_generator.state_dict()), path)
+    with pytest.raises(ValueError, match=r"hostile\.pt: .*" + reason):
+        load_export_generator(path)

@@ -58,16 +58,25 @@ def _load_failure(error: Exception) -> str:
 
 
 def infer_arch(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
-    """Read num_blocks, channels and scale off a generator state_dict."""
-    try:
-        channels = state_dict["head.0.weight"].shape[0]
-        blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
-        ups = {int(m.group(1)) for k in state_dict if (m := re.match(r"upsample\.(\d+)\.", k))}
-    except KeyError as e:
-        raise ValueError(f"not a generator state_dict: missing key {e}") from None
+    """Read num_blocks, channels and scale off a generator state_dict.
+
+    Only what the file holds counts: blocks and upsamplers must be numbered 0..N-1, so the
+    architecture read here is never larger than the weights stored for it."""
+    odd = next((k for k, v in state_dict.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))), None)
+    if odd is not None:
+        raise ValueError(f"not a generator state_dict: {odd!r} is not a named tensor")
+    if "head.0.weight" not in state_dict:
+        raise ValueError("not a generator state_dict: missing key 'head.0.weight'")
+    channels = state_dict["head.0.weight"].shape[0]
+    blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
+    ups = {int(m.group(1)) for k in state_dict if (m := re.match(r"upsample\.(\d+)\.", k))}
     if not blocks or not ups:
         raise ValueError("not a generator state_dict: no residual blocks or upsamplers found")
-    return {"num_blocks": max(blocks) + 1, "channels": int(channels), "scale": 2 ** (max(ups) + 1)}
+    for label, found in (("blocks", blocks), ("upsample", ups)):
+        if found != set(range(len(found))):
+            gap = min(set(range(max(found) + 1)) - found)
+            raise ValueError(f"not a generator state_dict: {label}.{gap} is missing among {label}.0-{max(found)}")
+    return {"num_blocks": len(blocks), "channels": int(channels), "scale": 2 ** len(ups)}
 
 
 def generator_state(obj: dict[str, Any], weights: str = "auto") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -96,12 +105,20 @@ def generator_state(obj: dict[str, Any], weights: str = "auto") -> tuple[dict[st
 
 def build_generator(state_dict: dict[str, torch.Tensor], arch: dict[str, int] | None = None) -> Generator:
     """Instantiate a Generator and load ``state_dict`` strictly, with an error that names
-    the missing, unexpected and mis-shaped keys."""
-    arch = dict(arch or infer_arch(state_dict))
-    g = Generator(**{k: arch[k] for k in ("num_blocks", "channels", "scale")})
-    mismatch = state_dict_mismatch(g, state_dict)
+    the missing, unexpected and mis-shaped keys.
+
+    The architecture comes from the weights; a checkpoint's stated ``arch`` must agree
+    with them. Nothing is allocated before the shapes match (they are compared on the
+    meta device), so a file that claims a huge model costs nothing to refuse."""
+    found = infer_arch(state_dict)
+    if arch is not None and (not isinstance(arch, dict) or {k: arch.get(k) for k in found} != found):
+        raise ValueError(f"its arch {arch!r} does not match its weights, which are {found}")
+    with torch.device("meta"):
+        shapes = Generator(**found)
+    mismatch = state_dict_mismatch(shapes, state_dict)
     if mismatch:
-        raise ValueError(f"not a generator with {arch}: {mismatch}")
+        raise ValueError(f"not a generator with {found}: {mismatch}")
+    g = Generator(**found)
     g.load_state_dict(state_dict)
     return g.eval()
 
