@@ -130,6 +130,9 @@ def test_resume_keeps_the_recipe(tmp_path, image_folder):  # noqa: F811
     assert other_stage.exit_code == 2 and "is a srresnet run" in error_lines(other_stage)[0]
     nothing = invoke("srresnet", "-o", str(tmp_path / "elsewhere"), "--resume")
     assert nothing.exit_code == 2 and "holds no run to continue" in error_lines(nothing)[0]
+    (run / "config.json").write_text("[1, 2]")
+    not_a_config = invoke("srresnet", "-o", str(run), "--resume")
+    assert not_a_config.exit_code == 2 and "config.json holds a JSON list, not a training config" in error_lines(not_a_config)[0]
 
 
 def test_a_new_run_is_refused_in_a_folder_that_holds_one(tmp_path, image_folder):  # noqa: F811

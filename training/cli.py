@@ -112,6 +112,8 @@ def resumed_config(stage: str, given: dict[str, Any]) -> TrainConfig:
         stored = json.loads(saved.read_text())
     except (OSError, ValueError) as e:
         raise click.UsageError(f"--resume: cannot read {saved} ({e})") from None
+    if not isinstance(stored, dict):
+        raise click.UsageError(f"--resume: {saved} holds a JSON {type(stored).__name__}, not a training config")
     # The original command with --resume added must work: a flag that repeats the stored value changes nothing.
     fixed = sorted(k for k in set(given) - set(RESUME_MAY_CHANGE) if k not in stored or given[k] != stored[k])
     if fixed:
