@@ -24,6 +24,17 @@ def receptive_radius(graph):
     return None if reach is None else reach.receptive_radius
 
 
+@pytest.mark.parametrize("blocksize", [None, 0])
+def test_a_malformed_depth_to_space_is_a_graph_the_walk_does_not_know(blocksize):
+    # A hostile file's missing or zero blocksize raised KeyError / ZeroDivisionError here.
+    from onnx import TensorProto, helper
+
+    attrs = {} if blocksize is None else {"blocksize": blocksize}
+    node = helper.make_node("DepthToSpace", ["lr"], ["sr"], **attrs)
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("lr", "sr")]
+    assert analyze(helper.make_graph([node], "g", io[:1], io[1:])) is None
+
+
 def run(model: onnx.ModelProto, lr: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 

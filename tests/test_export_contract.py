@@ -140,3 +140,10 @@ def test_weights_listed_as_graph_inputs_are_not_model_inputs(tmp_path):
     model.graph.input.insert(0, weight_input)
     info = validate_onnx_model(_save(model, tmp_path))
     assert info["input_shape"] == DYNAMIC
+
+
+def test_a_scale_in_the_metadata_counts_only_in_ascii_digits(tmp_path):
+    # '²'.isdigit() is True, and int('²') raised an error that named no file.
+    model = _model()
+    helper.set_model_props(model, {"srdeploy.scale": "²"})
+    assert validate_onnx_model(_save(model, tmp_path))["scale"] == 4  # from the output's '4*height'

@@ -79,6 +79,12 @@ def test_unreadable_manifests(tmp_path):
     (tmp_path / MANIFEST_NAME).write_text(json.dumps({"files": {"model.onnx": {"bytes": 3}}}))
     with pytest.raises(ValueError, match="'model.onnx' has no sha256"):
         read_manifest(tmp_path)
+    # What json itself refuses beyond syntax: nesting past the parser's depth, an
+    # integer of thousands of digits. Still one line that names the file.
+    for text in ("[" * 100_000 + "]" * 100_000, '{"files": {}, "scale": ' + "9" * 5000 + "}"):
+        (tmp_path / MANIFEST_NAME).write_text(text)
+        with pytest.raises(ValueError, match="manifest.json: not a manifest srdeploy reads"):
+            read_manifest(tmp_path)
 
 
 def test_non_json_info_is_refused_before_anything_is_written(model_dir):

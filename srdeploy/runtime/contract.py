@@ -141,7 +141,7 @@ def _elem_name(elem_type: int) -> str:
 
 def _scale(props: dict[str, str], output: Any) -> int | None:
     """From srdeploy's metadata, else from an output dimension named like '4*height'."""
-    if props.get(META_SCALE, "").isdigit():
+    if re.fullmatch(r"[0-9]{1,3}", props.get(META_SCALE, "")):  # ASCII digits: isdigit() also takes '²'
         return int(props[META_SCALE])
     shape = _shape(output)
     if len(shape) == 4 and isinstance(shape[2], str):

@@ -64,6 +64,8 @@ def analyze(graph: Any) -> GraphReach | None:
             out_channels, in_per_group, kh, kw = dims
             flops += 2.0 * out_channels * in_per_group * kh * kw * resolution**2  # its output pixels per input pixel
         elif node.op_type == "DepthToSpace":
+            if "blocksize" not in attrs or attrs["blocksize"].i < 1:
+                return None  # malformed: the engine will say so when it opens the file
             resolution *= attrs["blocksize"].i
         elif node.op_type == "Slice":
             if not _channel_slice(node, graph):

@@ -50,6 +50,8 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a JSON manifest ({e})") from e
+    except (RecursionError, ValueError) as e:  # nesting deeper than the parser goes; an integer of thousands of digits
+        raise ValueError(f"{path}: not a manifest srdeploy reads ({type(e).__name__}: {str(e)[:100]})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ValueError(f"{path}: not an srdeploy manifest (no 'files' table)")
     for name, entry in manifest["files"].items():
