@@ -96,6 +96,21 @@ def test_openvino_fp32_matches_onnx_runtime_and_tiles_exactly(tiny_onnx, rng):
 
 
 @needs_openvino
+def test_a_model_openvino_cannot_read_is_one_line_of_what_is_wrong(tiny_onnx, tmp_path):
+    import onnx
+
+    model = onnx.load(str(tiny_onnx))
+    model.graph.node[0].input[0] = "nowhere"  # an input no node or graph input makes
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken))
+    with pytest.raises(ValueError) as refused:
+        openvino_engine.OpenVinoRunner(str(broken), "fp32", threads=1)
+    message = str(refused.value)
+    # OpenVINO's own report spans lines, one per C++ stage ("Exception from src/...").
+    assert "\n" not in message and "Exception from" not in message and "nowhere" in message, message
+
+
+@needs_openvino
 def test_openvino_compiles_each_window_shape_once_and_bounds_the_cache(tiny_onnx, rng):
     runner = Upscaler(tiny_onnx, provider="openvino", precision="fp32", tile=None)._run
     for side in range(8, 8 + openvino_engine.MAX_COMPILED_SHAPES + 3):

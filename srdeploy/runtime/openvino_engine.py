@@ -78,7 +78,7 @@ class OpenVinoRunner:
         try:
             self.model = self.core.read_model(model, b"") if isinstance(model, bytes) else self.core.read_model(os.fspath(model))
         except Exception as e:  # OpenVINO raises its own RuntimeError subclasses
-            raise ValueError(f"OpenVINO cannot read this model: {e}") from None
+            raise ValueError(f"OpenVINO cannot read this model: {openvino_reason(e)}") from None
         self.precision = precision
         self.config = {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "int8" and bf16_units else PRECISION_HINTS[precision],
@@ -120,3 +120,12 @@ class OpenVinoRunner:
             while len(self._compiled) > MAX_COMPILED_SHAPES:
                 self._compiled.popitem(last=False)
             return compiled
+
+
+def openvino_reason(error: Exception) -> str:
+    """OpenVINO's report in one line: its messages run over several lines, each stage of
+    the C++ call stack ("Exception from src/...", "Check 'x' failed at ...") on its own;
+    only the lines that say what is wrong are kept."""
+    stack = ("Exception from ", "Check '")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.strip().startswith(stack)]
+    return "; ".join(lines) or str(error).strip().replace("\n", " ")
