@@ -15,10 +15,11 @@ import numpy as np
 TOY_RADIUS = 2.75
 
 
-def build_toy_sr(path: Path, channels: int = 8, seed: int = 0, overshoot: bool = False) -> Path:
+def build_toy_sr(path: Path, channels: int = 8, seed: int = 0, overshoot: bool = False, broken: bool = False) -> Path:
     """``overshoot``: end with 1.5 x - 0.25 instead of the Clip, so the output leaves [0, 1]
     (-0.25 to 1.25) as a model outside srdeploy's contract may: what the runtime's own
-    clamp is for."""
+    clamp is for. ``broken``: end with sqrt(x - 2), NaN everywhere, as a broken model's
+    output may be."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -52,6 +53,9 @@ def build_toy_sr(path: Path, channels: int = 8, seed: int = 0, overshoot: bool =
     if overshoot:
         inits += [numpy_helper.from_array(np.array(1.5, np.float32), "gain"), numpy_helper.from_array(np.array(0.25, np.float32), "offset")]
         nodes[-1:] = [helper.make_node("Mul", ["h9", "gain"], ["h10"]), helper.make_node("Sub", ["h10", "offset"], ["sr"])]
+    if broken:
+        inits += [numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+        nodes[-1:] = [helper.make_node("Sub", ["h9", "two"], ["h10"]), helper.make_node("Sqrt", ["h10"], ["sr"])]
     graph = helper.make_graph(
         nodes,
         "toy_sr",

@@ -142,6 +142,18 @@ def test_bad_inputs_fail_one_by_one_and_good_files_still_succeed(toy, tmp_path):
     assert fingerprint(src) == before
 
 
+def test_a_model_that_computes_nan_fails_each_input_in_one_line_and_writes_nothing(tmp_path):
+    # NaN cast to uint8 gave black pixels, a RuntimeWarning and exit 0.
+    broken = build_toy_sr(tmp_path / "broken.onnx", broken=True)
+    src = tmp_path / "in"
+    save(src / "a.png", np.full((12, 16, 3), 128, np.uint8))
+    out = tmp_path / "out"
+    run = upscale(src, "-o", out, "--model", broken)
+    assert run.returncode == 1, run.stderr
+    assert f"failed  {src / 'a.png'}: the model's output holds NaN values" in run.stderr
+    assert "Warning" not in run.stderr and not outputs(out) and not temp_files(out)
+
+
 def test_names_at_the_file_systems_limit(toy, tmp_path):
     """A 240-byte name is upscaled (its temp file's name is cut to fit), a name whose
     output would pass 255 bytes (.jpg -> .webp) fails alone, naming the output."""

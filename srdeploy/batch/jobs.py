@@ -11,6 +11,7 @@ from typing import Callable, Iterable
 from srdeploy.batch.journal import display
 from srdeploy.io import imaging
 from srdeploy.io.formats import READ_SUFFIXES, UNREAD_SUFFIXES
+from srdeploy.runtime.upscaler import ModelOutputError
 
 JOURNAL_NAME = "upscale-journal.jsonl"
 # Picked up inside folders (files named explicitly are always tried); the unreadable ones
@@ -87,6 +88,8 @@ def failure_reason(error: Exception, shown: str) -> str:
         return text[len(shown) + 2 :] if text.startswith(f"{shown}: ") else text
     if isinstance(error, MemoryError):
         return "out of memory (try a smaller --tile or --max-pixels)"
+    if isinstance(error, ModelOutputError):
+        return str(error)
     return f"{type(error).__name__}: {error}"
 
 

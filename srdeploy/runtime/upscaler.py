@@ -36,13 +36,17 @@ from srdeploy.runtime.engines import Engine, ProviderError
 from srdeploy.runtime.providers import OrtRunner, available_providers, open_engine, open_session, select_provider
 from srdeploy.runtime.zoo import ModelError, ModelRef, resolve_model
 
-__all__ = ["Upscaler", "Decoded", "Encoded", "ProviderError", "ModelError", "select_provider", "DEFAULT_TILE"]
+__all__ = ["Upscaler", "Decoded", "Encoded", "ProviderError", "ModelError", "ModelOutputError", "select_provider", "DEFAULT_TILE"]
 
 # LR pixels a side; windows add the overlap. Larger tiles recompute less overlap and run
 # faster, smaller ones bound memory tighter: 256 keeps a 2048x2048 input under 2 GiB.
 # The trade-off, measured: docs/results.md, "Tiling and memory".
 DEFAULT_TILE = 256
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as Pillow's RGB -> L
+
+
+class ModelOutputError(RuntimeError):
+    """The model computed values that are not numbers: the model is broken, not the input."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,12 @@ class Upscaler:
             # allocator hands back unmapped pages (docs/results.md, "Batch throughput at 100 faces/s").
             values = (core @ LUMA) * peak if pic.gray else core * peak
             np.clip(values, 0.0, peak, out=values)
-            return np.rint(values, out=values).astype(dtype)
+            np.rint(values, out=values)
+            try:
+                with np.errstate(invalid="raise"):  # NaN cast to an integer: caught by the cast itself, at no cost
+                    return values.astype(dtype)
+            except FloatingPointError:
+                raise ModelOutputError("the model's output holds NaN values (not a number), so no image was written; the model is broken") from None
 
         out = tiling.upscale_tiled(self._run, color, self.scale, self.tile, self.overlap, finish)
         alpha = None if pic.alpha is None else _resize_alpha(pic.alpha, self.scale)
