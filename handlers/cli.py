@@ -6,6 +6,7 @@ Heavy imports happen inside the command.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def package(model, store, name, properties, port, batch_size, max_batch_delay, w
         sys.exit(2)
     click.echo(f"wrote {done.archive} (model sha256 {done.model_sha256[:12]}, responseTimeout {done.response_timeout_s} s)")
     click.echo(f"wrote {done.config_properties}")
-    click.echo(f"start: cd {done.config_properties.parent} && torchserve --start --ts-config {done.config_properties.name} --foreground")
+    # Quoted: the line is meant to be pasted into a shell, where a space or $(...) in a path would split or run.
+    click.echo(f"start: cd {shlex.quote(str(done.config_properties.parent))} && torchserve --start --ts-config {shlex.quote(done.config_properties.name)} --foreground")
     click.echo(f"call:  curl -H \"Authorization: Bearer $(python -c \"import json; print(json.load(open('key_file.json'))['inference']['key'])\")\" "
                f"-H 'Content-Type: image/png' --data-binary @face.png -o face_x4.png http://127.0.0.1:{port}/predictions/{done.model_name}")
