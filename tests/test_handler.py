@@ -346,6 +346,7 @@ def test_package_cli_builds_refuses_to_overwrite_and_reports_errors(tiny_onnx, t
     assert (store / "faces.mar").is_file() and (tmp_path / "config.properties").is_file()
     assert "inference_address=http://127.0.0.1:18500" in (tmp_path / "config.properties").read_text()
     spaced = tmp_path / "my $(touch pwned) models"  # the start line is pasted into a shell
+    spaced.mkdir()
     start = subprocess.run([str(SRDEPLOY), "package", "--model", str(tiny_onnx), "-o", str(spaced / "store"), "--config", str(spaced / "config.properties")],
                            capture_output=True, text=True, timeout=120)
     assert f"start: cd '{spaced}' && torchserve" in start.stdout, start.stdout + start.stderr
