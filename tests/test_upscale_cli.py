@@ -325,6 +325,9 @@ def test_missing_inputs_and_provider_errors(toy, tmp_path):
     assert cuda.returncode == 2
     assert "provider 'cuda' (CUDAExecutionProvider) is not available" in cuda.stderr and "available: " in cuda.stderr
     assert "srdeploy[gpu]" in cuda.stderr
+    (tmp_path / "export.onnx").mkdir()  # a folder named like a model
+    folder = upscale(EXAMPLES, "-o", tmp_path / "out3", "--model", tmp_path / "export.onnx")
+    assert folder.returncode == 2 and "export.onnx is a folder, not a model file" in folder.stderr
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")

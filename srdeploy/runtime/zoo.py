@@ -58,6 +58,8 @@ def resolve_model(spec: str | os.PathLike = "default") -> ModelRef:
     if path.suffix.lower() not in MODEL_SUFFIXES:
         choices = ", ".join(NAMES)
         raise ModelError(f"unknown model {text!r}: use one of {choices}, or a path to a .onnx or .engine file")
+    if path.is_dir():
+        raise ModelError(f"{path} is a folder, not a model file: name the .onnx or .engine file inside it")
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     sha = sha256_file(path)
