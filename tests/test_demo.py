@@ -189,3 +189,12 @@ def test_a_port_in_use_is_one_line(tmp_path):
     assert out.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"  # said before any model loads
     assert "Traceback" not in out.stderr
     assert [p.name for p in tmp_path.iterdir() if p.name != ".ses"] == []  # .ses: ONNX Runtime's, written on import
+
+
+@pytest.mark.parametrize("host, answered", [("127.0.0.1", ["127.0.0.1", "::1", "localhost"]), ("localhost", ["127.0.0.1", "::1", "localhost"]),
+                                            ("127.0.0.2", ["127.0.0.1", "127.0.0.2", "::1", "localhost"]), ("0.0.0.0", ["*"]), ("192.168.1.5", ["*"])])
+def test_a_loopback_server_answers_loopback_names_only(host, answered):
+    from srdeploy.demo.guard import allowed_hosts
+
+    assert allowed_hosts(host) == answered
+

@@ -213,6 +213,10 @@ def test_the_page_upscales_like_the_cli_and_explains_a_bad_file(tmp_path):
         assert config["analytics_enabled"] is False
         listening = {c.laddr.ip for c in psutil.Process(server.process.pid).net_connections("inet") if c.status == psutil.CONN_LISTEN}
         assert listening == {"127.0.0.1"}
+        # DNS rebinding: a page of another name pointed at 127.0.0.1 is not answered.
+        assert requests.get(f"{server.url}/config", headers={"Host": "attacker.example"}, timeout=10).status_code == 400
+        page = requests.get(server.url, headers={"Host": "localhost"}, timeout=10)
+        assert page.ok and page.headers["X-Frame-Options"] == "DENY" and page.headers["X-Content-Type-Options"] == "nosniff"
         expected, cli_line = cli_output(tmp_path)
         ran = cli_line.rsplit(", tile", 1)[0]  # "model srresnet (sha256 ...), x4, provider openvino fp32 (auto: ...)"
         driver = chromium(tmp_path / "profile", downloads)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from srdeploy.demo import guard
 from srdeploy.io import imaging
 from srdeploy.io.imaging import DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION
 from srdeploy.runtime import engines, zoo
@@ -111,6 +112,7 @@ def serve(page, css: str, host: str, port: int, max_pixels: int) -> None:
                 mcp_server=False,
                 max_file_size=max_pixels * BYTES_PER_PIXEL_AT_MOST + HEADER_ALLOWANCE,
                 css=css,
+                app_kwargs=guard.app_kwargs(host),
             )
         except OSError as e:  # the port is taken, or the address is not this machine's
             click.echo(f"Error: cannot listen on {host}:{port}: {e}", err=True)
