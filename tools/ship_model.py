@@ -19,15 +19,24 @@ import json
 import sys
 from pathlib import Path
 
+from srdeploy.runtime.zoo import SHIPPED
+
 REPO = Path(__file__).resolve().parents[1]
 LICENCE = ("Trained on CelebA-HQ, which is for non-commercial research use only; these weights "
            "inherit that restriction.")
 
 
+def training_data(config: dict) -> str:
+    """What the model was trained on, from its run's stored config (not assumed)."""
+    subset = f", the images listed in {config['data_list']}" if config.get("data_list") else ""
+    method = config.get("downsample", "bicubic")
+    return f"{config.get('data', '?')}{subset}; LR = {method} x4 with antialias (srdeploy.quality.degrade)"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--name", choices=["srresnet", "srgan"], required=True)
+    ap.add_argument("--name", choices=SHIPPED, required=True)
     ap.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto")
     ap.add_argument("--test-data", type=Path, required=True)
     ap.add_argument("--test-list", type=Path)
@@ -41,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from srdeploy.export.pipeline import export_artifacts
     from srdeploy.io.files import atomic_write_bytes
     from srdeploy.runtime.manifest import read_manifest, write_manifest
+    from srdeploy.quality.metrics import PROTOCOL
     from srdeploy.runtime.upscaler import DEFAULT_TILE
     from srdeploy.training.checkpoint import load_generator
     from srdeploy.training.evaluate import evaluate, find_test_images, load_model
@@ -62,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     info.pop("files")
     info["shipped"] = {
         "name": args.name,
-        "training_data": f"CelebA-HQ 256x256, {meta.get('config', {}).get('data', '?')} (5,000 faces); LR = bicubic x4 with antialias",
+        "training_data": training_data(meta.get("config") or {}),
         "training_command": args.command,
         "compute": args.compute,
         "steps": meta.get("step"),
@@ -70,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "test_split": f"{args.test_data} ({len(images)} images)",
         "test_metrics": {"bicubic": bicubic, args.name: model},
         "gain_psnr_y_db": model["psnr_y"] - bicubic["psnr_y"],
-        "protocol": "PSNR/SSIM on BT.601 Y, 4-px border, SR rounded to uint8; SSIM Gaussian 11x11 sigma 1.5; "
-                    f"through srdeploy.runtime.upscaler.Upscaler (tile {DEFAULT_TILE}, CPU)",
+        "protocol": f"{PROTOCOL}; through srdeploy.runtime.upscaler.Upscaler (tile {DEFAULT_TILE}, CPU)",
         "licence": LICENCE,
         "notes": args.notes,
     }
