@@ -25,7 +25,7 @@ from srdeploy import SCALE
 from srdeploy.io.folders import list_images
 from srdeploy.io.formats import READ_SUFFIXES
 from srdeploy.quality.degrade import DOWNSAMPLE_METHODS, crop_to_multiple, downscale, upscale_bicubic
-from srdeploy.quality.metrics import evaluate_pair
+from srdeploy.quality.metrics import BORDER, evaluate_pair
 from srdeploy.runtime import zoo
 
 BICUBIC = "bicubic"
@@ -238,7 +238,7 @@ def evaluate(
     images: Sequence[TestImage],
     models: Sequence[SRModel] = (),
     downsample: str = "bicubic",
-    border: int = 4,
+    border: int = BORDER,
     figure_count: int = 4,
     progress: bool = False,
 ) -> Evaluation:

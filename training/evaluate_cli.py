@@ -16,16 +16,11 @@ from pathlib import Path
 import click
 
 from srdeploy.io.files import atomic_write_bytes
-from srdeploy.quality.metrics import PROTOCOL
+from srdeploy.quality.metrics import BORDER, protocol
 from srdeploy.runtime import engines
 from srdeploy.training.evaluate import METRICS, Evaluation
 
 COLUMNS = {"psnr_y": ("PSNR-Y (dB)", 2), "ssim_y": ("SSIM-Y", 4), "psnr_rgb": ("PSNR-RGB (dB)", 2)}
-
-
-def protocol_line(border: int) -> str:
-    """srdeploy.quality.metrics.PROTOCOL with the border actually used."""
-    return PROTOCOL if border == 4 else PROTOCOL.replace("4-px border", f"{border}-px border")
 
 
 def _fmt(value: float, digits: int, signed: bool = False) -> str:
@@ -43,7 +38,7 @@ def results_markdown(result: Evaluation, data: str, sources: dict[str, str]) -> 
         f"{result.image_count} image{'s' if result.image_count != 1 else ''} from `{data}`; {result.degradation}"
         + (f"; {result.cropped} HR images cropped to a multiple of 4" if result.cropped else "")
         + ".",
-        f"Protocol: {protocol_line(result.border)}. Higher is better in every column; "
+        f"Protocol: {protocol(result.border)}. Higher is better in every column; "
         "Δ = gain over the bicubic row.",
         "",
         "| " + " | ".join(header) + " |",
@@ -120,7 +115,7 @@ def _write_report(result: Evaluation, out_dir: Path, data: str, sources: dict[st
 @click.option("--name", "names", multiple=True, help="Row name for each --model, in order (default: file stem).")
 @click.option("--downsample", type=click.Choice(["bicubic", "bilinear"]), default=None,
               help="How LR is made from HR (default bicubic, antialiased; bilinear = the seed's recipe).")
-@click.option("--border", type=click.IntRange(min=0), default=4, show_default=True,
+@click.option("--border", type=click.IntRange(min=0), default=BORDER, show_default=True,
               help="Pixels removed on each side before measuring.")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N images.")
 @click.option("--figure-count", type=click.IntRange(min=0), default=4, show_default=True,

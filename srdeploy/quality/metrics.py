@@ -11,7 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-PROTOCOL = "PSNR/SSIM on BT.601 Y, 4-px border removed, SR rounded to uint8; SSIM: Gaussian 11x11, sigma 1.5"
+BORDER = 4  # pixels removed on each side before scoring: the scale, as in the SR literature
+
+
+def protocol(border: int = BORDER) -> str:
+    """The scoring protocol in one line, with the border used."""
+    return f"PSNR/SSIM on BT.601 Y, {border}-px border removed, SR rounded to uint8; SSIM: Gaussian 11x11, sigma 1.5"
+
+
+PROTOCOL = protocol()
 
 
 def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
@@ -33,7 +41,7 @@ def _as_rgb_uint8(img: np.ndarray, name: str) -> np.ndarray:
 SSIM_WINDOW = 11  # the Gaussian window's side at sigma 1.5, as scikit-image sizes it (Wang et al. 2004)
 
 
-def smallest_side(border: int = 4) -> int:
+def smallest_side(border: int = BORDER) -> int:
     """The smallest HR side ``evaluate_pair`` can score: the border on both sides plus
     SSIM's window."""
     return 2 * border + SSIM_WINDOW
@@ -56,14 +64,14 @@ def _rgb_pair(a: np.ndarray, b: np.ndarray, names: tuple[str, str]) -> tuple[np.
     return a, b
 
 
-def psnr_y(a: np.ndarray, b: np.ndarray, border: int = 4) -> float:
+def psnr_y(a: np.ndarray, b: np.ndarray, border: int = BORDER) -> float:
     """PSNR on BT.601 Y between two uint8 RGB images, ``border`` pixels removed (no SSIM,
     so no scikit-image: the export extra uses this)."""
     a, b = _rgb_pair(a, b, ("a", "b"))
     return psnr(_crop(rgb_to_y(a), border), _crop(rgb_to_y(b), border))
 
 
-def evaluate_pair(sr: np.ndarray, hr: np.ndarray, border: int = 4) -> dict[str, float]:
+def evaluate_pair(sr: np.ndarray, hr: np.ndarray, border: int = BORDER) -> dict[str, float]:
     """PSNR-Y, SSIM-Y and RGB PSNR of one uint8 SR image against its HR reference."""
     from skimage.metrics import structural_similarity
 
