@@ -171,15 +171,6 @@ def response_timeout(config: ServeConfig, onnx_path: str | os.PathLike) -> int:
     return max(MIN_RESPONSE_TIMEOUT, math.ceil(config.batch_size * per_image))
 
 
-def model_overlap(onnx_path: str | os.PathLike) -> int:
-    """The tile overlap the Upscaler will use for this model (srdeploy.runtime.tiling)."""
-    import onnx
-
-    from srdeploy.runtime import tiling
-
-    return tiling.overlap_of(onnx.load(str(onnx_path), load_external_data=False).graph)
-
-
 def _tiled_pixels(max_pixels: int, tile: int, overlap: int) -> float:
     """LR pixels the model runs on for an input of ``max_pixels``, windows included."""
     side = math.sqrt(max_pixels)

@@ -80,7 +80,7 @@ def build_archive(
         raise ModelError(f"{ref.path}: TorchServe archives carry an ONNX model; package the .onnx the engine was built from")
     model_precision = validate_onnx_model(ref.path)["precision"] or "fp32"  # ValueError naming the file: a worker would refuse it later
     check_request(config.provider, config.precision, model_precision)  # as a worker on any machine would; bf16 depends on the server's CPU
-    problem = tiling.tile_problem(config.tile, serve_config.model_overlap(ref.path), untiled=False)  # every worker would refuse it
+    problem = tiling.tile_problem(config.tile, tiling.overlap_of_file(ref.path), untiled=False)  # every worker would refuse it
     if problem:
         raise PackageError(problem)
     if importlib.util.find_spec("model_archiver") is None:  # before anything is written

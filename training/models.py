@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from srdeploy.runtime.tiling import srresnet_receptive_radius
+
 
 class ResidualBlock(nn.Module):
     """conv3x3 -> BN -> PReLU -> conv3x3 -> BN, plus the identity."""
@@ -73,7 +75,7 @@ class Generator(nn.Module):
     @property
     def receptive_radius(self) -> int:
         """LR pixels each side that influence one output pixel (rounded up)."""
-        return math.ceil(4 + 2 * self.num_blocks + 1 + sum(2.0**-i for i in range(len(self.upsample))) + 4 / self.scale)
+        return math.ceil(srresnet_receptive_radius(self.num_blocks, self.scale))
 
     def arch(self) -> dict[str, int]:
         return {"num_blocks": self.num_blocks, "channels": self.channels, "scale": self.scale}

@@ -16,6 +16,7 @@ image: one window in, one window's output out, written straight into the result.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -121,6 +122,13 @@ def overlap_of(graph: Any) -> int:
     ``onnx.GraphProto``), rounded up; FALLBACK_OVERLAP when the graph cannot be read."""
     reach = analyze(graph)
     return FALLBACK_OVERLAP if reach is None else math.ceil(reach.receptive_radius)
+
+
+def overlap_of_file(onnx_path: str | os.PathLike) -> int:
+    """overlap_of for an ONNX file (its external data, refused elsewhere, is not read)."""
+    import onnx
+
+    return overlap_of(onnx.load(os.fspath(onnx_path), load_external_data=False).graph)
 
 
 def tile_problem(tile: int, overlap: int, untiled: bool = True) -> str | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -192,7 +191,7 @@ class Upscaler:
             info = contract.validate_onnx_model(path)
         except (ValueError, FileNotFoundError) as e:
             raise ModelError(str(e)) from None
-        self.overlap = _overlap_of(path)
+        self.overlap = tiling.overlap_of_file(path)
         window = self.tile + 2 * self.overlap if self.tile else None
         model_precision = info["precision"] or "fp32"
         gpu_note = None
@@ -252,7 +251,7 @@ class Upscaler:
         self.engine = Engine("tensorrt", "fp32", None)
         self.provider, self.precision, self.note = "tensorrt", "fp32", None
         beside = self.model.path.with_suffix(".onnx")
-        self.overlap = _overlap_of(beside) if beside.is_file() else tiling.FALLBACK_OVERLAP
+        self.overlap = tiling.overlap_of_file(beside) if beside.is_file() else tiling.FALLBACK_OVERLAP
         self.tile = max(1, self._run.max_side - 2 * self.overlap)  # the engine's profile fixes the window
         self.scale = _probe_scale(self._run)
 
@@ -261,13 +260,6 @@ def _probe_scale(run: Any) -> int:
     """Scale of a model whose file does not state it: run one small input."""
     side = 16
     return int(run(np.zeros((1, 3, side, side), np.float32)).shape[2] // side)
-
-
-def _overlap_of(onnx_path: Path) -> int:
-    """Tile overlap: the model's receptive radius read off its graph, rounded up."""
-    import onnx
-
-    return tiling.overlap_of(onnx.load(str(onnx_path), load_external_data=False).graph)
 
 
 def _resize_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
