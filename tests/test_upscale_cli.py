@@ -268,6 +268,28 @@ def test_an_output_never_lands_on_an_input_even_with_overwrite_into_the_inputs_f
     assert Image.open(photos / "c.png").size == (32, 32)
 
 
+def test_images_a_user_left_in_an_output_folder_inside_the_inputs_are_reported_and_never_replaced(toy, tmp_path):
+    # -r IN -o IN/sub: the walk passes over OUT (its files are outputs), so a user's image
+    # there was neither upscaled nor reported, and --overwrite replaced it with an output.
+    src = tmp_path / "in"
+    rng = np.random.default_rng(3)
+    save(src / "a.png", rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+    mine = save(src / "sub" / "a.png", rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+    kept = mine.read_bytes()
+    run = upscale("-r", src, "-o", src / "sub", "--model", toy, "--overwrite")
+    assert run.returncode == 1, run.stderr
+    assert f"skipped {mine}: inside the output folder {src / 'sub'}, which is never read as input" in run.stdout
+    assert f"failed  {src / 'a.png'}: the output a.png would replace the input {mine}" in run.stderr
+    assert mine.read_bytes() == kept and "0 ok, 1 skipped, 1 failed of 2" in run.stderr
+    # The tool's own outputs there are not strays: a rerun passes over them without a word.
+    (src / "a.png").rename(src / "b.png")
+    first = upscale("-r", src, "-o", src / "sub", "--model", toy)
+    again = upscale("-r", src, "-o", src / "sub", "--model", toy)
+    assert first.returncode == again.returncode == 0 and (src / "sub" / "b.png").is_file()
+    assert str(src / "sub" / "b.png") not in again.stdout + again.stderr
+    assert "0 ok, 2 skipped, 0 failed of 2" in again.stderr and mine.read_bytes() == kept
+
+
 def test_recursive_follows_links_to_folders_each_real_folder_once(toy, tmp_path):
     src = tmp_path / "in"
     save(src / "a.png", np.zeros((8, 8, 3), dtype=np.uint8))

@@ -42,7 +42,9 @@ from srdeploy.batch import ray_cluster
 from srdeploy.batch.jobs import JOURNAL_NAME, Job, Result, Settings, Summary
 from srdeploy.batch.journal import Journal, display
 from srdeploy.batch.ray_actor import Roster, Upscaling, check_engine, read_headers, wait_exit
-from srdeploy.batch.run import NoInputs, Recorder, collect, make_output_folder, nothing_found, plan, progress_bar, refuse_output_among_inputs, settings_record
+from srdeploy.batch.run import (
+    NoInputs, Recorder, collect, make_output_folder, nothing_found, plan, progress_bar, refuse_output_among_inputs, settings_record, stray_result, strays_in_output,
+)
 from srdeploy.batch.steps import Committer, Folder, arrived, is_staged
 from srdeploy.runtime.zoo import MODEL_SUFFIXES
 
@@ -115,7 +117,9 @@ class RayBatch:
         with journal.lock():
             try:
                 journal.append({"event": "run", "settings": settings_record(settings), **_describe(self.engine), "ray": self.pool.describe()})
-                jobs, refused = plan(files, settings, self.engine["scale"], place, self._headers(files, settings.max_pixels))
+                strays = strays_in_output(inputs, out, settings.recursive, journal)
+                jobs, refused = plan(files, settings, self.engine["scale"], place, self._headers(files, settings.max_pixels), protected=strays)
+                decided += [(len(files), stray_result(path, out)) for path in strays]
                 if isinstance(place, Folder):
                     place.sweep(job.output for job in jobs)  # temp files a killed run left; the lock says none is live
                 # Workers run elsewhere: they read absolute paths; results name inputs as given, as the local batch does.

@@ -42,6 +42,7 @@ from srdeploy.batch.jobs import JOURNAL_NAME, Job, Result, Settings, Summary, fa
 from srdeploy.batch.journal import Journal, display
 from srdeploy.batch.steps import Folder, InputSteps, Place, source_identity
 from srdeploy.io import imaging
+from srdeploy.io.files import sha256_file
 from srdeploy.io.formats import READ_SUFFIXES
 from srdeploy.runtime.upscaler import Upscaler
 
@@ -124,6 +125,47 @@ def collect(inputs: list[Path | str], recursive: bool, out_dir: Path | str) -> t
     return files, decided, skipped_dirs
 
 
+def strays_in_output(inputs: Sequence[Path | str], out_dir: Path | str, recursive: bool, journal: Journal) -> list[Path]:
+    """Images inside OUT that no journal record vouches for, when OUT lies inside an input
+    folder walked with --recursive. The walk never enters OUT (its files are this tool's
+    outputs, which a rerun must not upscale again), so a file a user put there would be
+    neither upscaled nor reported, and with --overwrite an output could land on it. Call
+    while holding the journal's lock."""
+    if not (recursive and isinstance(out_dir, Path)):
+        return []
+    try:
+        out_real = out_dir.resolve()
+        inside = any(isinstance(g, Path) and g.is_dir() and out_real != g.resolve() and out_real.is_relative_to(g.resolve()) for g in inputs)
+    except (OSError, RuntimeError):  # an input that cannot be looked at: collect has said why
+        return []
+    if not inside:
+        return []
+    entered = {out_real}
+
+    def passed_over(root: str, d: str) -> bool:
+        real = (Path(root) / d).resolve()
+        if real in entered:
+            return True
+        entered.add(real)
+        return False
+
+    found, _ = walk_tree(os.walk(out_dir, followlinks=True), True, passed_over)
+    strays = []
+    for root, name in found:
+        path = Path(root) / name
+        try:
+            sha = sha256_file(path)
+        except OSError:
+            sha = None  # unreadable: nothing vouches for it
+        if journal.last_ok(path.relative_to(out_dir).as_posix(), sha) is None:
+            strays.append(path)
+    return strays
+
+
+def stray_result(path: Path, out_dir: Path) -> Result:
+    return Result(display(path), "skipped", f"inside the output folder {display(out_dir)}, which is never read as input; move it out of there to upscale it")
+
+
 def cannot_look_at(error: OSError | RuntimeError) -> str:
     """Why a path could not be looked at, in one line."""
     if isinstance(error, RuntimeError) or getattr(error, "errno", None) == errno.ELOOP:
@@ -133,17 +175,19 @@ def cannot_look_at(error: OSError | RuntimeError) -> str:
 
 def plan(
     files: list[tuple[Path | str, PurePosixPath]], settings: Settings, scale: int, place: Place, headers: list[imaging.ImageInfo | imaging.ImageError] | None = None,
+    protected: Sequence[Path] = (),
 ) -> tuple[list[Job], list[tuple[int, Result]]]:
     """Read each header, pick the output format and name, and refuse name collisions
     (the first input in order keeps the name; nothing is overwritten) and outputs that
-    would replace an input, its own or another's (``place``: where outputs go). ``headers``: each
-    file's :func:`srdeploy.io.imaging.probe` (or the ImageError it raised), already read
-    elsewhere (on a cluster's workers); by default each is read here. Each refusal comes
-    with the file's index in ``files``, as each job does (Job.index)."""
+    would replace an input, its own or another's, or a ``protected`` file (``place``: where
+    outputs go). ``headers``: each file's :func:`srdeploy.io.imaging.probe` (or the
+    ImageError it raised), already read elsewhere (on a cluster's workers); by default each
+    is read here. Each refusal comes with the file's index in ``files``, as each job does
+    (Job.index)."""
     jobs: list[Job] = []
     failures: list[tuple[int, Result]] = []
     claimed: dict[str, str] = {}
-    inputs = {source_identity(path): display(path) for path, _ in files}
+    inputs = {source_identity(path): display(path) for path, _ in [*files, *((p, None) for p in protected)]}
     for i, (path, rel) in enumerate(files):
         shown = display(path)
         try:
@@ -197,7 +241,9 @@ def run_batch(
 
     with journal.lock():
         journal.append({"event": "run", "settings": settings_record(settings), **upscaler.describe()})
-        jobs, refused = plan(files, settings, upscaler.scale, Folder(out_dir))
+        strays = strays_in_output(inputs, out_dir, settings.recursive, journal)
+        jobs, refused = plan(files, settings, upscaler.scale, Folder(out_dir), protected=strays)
+        decided += [(len(files), stray_result(path, out_dir)) for path in strays]
         Folder(out_dir).sweep(job.output for job in jobs)  # temp files a killed run left; the lock says none is live
         record = Recorder(journal, summary, report, jobs, decided=decided + refused)
         with progress_bar(len(jobs), len(decided) + len(refused), progress) as bar:
