@@ -141,9 +141,36 @@ def test_a_new_run_is_refused_in_a_folder_that_holds_one(tmp_path, image_folder)
     before = (run / "last.pt").read_bytes(), (run / "metrics.jsonl").read_text()
     again = invoke("srresnet", "--data", str(image_folder), "-o", str(run), "--steps", "1", *TINY)
     assert again.exit_code == 2
-    assert error_lines(again) == [f"Error: {run} already holds a run (config.json, last.pt): continue it with --resume, "
-                                  "or give another --out"]
+    assert error_lines(again) == [f"Error: {run} already holds a run (last.pt): continue it with --resume, or give another --out"]
     assert ((run / "last.pt").read_bytes(), (run / "metrics.jsonl").read_text()) == before
+
+
+def test_a_run_that_died_before_its_first_checkpoint_is_started_over_not_resumed(tmp_path, image_folder):  # noqa: F811
+    # Killed in its first epoch (an OOM, a power cut), a run left config.json and no last.pt:
+    # a new run was refused ("continue it with --resume") and --resume too ("no run to continue").
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "metrics.jsonl").write_text('{"split": "train", "step": 1, "loss": 99.0}\n')
+    resumed = invoke("srresnet", "-o", str(run), "--resume")
+    assert resumed.exit_code == 2 and "stopped before its first checkpoint (last.pt)" in error_lines(resumed)[0]
+    again = invoke("srresnet", "--data", str(image_folder), "-o", str(run), "--steps", "1", "--log-every", "1", *TINY)
+    assert again.exit_code == 0, again.output
+    assert f"starting over in {run}" in again.output
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [1] and records[0].get("loss") != 99.0
+
+
+def test_a_second_run_into_a_live_runs_folder_is_refused(tmp_path, image_folder):  # noqa: F811
+    import fcntl
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / ".srdeploy-train.lock", "a+b") as held:  # what a live run holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        second = invoke("srresnet", "--data", str(image_folder), "-o", str(run), "--steps", "1", *TINY)
+    assert second.exit_code == 2 and error_lines(second) == [f"Error: another srdeploy train is running in {run}; wait for it, or give another --out"]
+    assert not (run / "config.json").exists()
 
 
 def test_relative_paths_are_stored_absolute_so_a_resume_works_from_anywhere(tmp_path, image_folder, monkeypatch):  # noqa: F811

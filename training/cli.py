@@ -14,6 +14,7 @@ a run that fails is exit 1.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,10 +23,11 @@ import sys
 import traceback
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
+from srdeploy.io.files import FolderBusy, folder_lock
 from srdeploy.training.config import SRGAN_FIELDS, ConfigError, TrainConfig, field_docs, literal_choices, resolve_config, stage_defaults
 
 # Flag spellings that are not --field-name.
@@ -42,6 +44,7 @@ PATHS = {
     "vgg_weights": click.Path(dir_okay=False),
 }
 # Path fields written to config.json (``init`` may also be the shipped model's name).
+LOCK_NAME = ".srdeploy-train.lock"  # in the run folder, held by the run writing there
 STORED_PATHS = {"data", "data_list", "val_data", "val_list", "vgg_weights", "init"}
 # What --resume may change: the budget (a resume extends it), the run folder (it may have
 # moved) and how the run is fed, logged and checkpointed. The rest is the stored config.
@@ -106,6 +109,9 @@ def resumed_config(stage: str, given: dict[str, Any]) -> TrainConfig:
     if not out:
         raise click.UsageError("--resume needs --out (the run folder to continue)")
     saved, last = Path(out) / "config.json", Path(out) / "last.pt"
+    if saved.is_file() and not last.exists():
+        raise click.UsageError(f"--resume: the run in {out} stopped before its first checkpoint (last.pt), so there is nothing "
+                               "to continue; start it again without --resume")
     if not (saved.is_file() and last.is_file()):
         raise click.UsageError(f"--resume: {out} holds no run to continue (config.json and last.pt)")
     try:
@@ -138,29 +144,49 @@ def _run(stage: str, resume: bool, given: dict[str, Any]) -> None:
         raise click.UsageError(as_flags(str(e))) from None
     if stage == "srgan" and not resume and not cfg.init:
         raise click.UsageError("srgan needs --init (a pre-trained generator checkpoint, or 'default')")
-    held = [name for name in ("config.json", "last.pt") if (Path(cfg.out) / name).exists()]
-    if held and not resume:  # a new run here would overwrite its checkpoints and mix its metrics in
-        raise click.UsageError(f"{cfg.out} already holds a run ({', '.join(held)}): continue it with --resume, "
-                               "or give another --out")
     from srdeploy.training.loop import RunInterrupted, train as run_training  # torch: a missing one is said before anything else
 
-    click.echo(f"srdeploy train {stage}: {json.dumps({k: v for k, v in cfg.to_dict().items() if v is not None})}", err=True)
-
-    try:
-        out_dir = run_training(cfg, resume=resume)
-    except RunInterrupted as e:
-        click.echo(f"stopped by Ctrl-C at step {e.step}, saved in {e.checkpoint}; continue with "
-                   f"srdeploy train {stage} --out {cfg.out} --resume", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo(f"stopped by a second Ctrl-C; {Path(cfg.out) / 'last.pt'} holds the last checkpoint, if one was written", err=True)
-        sys.exit(130)
-    except (OSError, ValueError, RuntimeError) as e:  # missing files, bad checkpoints, CUDA, DDP, corrupt images
-        raise click.ClickException(as_flags(" ".join(str(e).split()) or type(e).__name__)) from None
-    except Exception as e:  # a bug: one line still, with where it happened, for the report
-        where = traceback.extract_tb(e.__traceback__)[-1]
-        raise click.ClickException(f"internal error, {type(e).__name__} at {Path(where.filename).name}:{where.lineno}: {e}") from None
+    out = Path(cfg.out)
+    with run_folder_lock(out):
+        if not resume and (out / "last.pt").exists():  # a new run here would overwrite its checkpoints and mix its metrics in
+            raise click.UsageError(f"{cfg.out} already holds a run (last.pt): continue it with --resume, or give another --out")
+        if not resume and (out / "config.json").exists():
+            click.echo(f"starting over in {cfg.out}: the run there stopped before its first checkpoint", err=True)
+        click.echo(f"srdeploy train {stage}: {json.dumps({k: v for k, v in cfg.to_dict().items() if v is not None})}", err=True)
+        try:
+            out_dir = run_training(cfg, resume=resume)
+        except RunInterrupted as e:
+            click.echo(f"stopped by Ctrl-C at step {e.step}, saved in {e.checkpoint}; continue with "
+                       f"srdeploy train {stage} --out {cfg.out} --resume", err=True)
+            sys.exit(130)
+        except KeyboardInterrupt:
+            click.echo(f"stopped by a second Ctrl-C; {out / 'last.pt'} holds the last checkpoint, if one was written", err=True)
+            sys.exit(130)
+        except (OSError, ValueError, RuntimeError) as e:  # missing files, bad checkpoints, CUDA, DDP, corrupt images
+            raise click.ClickException(as_flags(" ".join(str(e).split()) or type(e).__name__)) from None
+        except Exception as e:  # a bug: one line still, with where it happened, for the report
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            raise click.ClickException(f"internal error, {type(e).__name__} at {Path(where.filename).name}:{where.lineno}: {e}") from None
     click.echo(f"run folder: {out_dir}", err=True)
+
+
+@contextlib.contextmanager
+def run_folder_lock(out: Path) -> Iterator[None]:
+    """Hold OUT's lock for the whole run, so that a second run into OUT (a new one, or a
+    resume of this one) is refused while this one is live instead of mixing checkpoints
+    and metrics. Rank 0 holds it; the other ranks of a DDP run share its folder."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    with contextlib.ExitStack() as held:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            held.enter_context(folder_lock(out, LOCK_NAME, f"another srdeploy train is running in {out}; wait for it, or give another --out"))
+        except FolderBusy as e:
+            raise click.UsageError(str(e)) from None
+        except OSError as e:
+            raise click.UsageError(f"cannot lock the run folder {out}: {LOCK_NAME} ({e.strerror or e})") from None
+        yield
 
 
 @click.group()

@@ -55,8 +55,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         step_fn = srgan_step if cfg.stage == "srgan" else srresnet_step
         validator = Validator(cfg, device) if (env.is_main and cfg.val_data) else None
         logger = RunLogger(out, cfg, enabled=env.is_main)
-        if resume:  # what was logged after the checkpoint is redone: keep one record per step
-            logger.drop_after(at.step)
+        # What was logged after the checkpoint is redone (a fresh run: after step 0, by a run
+        # that stopped before its first checkpoint): keep one record per step.
+        logger.drop_after(at.step)
         logger.write_json("data.json", {
             "train_images": len(dataset), "train_skipped": [f"{p}: {why}" for p, why in dataset.skipped],
             "val_images": len(validator.pairs) if validator else 0,

@@ -19,9 +19,12 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
+from srdeploy.io.files import folder_lock
+
 # Records that vouch for an output file: "writing" is appended just before the temp file
 # is renamed into place, "ok" right after; either proves the file when its sha256 matches.
 _VOUCHING = ("writing", "ok")
+LOCK_NAME = ".srdeploy-upscale.lock"  # in OUT, held by the run writing there
 
 
 class Journal:
@@ -126,26 +129,15 @@ class Journal:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks; run one batch per folder
+        folder = self.path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        busy = f"another srdeploy upscale is writing to {display(folder)}; wait for it to finish"
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(folder_lock(folder, LOCK_NAME, busy))
+            except OSError as e:  # a read-only OUT, or something else by that name
+                raise JournalError(f"cannot lock the output folder {display(folder)}: {LOCK_NAME} ({e.strerror or e})") from None
             yield
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = self.path.parent / ".srdeploy-upscale.lock"
-        try:
-            handle = open(lock, "a+b")  # noqa: SIM115 (closed below)
-        except OSError as e:  # a read-only OUT, or something else by that name
-            raise JournalError(f"cannot lock the output folder {display(self.path.parent)}: {display(lock.name)} ({e.strerror or e})") from None
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RuntimeError(f"another srdeploy upscale is writing to {display(self.path.parent)}; wait for it to finish") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class JournalError(OSError):

@@ -155,3 +155,29 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+class FolderBusy(RuntimeError):
+    """Another process holds the folder's lock."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, name: str, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder``: an advisory lock on the file ``folder/name``,
+    made if missing and left behind empty. Raises FolderBusy(``busy``) when another process
+    holds it, OSError when the file cannot be opened. The OS releases it if the process
+    dies. Without advisory locks (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(Path(folder) / name, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusy(busy) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
