@@ -130,6 +130,23 @@ def main() -> None:
     """4x super-resolution with an SRGAN: train, export, upscale, serve."""
 
 
+def _interrupted(error: BaseException) -> bool:
+    """Whether Ctrl-C is behind ``error``: a library that catches what went wrong and raises
+    its own error hides the KeyboardInterrupt in the chain (torch.onnx.export, interrupted
+    while it imports torch._dynamo, reports a failed export and advice to change the model)."""
+    seen = 0
+    while error is not None and seen < 32:  # a chain can loop through __context__
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+def _exit_interrupted() -> None:
+    click.echo("interrupted", err=True)
+    sys.exit(130)
+
+
 def run(args: list[str] | None = None) -> None:
     """The console script: :func:`main`, with no traceback reaching the user."""
     if os.environ.get("SRDEPLOY_TRACEBACK") != "1":
@@ -141,9 +158,10 @@ def run(args: list[str] | None = None) -> None:
     try:
         code = main.main(args=args, standalone_mode=False)  # so that Ctrl-C reaches us, not click's "Aborted!" and status 1
     except click.exceptions.Abort:  # Ctrl-C where the command does not say more (upscale and train do)
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+        _exit_interrupted()
     except click.ClickException as e:
+        if _interrupted(e):
+            _exit_interrupted()
         e.show()
         sys.exit(e.exit_code)
     except ImportError as e:  # ours say what to install; Python's own name a module
@@ -152,6 +170,8 @@ def run(args: list[str] | None = None) -> None:
         click.echo(f"Error: {missing_package_message(e, _command(args)) if isinstance(e, ModuleNotFoundError) and e.name else e}", err=True)
         sys.exit(2)
     except Exception as e:  # a command's own errors are one line already; this is the last guard
+        if _interrupted(e):
+            _exit_interrupted()
         if os.environ.get("SRDEPLOY_TRACEBACK") == "1":
             raise
         click.echo(f"Error: {type(e).__name__}: {e} (unexpected; SRDEPLOY_TRACEBACK=1 shows where it came from)", err=True)

@@ -4,6 +4,7 @@ import path stay torch-free (an instant `srdeploy --help`, a light `srdeploy ups
 import subprocess
 import sys
 
+import click
 import pytest
 
 from srdeploy.cli import COMMANDS
@@ -124,3 +125,25 @@ def test_ctrl_c_in_a_command_is_status_130_with_one_line_not_clicks_aborted(tmp_
         proc.wait()
     assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "interrupted", stderr
     assert "Aborted!" not in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("wrapped_as", [RuntimeError, click.ClickException])
+def test_ctrl_c_hidden_in_a_librarys_own_error_is_still_130_and_interrupted(monkeypatch, capsys, wrapped_as):
+    # torch.onnx.export interrupted while it imports torch._dynamo raised its own export
+    # error (the KeyboardInterrupt in its chain), which export reported as a failure, exit 1.
+    from srdeploy import cli
+
+    def command():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            try:
+                raise AttributeError("module 'torch._dynamo' has no attribute 'exc'")
+            except AttributeError as half_imported:
+                raise wrapped_as("Failed to export the model with torch.export") from half_imported
+
+    monkeypatch.setitem(cli.COMMANDS, "boom", ("builtins", "boom", "test"))
+    monkeypatch.setattr("builtins.boom", click.command("boom")(command), raising=False)
+    with pytest.raises(SystemExit) as ended:
+        cli.run(["boom"])
+    assert ended.value.code == 130 and capsys.readouterr().err.strip() == "interrupted"
