@@ -8,6 +8,7 @@ from this checkout. Both files appear atomically (staged, then ``os.replace``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -21,7 +22,7 @@ from pathlib import Path
 from srdeploy import __version__
 from srdeploy.handlers import config as serve_config
 from srdeploy.handlers.config import CONFIG_PROPERTIES_NAME, MODEL_CONFIG_NAME, Ports, ServeConfig
-from srdeploy.io.files import atomic_write_bytes
+from srdeploy.io.files import FolderBusy, atomic_write_bytes, folder_lock
 from srdeploy.runtime import tiling, zoo
 from srdeploy.runtime.contract import validate_onnx_model
 from srdeploy.runtime.engines import check_request
@@ -29,6 +30,8 @@ from srdeploy.runtime.manifest import write_manifest
 from srdeploy.runtime.zoo import MODEL_FILE, ModelError, ModelRef, resolve_model
 
 ENTRY_MODULE = "srdeploy_entry"
+LOCK_NAME = ".srdeploy-package.lock"  # in the model store, held while an archive is built there
+STAGING_MARK = ".mar-"  # in the name of a staging folder: .NAME.mar-XXXXXXXX
 # TorchServe's own rule for model names (they become URL path segments).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 ENTRY_SOURCE = '''\
@@ -101,7 +104,21 @@ def build_archive(
     # Written together or not at all: a failed run leaves neither file, nor a store folder it made.
     made_store = not store.exists()
     store.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.mar-", dir=store))  # same file system: os.replace is atomic
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(folder_lock(store, LOCK_NAME, f"another srdeploy package is writing to {store}; wait for it to finish"))
+        except (FolderBusy, OSError) as e:
+            raise PackageError(str(e) if isinstance(e, FolderBusy) else f"cannot lock the model store {store}: {LOCK_NAME} ({e.strerror or e})") from None
+        for stale in store.glob(f".*{STAGING_MARK}*"):  # a killed run's staging folder: every live run holds the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        _stage_and_publish(ref, name, config, ports, store, archive, properties, timeout, made_store)
+    return Packaged(archive, properties, name, ref.sha256, timeout)
+
+
+def _stage_and_publish(ref: ModelRef, name: str, config: ServeConfig, ports: Ports, store: Path, archive: Path, properties: Path, timeout: int, made_store: bool) -> None:
+    """Build the archive in a staging folder in the store, write config.properties, then
+    move the archive into place: both files or neither."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}{STAGING_MARK}", dir=store))  # same file system: os.replace is atomic
     try:
         files = staging / "files"
         files.mkdir()
@@ -123,7 +140,6 @@ def build_archive(
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Packaged(archive, properties, name, ref.sha256, timeout)
 
 
 def default_name(ref: ModelRef) -> str:

@@ -359,7 +359,7 @@ def test_package_cli_builds_refuses_to_overwrite_and_reports_errors(tiny_onnx, t
     garbled = subprocess.run([str(SRDEPLOY), "package", "--model", str(junk), "-o", str(tmp_path / "other")], capture_output=True, text=True, timeout=120)
     assert garbled.returncode == 2 and f"Error: {junk}: not a readable ONNX model (" in garbled.stderr and "unexpected" not in garbled.stderr
     assert not (tmp_path / "other").exists()  # refused before the store was made
-    assert sorted(p.name for p in store.iterdir()) == ["faces.mar"]  # no staging left behind
+    assert sorted(p.name for p in store.iterdir()) == [".srdeploy-package.lock", "faces.mar"]  # no staging left behind
     (tmp_path / "config.properties").write_text("# edited by hand\n")
     other = subprocess.run([str(SRDEPLOY), "package", "--model", str(tiny_onnx), "-o", str(store), "--name", "other"], capture_output=True, text=True, timeout=120)
     assert other.returncode == 2 and "config.properties already exists; pass --force" in other.stderr
@@ -395,6 +395,23 @@ def test_package_refuses_what_every_worker_would_refuse_and_a_failed_run_writes_
     with pytest.raises(PackageError, match=re.escape(f"cannot write {tmp_path / 'config.properties'} (No space left on device); nothing was written")):
         build_archive(tiny_onnx, tmp_path / "store")
     assert not (tmp_path / "store").exists()
+
+
+def test_a_killed_runs_staging_folder_is_swept_and_a_live_run_is_waited_for(tiny_onnx, tmp_path):
+    import fcntl
+
+    store = tmp_path / "store"
+    stale = store / ".faces.mar-k1ll3d"  # what a SIGKILL mid-build left (a full copy of the model)
+    (stale / "files").mkdir(parents=True)
+    (stale / "files" / "model.onnx").write_bytes(b"\0" * 1024)
+    done = build_archive(tiny_onnx, store, "faces")
+    assert done.archive.is_file() and not stale.exists()
+    assert sorted(p.name for p in store.iterdir()) == [".srdeploy-package.lock", "faces.mar"]
+    with open(store / ".srdeploy-package.lock", "a+b") as held:  # what a live run holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(PackageError, match="another srdeploy package is writing to"):
+            build_archive(tiny_onnx, store, "other", properties_path=tmp_path / "other.properties")
+    assert not (store / "other.mar").exists()
 
 
 def test_bad_names_and_engines_are_refused(tiny_onnx, tmp_path):
