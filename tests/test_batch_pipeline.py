@@ -317,3 +317,25 @@ def test_an_input_file_far_larger_than_its_pixels_weighs_its_bytes_against_the_b
     summary = run_batch(upscaler, [tmp_path / "in"], tmp_path / "out", limits=pipeline.Limits(workers=2, in_flight=4, budget=2**20))
     assert [r.status for r in summary.results] == ["ok"] * 4
     assert weighed["img_01.png"] > 2**20 > sum(w for name, w in weighed.items() if name != "img_01.png")
+
+
+def test_a_file_replaced_by_another_format_after_the_plan_fails_alone(upscaler, tmp_path, monkeypatch):
+    # The plan names a.png's output from its PNG header; a JPEG written there before it
+    # is loaded was upscaled as JPEG into the name a.png (the check compared the planned
+    # format with itself).
+    from srdeploy.batch import run as batch_run
+
+    make_inputs(tmp_path / "in", 2)
+    first = sorted((tmp_path / "in").glob("*.png"))[0]
+    real_plan = batch_run.plan
+
+    def plan_then_replace(*args, **kwargs):
+        planned = real_plan(*args, **kwargs)
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(first, format="JPEG")
+        return planned
+
+    monkeypatch.setattr(batch_run, "plan", plan_then_replace)
+    summary = batch_run.run_batch(upscaler, [tmp_path / "in"], tmp_path / "out")
+    assert [r.status for r in summary.results] == ["failed", "ok"]
+    assert summary.results[0].reason == "the file changed from PNG to JPEG since the batch was planned; nothing written"
+    assert not (tmp_path / "out" / first.name).exists()

@@ -190,11 +190,14 @@ class InputSteps:
                 return checked
             item = checked
         try:
-            decoded = self.upscaler.decode(data, job.shown, job.format, self.settings.max_pixels)
+            # The format is chosen again from the bytes read now, as the plan chose it from
+            # the header read then: a file replaced in between (a JPEG now where a PNG was)
+            # would otherwise be written under the planned name in the new format.
+            decoded = self.upscaler.decode(data, job.shown, self.settings.format, self.settings.max_pixels)
         except Exception as e:  # one file must not end the batch; the reason names the cause
             return _Outcome(item.result("failed", failure_reason(e, job.shown)), item.key)
         if decoded.format != job.format:
-            return _Outcome(item.result("failed", f"format changed from {job.format} to {decoded.format} after decoding; nothing written"), item.key)
+            return _Outcome(item.result("failed", f"the file changed from {job.format} to {decoded.format} since the batch was planned; nothing written"), item.key)
         return _Loaded(item, decoded)
 
     def _key(self, job: Job, data: bytes) -> dict:
