@@ -17,7 +17,8 @@ import click
 
 from srdeploy.io.files import atomic_write_bytes
 from srdeploy.quality.metrics import BORDER, protocol
-from srdeploy.runtime import engines
+from srdeploy.quality.degrade import DOWNSAMPLE_METHODS
+from srdeploy.runtime import engines, zoo
 from srdeploy.training.evaluate import METRICS, Evaluation
 
 COLUMNS = {"psnr_y": ("PSNR-Y (dB)", 2), "ssim_y": ("SSIM-Y", 4), "psnr_rgb": ("PSNR-RGB (dB)", 2)}
@@ -111,9 +112,9 @@ def _write_report(result: Evaluation, out_dir: Path, data: str, sources: dict[st
 @click.option("--lr-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Precomputed LR images with the HR names (e.g. Set5/LR_bicubic_x4) instead of downscaling.")
 @click.option("--model", "models", multiple=True,
-              help="A .pt checkpoint/state_dict, an .onnx file, or default|srresnet|srgan. Repeatable.")
+              help=f"A .pt checkpoint/state_dict, an .onnx file, or {'|'.join(zoo.NAMES)}. Repeatable.")
 @click.option("--name", "names", multiple=True, help="Row name for each --model, in order (default: file stem).")
-@click.option("--downsample", type=click.Choice(["bicubic", "bilinear"]), default=None,
+@click.option("--downsample", type=click.Choice(list(DOWNSAMPLE_METHODS)), default=None,
               help="How LR is made from HR (default bicubic, antialiased; bilinear = the seed's recipe).")
 @click.option("--border", type=click.IntRange(min=0), default=BORDER, show_default=True,
               help="Pixels removed on each side before measuring.")

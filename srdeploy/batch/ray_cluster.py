@@ -16,8 +16,8 @@ import sys
 from dataclasses import dataclass
 
 from srdeploy.io.streams import native_stderr_to
+from srdeploy.runtime import engines
 
-GPU_PROVIDERS = ("cuda", "tensorrt")
 LEVEL_NOTICE = "Set ray log level from environment variable"
 CONNECT_TIMEOUT_S = 10.0  # for the head's port to answer, before ray.init is tried
 
@@ -146,7 +146,7 @@ def size_pool(provider: str, actors: int | None, cpus: float | None, nodes: list
     """The pool for ``provider``: by default one actor per GPU for the CUDA providers (with
     one CPU each), else one per CPU; refused when its actors cannot all be placed, which
     would leave Ray Data waiting for them for ever."""
-    gpus = 1 if provider in GPU_PROVIDERS else 0
+    gpus = 1 if provider in engines.GPU_PROVIDERS else 0
     cpus = cpus if cpus is not None else 1.0
     if cpus <= 0:
         raise ClusterError(f"--cpus-per-actor must be positive, got {cpus}")

@@ -46,6 +46,7 @@ from srdeploy.batch.run import (
     NoInputs, Recorder, collect, make_output_folder, nothing_found, plan, progress_bar, refuse_output_among_inputs, settings_record, stray_result, strays_in_output,
 )
 from srdeploy.batch.steps import Committer, Folder, arrived, is_staged
+from srdeploy.runtime import engines
 from srdeploy.runtime.zoo import MODEL_SUFFIXES
 
 ROWS_PER_CALL = 8  # inputs per actor call: its results reach the driver together
@@ -77,7 +78,7 @@ class RayBatch:
         import ray
 
         nodes = ray_cluster.nodes()
-        wants_gpu = provider in ray_cluster.GPU_PROVIDERS or (provider == "auto" and any(n.get("GPU", 0) for n in nodes))
+        wants_gpu = provider in engines.GPU_PROVIDERS or (provider == "auto" and any(n.get("GPU", 0) for n in nodes))
         trial = ray_cluster.size_pool("cuda" if wants_gpu else "cpu", 1, self.cpus_per_actor, nodes)
         self.model = str(Path(model).expanduser().resolve()) if Path(model).suffix.lower() in MODEL_SUFFIXES else model  # workers run elsewhere
         self.tile = tile

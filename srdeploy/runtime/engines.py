@@ -26,6 +26,7 @@ from srdeploy.runtime.cpus import CpuInfo
 PROVIDERS = ("auto", "cpu", "openvino", "cuda", "tensorrt")
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 CPU_PROVIDERS = ("cpu", "openvino")
+GPU_PROVIDERS = ("cuda", "tensorrt")
 
 
 class ProviderError(RuntimeError):

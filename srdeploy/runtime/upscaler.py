@@ -195,7 +195,7 @@ class Upscaler:
         window = self.tile + 2 * self.overlap if self.tile else None
         model_precision = info["precision"] or "fp32"
         gpu_note = None
-        if provider in ("auto", "cuda", "tensorrt") and precision in ("auto", "fp32") and model_precision != "int8":
+        if provider in ("auto", *engines.GPU_PROVIDERS) and precision in ("auto", "fp32") and model_precision != "int8":
             gpu = select_provider(provider, available_providers())  # auto: cuda when listed, else cpu
             if gpu != "cpu":
                 try:
