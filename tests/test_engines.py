@@ -143,3 +143,23 @@ def test_a_rerun_on_another_engine_redoes_the_outputs(tiny_onnx, tmp_path, rng):
     assert "engine" in other.results[0].reason  # (replaced: ... engine ... changed)
     runs = [r for r in map(__import__("json").loads, (out / "upscale-journal.jsonl").read_text().splitlines()) if r.get("event") == "run"]
     assert [(r["provider"], r["precision"]) for r in runs] == [("cpu", "fp32"), ("cpu", "fp32"), ("openvino", "fp32")]
+
+
+def test_a_rerun_with_another_model_or_precision_redoes_the_outputs(tiny_onnx, tmp_path, rng):
+    # The rerun key holds the model's sha256 and the precision: a rerun with srgan after
+    # default, or bf16 after fp32, must not keep the other's images as "already done".
+    from onnx_toy import build_toy_sr
+    from PIL import Image
+
+    from srdeploy.batch.run import run_batch
+
+    Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    other = build_toy_sr(tmp_path / "other.onnx")
+    runs = [(tiny_onnx, "cpu", "auto"), (tiny_onnx, "cpu", "auto"), (other, "cpu", "auto")]
+    if openvino_engine.native_bf16():
+        runs += [(other, "openvino", "fp32"), (other, "openvino", "bf16"), (other, "openvino", "bf16")]
+    statuses = [run_batch(Upscaler(model, provider=provider, precision=precision), [tmp_path / "a.png"], out).results[0].status
+                for model, provider, precision in runs]
+    assert statuses == ["ok", "skipped", "ok"] + (["ok", "ok", "skipped"] if len(runs) > 3 else [])
+
