@@ -116,6 +116,9 @@ def test_ctrl_c_in_a_command_is_status_130_with_one_line_not_clicks_aborted(tmp_
     proc = subprocess.Popen([sys.executable, "-c", "from srdeploy.cli import run; run()", "export", str(checkpoint), "-o", str(tmp_path / "out"), "--check"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        import select
+
+        assert select.select([proc.stdout], [], [], 300)[0], "export printed nothing in 300 s"  # bounded: readline alone would wait forever
         assert "weights, generator" in proc.stdout.readline()  # at work: the checkpoint is loaded
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)

@@ -196,9 +196,13 @@ def test_an_internal_failure_is_a_500_for_its_item_alone_and_its_details_stay_in
     def engine_out_of_memory(picture):  # as ONNX Runtime's CUDA provider words it
         raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : CUDA failure 2: out of memory ; GPU=0")
 
-    monkeypatch.setattr(handler.upscaler, "upscale_picture", engine_out_of_memory)
-    (answer,) = send(handler, context, [({"body": image}, {})])
-    assert answer["status"] == 507 and "out of memory while upscaling; try a smaller image" in json.loads(answer["body"])["message"]
+    def python_out_of_memory(picture):  # numpy's allocation: a MemoryError with no words to match
+        raise MemoryError
+
+    for failure in (engine_out_of_memory, python_out_of_memory):
+        monkeypatch.setattr(handler.upscaler, "upscale_picture", failure)
+        (answer,) = send(handler, context, [({"body": image}, {})])
+        assert answer["status"] == 507 and "out of memory while upscaling; try a smaller image" in json.loads(answer["body"])["message"]
 
 
 def test_output_format_from_header_or_field(served, tiny_onnx, rng):
@@ -455,3 +459,12 @@ def test_package_names_the_archive_after_the_model_and_writes_its_provider(tiny_
     assert model_config["handler"]["provider"] == "cpu"
     exported = build_archive(tiny_onnx, tmp_path / "store2", properties_path=tmp_path / "tiny.properties")
     assert (exported.model_name, exported.archive.name) == ("tiny", "tiny.mar")
+
+
+def test_threads_are_shared_among_the_most_workers_the_config_allows():
+    # minWorkers below maxWorkers: TorchServe may run the larger number, so the cores are
+    # divided by it (read first), or the workers together would oversubscribe them.
+    from srdeploy.handlers.torchserve_handler import HandlerSettings
+
+    assert HandlerSettings.from_model_config({"minWorkers": 1, "maxWorkers": 4}).workers == 4
+    assert HandlerSettings.from_model_config({"minWorkers": 2}).workers == 2

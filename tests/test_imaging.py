@@ -293,6 +293,11 @@ def test_choose_format_rules():
     assert imaging.choose_format("webp", alpha) == ("WEBP", None)
     mpo = imaging.ImageInfo("x", "MPO", 10, 10, has_alpha=False, depth=8, gray=False)
     assert imaging.choose_format("same", mpo)[0] == "JPEG"
+    # Pillow writes 16-bit TIFF for grey only: 16-bit colour goes to PNG, with the reason.
+    colour16 = imaging.ImageInfo("x", "PNG", 10, 10, has_alpha=False, depth=16, gray=False)
+    assert imaging.choose_format("tiff", colour16) == ("PNG", "TIFF cannot store 16-bit colour or alpha (as Pillow writes it), wrote PNG")
+    grey16 = imaging.ImageInfo("x", "PNG", 10, 10, has_alpha=False, depth=16, gray=True)
+    assert imaging.choose_format("tiff", grey16) == ("TIFF", None)
     with pytest.raises(ValueError, match="unknown output format"):
         imaging.choose_format("gif", info)
 

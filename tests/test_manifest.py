@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from srdeploy.io.files import atomic_write_bytes
+from srdeploy.io.files import atomic_write_bytes, atomic_writer
 from srdeploy.runtime.contract import MANIFEST_NAME
 from srdeploy.runtime.manifest import read_manifest, verify_manifest, write_manifest
 
@@ -99,6 +99,18 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     atomic_write_bytes(target, b"second")
     assert target.read_bytes() == b"second"
     assert [p.name for p in target.parent.iterdir()] == ["file.bin"]
+
+
+def test_a_write_that_fails_midway_leaves_neither_a_temp_file_nor_a_changed_target(tmp_path):
+    # A full disk or torch.save raising half-way: nothing sweeps a checkpoint's or an
+    # export's temp files later, so the writer must remove its own.
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"the previous checkpoint")
+    with pytest.raises(OSError, match="No space left"):
+        with atomic_writer(target) as f:
+            f.write(b"half of a new one")
+            raise OSError(28, "No space left on device")
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"] and target.read_bytes() == b"the previous checkpoint"
 
 
 def test_atomic_write_fsyncs_the_file_then_its_folder_after_the_rename(tmp_path, monkeypatch):

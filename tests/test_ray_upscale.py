@@ -283,13 +283,15 @@ def test_ray_local_starts_a_cluster_for_the_run_says_only_our_lines_and_stops_it
     # the C++ log line this test looks for.
     sessions = str(Path(tempfile.gettempdir()) / "ray" / "session_")
     before = set(processes_mentioning(sessions))
-    run = upscale(EXAMPLES, "-o", tmp_path / "out", "--model", toy, "--ray", "local")
-    deadline = time.monotonic() + 20
-    while set(processes_mentioning(sessions)) - before and time.monotonic() < deadline:
-        time.sleep(0.5)
-    left = sorted(set(processes_mentioning(sessions)) - before)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
+    try:
+        run = upscale(EXAMPLES, "-o", tmp_path / "out", "--model", toy, "--ray", "local")
+    finally:  # a driver killed by the timeout leaves its cluster: it goes too
+        deadline = time.monotonic() + 20
+        while set(processes_mentioning(sessions)) - before and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = sorted(set(processes_mentioning(sessions)) - before)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [line for line in re.split(r"[\r\n]", run.stderr) if line.strip() and "%|" not in line]  # the bar's redraws aside
     assert lines[0].startswith(f"model {toy} ") and f"; Ray: {available_cpus()} actor(s) x 1 CPU" in lines[0]  # one actor a CPU here

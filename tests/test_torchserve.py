@@ -56,9 +56,9 @@ class TorchServe:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        log = open(self.root / "torchserve.out", "wb")
         command = [str(SCRIPTS / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(self.properties)]
-        self.process = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.root / "torchserve.out", "wb") as log:  # the server keeps its own copy of the handle
+            self.process = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.pgid = self.process.pid
 
     def keys(self) -> dict:
@@ -90,7 +90,10 @@ class TorchServe:
     def stop(self) -> list[int]:
         """``torchserve --stop``, then wait for the whole process group to end; returns the
         pids that outlived a 60 s grace period (then killed)."""
-        subprocess.run([str(SCRIPTS / "torchserve"), "--stop"], cwd=self.root, env=self.env, capture_output=True, timeout=120)
+        try:
+            subprocess.run([str(SCRIPTS / "torchserve"), "--stop"], cwd=self.root, env=self.env, capture_output=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            pass  # the group is killed below all the same
         try:
             self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:

@@ -289,3 +289,20 @@ def test_fp16_scaler_updates_once_per_step(stage):
     for n in (1, 2):
         step(ctx, torch.rand(2, 3, 8, 8), torch.rand(2, 3, 32, 32) * 2 - 1)
         assert scaler.get_scale() == 2.0 ** (10 + n)
+
+
+def test_the_ema_warms_up_then_holds_its_decay():
+    # Without the warm-up a 0.999 EMA keeps most of the random initialisation for the first
+    # thousand steps, and export takes the EMA weights by default.
+    import torch
+
+    from srdeploy.training.state import EMA
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    net.weight.data.fill_(0.0)
+    ema = EMA(net, 0.999)
+    net.weight.data.fill_(1.0)
+    ema.update(net, step=0)  # decay (1 + 0) / (10 + 0) = 0.1: 90% of the way to the weights
+    assert ema.model.weight.item() == pytest.approx(0.9)
+    ema.update(net, step=10**6)  # warmed up: the decay itself
+    assert ema.model.weight.item() == pytest.approx(0.9 + 0.1 * 0.001)

@@ -309,6 +309,7 @@ def test_mirrored_tree_unicode_names_collisions_and_hidden_files(toy, tmp_path):
     save(src / "a.png", pixels())
     save(src / "a.jpg", pixels())
     save(src / "trip" / "Zoë 日本 ñ.png", pixels())
+    save(src / "trip" / "ZOË 日本 Ñ.png", pixels())  # the same name on macOS, Windows and SMB
     save(src / "trip" / "deeper" / "x.webp", rng.integers(0, 256, (10, 14, 4), dtype=np.uint8))
     save(src / ".thumbnails" / "t.png", pixels())
     save(src / "trip" / ".hidden.png", pixels())
@@ -321,15 +322,16 @@ def test_mirrored_tree_unicode_names_collisions_and_hidden_files(toy, tmp_path):
 
     run = upscale(src, "-o", out, "--model", toy, "--recursive", "--format", "png")
     assert run.returncode == 1, run.stderr  # the collision
-    assert set(outputs(out)) == {"a.png", "trip/deeper/x.png", "trip/Zoë 日本 ñ.png"}
+    assert set(outputs(out)) == {"a.png", "trip/deeper/x.png", "trip/ZOË 日本 Ñ.png"}
     assert f"failed  {src / 'a.png'}: output name a.png is already taken by {src / 'a.jpg'}; rename one of them" in run.stderr
+    assert f"failed  {src / 'trip' / 'Zoë 日本 ñ.png'}: output name trip/Zoë 日本 ñ.png is already taken by {src / 'trip' / 'ZOË 日本 Ñ.png'}" in run.stderr
     assert Image.open(out / "trip" / "deeper" / "x.png").mode == "RGBA"
     records = journal(out)
-    assert any(r.get("output") == "trip/Zoë 日本 ñ.png" and r["status"] == "ok" for r in records)  # readable UTF-8
+    assert any(r.get("output") == "trip/ZOË 日本 Ñ.png" and r["status"] == "ok" for r in records)  # readable UTF-8
 
     again = upscale(src, "-o", out, "--model", toy, "--recursive", "--format", "png")
     second = [r for r in journal(out) if r["run"] == journal(out)[-1]["run"] and "input" in r]
-    assert sorted(Path(r["input"]).name for r in second) == sorted(["a.jpg", "a.png", "Zoë 日本 ñ.png", "x.webp"])
+    assert sorted(Path(r["input"]).name for r in second) == sorted(["a.jpg", "a.png", "ZOË 日本 Ñ.png", "Zoë 日本 ñ.png", "x.webp"])
     assert again.stdout.count("already done") == 3  # its own outputs were not fed back in
 
 
@@ -475,7 +477,7 @@ def test_runtime_needs_no_torch_and_help_imports_nothing_heavy(toy, tmp_path):
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "out" / "coffee.png").is_file()
     probe = "import sys, srdeploy.cli, srdeploy.batch.cli; print(sorted(m for m in ('torch', 'onnxruntime', 'onnx') if m in sys.modules))"
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120).stdout.strip() == "[]"
     help_text = upscale("--help")
     assert help_text.returncode == 0 and "--max-pixels" in help_text.stdout
 
