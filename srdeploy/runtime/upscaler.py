@@ -130,7 +130,7 @@ class Upscaler:
             np.clip(values, 0.0, peak, out=values)
             np.rint(values, out=values)
             try:
-                with np.errstate(invalid="raise"):  # NaN cast to an integer: caught by the cast itself, at no cost
+                with np.errstate(invalid="raise"):  # NaN cast to an integer: the cast itself reports it, with no extra pass over the pixels
                     return values.astype(dtype)
             except FloatingPointError:
                 raise ModelOutputError("the model's output holds NaN values (not a number), so no image was written; the model is broken") from None
