@@ -3,6 +3,7 @@ location of ../shared/data for the tests that read it (they skip when it is abse
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +18,12 @@ EXAMPLES = REPO / "examples"
 # whatever the venv is called: the interpreter's own bin folder, not resolved.
 SCRIPTS = Path(sys.executable).parent
 SRDEPLOY = SCRIPTS / "srdeploy"
+
+# A shell starts a background job (`.ci/run &`) with SIGINT ignored, and children inherit
+# that: the Ctrl-C tests' commands would then never see their SIGINT. A handler, unlike an
+# ignored signal, is reset to the default in every child the tests start.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def example_lr_faces(count: int | None = None) -> list[tuple[str, np.ndarray]]:
