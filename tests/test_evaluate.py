@@ -121,7 +121,7 @@ def test_checkpoint_model_runs_the_generator_on_the_whole_image(hr_dir, checkpoi
     # An untrained generator is far from bicubic; the table must show that, not hide it.
     bicubic, tiny = result.table()
     assert tiny["gain_psnr_y"] < -3
-    assert len(result.figure_rows) == 2 and [c for _, c in result.figure_rows[0]][-1] == "HR"
+    assert len(result.figure_rows) == 2 and [c for _, c in result.figure_rows[0]][-1] == "HR\nHF 1.00"
 
 
 def test_to_uint8_rounds_to_nearest_and_clips():
@@ -165,8 +165,9 @@ def test_cli_writes_table_csvs_and_figure(hr_dir, checkpoint, tmp_path, tiny_gen
     md = (out / "results.md").read_text()
     assert md in proc.stdout  # the table printed is the table written
     assert "4 images" in md and "PIL bicubic" in md and "4-px border" in md
-    assert "| bicubic |" in md and "| tiny |" in md and "| bare |" in md
+    assert "| bicubic |" in md and "| tiny |" in md and "| bare |" in md and "HF ratio" in md
     rows = _read_csv(out / "results.csv")
+    assert 0 < float(rows[0]["hf_ratio"]) < 1  # bicubic has less fine detail than HR
     assert [r["model"] for r in rows] == ["bicubic", "tiny", "bare"]
     # Same weights, same numbers; bicubic as computed without srdeploy.
     assert float(rows[1]["psnr_y"]) == pytest.approx(float(rows[2]["psnr_y"]), abs=1e-9)
@@ -237,10 +238,10 @@ def test_sample_grid_and_loss_curves(tmp_path, rng):
     log = tmp_path / "metrics.jsonl"
     records = [{"split": "train", "step": s, "epoch": 0, "lr": 2e-4, "loss_g": 1.0 / s, "samples_per_s": 19.0}
                for s in range(1, 40)]
-    records += [{"split": "val", "step": 39, "epoch": 1, "psnr_y": 31.2, "ssim_y": 0.87, "mse": 0.01}]
+    records += [{"split": "val", "step": 39, "epoch": 1, "psnr_y": 31.2, "ssim_y": 0.87, "hf_ratio": 0.2, "mse": 0.01}]
     log.write_text("\n".join(json.dumps(r) for r in records) + '\n{"split": "tra')  # torn last line
     with Image.open(save_loss_curves(log, tmp_path / "curves.png")) as im:
-        assert im.size == (1650, 400)  # three panels: loss, PSNR, SSIM
+        assert im.size == (1650, 400)  # three panels: loss, PSNR, and SSIM with the HF ratio
     log.write_text('{"step": 1, "loss_g": 1}\nnot json\n{"step": 2, "loss_g": 0.5}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
         save_loss_curves(log, tmp_path / "curves2.png")

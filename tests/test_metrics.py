@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from srdeploy.quality.metrics import evaluate_pair, psnr, rgb_to_y
+from srdeploy.quality.metrics import evaluate_pair, hf_ratio, laplacian_energy, psnr, rgb_to_y
 
 LUMA_GAIN = 219.0 / 255.0  # dY per unit change of R, G and B together
 C1, C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2  # Wang et al.'s constants for data range 255
@@ -149,3 +149,35 @@ def test_a_border_that_leaves_less_than_the_ssim_window_says_so(rng):
     assert evaluate_pair(hr, hr, border=10)["ssim_y"] == pytest.approx(1.0)  # 12 x 20 left: enough
     with pytest.raises(ValueError, match=r"a border of 11 px leaves 18x10 of a 40x32 image; SSIM's 11x11 window needs at least 11"):
         evaluate_pair(hr, hr, border=11)
+
+
+def test_laplacian_energy_of_a_checkerboard_is_16():
+    # Each pixel of a 0/1 checkerboard differs from all four neighbours: the Laplacian is +-4.
+    board = (np.indices((9, 12)).sum(axis=0) % 2).astype(np.float64)
+    assert laplacian_energy(board) == 16.0
+    assert laplacian_energy(np.full((9, 12), 7.0)) == 0.0
+    ramp = np.add.outer(np.arange(9.0), 3 * np.arange(12.0))  # linear: no second derivative
+    assert laplacian_energy(ramp) == 0.0
+
+
+def test_hf_ratio_is_1_for_hr_below_for_blur_above_for_noise(rng):
+    from PIL import Image
+
+    from srdeploy.quality.degrade import downscale, upscale_bicubic
+
+    hr = _smooth_image(rng, 64, 64)
+    bicubic = np.asarray(upscale_bicubic(downscale(Image.fromarray(hr), 4), 4))
+    noisy = np.clip(hr.astype(np.int16) + rng.integers(-20, 21, hr.shape), 0, 255).astype(np.uint8)
+    assert evaluate_pair(hr.copy(), hr)["hf_ratio"] == 1.0
+    assert evaluate_pair(bicubic, hr)["hf_ratio"] < 0.2  # the blur PSNR forgives
+    assert evaluate_pair(noisy, hr)["hf_ratio"] > 1.5  # more than HR has
+    # Scored on the same border crop as PSNR: a frame of noise outside it changes nothing.
+    framed = hr.copy()
+    framed[:4] = noisy[:4]
+    assert evaluate_pair(framed, hr)["hf_ratio"] == 1.0
+
+
+def test_hf_ratio_of_a_flat_reference():
+    flat = np.full((8, 8), 50.0)
+    assert hf_ratio(flat, flat) == 1.0
+    assert hf_ratio(flat + np.eye(8), flat) == math.inf

@@ -1,6 +1,7 @@
 """``srdeploy evaluate``: bicubic and every model on one set of HR images, under the quality
 protocol of srdeploy.quality.metrics, as the seed's Table 1 (rows bicubic + models; PSNR-Y,
-SSIM-Y, RGB PSNR and the gain over bicubic).
+SSIM-Y, RGB PSNR and the gain over bicubic), with the HF ratio beside them: how much of
+HR's fine detail each output has, which PSNR does not see.
 
 LR inputs are made from the HR images with srdeploy.quality.degrade.downscale, the degradation
 training uses, or read from a folder of precomputed LR images (the MATLAB-bicubic
@@ -29,7 +30,7 @@ from srdeploy.quality.metrics import BORDER, evaluate_pair
 from srdeploy.runtime import zoo
 
 BICUBIC = "bicubic"
-METRICS = ("psnr_y", "ssim_y", "psnr_rgb")
+METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "hf_ratio")
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,7 @@ def evaluate(
             except ValueError as e:
                 raise ValueError(f"{image.hr_path}: {e}") from None
             result.per_image.append({"image": image.name, "model": name, **scores, "seconds": seconds})
-            panels.append((sr, f"{name}\n{scores['psnr_y']:.2f} dB"))
+            panels.append((sr, f"{name}\n{scores['psnr_y']:.2f} dB, HF {scores['hf_ratio']:.2f}"))
         if i < figure_count:
-            result.figure_rows.append(panels + [(hr, "HR")])
+            result.figure_rows.append(panels + [(hr, "HR\nHF 1.00")])
     return result

@@ -2,7 +2,7 @@
 
 Writes into OUTDIR: results.md (the table with the protocol and degradation stated),
 results.csv (one row per model), per_image.csv (one row per image and model) and
-comparison.png (LR | bicubic | each model | HR). Imports neither torch nor matplotlib at
+comparison.png (LR | bicubic | each model | HR, each panel with its PSNR-Y and HF ratio). Imports neither torch nor matplotlib at
 module level: ``srdeploy --help`` must stay instant.
 """
 
@@ -21,7 +21,7 @@ from srdeploy.quality.degrade import DOWNSAMPLE_METHODS
 from srdeploy.runtime import engines, zoo
 from srdeploy.training.evaluate import METRICS, Evaluation
 
-COLUMNS = {"psnr_y": ("PSNR-Y (dB)", 2), "ssim_y": ("SSIM-Y", 4), "psnr_rgb": ("PSNR-RGB (dB)", 2)}
+COLUMNS = {"psnr_y": ("PSNR-Y (dB)", 2), "ssim_y": ("SSIM-Y", 4), "psnr_rgb": ("PSNR-RGB (dB)", 2), "hf_ratio": ("HF ratio", 3)}
 
 
 def _fmt(value: float, digits: int, signed: bool = False) -> str:
@@ -39,8 +39,9 @@ def results_markdown(result: Evaluation, data: str, sources: dict[str, str]) -> 
         f"{result.image_count} image{'s' if result.image_count != 1 else ''} from `{data}`; {result.degradation}"
         + (f"; {result.cropped} HR images cropped to a multiple of 4" if result.cropped else "")
         + ".",
-        f"Protocol: {protocol(result.border)}. Higher is better in every column; "
-        "Δ = gain over the bicubic row.",
+        f"Protocol: {protocol(result.border)}. Higher is better for PSNR and SSIM; "
+        "the HF ratio is the luma's Laplacian energy in SR over HR's on the same crop (HR's fine detail = 1; "
+        "above 1 is more than HR has). Δ = change from the bicubic row.",
         "",
         "| " + " | ".join(header) + " |",
         "|---|" + "---:|" * (len(header) - 1),
@@ -97,7 +98,7 @@ def _write_report(result: Evaluation, out_dir: Path, data: str, sources: dict[st
     if result.figure_rows:
         from srdeploy.training.figures import save_image_grid
 
-        title = f"x4 super-resolution; PSNR-Y, {result.border}-px border; {result.degradation}"
+        title = f"x4 super-resolution; PSNR-Y and HF ratio, {result.border}-px border; {result.degradation}"
         written["comparison.png"] = save_image_grid(result.figure_rows, out_dir / "comparison.png", suptitle=title)
     else:  # an earlier run's figure would sit beside results it does not show
         (out_dir / "comparison.png").unlink(missing_ok=True)
@@ -130,7 +131,7 @@ def _write_report(result: Evaluation, out_dir: Path, data: str, sources: dict[st
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where .pt checkpoints run (PyTorch).")
 def evaluate(data_dir, list_file, lr_dir, models, names, downsample, border, limit, figure_count, out_dir, provider, precision, device):
-    """PSNR-Y / SSIM-Y / RGB PSNR of bicubic and each model on a folder of HR images."""
+    """PSNR-Y / SSIM-Y / RGB PSNR and HF ratio of bicubic and each model on a folder of HR images."""
     import skimage.metrics  # noqa: F401 (SSIM, in the eval extra: a missing one is said before any work)
 
     from srdeploy.training.evaluate import default_model_names, find_test_images, load_model

@@ -113,14 +113,17 @@ def _curves(records: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
     return dict(curves)
 
 
+LOSS_PANEL, PSNR_PANEL, SCORE_PANEL = "loss", "PSNR (dB)", "SSIM, D(x) and HF ratio"
+
+
 def _panel_of(name: str) -> str:
-    """Curves share a panel when they share a scale: dB, [0, 1] scores, or losses."""
+    """Curves share a panel when they share a scale: dB, scores around [0, 1], or losses."""
     field = name.rsplit("/", 1)[-1]
     if "psnr" in field:
-        return "PSNR (dB)"
-    if "ssim" in field or field in ("d_real", "d_fake"):
-        return "SSIM and D(x) in [0, 1]"
-    return "loss"
+        return PSNR_PANEL
+    if "ssim" in field or field in ("d_real", "d_fake", "hf_ratio"):
+        return SCORE_PANEL
+    return LOSS_PANEL
 
 
 def read_metrics_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -150,7 +153,7 @@ def save_loss_curves(metrics_jsonl_path: str | os.PathLike, png_path: str | os.P
 
     Every numeric field is a curve except the bookkeeping in ``_NON_CURVE_FIELDS``; curves
     go to one of three panels by scale (``_panel_of``): losses (log scale across decades),
-    PSNR in dB, and [0, 1] scores. The x axis is ``step``, else ``epoch``, else the line.
+    PSNR in dB, and scores around [0, 1]. The x axis is ``step``, else ``epoch``, else the line.
     """
     from matplotlib.figure import Figure
 
@@ -158,7 +161,7 @@ def save_loss_curves(metrics_jsonl_path: str | os.PathLike, png_path: str | os.P
     if not curves:
         raise ValueError(f"{metrics_jsonl_path}: no numeric metrics to plot")
     panels: dict[str, dict] = {}
-    for title in ("loss", "PSNR (dB)", "SSIM and D(x) in [0, 1]"):
+    for title in (LOSS_PANEL, PSNR_PANEL, SCORE_PANEL):
         group = {k: v for k, v in curves.items() if _panel_of(k) == title}
         if group:
             panels[title] = group
@@ -169,7 +172,7 @@ def save_loss_curves(metrics_jsonl_path: str | os.PathLike, png_path: str | os.P
             # Markers while points are few: one validation pass would be an invisible line.
             ax.plot(xs, ys, label=name, marker="o" if len(xs) < 30 else None, markersize=3)
         values = [y for _, ys in group.values() for y in ys]
-        if title == "loss" and min(values) > 0 and max(values) > 10 * min(values):  # log only across decades
+        if title == LOSS_PANEL and min(values) > 0 and max(values) > 10 * min(values):  # log only across decades
             ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_title(title)

@@ -72,6 +72,7 @@ class Validator:
             "psnr_y": float(np.mean([m["psnr_y"] for m in metrics])),
             "ssim_y": float(np.mean([m["ssim_y"] for m in metrics])),
             "psnr_rgb": float(np.mean([m["psnr_rgb"] for m in metrics])),
+            "hf_ratio": float(np.mean([m["hf_ratio"] for m in metrics])),  # whether an adversarial run adds detail
             "mse": float(np.mean(mse)),
             "bicubic_psnr_y": self.bicubic_psnr_y,
             "images": len(metrics),

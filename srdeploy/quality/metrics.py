@@ -5,6 +5,13 @@ rgb2ycbcr) after removing ``border`` pixels on each side, with both images as ui
 rounded first). SSIM is scikit-image's implementation with the Gaussian window of Wang et
 al. 2004 (11x11, sigma 1.5). RGB PSNR is reported beside them, on the same crop.
 Higher is better for all three.
+
+PSNR and SSIM reward the blur that averages plausible textures, which is why the SRGAN
+paper judged its adversarial models by eye. The HF ratio puts a number on that: the energy
+of the luma's Laplacian (its finest detail) in SR over HR's, on the same crop. 1 is HR's
+amount of fine detail; bicubic lands far below it; above 1 is more than HR has (noise,
+ringing, invented texture). It says how much detail, not whether it is the right detail:
+read it beside PSNR, never alone.
 """
 
 from __future__ import annotations
@@ -71,8 +78,26 @@ def psnr_y(a: np.ndarray, b: np.ndarray, border: int = BORDER) -> float:
     return psnr(_crop(rgb_to_y(a), border), _crop(rgb_to_y(b), border))
 
 
+def laplacian_energy(y: np.ndarray) -> float:
+    """Mean square of the 4-neighbour Laplacian of a luma plane, over the pixels that have
+    all four neighbours."""
+    y = y.astype(np.float64)
+    lap = y[1:-1, :-2] + y[1:-1, 2:] + y[:-2, 1:-1] + y[2:, 1:-1] - 4.0 * y[1:-1, 1:-1]
+    return float(np.mean(lap**2))
+
+
+def hf_ratio(sr_y: np.ndarray, hr_y: np.ndarray) -> float:
+    """SR's Laplacian energy over HR's (module docstring); a flat HR scores 1 against a
+    flat SR and inf against anything else."""
+    sr_energy, hr_energy = laplacian_energy(sr_y), laplacian_energy(hr_y)
+    if hr_energy == 0.0:
+        return 1.0 if sr_energy == 0.0 else float("inf")
+    return sr_energy / hr_energy
+
+
 def evaluate_pair(sr: np.ndarray, hr: np.ndarray, border: int = BORDER) -> dict[str, float]:
-    """PSNR-Y, SSIM-Y and RGB PSNR of one uint8 SR image against its HR reference."""
+    """PSNR-Y, SSIM-Y, RGB PSNR and the HF ratio of one uint8 SR image against its HR
+    reference."""
     from skimage.metrics import structural_similarity
 
     sr, hr = _rgb_pair(sr, hr, ("sr", "hr"))
@@ -88,4 +113,5 @@ def evaluate_pair(sr: np.ndarray, hr: np.ndarray, border: int = BORDER) -> dict[
         "psnr_y": psnr(sr_y, hr_y),
         "ssim_y": float(ssim),
         "psnr_rgb": psnr(_crop(sr, border), _crop(hr, border)),
+        "hf_ratio": hf_ratio(sr_y, hr_y),
     }
