@@ -9,6 +9,11 @@ bare generator state_dict, so `srdeploy train srgan --init default` can fine-tun
 and manifest.json (sha256 of both, training data and command, steps, and the test-split
 metrics measured here through the same Upscaler as `srdeploy upscale`; the regression test
 tests/test_default_model.py holds the shipped model to them).
+
+A candidate replaces the shipped model only when it is better at that model's job, measured
+on the same test images in the same run (``--force`` ships it anyway): an SRResNet by a
+higher PSNR-Y; an SRGAN, whose job is texture, by a higher HF ratio (fine detail, see
+srdeploy.quality.metrics) while it keeps at least SRGAN_MIN_GAIN_DB over bicubic.
 """
 
 from __future__ import annotations
@@ -16,12 +21,17 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from srdeploy.runtime.zoo import SHIPPED
 
 REPO = Path(__file__).resolve().parents[1]
+SRGAN_MIN_GAIN_DB = 1.0  # PSNR-Y over bicubic an SRGAN must keep: texture, not a worse picture
+SHIPPED_FILES = ("model.onnx", "generator.pt", "manifest.json")  # the manifest last: it vouches for the other two
 LICENCE = ("Trained on CelebA-HQ, which is for non-commercial research use only; these weights "
            "inherit that restriction.")
 
@@ -31,6 +41,23 @@ def training_data(config: dict) -> str:
     subset = f", the images listed in {config['data_list']}" if config.get("data_list") else ""
     method = config.get("downsample", "bicubic")
     return f"{config.get('data', '?')}{subset}; LR = {method} x4 with antialias (srdeploy.quality.degrade)"
+
+
+def why_not_ship(name: str, bicubic: dict, candidate: dict, shipped: dict | None) -> str | None:
+    """Why the candidate must not replace the shipped model (rows of one evaluation), or
+    None when it is better at the model's job (module docstring)."""
+    gain = candidate["psnr_y"] - bicubic["psnr_y"]
+    if name == "srgan":
+        if gain < SRGAN_MIN_GAIN_DB:
+            return f"it gains {gain:+.2f} dB PSNR-Y over bicubic; an SRGAN must keep at least {SRGAN_MIN_GAIN_DB:+.1f} dB"
+        if shipped is not None and candidate["hf_ratio"] <= shipped["hf_ratio"]:
+            return f"its HF ratio {candidate['hf_ratio']:.3f} is not above the shipped model's {shipped['hf_ratio']:.3f}: no sharper"
+        return None
+    if shipped is not None and candidate["psnr_y"] <= shipped["psnr_y"]:
+        return f"its PSNR-Y {candidate['psnr_y']:.3f} dB is not above the shipped model's {shipped['psnr_y']:.3f} dB"
+    if gain <= 0:
+        return f"it gains {gain:+.2f} dB PSNR-Y over bicubic"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--command", required=True, help="The training command(s), for the manifest.")
     ap.add_argument("--compute", required=True, help="Hardware and wall time, for the manifest.")
     ap.add_argument("--notes", default="")
+    ap.add_argument("--force", action="store_true", help="Ship it even when it does not beat the shipped model.")
+    ap.add_argument("--into", type=Path, default=REPO / "srdeploy" / "models", help="The models folder (a test's own).")
     args = ap.parse_args(argv)
 
     import torch
@@ -55,20 +84,50 @@ def main(argv: list[str] | None = None) -> int:
     from srdeploy.training.checkpoint import load_generator
     from srdeploy.training.evaluate import evaluate, find_test_images, load_model
 
-    out = REPO / "srdeploy" / "models" / args.name
+    out = args.into / args.name
+    out.mkdir(parents=True, exist_ok=True)
+    # Made beside the shipped files and moved over them only when it wins: a candidate that
+    # loses, or a run that fails, leaves the shipped model as it was.
+    staging = Path(tempfile.mkdtemp(prefix=f".{args.name}.candidate-", dir=out.parent))
+    try:
+        return _stage_and_ship(args, out, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _stage_and_ship(args: argparse.Namespace, out: Path, staging: Path) -> int:
+    import torch
+
+    from srdeploy.export.pipeline import export_artifacts
+    from srdeploy.io.files import atomic_write_bytes
+    from srdeploy.quality.metrics import PROTOCOL
+    from srdeploy.runtime.manifest import read_manifest, write_manifest
+    from srdeploy.runtime.upscaler import DEFAULT_TILE
+    from srdeploy.training.checkpoint import load_generator
+    from srdeploy.training.evaluate import evaluate, find_test_images, load_model
+
     generator, meta = load_generator(args.checkpoint, weights=args.weights)
-    result = export_artifacts(generator, out, meta=meta, source=args.checkpoint, check=True, images_dir=REPO / "examples")
+    result = export_artifacts(generator, staging, meta=meta, source=args.checkpoint, check=True, images_dir=REPO / "examples")
     if result.failures:
         print("parity failed:", *result.failures, sep="\n  ", file=sys.stderr)
         return 1
     buf = io.BytesIO()
     torch.save(generator.state_dict(), buf)
-    atomic_write_bytes(out / "generator.pt", buf.getvalue())
+    atomic_write_bytes(staging / "generator.pt", buf.getvalue())
 
     images = find_test_images(args.test_data, args.test_list)
-    table = evaluate(images, [load_model(str(out / "model.onnx"), name=args.name)]).table()
-    bicubic, model = table[0], table[1]
-    info = read_manifest(out)
+    models = [load_model(str(staging / "model.onnx"), name="candidate")]
+    if (out / "model.onnx").is_file():
+        models.append(load_model(str(out / "model.onnx"), name="shipped"))
+    table = evaluate(images, models).table()
+    bicubic, model, shipped = table[0], table[1], (table[2] if len(table) > 2 else None)
+    for row in table:
+        print(f"{row['model']:>9}: PSNR-Y {row['psnr_y']:.3f} dB, SSIM-Y {row['ssim_y']:.4f}, HF ratio {row['hf_ratio']:.3f}")
+    reason = why_not_ship(args.name, bicubic, model, shipped)
+    if reason and not args.force:
+        print(f"not shipped: {reason} (--force ships it anyway)", file=sys.stderr)
+        return 2
+    info = read_manifest(staging)
     info.pop("files")
     info["shipped"] = {
         "name": args.name,
@@ -78,13 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         "steps": meta.get("step"),
         "weights": meta.get("weights"),
         "test_split": f"{args.test_data} ({len(images)} images)",
-        "test_metrics": {"bicubic": bicubic, args.name: model},
+        "test_metrics": {"bicubic": bicubic, args.name: {**model, "model": args.name}},
         "gain_psnr_y_db": model["psnr_y"] - bicubic["psnr_y"],
         "protocol": f"{PROTOCOL}; through srdeploy.runtime.upscaler.Upscaler (tile {DEFAULT_TILE}, CPU)",
         "licence": LICENCE,
         "notes": args.notes,
     }
-    write_manifest(out, info, files=["model.onnx", "generator.pt"])
+    write_manifest(staging, info, files=["model.onnx", "generator.pt"])
+    for name in SHIPPED_FILES:
+        os.replace(staging / name, out / name)
     print(json.dumps(info["shipped"], indent=2))
     return 0
 
