@@ -9,3 +9,4 @@ torch-free runtime. Training, export and serving live in ``srdeploy.training``,
 __version__ = "0.1.0"
 
 SCALE = 4
+EXIT_INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (SIGINT)

@@ -17,7 +17,7 @@ import warnings
 
 import click
 
-from srdeploy import __version__
+from srdeploy import EXIT_INTERRUPTED, __version__
 from srdeploy.io.streams import PipeSafe, file_being_read
 
 # name -> (module, attribute, one-line help shown by `srdeploy --help`)
@@ -144,7 +144,7 @@ def _interrupted(error: BaseException) -> bool:
 
 def _exit_interrupted() -> None:
     click.echo("interrupted", err=True)
-    sys.exit(130)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def run(args: list[str] | None = None) -> None:

@@ -130,6 +130,20 @@ def test_ctrl_c_in_a_command_is_status_130_with_one_line_not_clicks_aborted(tmp_
     assert "Aborted!" not in stderr and "Traceback" not in stderr
 
 
+def test_ctrl_c_while_the_command_line_is_still_loading_is_130_and_one_line(tmp_path):
+    """The console script's first imports (click and the rest, tens of milliseconds) are
+    covered too: a stand-in click on PYTHONPATH that raises what a Ctrl-C there raises."""
+    import os
+
+    from conftest import SRDEPLOY
+
+    (tmp_path / "click").mkdir()
+    (tmp_path / "click" / "__init__.py").write_text("raise KeyboardInterrupt\n")
+    proc = subprocess.run([str(SRDEPLOY), "--version"], env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr) == (130, "interrupted\n")
+
+
 @pytest.mark.parametrize("wrapped_as", [RuntimeError, click.ClickException])
 def test_ctrl_c_hidden_in_a_librarys_own_error_is_still_130_and_interrupted(monkeypatch, capsys, wrapped_as):
     # torch.onnx.export interrupted while it imports torch._dynamo raised its own export

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 
 import click
 
+from srdeploy import EXIT_INTERRUPTED
 from srdeploy.io.files import FolderBusy, folder_lock
 from srdeploy.training.config import SRGAN_FIELDS, ConfigError, TrainConfig, field_docs, literal_choices, resolve_config, stage_defaults
 
@@ -158,10 +159,10 @@ def _run(stage: str, resume: bool, given: dict[str, Any]) -> None:
         except RunInterrupted as e:
             click.echo(f"stopped by Ctrl-C at step {e.step}, saved in {e.checkpoint}; continue with "
                        f"srdeploy train {stage} --out {cfg.out} --resume", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         except KeyboardInterrupt:
             click.echo(f"stopped by a second Ctrl-C; {out / 'last.pt'} holds the last checkpoint, if one was written", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         except (OSError, ValueError, RuntimeError) as e:  # missing files, bad checkpoints, CUDA, DDP, corrupt images
             raise click.ClickException(as_flags(" ".join(str(e).split()) or type(e).__name__)) from None
         except Exception as e:  # a bug: one line still, with where it happened, for the report

@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from srdeploy import EXIT_INTERRUPTED
 from srdeploy.io import imaging
 from srdeploy.io.imaging import DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION
 from srdeploy.runtime import engines, zoo
@@ -77,7 +78,7 @@ def upscale(inputs, out_dir, model, provider, precision, tile, fmt, quality, png
             summary = _here(model, provider, precision, tile, sources, out, settings, report, quiet)
     except KeyboardInterrupt:  # the batch has committed or removed every output it began
         click.echo("\ninterrupted: every output written so far is whole and journalled; the same command resumes", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     if not quiet:
         if summary.unentered_dirs:
             click.echo(f"{summary.unentered_dirs} subfolder(s) not searched; add --recursive to include them", err=True)
