@@ -2,8 +2,9 @@
 
 Writes into OUTDIR: results.md (the table with the protocol and degradation stated),
 results.csv (one row per model), per_image.csv (one row per image and model) and
-comparison.png (LR | bicubic | each model | HR, each panel with its PSNR-Y and HF ratio). Imports neither torch nor matplotlib at
-module level: ``srdeploy --help`` must stay instant.
+comparison.png (LR | bicubic | each model | HR, each panel with its PSNR-Y and HF ratio).
+Imports neither torch nor matplotlib at module level: ``srdeploy --help`` must stay
+instant.
 """
 
 from __future__ import annotations
