@@ -126,6 +126,21 @@ def test_a_checkpoint_that_carries_code_is_refused_in_one_line_without_running_i
     assert line.endswith("); srdeploy loads tensors and plain data only, never code") and "weights_only" not in line
 
 
+def test_an_empty_or_truncated_checkpoint_is_named_as_such_not_as_unsafe(tmp_path):
+    import torch
+
+    from srdeploy.training.checkpoint import load_checkpoint
+
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty.pt: empty file \(0 bytes\), not a checkpoint"):
+        load_checkpoint(tmp_path / "empty.pt")
+    # torch's legacy format cut short: a pickle that ends early raises an EOFError with no message
+    torch.save([1, 2, 3], tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "legacy.pt").read_bytes()[:4])
+    with pytest.raises(ValueError, match=r"cut.pt: not a loadable weights-only checkpoint \(EOFError: the file ends early \(truncated\)\)"):
+        load_checkpoint(tmp_path / "cut.pt")
+
+
 @pytest.mark.slow
 def test_failed_parity_exits_non_zero_naming_artifact_and_metric(tmp_path):
     """A generator whose weights exceed fp16's range: fp32 is exact, fp16 must fail."""

@@ -131,6 +131,9 @@ def test_not_onnx_and_missing_files(tmp_path):
         validate_onnx_model(junk)
     with pytest.raises(FileNotFoundError, match="absent.onnx"):
         validate_onnx_model(tmp_path / "absent.onnx")
+    (tmp_path / "empty.onnx").write_bytes(b"")  # protobuf reads it as a model with no graph
+    with pytest.raises(ValueError, match=r"empty.onnx: empty file \(0 bytes\), not an ONNX model"):
+        validate_onnx_model(tmp_path / "empty.onnx")
 
 
 def test_weights_listed_as_graph_inputs_are_not_model_inputs(tmp_path):

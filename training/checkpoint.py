@@ -37,6 +37,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), not a checkpoint")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError...
@@ -51,6 +53,8 @@ def _load_failure(error: Exception) -> str:
     """torch's reason in one line. Its weights-only refusal is paragraphs long and advises
     weights_only=False, which would run the file's code: only the unpickler's own reason
     (what it met in the file) is kept."""
+    if isinstance(error, EOFError) and not str(error):
+        return "the file ends early (truncated)"
     text = str(error).split("WeightsUnpickler error:", 1)[-1]
     advice = ("Weights only load failed", "weights_only", "Please file an issue", "Check the documentation")
     lines = [line.strip() for line in text.splitlines() if line.strip() and not any(a in line for a in advice)]

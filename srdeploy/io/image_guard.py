@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from typing import BinaryIO
 
@@ -40,6 +41,12 @@ class TooManyPixels(ImageError):
         # Ray and multiprocessing pickle the exceptions their workers raise; the default
         # rebuilds from ``args`` (the message alone), which this signature refuses.
         return type(self), (str(self), self.pixels, self.width, self.height)
+
+
+def _declared_pixels(bomb: Exception) -> int | None:
+    """The pixel count Pillow's decompression-bomb message states, if it does."""
+    found = re.search(r"\((\d+) pixels\)", str(bomb))
+    return int(found.group(1)) if found else None
 
 
 class open_checked:
@@ -94,8 +101,12 @@ class open_checked:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 self.im = Image.open(stream, formats=READ_FORMATS)
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-            # Past Pillow's guard, which allow_pixels keeps at or above the cap: over the cap too.
-            raise TooManyPixels(f"{name}: refused as a possible decompression bomb ({e}); the input cap is {self.max_pixels:,} pixels (--max-pixels)", Image.MAX_IMAGE_PIXELS or 0) from None
+            # Past Pillow's guard, which allow_pixels keeps at or above the cap (where a
+            # caller did not raise it, it is the cap in effect): said as the cap's own refusal.
+            cap = min(self.max_pixels, Image.MAX_IMAGE_PIXELS or self.max_pixels)
+            declared = _declared_pixels(e)
+            amount = f"{declared:,} pixels" if declared else f"more than {cap:,} pixels"
+            raise TooManyPixels(f"{name}: its header declares {amount}, over the input cap of {cap:,} pixels (--max-pixels); not decoded", declared or cap) from None
         except UnidentifiedImageError:
             raise ImageError(f"{name}: not a readable image ({kind or 'unrecognised content'}; supported: {', '.join(READ_FORMATS)})") from None
         except Exception as e:

@@ -55,6 +55,8 @@ def validate_onnx_model(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {path}")
+    if path.stat().st_size == 0:  # protobuf parses it as a model with no graph: say what it is
+        raise ValueError(f"{path}: empty file (0 bytes), not an ONNX model")
     try:
         # Never follow external-data references: they are refused below, not read.
         model = onnx.load(str(path), load_external_data=False)
