@@ -233,6 +233,24 @@ def test_a_file_that_is_not_a_model_is_a_clear_error(tmp_path):
         Upscaler(bogus, provider="cpu")
 
 
+@pytest.mark.parametrize("provider", ["cpu", "openvino"])
+def test_a_model_that_does_not_enlarge_is_refused(tmp_path, provider):
+    """A wrong file given as --model (here lr -> sr unchanged) would "upscale" every image
+    to its own size and report it done."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    if provider == "openvino":
+        pytest.importorskip("openvino")
+    io_ = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", 3, "h", "w"]) for name in ("lr", "sr")]
+    graph = helper.make_graph([helper.make_node("Identity", ["lr"], ["sr"])], "same_size", io_[:1], io_[1:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    onnx.save(model, tmp_path / "same_size.onnx")
+    with pytest.raises(ModelError, match=r"same_size.onnx: the model makes images the size of its inputs \(x1\), not an upscaling model"):
+        Upscaler(tmp_path / "same_size.onnx", provider=provider)
+
+
 # --- pixels --------------------------------------------------------------------------
 
 

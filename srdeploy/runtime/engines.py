@@ -64,7 +64,7 @@ def fastest_cpu_engine(cpu: CpuInfo, model_precision: str, openvino: bool, openv
     if not openvino:
         return Engine("cpu", model_precision, f"auto: ONNX Runtime {model_precision} (OpenVINO is not installed: pip install 'srdeploy[cpu]')")
     if cpu.has_bf16 and openvino_bf16:
-        return Engine("openvino", "bf16", "auto: bf16 units on this CPU, OpenVINO bf16 (within 0.02 dB PSNR-Y of fp32)")
+        return Engine("openvino", "bf16", "auto: bf16 units on this CPU, OpenVINO bf16 (within 0.02 dB PSNR-Y of fp32 on the shipped models)")
     return Engine("openvino", "fp32", "auto: no bf16 units on this CPU, OpenVINO fp32")
 
 

@@ -232,7 +232,7 @@ class Upscaler:
 
     def _finish_start(self, info: dict[str, Any]) -> None:
         self.provider, self.precision, self.note = self.engine.provider, self.engine.precision, self.engine.why
-        self.scale = info["scale"] or _probe_scale(self._run)
+        self.scale = _upscaling(info["scale"] or _probe_scale(self._run), self.model.path)
         if isinstance(self._run, OrtRunner):
             self._run.scale = self.scale
 
@@ -253,7 +253,15 @@ class Upscaler:
         beside = self.model.path.with_suffix(".onnx")
         self.overlap = tiling.overlap_of_file(beside) if beside.is_file() else tiling.FALLBACK_OVERLAP
         self.tile = max(1, self._run.max_side - 2 * self.overlap)  # the engine's profile fixes the window
-        self.scale = _probe_scale(self._run)
+        self.scale = _upscaling(_probe_scale(self._run), self.model.path)
+
+
+def _upscaling(scale: int, path: Any) -> int:
+    """The model's scale, refused when it does not enlarge (x1, or smaller outputs): a
+    wrong file given as --model would otherwise "upscale" every image to its own size."""
+    if scale < 2:
+        raise ModelError(f"{path}: the model makes images {'the size of' if scale == 1 else 'smaller than'} its inputs (x{scale}), not an upscaling model")
+    return scale
 
 
 def _probe_scale(run: Any) -> int:
