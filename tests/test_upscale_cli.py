@@ -610,6 +610,19 @@ def test_a_newline_in_a_file_name_is_escaped_so_each_result_stays_one_line(toy, 
     assert (tmp_path / "out" / "new\nline.png").is_file()  # the file itself keeps its name
 
 
+def test_a_file_name_that_is_not_utf8_reads_alike_as_input_and_output(toy, tmp_path):
+    import os
+
+    src = tmp_path / "in"
+    src.mkdir()
+    raw = os.fsencode(src) + b"/bad\xff\xfename.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(os.fsdecode(raw), "PNG")
+    run = upscale(src, "-o", tmp_path / "out", "--model", toy)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [f"ok      {src}/bad\ufffd\ufffdname.png -> bad\ufffd\ufffdname.png: 32x32 PNG"]
+    assert os.path.isfile(os.fsencode(tmp_path / "out") + b"/bad\xff\xfename.png")  # the file itself keeps its bytes
+
+
 def test_an_output_folder_that_cannot_be_locked_is_named_in_one_line(toy, tmp_path):
     out = tmp_path / "out"
     (out / ".srdeploy-upscale.lock").mkdir(parents=True)  # something else by the lock's name

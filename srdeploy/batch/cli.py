@@ -133,7 +133,10 @@ def _on_ray(address, actors, cpus_per_actor, model, provider, precision, tile, s
 
 
 def one_line(text: str) -> str:
-    """``text`` with control characters (a newline in a file name) escaped: one result, one line."""
+    """``text`` with control characters (a newline in a file name) escaped: one result, one
+    line; bytes of a file name that are not UTF-8 shown as �, as journal.display shows
+    them, so an input and its output read alike."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
