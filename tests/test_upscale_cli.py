@@ -610,6 +610,33 @@ def test_a_newline_in_a_file_name_is_escaped_so_each_result_stays_one_line(toy, 
     assert (tmp_path / "out" / "new\nline.png").is_file()  # the file itself keeps its name
 
 
+def test_a_journal_that_fills_its_disk_midway_stops_the_batch_with_how_far_it_got(toy, tmp_path):
+    """A full disk, as the journal meets it: a file-size limit the records reach after a few
+    inputs (the outputs stay under it), so the next write fails with EFBIG midway."""
+    import resource
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(6):
+        save(src / f"f{i}.png", np.full((8, 8, 3), 40 * i, np.uint8))
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
+
+    run = subprocess.run([str(SRDEPLOY), "upscale", str(src), "-o", str(out), "--model", str(toy)], capture_output=True,
+                         text=True, timeout=120, preexec_fn=small_files)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    [stop] = [line for line in run.stderr.splitlines() if line.startswith("stopped: ")]
+    assert f"cannot write the journal {out / JOURNAL_NAME} (" in stop and "the same command resumes" in stop
+    done = [line for line in run.stdout.splitlines() if line.startswith("ok ")]
+    assert 0 < len(done) < 6 and f"after {len(done)} ok, 0 skipped, 0 failed" in stop
+    assert not temp_files(out) and len(outputs(out)) >= len(done)
+
+    rerun = upscale(src, "-o", out, "--model", toy)  # the same command, the disk free again
+    assert rerun.returncode == 0, rerun.stderr
+    assert sorted(outputs(out)) == [f"f{i}.png" for i in range(6)]
+    assert sum(line.startswith("skipped ") for line in rerun.stdout.splitlines()) >= len(done)
+
+
 def test_a_file_name_that_is_not_utf8_reads_alike_as_input_and_output(toy, tmp_path):
     import os
 

@@ -1,19 +1,22 @@
 """``srdeploy upscale``: 4x images from files and folders, on CPU or GPU.
 
-Exit status: 0 when every input is ok or skipped, 1 when any failed, 2 when the run
-could not start (model, provider, options or cluster), 130 when Ctrl-C stopped it.
+Exit status: 0 when every input is ok or skipped, 1 when any failed or the journal could
+not be written midway (the batch stops there), 2 when the run could not start (model,
+provider, options or cluster), 130 when Ctrl-C stopped it.
 Heavy imports happen inside the command; Ray only with ``--ray`` (srdeploy.batch.ray_run).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections import Counter
 import re
 import sys
 
 import click
 
 from srdeploy import EXIT_INTERRUPTED
+from srdeploy.batch.journal import JournalError
 from srdeploy.io import imaging
 from srdeploy.io.imaging import DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION
 from srdeploy.runtime import engines, zoo
@@ -62,7 +65,10 @@ def upscale(inputs, out_dir, model, provider, precision, tile, fmt, quality, png
     if ray_address is None and any(isinstance(x, str) for x in (*sources, out)):
         _fail(f"{next(x for x in (*sources, out) if isinstance(x, str))}: object-store URIs need --ray (for example --ray local)")
 
+    reported: Counter[str] = Counter()  # by status: what a batch stopped midway had done
+
     def report(result: Result) -> None:  # a reader that leaves (`| head`) costs lines, not the batch: srdeploy.io.streams.PipeSafe
+        reported[result.status] += 1
         arrow = f" -> {result.output}" if result.status == "ok" else ""
         line = one_line(f"{result.status:<7} {result.input}{arrow}: {result.reason}")
         if result.status == "failed":
@@ -79,6 +85,13 @@ def upscale(inputs, out_dir, model, provider, precision, tile, fmt, quality, png
     except KeyboardInterrupt:  # the batch has committed or removed every output it began
         click.echo("\ninterrupted: every output written so far is whole and journalled; the same command resumes", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except JournalError as e:  # the disk filled up, or the folder went read-only, mid-batch
+        if not reported:
+            _fail(str(e))  # nothing done: as any run that could not start
+        done = ", ".join(f"{reported[status]} {status}" for status in ("ok", "skipped", "failed"))
+        click.echo(f"stopped: {e}, after {done}; the inputs after those were not reached. Every output in place is whole and "
+                   "journalled: once the journal can be written, the same command resumes", err=True)
+        sys.exit(1)
     if not quiet:
         if summary.unentered_dirs:
             click.echo(f"{summary.unentered_dirs} subfolder(s) not searched; add --recursive to include them", err=True)
@@ -103,6 +116,8 @@ def _here(model, provider, precision, tile, sources, out, settings, report, quie
         click.echo(_engine_line(upscaler.describe(), upscaler.note), err=True)
     try:
         return run_batch(upscaler, sources, out, settings, report=report, progress=not quiet)
+    except JournalError:
+        raise  # upscale() says how far the batch got
     except (ValueError, RuntimeError, OSError) as e:  # OUT unusable (an input, locked, not writable)
         _fail(str(e))
 
@@ -126,6 +141,8 @@ def _on_ray(address, actors, cpus_per_actor, model, provider, precision, tile, s
                 pool = batch.pool
                 click.echo(f"{_engine_line(engine, engine.get('note'))}; Ray: {pool.actors} actor(s) x {pool.cpus:g} CPU" + (" + 1 GPU" if pool.gpus else ""), err=True)
             return batch.run(sources, out, settings, report=report, progress=not quiet)
+    except JournalError:
+        raise  # upscale() says how far the batch got
     except ray.exceptions.RayError as e:  # a worker failed in a way the batch cannot go on from (an actor that cannot start)
         _fail(f"the cluster could not run the batch: {failure_line(e)}")
     except (ClusterError, ValueError, RuntimeError, OSError) as e:  # the cluster, or OUT unusable
