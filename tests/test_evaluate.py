@@ -220,9 +220,22 @@ def test_cli_errors_name_the_problem(hr_dir, tmp_path):
     assert proc.returncode == 2 and f"-o {a_file / 'results'}: cannot create this folder (Not a directory)" in proc.stderr
 
 
-def test_unreadable_image_is_named(hr_dir, tmp_path):
-    (hr_dir / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    with pytest.raises(ValueError, match="zz_corrupt.png"):
+def test_unreadable_images_are_left_out_and_all_named_in_one_run(hr_dir, tmp_path):
+    """One bad file in a folder of hundreds must not cost the run, nor one rerun per file."""
+    (hr_dir / "a_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (hr_dir / "zz_empty.png").write_bytes(b"")
+    result = evaluate(find_test_images(hr_dir), [], figure_count=2)
+    assert result.image_count == 4 and len(result.figure_rows) == 2  # the readable four, the figure still full
+    assert [r.split(": ")[0] for r in result.unreadable] == [str(hr_dir / "a_corrupt.png"), str(hr_dir / "zz_empty.png")]
+    proc = _run_cli("--data", hr_dir, "--figure-count", 0, "-o", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "4 images from" in md and "2 left out, unreadable (listed below)" in md
+    assert f"- {hr_dir / 'a_corrupt.png'}: cannot read image (" in md and f"- {hr_dir / 'zz_empty.png'}: cannot read image (" in md
+
+    for good in hr_dir.glob("img_*.png"):
+        good.unlink()
+    with pytest.raises(ValueError, match="none of the 2 images could be read: .*a_corrupt.png"):
         evaluate(find_test_images(hr_dir), [], figure_count=0)
 
 

@@ -119,7 +119,11 @@ def _stage_and_ship(args: argparse.Namespace, out: Path, staging: Path) -> int:
     models = [load_model(str(staging / "model.onnx"), name="candidate")]
     if (out / "model.onnx").is_file():
         models.append(load_model(str(out / "model.onnx"), name="shipped"))
-    table = evaluate(images, models).table()
+    evaluation = evaluate(images, models)
+    if evaluation.unreadable:  # the manifest's figures are for the whole split or none
+        print("unreadable test images:", *evaluation.unreadable, sep="\n  ", file=sys.stderr)
+        return 1
+    table = evaluation.table()
     bicubic, model, shipped = table[0], table[1], (table[2] if len(table) > 2 else None)
     for row in table:
         print(f"{row['model']:>9}: PSNR-Y {row['psnr_y']:.3f} dB, SSIM-Y {row['ssim_y']:.4f}, HF ratio {row['hf_ratio']:.3f}")

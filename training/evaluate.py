@@ -59,6 +59,7 @@ class Evaluation:
     per_image: list[dict] = field(default_factory=list)  # {"image", "model", *METRICS, "seconds"}
     figure_rows: list[list[tuple[np.ndarray, str]]] = field(default_factory=list)
     cropped: int = 0  # HR images cropped to a multiple of the scale
+    unreadable: list[str] = field(default_factory=list)  # "path: reason" of images left out
 
     @property
     def image_count(self) -> int:
@@ -107,13 +108,17 @@ def _find_lr(lr_dir: Path, name: str) -> Path:
     raise FileNotFoundError(f"no LR image for {name} in {lr_dir} (looked for {exact.name} and other suffixes)")
 
 
+class UnreadableImage(ValueError):
+    """An image file that cannot be decoded: left out of the evaluation, and said so."""
+
+
 def read_rgb(path: Path) -> Image.Image:
     """An RGB image with its EXIF orientation applied (grayscale becomes 3 equal channels)."""
     try:
         with Image.open(path) as im:
             return ImageOps.exif_transpose(im).convert("RGB")
     except Exception as e:  # PIL raises several unrelated types for bad files
-        raise ValueError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+        raise UnreadableImage(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
 
 
 def load_lr_hr(image: TestImage, downsample: str = "bicubic") -> tuple[Image.Image, Image.Image, bool]:
@@ -244,7 +249,9 @@ def evaluate(
     progress: bool = False,
 ) -> Evaluation:
     """Bicubic and every model on every image. Only the first ``figure_count`` images'
-    outputs are kept (for the comparison figure); the rest are measured and dropped."""
+    outputs are kept (for the comparison figure); the rest are measured and dropped. An
+    image that cannot be decoded is left out and named in ``unreadable``; ValueError when
+    none can be."""
     from tqdm import tqdm
 
     if downsample not in DOWNSAMPLE_METHODS:
@@ -253,8 +260,12 @@ def evaluate(
     if len(set(names)) != len(names):
         raise ValueError(f"model names must be unique (got {names}); give each model its own --name")
     result = Evaluation(models=names, degradation=describe_degradation(images, downsample), border=border)
-    for i, image in enumerate(tqdm(images, desc="evaluate", unit="img", disable=not progress)):
-        lr_img, hr_img, cropped = load_lr_hr(image, downsample)
+    for image in tqdm(images, desc="evaluate", unit="img", disable=not progress):
+        try:
+            lr_img, hr_img, cropped = load_lr_hr(image, downsample)
+        except UnreadableImage as e:  # one bad file in a folder of hundreds: all of them are named at the end
+            result.unreadable.append(str(e))
+            continue
         result.cropped += cropped
         lr, hr = np.asarray(lr_img), np.asarray(hr_img)
         panels = [(_nearest_up(lr), f"{image.name}\nLR (nearest x{SCALE})")]
@@ -275,6 +286,8 @@ def evaluate(
                 raise ValueError(f"{image.hr_path}: {e}") from None
             result.per_image.append({"image": image.name, "model": name, **scores, "seconds": seconds})
             panels.append((sr, f"{name}\n{scores['psnr_y']:.2f} dB, HF {scores['hf_ratio']:.2f}"))
-        if i < figure_count:
+        if len(result.figure_rows) < figure_count:
             result.figure_rows.append(panels + [(hr, "HR\nHF 1.00")])
+    if not result.per_image:
+        raise ValueError(f"none of the {len(images)} images could be read: " + "; ".join(result.unreadable[:3]) + (" ..." if len(result.unreadable) > 3 else ""))
     return result
