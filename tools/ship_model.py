@@ -74,16 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--into", type=Path, default=REPO / "srdeploy" / "models", help="The models folder (a test's own).")
     args = ap.parse_args(argv)
 
-    import torch
-
-    from srdeploy.export.pipeline import export_artifacts
-    from srdeploy.io.files import atomic_write_bytes
-    from srdeploy.runtime.manifest import read_manifest, write_manifest
-    from srdeploy.quality.metrics import PROTOCOL
-    from srdeploy.runtime.upscaler import DEFAULT_TILE
-    from srdeploy.training.checkpoint import load_generator
-    from srdeploy.training.evaluate import evaluate, find_test_images, load_model
-
     out = args.into / args.name
     out.mkdir(parents=True, exist_ok=True)
     # Made beside the shipped files and moved over them only when it wins: a candidate that
