@@ -76,7 +76,7 @@ def _image_of(params: Mapping[str, Any], name: str) -> tuple[str, bytes]:
     field = next((k for k in IMAGE_FIELDS if k in params), None)
     if field is None:
         if len(candidates) != 1:
-            found = ", ".join(map(repr, candidates)) or "none"
+            found = ", ".join(map(repr, params)) or "none"
             raise RequestError(400, f"{name}: no image found; send the image bytes as the request body or as a multipart field named 'image' (fields: {found})")
         field = candidates[0]
     value = params[field]

@@ -114,6 +114,8 @@ class UpscaleHandler:
         start = time.perf_counter()
         try:
             request = parse_request(params, _headers(context, idx), name)
+            if request.field != "body":  # a form field: the client sent several, say which one was read as the image
+                name = f"{name}, field '{request.field}'"
             try:
                 encoded = self.upscaler.upscale_bytes(request.data, name, request.format, request.quality, self.settings.max_pixels)
             except imaging.ImageError as e:
@@ -139,7 +141,10 @@ def image_refusal(error: imaging.ImageError, data: bytes, name: str, max_pixels:
     than the cap, 415 when they are not an image of a supported format, else 400."""
     if isinstance(error, imaging.TooManyPixels):
         # The shared message names the CLI's --max-pixels; an API client needs the server's cap.
-        size = f"{error.width}x{error.height} ({error.pixels:,} pixels)" if error.width else f"more than {error.pixels:,} pixels"
+        if error.width:
+            size = f"{error.width}x{error.height} ({error.pixels:,} pixels)"
+        else:
+            size = f"its header declares {'more than ' if error.at_least else ''}{error.pixels:,} pixels, which"
         return RequestError(413, f"{name}: {size} exceeds this server's cap of {max_pixels:,} pixels; send a smaller image")
     if imaging.sniff(data[:64]) not in imaging.READ_FORMATS:
         return RequestError(415, str(error))

@@ -340,6 +340,8 @@ def bad_inputs(rng) -> dict[str, tuple[bytes, str]]:
         "truncated.jpg": (jpeg[: len(jpeg) // 2], "corrupt or truncated JPEG data"),
         "notes.jpg": (b"shopping list: eggs, milk\n", "not an image (the file holds text)"),
         "bomb.png": (bomb, "its header declares 10,000,000,000 pixels, over the input cap of"),
+        "big_icc.png": (_bytes(Image.fromarray(_rgb(rng, 8, 8)), "PNG", icc_profile=b"\0" * 3_000_000),  # valid, but Pillow inflates 1 MB a chunk at most
+                        "its metadata (an ICC profile or text chunk) is larger than Pillow reads"),
         "animated.gif": (gif.getvalue(), "GIF with 3 frames; only still, single images are supported"),
         "icon.ico": (_bytes(Image.fromarray(_rgb(rng, 16, 16)), "ICO"), "ICO is not a supported input format"),
         "image.ppm": (_bytes(Image.fromarray(_rgb(rng, 16, 16)), "PPM"), "PNM is not a supported input format"),

@@ -14,7 +14,7 @@ import re
 import warnings
 from typing import BinaryIO
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from srdeploy.io.files import open_regular
 from srdeploy.io.formats import READ_FORMATS
@@ -31,16 +31,17 @@ class ImageError(ValueError):
 
 class TooManyPixels(ImageError):
     """An image whose header declares more pixels than the cap: ``width`` x ``height``, or
-    more than ``pixels`` when Pillow's own guard refused it before its size was at hand."""
+    ``pixels`` alone when Pillow's own guard refused it before its size was at hand, which
+    is a lower bound (``at_least``) where Pillow's message does not state the count."""
 
-    def __init__(self, message: str, pixels: int, width: int | None = None, height: int | None = None):
+    def __init__(self, message: str, pixels: int, width: int | None = None, height: int | None = None, at_least: bool = False):
         super().__init__(message)
-        self.pixels, self.width, self.height = pixels, width, height
+        self.pixels, self.width, self.height, self.at_least = pixels, width, height, at_least
 
     def __reduce__(self):
         # Ray and multiprocessing pickle the exceptions their workers raise; the default
         # rebuilds from ``args`` (the message alone), which this signature refuses.
-        return type(self), (str(self), self.pixels, self.width, self.height)
+        return type(self), (str(self), self.pixels, self.width, self.height, self.at_least)
 
 
 def _declared_pixels(bomb: Exception) -> int | None:
@@ -106,10 +107,14 @@ class open_checked:
             cap = min(self.max_pixels, Image.MAX_IMAGE_PIXELS or self.max_pixels)
             declared = _declared_pixels(e)
             amount = f"{declared:,} pixels" if declared else f"more than {cap:,} pixels"
-            raise TooManyPixels(f"{name}: its header declares {amount}, over the input cap of {cap:,} pixels (--max-pixels); not decoded", declared or cap) from None
+            raise TooManyPixels(f"{name}: its header declares {amount}, over the input cap of {cap:,} pixels (--max-pixels); not decoded",
+                                declared or cap, at_least=declared is None) from None
         except UnidentifiedImageError:
             raise ImageError(f"{name}: not a readable image ({kind or 'unrecognised content'}; supported: {', '.join(READ_FORMATS)})") from None
         except Exception as e:
+            if "MAX_TEXT_CHUNK" in str(e) or "MAX_TEXT_MEMORY" in str(e):  # a valid file whose metadata Pillow will not inflate
+                raise ImageError(f"{name}: its metadata (an ICC profile or text chunk) is larger than Pillow reads "
+                                 f"({PngImagePlugin.MAX_TEXT_CHUNK:,} bytes a chunk); save it without that metadata") from None
             raise ImageError(f"{name}: corrupt {kind or 'image'} header ({why(e)})") from None
         try:
             self._check(self.im)
