@@ -118,6 +118,21 @@ def test_bench_says_which_rows_are_absent_and_json_to_stdout(tiny_onnx, hr_folde
     assert "images/s" in run.stderr
 
 
+def test_bench_leaves_unreadable_images_out_and_names_them(tiny_onnx, hr_folder):
+    (hr_folder / "face0_truncated.png").write_bytes((hr_folder / "face0.png").read_bytes()[:100])
+    (hr_folder / "face1_text.png").write_text("not an image")
+    run = bench("--model", tiny_onnx, "--data", hr_folder, "--images", 4, "--large", 0, "--repeats", 1, "--json", "-")
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    notes = result["notes"]
+    assert any(n.startswith(f"left out of --data, unreadable: {hr_folder / 'face1_text.png'}: not an image") for n in notes), notes
+    assert f"--images 4: {hr_folder} has 3 readable image(s), and all of them are timed" in notes
+    for good in hr_folder.glob("face?.png"):
+        good.unlink()
+    run = bench("--model", tiny_onnx, "--data", hr_folder, "--large", 0, "--repeats", 1)
+    assert run.returncode == 2 and f"{hr_folder}: no readable image (" in run.stderr
+
+
 def test_bench_refuses_a_missing_data_folder(tiny_onnx, tmp_path):
     run = bench("--model", tiny_onnx, "--data", tmp_path / "nowhere", "--repeats", 1)
     assert run.returncode == 2

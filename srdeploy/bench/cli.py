@@ -67,6 +67,9 @@ def bench(model, data, limit, large, large_side, repeats, threads, tile, int8_pa
                 if validate_onnx_model(int8)["precision"] != "int8":
                     raise ModelError(f"{int8}: --int8 takes an int8 model (srdeploy export --int8), and this one is not")
             rows, notes, upscaler = measure.build_rows(ref, threads, tile, int8_paths, workdir)
+            notes += [f"left out of --data, unreadable: {reason}" for reason in sets[0].left_out]
+            if limit is not None and len(sets[0].arrays) < limit:
+                notes.append(f"--images {limit}: {data} has {len(sets[0].arrays)} readable image(s), and all of them are timed")
         except (ModelError, ProviderError, ValueError, FileNotFoundError) as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(2)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from srdeploy.io.folders import list_images
-from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, open_checked
+from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError, open_checked
 from srdeploy.quality import degrade
 from srdeploy.runtime import cpu_graph, tiling
 from srdeploy.runtime.engines import ProviderError
@@ -50,6 +50,7 @@ class InputSet:
     name: str  # e.g. "100 x 64x64"
     arrays: list[np.ndarray]
     files: list[Path]
+    left_out: tuple[str, ...] = ()  # "path: reason" of the data's images that could not be read
 
     @property
     def lr_pixels(self) -> int:
@@ -59,13 +60,23 @@ class InputSet:
 def make_input_sets(data: Path, workdir: Path, limit: int | None = None, large: int = 3, large_side: int = 512) -> list[InputSet]:
     """The HR images under ``data`` (the first ``limit``) downscaled x4 (bicubic with
     antialias, the quality protocol's LR), and ``large`` of them resized (bicubic) to
-    ``large_side`` a side as large inputs. PNG copies go under ``workdir``."""
-    hr_paths = list_images(data)[:limit]
-    faces = []
-    for path in hr_paths:
-        with open_checked(path, str(path), DEFAULT_MAX_PIXELS) as hr:  # a bad file: an ImageError naming it
-            faces.append(degrade.downscale(degrade.crop_to_multiple(hr.convert("RGB"), LR_SCALE), LR_SCALE))
-    sets = [_input_set(_set_name(faces), faces, workdir / "lr")]
+    ``large_side`` a side as large inputs. PNG copies go under ``workdir``. An image that
+    cannot be read is left out (the faces' set names it in ``left_out``) and the next one
+    taken; ValueError when none can be."""
+    hr_paths, faces, left_out = [], [], []
+    for path in list_images(data):
+        if limit is not None and len(faces) == limit:
+            break
+        try:
+            with open_checked(path, str(path), DEFAULT_MAX_PIXELS) as hr:
+                faces.append(degrade.downscale(degrade.crop_to_multiple(hr.convert("RGB"), LR_SCALE), LR_SCALE))
+        except (ImageError, OSError) as e:  # one bad file in a folder of faces costs that file, not the run
+            left_out.append(str(e) if isinstance(e, ImageError) else f"{path}: cannot read ({e.strerror or e})")
+            continue
+        hr_paths.append(path)
+    if not faces:
+        raise ValueError(f"{data}: no readable image" + (f" ({'; '.join(left_out[:3])})" if left_out else ""))
+    sets = [replace(_input_set(_set_name(faces), faces, workdir / "lr"), left_out=tuple(left_out))]
     if large > 0:
         big = []
         for i in range(large):
