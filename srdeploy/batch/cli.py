@@ -9,9 +9,9 @@ Heavy imports happen inside the command; Ray only with ``--ray`` (srdeploy.batch
 from __future__ import annotations
 
 import importlib
-from collections import Counter
 import re
 import sys
+from collections import Counter
 
 import click
 
