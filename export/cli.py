@@ -7,6 +7,7 @@ message naming the file and the reason otherwise.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import click
@@ -45,7 +46,8 @@ out when it has more than --calibration-limit): PSNR-Y >= {parity.INT8_MIN_PSNR_
 @click.option("--tile", type=click.IntRange(min=8), default=tensorrt.PROFILE_TILE, show_default=True, help=f"TensorRT profile: the LR tile size the engine is built for (srdeploy upscale reads it back from the engine; the CPU default tile is {DEFAULT_TILE}).")
 @click.option("--overlap", type=click.IntRange(min=0), default=tensorrt.PROFILE_OVERLAP, show_default=True, help="TensorRT profile: LR halo on each tile side.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=tensorrt.PROFILE_MAX_BATCH, show_default=True, help="TensorRT profile: most tiles per engine call.")
-def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration: Path | None, int8_engine: str, calibration_limit: int, tensorrt: bool, opset: int | None, check: bool, weights: str, images: Path | None, tile: int, overlap: int, max_batch: int) -> None:
+@click.option("--force", is_flag=True, help="Replace an earlier export in -o (its artifacts are removed first, so a re-export stopped midway leaves none of them).")
+def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration: Path | None, int8_engine: str, calibration_limit: int, tensorrt: bool, opset: int | None, check: bool, weights: str, images: Path | None, tile: int, overlap: int, max_batch: int, force: bool) -> None:
     if int8 and calibration is None:
         raise click.UsageError("--int8 needs --calibration DIR: a folder of HR images to calibrate the activation ranges on")
     _refuse_unused_options({"int8": int8, "tensorrt": tensorrt, "check": check or int8})
@@ -57,7 +59,10 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
         except ImportError:
             raise click.UsageError(NNCF_MISSING) from None
     from srdeploy.export.pipeline import export_artifacts, load_export_generator
-    from srdeploy.runtime.manifest import read_manifest
+    from srdeploy.runtime.manifest import MANIFEST_NAME, read_manifest
+
+    if (out_dir / MANIFEST_NAME).exists() and not force:
+        raise click.UsageError(f"-o {out_dir} holds an earlier export ({MANIFEST_NAME}); --force replaces it")
     from srdeploy.runtime.tensorrt import TensorRTUnavailable, TileProfile
 
     if opset is not None:
@@ -71,6 +76,7 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
         raise click.ClickException(str(e)) from None
     profile = TileProfile.for_tiles(tile=tile, overlap=overlap, max_batch=max_batch)
     click.echo(f"{checkpoint}: {meta['weights']} weights, generator {generator.arch()} -> {out_dir}")
+    made = not out_dir.exists()
     try:
         result = export_artifacts(
             generator,
@@ -89,7 +95,11 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
         written = ", ".join(sorted(read_manifest(out_dir)["files"]))
         raise click.ClickException(f"--tensorrt: {e}\nThe ONNX outputs are written ({written} in {out_dir}); no engines were built.") from None
     except (ValueError, RuntimeError) as e:  # a build or parity step refused; the message names the file
+        _remove_if_made(out_dir, made)
         raise click.ClickException(str(e)) from None
+    except BaseException:  # Ctrl-C: a folder this run made holds no half of an export
+        _remove_if_made(out_dir, made)
+        raise
 
     if result.removed:
         click.echo(f"  removed artifacts of an earlier export: {', '.join(result.removed)}")
@@ -136,3 +146,9 @@ def _refuse_unused_options(given: dict[str, bool]) -> None:
         if not given[needs] and ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
             also = " or --int8" if name == "images" else ""
             raise click.UsageError(f"--{name.replace('_', '-')} is used only with --{needs}{also}")
+
+
+def _remove_if_made(out_dir: Path, made: bool) -> None:
+    """Remove -o when this run created it: what it holds is an export that did not finish."""
+    if made:
+        shutil.rmtree(out_dir, ignore_errors=True)

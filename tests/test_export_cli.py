@@ -131,6 +131,8 @@ def test_an_empty_or_truncated_checkpoint_is_named_as_such_not_as_unsafe(tmp_pat
 
     from srdeploy.training.checkpoint import load_checkpoint
 
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path} is a folder; give a checkpoint file in it, such as {tmp_path / 'last.pt'}"):
+        load_checkpoint(tmp_path)
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(ValueError, match=r"empty.pt: empty file \(0 bytes\), not a checkpoint"):
         load_checkpoint(tmp_path / "empty.pt")
@@ -172,3 +174,42 @@ def test_an_opset_newer_than_onnx_knows_is_a_usage_error(tmp_path):
     run = run_export(tmp_path / "last.pt", "-o", tmp_path / "out", "--opset", 99)
     assert run.returncode == 2 and "--opset 99: the installed onnx" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_earlier_export_is_replaced_only_with_force(training_checkpoint, tmp_path):
+    out = tmp_path / "exported"
+    assert run_export(training_checkpoint, "-o", out, "--fp16").returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    again = run_export(training_checkpoint, "-o", out)
+    assert again.returncode == 2 and f"-o {out} holds an earlier export (manifest.json); --force replaces it" in again.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
+    forced = run_export(training_checkpoint, "-o", out, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "removed artifacts of an earlier export: model.fp16.onnx" in forced.stdout
+
+
+def test_ctrl_c_leaves_no_folder_it_made(tmp_path):
+    """Stopped midway, an export into a new folder removes it: no half of an export stays."""
+    import select
+    import signal
+    import time
+
+    from conftest import REPO
+
+    checkpoint = REPO / "srdeploy" / "models" / "srresnet" / "generator.pt"
+    out = tmp_path / "new"
+    proc = subprocess.Popen([str(SRDEPLOY), "export", str(checkpoint), "-o", str(out), "--fp16", "--check"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert select.select([proc.stdout], [], [], 300)[0], "export printed nothing in 300 s"
+        assert "weights, generator" in proc.stdout.readline()  # at work: the checkpoint is loaded
+        deadline = time.monotonic() + 120
+        while not out.exists() and time.monotonic() < deadline:  # until the export has made its folder
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "interrupted", stderr
+    assert not out.exists()

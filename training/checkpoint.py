@@ -35,6 +35,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load with ``weights_only=True`` (no pickle code execution); no unsafe fallback."""
     path = Path(path)
+    if path.is_dir():  # a run folder given for its checkpoint
+        raise FileNotFoundError(f"{path} is a folder; give a checkpoint file in it, such as {path / 'last.pt'}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
