@@ -91,8 +91,9 @@ def test_run_errors_are_one_line(tmp_path, image_folder, monkeypatch):  # noqa: 
     result = invoke("srresnet", "--data", str(empty), "-o", str(tmp_path / "run"), *TINY)
     (line,) = error_lines(result)
     assert result.exit_code == 1 and line.startswith("Error: no images") and line.endswith(f"under {empty}")
-    result = invoke("srgan", "--data", str(image_folder), "--init", str(tmp_path / "nope.pt"), *TINY)
+    result = invoke("srgan", "--data", str(image_folder), "--init", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "run2"), *TINY)
     assert result.exit_code == 1 and error_lines(result) == [f"Error: checkpoint not found: {tmp_path / 'nope.pt'}"]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run2").exists()  # refused before writing: no folder left
     assert invoke("srgan", "--data", str(image_folder)).exit_code == 2  # no --init
 
     def bug(cfg, resume=False):

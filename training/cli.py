@@ -179,15 +179,29 @@ def run_folder_lock(out: Path) -> Iterator[None]:
     if os.environ.get("RANK", "0") != "0":
         yield
         return
-    with contextlib.ExitStack() as held:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            held.enter_context(folder_lock(out, LOCK_NAME, f"another srdeploy train is running in {out}; wait for it, or give another --out"))
-        except FolderBusy as e:
-            raise click.UsageError(str(e)) from None
-        except OSError as e:
-            raise click.UsageError(f"cannot lock the run folder {out}: {LOCK_NAME} ({e.strerror or e})") from None
-        yield
+    made = not out.exists()
+    try:
+        with contextlib.ExitStack() as held:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                held.enter_context(folder_lock(out, LOCK_NAME, f"another srdeploy train is running in {out}; wait for it, or give another --out"))
+            except FolderBusy as e:
+                raise click.UsageError(str(e)) from None
+            except OSError as e:
+                raise click.UsageError(f"cannot lock the run folder {out}: {LOCK_NAME} ({e.strerror or e})") from None
+            yield
+    finally:
+        if made:  # a run refused before it wrote anything (a bad --data-list, --init) leaves no folder behind
+            _remove_if_only_the_lock(out)
+
+
+def _remove_if_only_the_lock(out: Path) -> None:
+    try:
+        if set(os.listdir(out)) <= {LOCK_NAME}:
+            (out / LOCK_NAME).unlink(missing_ok=True)
+            out.rmdir()
+    except OSError:  # gone already, or another run has just taken it: leave it
+        pass
 
 
 @click.group()
