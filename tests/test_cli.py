@@ -106,21 +106,24 @@ def test_a_missing_package_names_the_extra_of_the_command_that_needs_it(tmp_path
 
 
 def test_ctrl_c_in_a_command_is_status_130_with_one_line_not_clicks_aborted(tmp_path):
-    """`srdeploy export` stopped once it is at work; upscale and train say more of their own."""
+    """`srdeploy export` stopped once it is at work (upscale and train say more of their
+    own): and the folder it made for its outputs goes with it, no half of an export stays."""
     import signal
     import time
 
     from conftest import REPO
 
-    checkpoint = REPO / "srdeploy" / "models" / "srresnet" / "generator.pt"
-    proc = subprocess.Popen([sys.executable, "-c", "from srdeploy.cli import run; run()", "export", str(checkpoint), "-o", str(tmp_path / "out"), "--check"],
+    checkpoint, out = REPO / "srdeploy" / "models" / "srresnet" / "generator.pt", tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", "from srdeploy.cli import run; run()", "export", str(checkpoint), "-o", str(out), "--check"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         import select
 
         assert select.select([proc.stdout], [], [], 300)[0], "export printed nothing in 300 s"  # bounded: readline alone would wait forever
         assert "weights, generator" in proc.stdout.readline()  # at work: the checkpoint is loaded
-        time.sleep(0.5)
+        deadline = time.monotonic() + 120
+        while not out.exists() and time.monotonic() < deadline:  # until it has made its folder
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
     finally:
@@ -128,6 +131,7 @@ def test_ctrl_c_in_a_command_is_status_130_with_one_line_not_clicks_aborted(tmp_
         proc.wait()
     assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "interrupted", stderr
     assert "Aborted!" not in stderr and "Traceback" not in stderr
+    assert not out.exists()
 
 
 def test_ctrl_c_while_the_command_line_is_still_loading_is_130_and_one_line(tmp_path):

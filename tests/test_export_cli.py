@@ -186,30 +186,3 @@ def test_an_earlier_export_is_replaced_only_with_force(training_checkpoint, tmp_
     forced = run_export(training_checkpoint, "-o", out, "--force")
     assert forced.returncode == 0, forced.stderr
     assert "removed artifacts of an earlier export: model.fp16.onnx" in forced.stdout
-
-
-def test_ctrl_c_leaves_no_folder_it_made(tmp_path):
-    """Stopped midway, an export into a new folder removes it: no half of an export stays."""
-    import select
-    import signal
-    import time
-
-    from conftest import REPO
-
-    checkpoint = REPO / "srdeploy" / "models" / "srresnet" / "generator.pt"
-    out = tmp_path / "new"
-    proc = subprocess.Popen([str(SRDEPLOY), "export", str(checkpoint), "-o", str(out), "--fp16", "--check"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert select.select([proc.stdout], [], [], 300)[0], "export printed nothing in 300 s"
-        assert "weights, generator" in proc.stdout.readline()  # at work: the checkpoint is loaded
-        deadline = time.monotonic() + 120
-        while not out.exists() and time.monotonic() < deadline:  # until the export has made its folder
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "interrupted", stderr
-    assert not out.exists()
