@@ -141,11 +141,11 @@ def image_refusal(error: imaging.ImageError, data: bytes, name: str, max_pixels:
     than the cap, 415 when they are not an image of a supported format, else 400."""
     if isinstance(error, imaging.TooManyPixels):
         # The shared message names the CLI's --max-pixels; an API client needs the server's cap.
+        cap = f"this server's cap of {max_pixels:,} pixels; send a smaller image"
         if error.width:
-            size = f"{error.width}x{error.height} ({error.pixels:,} pixels)"
-        else:
-            size = f"its header declares {'more than ' if error.at_least else ''}{error.pixels:,} pixels, which"
-        return RequestError(413, f"{name}: {size} exceeds this server's cap of {max_pixels:,} pixels; send a smaller image")
+            return RequestError(413, f"{name}: {error.width}x{error.height} ({error.pixels:,} pixels) exceeds {cap}")
+        declared = f"{'more than ' if error.at_least else ''}{error.pixels:,} pixels"
+        return RequestError(413, f"{name}: its header declares {declared}, which exceeds {cap}")
     if imaging.sniff(data[:64]) not in imaging.READ_FORMATS:
         return RequestError(415, str(error))
     return RequestError(400, str(error))

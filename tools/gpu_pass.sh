@@ -17,9 +17,9 @@ DATA=${DATA:-.data/celeba_hq_256}
 BUDGET_S=${BUDGET_S:-560}                # the whole script, setup included
 SRRESNET_MINUTES=${SRRESNET_MINUTES:-3.0}
 SRGAN_MINUTES=${SRGAN_MINUTES:-1.25}
-# The seed's 1e-3 added no fine detail in 1,187 steps (HF ratio 0.133 against SRResNet's
-# 0.136, docs/results.md): a stronger or longer adversarial phase is the next thing to try,
-# judged by the validation records' hf_ratio and tools/ship_model.py's gate.
+# The seed's 1e-3 added no fine detail to the shipped SRGAN (its HF ratio, docs/results.md
+# "Model quality"): a stronger or longer adversarial phase is the next thing to try, judged
+# by the validation records' hf_ratio and tools/ship_model.py's gate.
 SRGAN_ADV_WEIGHT=${SRGAN_ADV_WEIGHT:-1e-3}
 EXTRA=${EXTRA:-}                         # appended to both train commands (a CPU dry run: --batch-size 4 --patch 64 ...)
 PY=${PY:-python3}

@@ -16,7 +16,7 @@ from collections import Counter
 import click
 
 from srdeploy import EXIT_INTERRUPTED
-from srdeploy.batch.journal import JournalError
+from srdeploy.batch.journal import JournalError, display
 from srdeploy.io import imaging
 from srdeploy.io.imaging import DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION
 from srdeploy.runtime import engines, zoo
@@ -151,9 +151,9 @@ def _on_ray(address, actors, cpus_per_actor, model, provider, precision, tile, s
 
 def one_line(text: str) -> str:
     """``text`` with control characters (a newline in a file name) escaped: one result, one
-    line; bytes of a file name that are not UTF-8 shown as �, as journal.display shows
-    them, so an input and its output read alike."""
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    line; bytes of a file name that are not UTF-8 shown as journal.display shows them, so
+    an input and its output read alike."""
+    text = display(text)
     return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
