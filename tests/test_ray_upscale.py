@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
@@ -276,6 +276,36 @@ def test_s3_inputs_and_outputs_with_one_put_each_and_resume(toy, cluster, s3_end
     assert s3.get_object(Bucket=BUCKET, Key="out/a.png")["Body"].read() == b"the user's own object"
     journal_lines = s3.get_object(Bucket=BUCKET, Key="out/upscale-journal.jsonl")["Body"].read().splitlines()
     assert len({json.loads(line)["run"] for line in journal_lines}) == 3  # one journal, every run appended
+
+
+def test_a_task_retried_after_its_put_reports_its_input_ok(toy, s3_endpoint, tmp_path, monkeypatch):
+    """What an actor does when Ray retries a task whose worker died after the PUT, before
+    answering: the object is this run's (its metadata names the run), so the input is
+    ``ok``, as the first attempt would have said; for another run it is ``skipped``."""
+    import boto3
+
+    from srdeploy.batch.jobs import Job, Settings
+    from srdeploy.batch.steps import InputSteps, is_staged
+    from srdeploy.batch.stores import Bucket
+
+    for name, value in {**AWS, "AWS_ENDPOINT_URL": s3_endpoint}.items():
+        monkeypatch.setenv(name, value)
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket="retried")
+    save(tmp_path / "a.png", np.random.default_rng(5).integers(0, 256, (6, 7, 3), dtype=np.uint8))
+    job = Job(tmp_path / "a.png", "a.png", PurePosixPath("a.png"), "PNG", None, 42)
+    upscaler = Upscaler(toy)
+
+    def attempt(run):
+        bucket = Bucket("s3://retried/out", run)
+        return InputSteps(upscaler, bucket, Settings(), bucket, None).through_store(job)
+
+    first = attempt("run-1")
+    assert is_staged(first) and first.tmp is None  # the PUT wrote it whole
+    retried = attempt("run-1")
+    assert (retried.result.status, retried.result.reason) == ("ok", "28x24 PNG")
+    assert retried.extra["output_sha256"] == first.output_sha256 and retried.extra["size"] == [28, 24]
+    later = attempt("run-2")
+    assert (later.result.status, later.result.reason) == ("skipped", "already done (same input, model, engine and settings)")
 
 
 def test_ray_local_starts_a_cluster_for_the_run_says_only_our_lines_and_stops_it(toy, tmp_path):

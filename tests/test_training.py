@@ -9,7 +9,7 @@ from PIL import Image
 
 from srdeploy.training.checkpoint import load_checkpoint, load_generator
 from srdeploy.training.config import TrainConfig, resolve_config
-from srdeploy.training.loop import train
+from srdeploy.training.loop import RunRefused, train
 from srdeploy.training.models import Discriminator, Generator
 from srdeploy.training.steps import StepContext, srgan_step, srresnet_step
 from srdeploy.training.vgg import VGGFeatures, VGGWeightsMissing, load_vgg_features
@@ -97,7 +97,7 @@ def test_srgan_run_from_a_srresnet_checkpoint(tmp_path, image_folder):
 def test_srgan_init_must_match_the_architecture(tmp_path, image_folder):
     train(tiny_config(tmp_path / "pre", image_folder, steps=1))
     cfg = tiny_config(tmp_path / "gan", image_folder, stage="srgan", init=str(tmp_path / "pre/run/last.pt"), channels=16)
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(RunRefused, match="does not match"):
         train(cfg)
 
 
@@ -219,13 +219,13 @@ def test_metrics_epochs_count_completed_epochs_and_a_resume_logs_each_step_once(
     train(tiny_config(tmp_path, image_folder, steps=6, log_every=2), resume=True)
     records = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [(r["step"], r["epoch"]) for r in records] == [(2, 1), (4, 2), (6, 3)]
-    with pytest.raises(ValueError, match="is at step 6, and a budget of 6 steps"):
+    with pytest.raises(RunRefused, match="is at step 6, and a budget of 6 steps"):
         train(tiny_config(tmp_path, image_folder, steps=6), resume=True)
 
 
 def test_images_of_several_sizes_need_a_patch_and_tiny_validation_images_are_skipped(tmp_path, image_folder):
     Image.fromarray(np.zeros((40, 36, 3), np.uint8)).save(image_folder / "small.png")
-    with pytest.raises(ValueError, match=r"gives 2 square crops, e\.g\. 36px \(.*small\.png\), 48px .*at most 36"):
+    with pytest.raises(RunRefused, match=r"gives 2 square crops, e\.g\. 36px \(.*small\.png\), 48px .*at most 36"):
         train(tiny_config(tmp_path, image_folder, patch=None))
     val = tmp_path / "val"
     val.mkdir()

@@ -29,7 +29,7 @@ def invoke(*args):
 def captured(monkeypatch):
     """The TrainConfig a command would train with (training itself is replaced)."""
     seen = []
-    monkeypatch.setattr(loop, "train", lambda cfg, resume=False: seen.append(cfg) or cfg.out)
+    monkeypatch.setattr(loop, "train", lambda cfg, resume=False, started=None: seen.append(cfg) or cfg.out)
     return seen
 
 
@@ -88,15 +88,19 @@ def test_nonsensical_values_are_one_line_usage_errors(captured, image_folder, fl
 def test_run_errors_are_one_line(tmp_path, image_folder, monkeypatch):  # noqa: F811
     empty = tmp_path / "empty"
     empty.mkdir()
+    # Refused before the first step: exit 2 like a usage error, the error the only line, no folder left.
     result = invoke("srresnet", "--data", str(empty), "-o", str(tmp_path / "run"), *TINY)
-    (line,) = error_lines(result)
-    assert result.exit_code == 1 and line.startswith("Error: no images") and line.endswith(f"under {empty}")
+    (line,) = result.output.splitlines()
+    assert result.exit_code == 2 and line.startswith("Error: no images") and line.endswith(f"under {empty}")
     result = invoke("srgan", "--data", str(image_folder), "--init", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "run2"), *TINY)
-    assert result.exit_code == 1 and error_lines(result) == [f"Error: checkpoint not found: {tmp_path / 'nope.pt'}"]
-    assert not (tmp_path / "run").exists() and not (tmp_path / "run2").exists()  # refused before writing: no folder left
+    assert result.exit_code == 2 and result.output.splitlines() == [f"Error: checkpoint not found: {tmp_path / 'nope.pt'}"]
+    result = invoke("srgan", "--data", str(image_folder), "--init", "default", "--content", "mse+vgg", "--vgg-weights",
+                    str(tmp_path / "vgg19.pth"), "-o", str(tmp_path / "run3"), *TINY[4:])
+    assert result.exit_code == 2 and len(result.output.splitlines()) == 1 and str(tmp_path / "vgg19.pth") in result.output
+    assert not any((tmp_path / run).exists() for run in ("run", "run2", "run3"))  # refused before writing: no folder left
     assert invoke("srgan", "--data", str(image_folder)).exit_code == 2  # no --init
 
-    def bug(cfg, resume=False):
+    def bug(cfg, resume=False, started=None):
         raise TypeError("unsupported operand")
 
     monkeypatch.setattr(loop, "train", bug)

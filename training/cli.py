@@ -8,8 +8,9 @@ get no flag. Every option defaults to None, meaning "not given": the value then 
 --preset, else from the stage's defaults (shown in ``--help``). Torch is imported only when
 a command runs.
 
-Errors reach the user as one line, ``Error: ...``: a bad value is a usage error (exit 2),
-a run that fails is exit 1.
+Errors reach the user as one line, ``Error: ...``: a bad value, or a run refused before its
+first step (a missing file, a bad checkpoint, no VGG weights), exits 2 with nothing written;
+a run that fails once started exits 1.
 """
 
 from __future__ import annotations
@@ -145,17 +146,22 @@ def _run(stage: str, resume: bool, given: dict[str, Any]) -> None:
         raise click.UsageError(as_flags(str(e))) from None
     if stage == "srgan" and not resume and not cfg.init:
         raise click.UsageError("srgan needs --init (a pre-trained generator checkpoint, or 'default')")
-    from srdeploy.training.loop import RunInterrupted, train as run_training  # torch: a missing one is said before anything else
+    from srdeploy.training.loop import RunInterrupted, RunRefused, train as run_training  # torch: a missing one is said before anything else
 
     out = Path(cfg.out)
     with run_folder_lock(out):
         if not resume and (out / "last.pt").exists():  # a new run here would overwrite its checkpoints and mix its metrics in
             raise click.UsageError(f"{cfg.out} already holds a run (last.pt): continue it with --resume, or give another --out")
-        if not resume and (out / "config.json").exists():
-            click.echo(f"starting over in {cfg.out}: the run there stopped before its first checkpoint", err=True)
-        click.echo(f"srdeploy train {stage}: {json.dumps({k: v for k, v in cfg.to_dict().items() if v is not None})}", err=True)
+
+        def started() -> None:
+            if not resume and (out / "config.json").exists():
+                click.echo(f"starting over in {cfg.out}: the run there stopped before its first checkpoint", err=True)
+            click.echo(f"srdeploy train {stage}: {json.dumps({k: v for k, v in cfg.to_dict().items() if v is not None})}", err=True)
+
         try:
-            out_dir = run_training(cfg, resume=resume)
+            out_dir = run_training(cfg, resume=resume, started=started)
+        except RunRefused as e:
+            raise CouldNotStart(as_flags(str(e))) from None
         except RunInterrupted as e:
             click.echo(f"stopped by Ctrl-C at step {e.step}, saved in {e.checkpoint}; continue with "
                        f"srdeploy train {stage} --out {cfg.out} --resume", err=True)
@@ -169,6 +175,12 @@ def _run(stage: str, resume: bool, given: dict[str, Any]) -> None:
             where = traceback.extract_tb(e.__traceback__)[-1]
             raise click.ClickException(f"internal error, {type(e).__name__} at {Path(where.filename).name}:{where.lineno}: {e}") from None
     click.echo(f"run folder: {out_dir}", err=True)
+
+
+class CouldNotStart(click.ClickException):
+    """One line, exit 2 like a usage error, without the usage hint: the values were fine,
+    what they point to is not."""
+    exit_code = 2
 
 
 @contextlib.contextmanager

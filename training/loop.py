@@ -14,7 +14,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -30,30 +30,37 @@ from srdeploy.training.steps import StepContext, srgan_step, srresnet_step
 from srdeploy.training.validate import Validator
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
+def train(cfg: TrainConfig, resume: bool = False, started: Callable[[], None] = lambda: None) -> Path:
     """Train until the budget (--steps, --epochs, --max-minutes) is spent; returns the run
     folder. ``resume`` continues from ``cfg.out``/last.pt, wherever that folder now is.
-    After Ctrl-C it raises RunInterrupted, once the step in progress and last.pt are done."""
+    ``started`` is called on rank 0 once the models, data and budget are ready, before
+    anything is written; what fails before that raises RunRefused. After Ctrl-C it raises
+    RunInterrupted, once the step in progress and last.pt are done."""
     with dist.process_group() as env, ctrl_c_ends_the_step(env.is_main) as interrupted:
-        device = pick_device(cfg.device, env.local_rank)
         out = Path(cfg.out)
         torch.manual_seed(cfg.seed)
-        m = build_models(cfg, device, use_init=not resume)
-        at = restore(out / "last.pt", m) if resume else Position()
-        dataset, sampler, loader = make_loader(cfg, env, device)
-        steps_per_epoch = len(dataset) // env.world_size // cfg.batch_size
-        if steps_per_epoch == 0:
-            raise ValueError(f"{len(dataset)} images cannot fill one batch of {cfg.batch_size} per process")
-        budget = Budget(cfg, steps_per_epoch, at.minutes, env, interrupted=interrupted)
-        if resume and budget.planned is not None and budget.planned <= at.step:
-            raise ValueError(f"--resume: {out} is at step {at.step}, and a budget of {budget.planned} steps "
-                             f"(`steps` or `epochs`) leaves none to run; give a larger one")
+        try:  # a missing file, a bad checkpoint or data list, no VGG weights or GPU: nothing has run yet
+            device = pick_device(cfg.device, env.local_rank)
+            m = build_models(cfg, device, use_init=not resume)
+            at = restore(out / "last.pt", m) if resume else Position()
+            dataset, sampler, loader = make_loader(cfg, env, device)
+            steps_per_epoch = len(dataset) // env.world_size // cfg.batch_size
+            if steps_per_epoch == 0:
+                raise ValueError(f"{len(dataset)} images cannot fill one batch of {cfg.batch_size} per process")
+            budget = Budget(cfg, steps_per_epoch, at.minutes, env, interrupted=interrupted)
+            if resume and budget.planned is not None and budget.planned <= at.step:
+                raise ValueError(f"--resume: {out} is at step {at.step}, and a budget of {budget.planned} steps "
+                                 f"(`steps` or `epochs`) leaves none to run; give a larger one")
+            validator = Validator(cfg, device) if (env.is_main and cfg.val_data) else None
+        except (OSError, ValueError, RuntimeError) as e:
+            raise RunRefused(" ".join(str(e).split()) or type(e).__name__) from e
+        if env.is_main:
+            started()
         if at.epoch_step >= steps_per_epoch:  # older versions could checkpoint an epoch's last step before moving on
             at.epoch, at.epoch_step = at.epoch + 1, 0
         ctx = StepContext(cfg, dist.wrap(m.generator, env), m.g_opt,
                           dist.wrap(m.discriminator, env) if m.discriminator else None, m.d_opt, m.vgg, m.scaler, m.amp)
         step_fn = srgan_step if cfg.stage == "srgan" else srresnet_step
-        validator = Validator(cfg, device) if (env.is_main and cfg.val_data) else None
         logger = RunLogger(out, cfg, enabled=env.is_main)
         # What was logged after the checkpoint is redone (a fresh run: after step 0, by a run
         # that stopped before its first checkpoint): keep one record per step.
@@ -138,6 +145,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if budget.stopped_by == "interrupt":
         raise RunInterrupted(at.step, out / "last.pt")
     return out
+
+
+class RunRefused(Exception):
+    """The run could not start; nothing was trained, and nothing written in its folder."""
 
 
 class RunInterrupted(KeyboardInterrupt):

@@ -132,7 +132,7 @@ class Upscaling:
     starts), then for each input of a batch the steps up to ``store``: read, rerun check,
     decode, upscale, encode, and the output staged (a folder) or written (a bucket)."""
 
-    def __init__(self, model: str, provider: str, precision: str, tile: int, threads: int, settings: Settings, out: Path | str, roster: Any):
+    def __init__(self, model: str, provider: str, precision: str, tile: int, threads: int, settings: Settings, out: Path | str, roster: Any, run: str):
         from srdeploy.runtime.upscaler import Upscaler
 
         sign_in(roster)
@@ -144,7 +144,7 @@ class Upscaling:
         else:
             from srdeploy.batch.stores import Bucket
 
-            place = journal = Bucket(out)  # its objects' metadata vouch for them
+            place = journal = Bucket(out, run)  # its objects' metadata vouch for them (and name the run)
             self.vouched = None
         self.steps = InputSteps(upscaler, place, settings, journal, None)
 

@@ -17,7 +17,9 @@ The guarantees are the local batch's, with its code: the steps and the commit pr
 (srdeploy.batch.steps), planning and the journal record (srdeploy.batch.run). Results
 come back in whatever order the actors finish; the driver holds each until those before
 it are committed. A worker that dies is restarted by Ray and its task retried: its inputs
-are redone, a second answer for an input is discarded with its temp file. Ctrl-C (or a
+are redone, a second answer for an input is discarded with its temp file (a bucket's
+object that an earlier attempt PUT carries the run's id, so its input is still ``ok``,
+not ``skipped``). Ctrl-C (or a
 cluster error) stops the dataset, stops every actor (stop_writers: their processes have
 exited), removes the temp files of the outputs not committed and raises; a bucket's
 outputs are whole objects or none.
@@ -34,6 +36,7 @@ import math
 import os
 import pickle
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -179,7 +182,7 @@ class RayBatch:
             Upscaling,
             fn_constructor_kwargs=dict(
                 model=self.model, provider=self.engine["provider"], precision=self.engine["precision"], tile=self.tile,
-                threads=self.pool.threads, settings=settings, out=out, roster=roster,
+                threads=self.pool.threads, settings=settings, out=out, roster=roster, run=uuid.uuid4().hex,
             ),
             batch_size=ROWS_PER_CALL, compute=ray.data.ActorPoolStrategy(size=self.pool.actors),
             num_cpus=self.pool.cpus, num_gpus=self.pool.gpus or None,

@@ -82,7 +82,7 @@ class Place(Protocol):
     def location(self, target: Any) -> str: ...  # the target as source_identity names an input
     def holds(self, target: Any) -> bool: ...
     def sha256(self, target: Any) -> str | None: ...
-    def stage(self, target: Any, data: bytes, key: dict, output_sha256: str) -> Path | None: ...  # None: written whole already
+    def stage(self, target: Any, data: bytes, key: dict, output_sha256: str, size: tuple[int, int]) -> Path | None: ...  # None: written whole already
     def publish(self, tmp: Path, target: Any) -> None: ...
     def discard(self, tmp: Path) -> None: ...
 
@@ -107,7 +107,7 @@ class Folder:
     def sha256(self, target: Path) -> str | None:
         return _sha256_file(target)
 
-    def stage(self, target: Path, data: bytes, key: dict, output_sha256: str) -> Path:
+    def stage(self, target: Path, data: bytes, key: dict, output_sha256: str, size: tuple[int, int]) -> Path:
         return stage_bytes(target, data)
 
     def publish(self, tmp: Path, target: Path) -> None:
@@ -219,6 +219,8 @@ class InputSteps:
         made = self.journal.last_ok(str(item.job.output), self.place.sha256(item.target))
         ours = made is not None
         if ours and all(made.get(k) == v for k, v in item.key.items()):
+            if "made_by_this_run" in made:  # this input's earlier attempt (a task Ray retried) wrote it whole
+                return made_ok(item, made["output_sha256"], made["made_by_this_run"])
             return _Outcome(item.result("skipped", "already done (same input, model, engine and settings)"), item.key)
         if ours and made.get("source") == item.key["source"]:
             return replace(item, replacing=" (replaced: input, model, engine or settings changed)")
@@ -244,7 +246,7 @@ class InputSteps:
             return _Outcome(item.result("failed", failure_reason(e, item.job.shown)), item.key)
         output_sha256 = hashlib.sha256(encoded.data).hexdigest()
         try:
-            tmp = self.place.stage(item.target, encoded.data, item.key, output_sha256)
+            tmp = self.place.stage(item.target, encoded.data, item.key, output_sha256, (encoded.width, encoded.height))
         except OSError as e:
             return _Outcome(item.result("failed", cannot_write(item.job, e)), item.key)
         except Exception as e:  # a store's own error
@@ -274,15 +276,21 @@ class Committer:
             reason = cannot_write(job, e) if isinstance(e, OSError) else failure_reason(e, job.shown)
             self.finish(item.result("failed", reason), item.key)  # raises again if the journal is what failed
             return
-        width, height = value.size
-        note = f"; {job.note}" if job.note else ""  # why the format is not the one asked for
-        extra = {**item.key, "output_sha256": value.output_sha256, "size": [width, height]}
-        self.finish(item.result("ok", f"{width}x{height} {job.format}{note}{item.replacing}"), extra)
+        outcome = made_ok(item, value.output_sha256, value.size)
+        self.finish(outcome.result, outcome.extra)
 
     def discard(self, staged: _Staged) -> None:
         """A stored output the batch stopped before committing: no temp file stays behind."""
         if staged.tmp is not None:
             self.place.discard(staged.tmp)
+
+
+def made_ok(item: _Item, output_sha256: str, size: tuple[int, int] | list[int]) -> _Outcome:
+    """An input whose output is in place: its ``ok`` result and journal fields."""
+    width, height = size
+    note = f"; {item.job.note}" if item.job.note else ""  # why the format is not the one asked for
+    extra = {**item.key, "output_sha256": output_sha256, "size": [width, height]}
+    return _Outcome(item.result("ok", f"{width}x{height} {item.job.format}{note}{item.replacing}"), extra)
 
 
 def cannot_write(job: Job, error: OSError) -> str:

@@ -25,6 +25,8 @@ from srdeploy.batch.jobs import walk_tree
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 KEY_FIELD = "srdeploy-key"  # the rerun key, JSON (ASCII: metadata travels as HTTP headers)
 SHA256_FIELD = "srdeploy-sha256"  # of the object's bytes
+SIZE_FIELD = "srdeploy-size"  # WIDTHxHEIGHT, for the result line of a retried task
+RUN_FIELD = "srdeploy-run"  # the run that wrote it: a retried task's earlier attempt is this run's
 # A single PUT goes up to 5 GiB on S3; s3fs switches to a multipart upload (also atomic,
 # but several requests) at twice its chunk size unless told otherwise.
 _ONE_PUT = 5 * 2**30
@@ -81,8 +83,8 @@ class Bucket:
     one PUT per output, carrying its sha256 and rerun key, which vouch for it; no temp
     objects. It also answers ``last_ok`` as a journal would, from that metadata."""
 
-    def __init__(self, uri: str):
-        self.uri = uri.rstrip("/")
+    def __init__(self, uri: str, run: str | None = None):
+        self.uri, self.run = uri.rstrip("/"), run
         self.fs, self.root = filesystem(self.uri)
         self.root = self.root.rstrip("/")
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
@@ -118,11 +120,19 @@ class Bucket:
             key = json.loads(meta[KEY_FIELD])
         except json.JSONDecodeError:
             return None
-        return {**key, "output": output, "output_sha256": meta[SHA256_FIELD], "input": key.get("source")} if isinstance(key, dict) else None
+        if not isinstance(key, dict):
+            return None
+        record = {**key, "output": output, "output_sha256": meta[SHA256_FIELD], "input": key.get("source")}
+        width, _, height = meta.get(SIZE_FIELD, "").partition("x")
+        if self.run is not None and meta.get(RUN_FIELD) == self.run and width.isdigit() and height.isdigit():
+            record["made_by_this_run"] = [int(width), int(height)]  # Ray retried a task after its PUT
+        return record
 
-    def stage(self, target: str, data: bytes, key: dict, output_sha256: str) -> None:
+    def stage(self, target: str, data: bytes, key: dict, output_sha256: str, size: tuple[int, int]) -> None:
         """Write the output whole, in one PUT that carries its key: committed when it returns."""
-        meta = {KEY_FIELD: json.dumps(key, sort_keys=True), SHA256_FIELD: output_sha256}  # ensure_ascii: header-safe
+        meta = {KEY_FIELD: json.dumps(key, sort_keys=True), SHA256_FIELD: output_sha256, SIZE_FIELD: f"{size[0]}x{size[1]}"}  # ensure_ascii: header-safe
+        if self.run is not None:
+            meta[RUN_FIELD] = self.run
         content_type = mimetypes.guess_type(target)[0] or "application/octet-stream"
         self._head = None
         self.fs.pipe_file(target, data, chunksize=_ONE_PUT, **self._put_options(meta, content_type))
