@@ -184,7 +184,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     two, which name the source line that warned; naming the file it is about when a
     thread raised it while reading one (Pillow's "Corrupt EXIF data" in a batch)."""
     about = file_being_read()
-    click.echo(f"warning: {f'{about}: ' if about else ''}{message}", err=True)
+    text = " ".join(str(message).split())  # Pillow's have double spaces and a trailing one
+    click.echo(f"warning: {f'{about}: ' if about else ''}{text}", err=True)
 
 
 if __name__ == "__main__":

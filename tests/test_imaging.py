@@ -334,6 +334,8 @@ def bad_inputs(rng) -> dict[str, tuple[bytes, str]]:
     frames = [Image.fromarray(_rgb(rng, 8, 8)).convert("P") for _ in range(3)]
     gif = io.BytesIO()
     frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
+    lzw = bytearray(_bytes(Image.fromarray(_rgb(rng, 40, 40)), "TIFF", compression="tiff_lzw"))
+    lzw[200:400] = bytes(b ^ 0x5A for b in lzw[200:400])  # LZW codes libtiff cannot follow (it would print so itself)
     return {
         "empty.png": (b"", "empty file (0 bytes)"),
         "truncated.png": (good_png[: len(good_png) // 2], "corrupt or truncated PNG data"),
@@ -343,6 +345,7 @@ def bad_inputs(rng) -> dict[str, tuple[bytes, str]]:
         "big_icc.png": (_bytes(Image.fromarray(_rgb(rng, 8, 8)), "PNG", icc_profile=b"\0" * 3_000_000),  # valid, but Pillow inflates 1 MB a chunk at most
                         "its metadata (an ICC profile or text chunk) is larger than Pillow reads"),
         "animated.gif": (gif.getvalue(), "GIF with 3 frames; only still, single images are supported"),
+        "corrupt_lzw.tif": (bytes(lzw), "corrupt or truncated TIFF data"),
         "icon.ico": (_bytes(Image.fromarray(_rgb(rng, 16, 16)), "ICO"), "ICO is not a supported input format"),
         "image.ppm": (_bytes(Image.fromarray(_rgb(rng, 16, 16)), "PPM"), "PNM is not a supported input format"),
     }

@@ -3,7 +3,8 @@
 Format allowlist (only those Pillow plugins parse the header), a sniff of the first bytes
 so that a wrong or missing format gets a message that says what the file is, single
 frames only, and a pixel cap checked on the header's size before any pixel is decoded,
-with Pillow's decompression-bomb warning turned into a refusal.
+with Pillow's decompression-bomb warning turned into a refusal. libtiff's own messages
+are kept off stderr (srdeploy.io.libtiff).
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from typing import BinaryIO
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from srdeploy.io import libtiff
 from srdeploy.io.files import open_regular
 from srdeploy.io.formats import READ_FORMATS
 from srdeploy.io.streams import about_file
+
+libtiff.silence()  # a bad TIFF's reason is its one line here, not libtiff's own print
 
 # A square image at the cap upscales x4 to 16380 px a side, inside WebP's 16383 limit;
 # larger sides are also checked per output format (see imaging.MAX_SIDE).
