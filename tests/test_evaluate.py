@@ -220,22 +220,25 @@ def test_cli_errors_name_the_problem(hr_dir, tmp_path):
     assert proc.returncode == 2 and f"-o {a_file / 'results'}: cannot create this folder (Not a directory)" in proc.stderr
 
 
-def test_unreadable_images_are_left_out_and_all_named_in_one_run(hr_dir, tmp_path):
+def test_unreadable_and_tiny_images_are_left_out_and_all_named_in_one_run(hr_dir, tmp_path):
     """One bad file in a folder of hundreds must not cost the run, nor one rerun per file."""
     (hr_dir / "a_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (hr_dir / "zz_empty.png").write_bytes(b"")
+    Image.new("RGB", (3, 3)).save(hr_dir / "b_tiny.png")  # cropped to 0x0; 12x12 would still fail SSIM's window
+    Image.new("RGB", (12, 14)).save(hr_dir / "c_small.png")
     result = evaluate(find_test_images(hr_dir), [], figure_count=2)
     assert result.image_count == 4 and len(result.figure_rows) == 2  # the readable four, the figure still full
-    assert [r.split(": ")[0] for r in result.unreadable] == [str(hr_dir / "a_corrupt.png"), str(hr_dir / "zz_empty.png")]
+    assert [r.split(": ")[0] for r in result.left_out] == [str(hr_dir / name) for name in ("a_corrupt.png", "b_tiny.png", "c_small.png", "zz_empty.png")]
+    assert result.left_out[2].endswith("too small to score (12x12 after cropping to a multiple of 4; a border of 4 px and SSIM's window need 19 a side)")
     proc = _run_cli("--data", hr_dir, "--figure-count", 0, "-o", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     md = (tmp_path / "out" / "results.md").read_text()
-    assert "4 images from" in md and "2 left out, unreadable (listed below)" in md
+    assert "4 images from" in md and "4 left out (listed below)" in md
     assert f"- {hr_dir / 'a_corrupt.png'}: cannot read image (" in md and f"- {hr_dir / 'zz_empty.png'}: cannot read image (" in md
 
     for good in hr_dir.glob("img_*.png"):
         good.unlink()
-    with pytest.raises(ValueError, match="none of the 2 images could be read: .*a_corrupt.png"):
+    with pytest.raises(ValueError, match="none of the 4 images could be scored: .*a_corrupt.png"):
         evaluate(find_test_images(hr_dir), [], figure_count=0)
 
 

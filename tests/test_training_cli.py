@@ -75,6 +75,13 @@ def test_a_preset_value_is_overridden_only_by_a_given_flag(captured, image_folde
     assert (plain.num_blocks, plain.lr, plain.patch, plain.epochs, plain.preset) == (8, 2e-4, None, 30, None)
 
 
+def test_init_takes_every_shipped_model_name_and_stores_paths_absolute(captured, image_folder, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tmp_path)
+    for name in ("default", "srresnet", "srgan", "run/last.pt"):
+        assert invoke("srgan", "--data", str(image_folder), "--init", name).exit_code == 0
+    assert [cfg.init for cfg in captured] == ["default", "srresnet", "srgan", str(tmp_path / "run/last.pt")]
+
+
 @pytest.mark.parametrize("flag, value", [("--log-every", "0"), ("--ckpt-every", "0"), ("--val-every", "0"),
                                          ("--steps", "0"), ("--max-minutes", "-1"), ("--batch-size", "1"),
                                          ("--patch", "30"), ("--lr", "0")])
@@ -135,6 +142,12 @@ def test_resume_keeps_the_recipe(tmp_path, image_folder):  # noqa: F811
     assert other_stage.exit_code == 2 and "is a srresnet run" in error_lines(other_stage)[0]
     nothing = invoke("srresnet", "-o", str(tmp_path / "elsewhere"), "--resume")
     assert nothing.exit_code == 2 and "holds no run to continue" in error_lines(nothing)[0]
+    stored = json.loads((run / "config.json").read_text())
+    for field, value, says in (("lr", "2e-4", "`lr` must be a number; got '2e-4'"),
+                               ("num_blocks", None, "`num_blocks` must be an integer; got None")):
+        (run / "config.json").write_text(json.dumps({**stored, field: value}))  # hand-edited
+        edited = invoke("srresnet", "-o", str(run), "--resume")
+        assert edited.exit_code == 2 and error_lines(edited) == [f"Error: --resume: {run / 'config.json'}: {says}"]
     (run / "config.json").write_text("[1, 2]")
     not_a_config = invoke("srresnet", "-o", str(run), "--resume")
     assert not_a_config.exit_code == 2 and "config.json holds a JSON list, not a training config" in error_lines(not_a_config)[0]

@@ -110,8 +110,8 @@ def _stage_and_ship(args: argparse.Namespace, out: Path, staging: Path) -> int:
     if (out / "model.onnx").is_file():
         models.append(load_model(str(out / "model.onnx"), name="shipped"))
     evaluation = evaluate(images, models)
-    if evaluation.unreadable:  # the manifest's figures are for the whole split or none
-        print("unreadable test images:", *evaluation.unreadable, sep="\n  ", file=sys.stderr)
+    if evaluation.left_out:  # the manifest's figures are for the whole split or none
+        print("test images left out:", *evaluation.left_out, sep="\n  ", file=sys.stderr)
         return 1
     table = evaluation.table()
     bicubic, model, shipped = table[0], table[1], (table[2] if len(table) > 2 else None)

@@ -30,6 +30,7 @@ import click
 
 from srdeploy import EXIT_INTERRUPTED
 from srdeploy.io.files import FolderBusy, folder_lock
+from srdeploy.runtime import zoo
 from srdeploy.training.config import SRGAN_FIELDS, ConfigError, TrainConfig, field_docs, literal_choices, resolve_config, stage_defaults
 
 # Flag spellings that are not --field-name.
@@ -129,6 +130,10 @@ def resumed_config(stage: str, given: dict[str, Any]) -> TrainConfig:
                                f"(a resume may set {', '.join(flag_of(k) for k in RESUME_MAY_CHANGE)})")
     if stored.get("stage") != stage:
         raise click.UsageError(f"--resume: {out} is a {stored.get('stage')} run; continue it with srdeploy train {stored.get('stage')}")
+    try:
+        TrainConfig.from_dict(stored)
+    except ConfigError as e:  # hand-edited or damaged: say which file, not a flag
+        raise click.UsageError(f"--resume: {saved}: {e}") from None
     # --out is where the folder is now, whatever it was when the run started.
     return TrainConfig.from_dict({**stored, **given})
 
@@ -136,7 +141,7 @@ def resumed_config(stage: str, given: dict[str, Any]) -> TrainConfig:
 def _run(stage: str, resume: bool, given: dict[str, Any]) -> None:
     given = {k: v for k, v in given.items() if v is not None}
     # Stored absolute, so that a resume from another working folder finds the same files.
-    given.update({k: os.path.abspath(v) for k, v in given.items() if k in STORED_PATHS and v != "default"})
+    given.update({k: os.path.abspath(v) for k, v in given.items() if k in STORED_PATHS and not (k == "init" and v in zoo.NAMES)})
     try:
         if resume:
             cfg = resumed_config(stage, given)

@@ -134,6 +134,8 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value not in choices and value is not None:
                 raise ConfigError(f"`{f.name}` must be one of {', '.join(choices)}; got {value!r}")
+            if not choices and not _is_a(value, hints[f.name]):  # a hand-edited config.json
+                raise ConfigError(f"`{f.name}` must be {_kind(hints[f.name])}; got {value!r}")
         if not self.data:
             raise ConfigError("`data` is required (a folder of HR images)")
         if self.epochs is None and self.steps is None and self.max_minutes is None:
@@ -197,6 +199,30 @@ REMOVED_FIELDS = {"extra"}
 
 # Fields only the srgan stage reads (the srresnet command has no flags for them).
 SRGAN_FIELDS = ("content", "mse_weight", "vgg_weight", "vgg_scale", "adv_weight", "vgg_weights")
+
+
+def _is_a(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits a field annotation (int, float, str, bool, a tuple of floats,
+    each possibly ``| None``); an int is a float too, a bool is not a number."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return value is None or _is_a(value, next(a for a in args if a is not type(None)))
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, tuple) and all(_is_a(v, args[0]) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _kind(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return f"{_kind(next(a for a in args if a is not type(None)))} or null"
+    if typing.get_origin(hint) is tuple:
+        return "a list of numbers"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
 
 
 def literal_choices(hint: Any) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from srdeploy import SCALE
 from srdeploy.io.folders import list_images
 from srdeploy.io.formats import READ_SUFFIXES
 from srdeploy.quality.degrade import DOWNSAMPLE_METHODS, crop_to_multiple, downscale, upscale_bicubic
-from srdeploy.quality.metrics import BORDER, evaluate_pair
+from srdeploy.quality.metrics import BORDER, evaluate_pair, smallest_side
 from srdeploy.runtime import zoo
 
 BICUBIC = "bicubic"
@@ -59,7 +59,7 @@ class Evaluation:
     per_image: list[dict] = field(default_factory=list)  # {"image", "model", *METRICS, "seconds"}
     figure_rows: list[list[tuple[np.ndarray, str]]] = field(default_factory=list)
     cropped: int = 0  # HR images cropped to a multiple of the scale
-    unreadable: list[str] = field(default_factory=list)  # "path: reason" of images left out
+    left_out: list[str] = field(default_factory=list)  # "path: reason" of images that could not be scored
 
     @property
     def image_count(self) -> int:
@@ -250,8 +250,8 @@ def evaluate(
 ) -> Evaluation:
     """Bicubic and every model on every image. Only the first ``figure_count`` images'
     outputs are kept (for the comparison figure); the rest are measured and dropped. An
-    image that cannot be decoded is left out and named in ``unreadable``; ValueError when
-    none can be."""
+    image that cannot be decoded, or is too small to score, is left out and named in
+    ``left_out``; ValueError when none is left."""
     from tqdm import tqdm
 
     if downsample not in DOWNSAMPLE_METHODS:
@@ -264,7 +264,11 @@ def evaluate(
         try:
             lr_img, hr_img, cropped = load_lr_hr(image, downsample)
         except UnreadableImage as e:  # one bad file in a folder of hundreds: all of them are named at the end
-            result.unreadable.append(str(e))
+            result.left_out.append(str(e))
+            continue
+        if min(hr_img.size) < smallest_side(border):  # before any model runs on it
+            result.left_out.append(f"{image.hr_path}: too small to score ({hr_img.width}x{hr_img.height} after cropping to a "
+                                   f"multiple of {SCALE}; a border of {border} px and SSIM's window need {smallest_side(border)} a side)")
             continue
         result.cropped += cropped
         lr, hr = np.asarray(lr_img), np.asarray(hr_img)
@@ -289,5 +293,5 @@ def evaluate(
         if len(result.figure_rows) < figure_count:
             result.figure_rows.append(panels + [(hr, "HR\nHF 1.00")])
     if not result.per_image:
-        raise ValueError(f"none of the {len(images)} images could be read: " + "; ".join(result.unreadable[:3]) + (" ..." if len(result.unreadable) > 3 else ""))
+        raise ValueError(f"none of the {len(images)} images could be scored: " + "; ".join(result.left_out[:3]) + (" ..." if len(result.left_out) > 3 else ""))
     return result

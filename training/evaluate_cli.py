@@ -39,7 +39,7 @@ def results_markdown(result: Evaluation, data: str, sources: dict[str, str]) -> 
         "",
         f"{result.image_count} image{'s' if result.image_count != 1 else ''} from `{data}`; {result.degradation}"
         + (f"; {result.cropped} HR images cropped to a multiple of 4" if result.cropped else "")
-        + (f"; {len(result.unreadable)} left out, unreadable (listed below)" if result.unreadable else "")
+        + (f"; {len(result.left_out)} left out (listed below)" if result.left_out else "")
         + ".",
         f"Protocol: {protocol(result.border)}. Higher is better for PSNR and SSIM; "
         "the HF ratio is the luma's Laplacian energy in SR over HR's on the same crop (HR's fine detail = 1; "
@@ -55,8 +55,8 @@ def results_markdown(result: Evaluation, data: str, sources: dict[str, str]) -> 
         else:
             gains = [_fmt(row[f"gain_{m}"], COLUMNS[m][1], signed=True) for m in METRICS]
         lines.append("| " + " | ".join([row["model"], *values, *gains]) + " |")
-    if result.unreadable:
-        lines += ["", "Left out, unreadable:", "", *(f"- {reason}" for reason in result.unreadable)]
+    if result.left_out:
+        lines += ["", "Left out:", "", *(f"- {reason}" for reason in result.left_out)]
     lines += ["", "Models (time per image includes pre/post-processing):", ""]
     for row in table:
         source = sources.get(row["model"], "PIL bicubic x4 upscale of the LR input")
