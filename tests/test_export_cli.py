@@ -136,6 +136,12 @@ def test_an_empty_or_truncated_checkpoint_is_named_as_such_not_as_unsafe(tmp_pat
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(ValueError, match=r"empty.pt: empty file \(0 bytes\), not a checkpoint"):
         load_checkpoint(tmp_path / "empty.pt")
+    (tmp_path / "notes.pt").write_text("hi\n")  # torch itself says "KeyError: 105"
+    with pytest.raises(ValueError, match=r"notes.pt: not a PyTorch checkpoint \(the file holds text\)"):
+        load_checkpoint(tmp_path / "notes.pt")
+    (tmp_path / "photo.pt").write_bytes(b"\xff\xd8\xff\xe0" + bytes(64))
+    with pytest.raises(ValueError, match=r"photo.pt: not a PyTorch checkpoint \(a JPEG file\)"):
+        load_checkpoint(tmp_path / "photo.pt")
     # torch's legacy format cut short: a pickle that ends early raises an EOFError with no message
     torch.save([1, 2, 3], tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     (tmp_path / "cut.pt").write_bytes((tmp_path / "legacy.pt").read_bytes()[:4])

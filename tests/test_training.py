@@ -201,7 +201,7 @@ def test_vgg_missing_weights_is_a_clear_error(tmp_path, monkeypatch):
         load_vgg_features(bad)
     assert "(+33 more); unexpected: not" in str(caught.value) and len(str(caught.value)) < 400  # one readable line, not 1,500 characters
     bad.write_bytes(b"not a torch file")
-    with pytest.raises(VGGWeightsMissing, match=f"--vgg-weights {bad}: not a loadable weights-only checkpoint"):
+    with pytest.raises(VGGWeightsMissing, match=rf"--vgg-weights {bad}: not a PyTorch checkpoint \(the file holds text\)"):
         load_vgg_features(bad)
     torch.save([torch.zeros(1)], bad)
     with pytest.raises(VGGWeightsMissing, match="expected a dict"):
@@ -306,3 +306,22 @@ def test_the_ema_warms_up_then_holds_its_decay():
     assert ema.model.weight.item() == pytest.approx(0.9)
     ema.update(net, step=10**6)  # warmed up: the decay itself
     assert ema.model.weight.item() == pytest.approx(0.9 + 0.1 * 0.001)
+
+
+def test_a_checkpoint_restores_every_random_stream_exactly(tmp_path):
+    """Mid-stream, with a cached Gaussian in numpy and in Python: a resume draws what the
+    run would have drawn."""
+    import random
+
+    from srdeploy.training.checkpoint import save_checkpoint
+    from srdeploy.training.state import _restore_rng, _rng_state
+
+    np.random.rand(5), np.random.standard_normal(), random.gauss(0, 1), torch.rand(3)
+    save_checkpoint({"rng": _rng_state()}, tmp_path / "last.pt")
+
+    def draws():
+        return np.random.rand(3).tolist(), np.random.standard_normal(), random.gauss(0, 1), random.random(), torch.rand(2).tolist()
+
+    ahead = draws()
+    _restore_rng(load_checkpoint(tmp_path / "last.pt")["rng"])
+    assert draws() == ahead

@@ -4,8 +4,12 @@ A training checkpoint is a dict of plain tensors and builtins (loadable with
 ``weights_only=True``)::
 
     {"generator": state_dict, "arch": {"num_blocks", "channels", "scale"},
-     "discriminator": state_dict | None, "g_optimizer": ..., "d_optimizer": ...,
-     "scaler": ..., "step": int, "epoch": int, "rng": {...}, "config": {...}}
+     "generator_ema": state_dict | None, "discriminator": state_dict | None,
+     "g_optimizer": ..., "d_optimizer": ..., "scaler": ...,
+     "step": int, "epoch": int, "epoch_step": int, "best": float, "minutes": float,
+     "rng": {...}, "config": {...}}
+
+(written by srdeploy.training.state.Models.state; a slim copy keeps what export needs).
 
 A bare generator state_dict is accepted wherever a generator is needed; its architecture
 is read off the tensor shapes.
@@ -21,7 +25,12 @@ from typing import Any
 import torch
 
 from srdeploy.io.files import atomic_writer
+from srdeploy.io.image_guard import sniff
 from srdeploy.training.models import Generator
+
+
+TORCH_ZIP = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+PICKLE = b"\x80"  # the legacy format: a pickle (protocol 2 or later)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -41,6 +50,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: empty file (0 bytes), not a checkpoint")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head.startswith((TORCH_ZIP, PICKLE)):  # torch.load would say "KeyError: 105" of a text file
+        kind = sniff(head)
+        what = "the file holds text" if kind == "text" else f"a {kind} file" if kind else "neither a torch zip archive nor a pickle"
+        raise ValueError(f"{path}: not a PyTorch checkpoint ({what})")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError...

@@ -143,7 +143,12 @@ def restore(path: Path, m: Models) -> Position:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(), "python": random.getstate()[1]}
+    """Every generator's whole state, as plain data (a weights-only checkpoint holds it)."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    _, words, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": keys.tolist(), "pos": pos, "has_gauss": has_gauss, "cached_gaussian": cached},
+             "python": list(words), "python_gauss_next": gauss_next}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -151,7 +156,11 @@ def _rng_state() -> dict[str, Any]:
 
 def _restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), 624, 0, 0.0))
-    random.setstate((3, tuple(state["python"]), None))
+    numpy = state["numpy"]
+    if isinstance(numpy, dict):
+        np.random.set_state(("MT19937", np.array(numpy["keys"], dtype=np.uint32), numpy["pos"], numpy["has_gauss"], numpy["cached_gaussian"]))
+    else:  # checkpoints before 2026-12-07 kept the key only: the stream restarts at its position 624
+        np.random.set_state(("MT19937", np.array(numpy, dtype=np.uint32), 624, 0, 0.0))
+    random.setstate((3, tuple(state["python"]), state.get("python_gauss_next")))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
