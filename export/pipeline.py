@@ -119,7 +119,7 @@ def export_artifacts(
     if fp16:
         with _timed(result, "onnx fp16"):
             convert_fp16(out_dir / FP32_ONNX, out_dir / FP16_ONNX)
-        result.models[FP16_ONNX] = _onnx_entry(out_dir / FP16_ONNX)
+        result.models[FP16_ONNX] = {**_onnx_entry(out_dir / FP16_ONNX), "built_from": FP32_ONNX, "tool": "onnxconverter-common float16 (keep_io_types)"}
     if int8 is not None:
         _write_int8(result, int8, calibration, batches)
     _write(result, generator, meta, source)
@@ -231,7 +231,7 @@ def build_manifest_info(generator, meta: dict[str, Any] | None, source: Path | N
         "source": _source_entry(source, meta),
         "training_config": _jsonable(meta.get("config")),
         "training_metrics": _jsonable(meta.get("metrics")),
-        "exporter": "torch.onnx.export(dynamo=True), onnxconverter-common float16 (keep_io_types), onnxruntime.quantization int8 (QDQ)",
+        "exporter": "torch.onnx.export(dynamo=True)",  # of model.onnx; each file made from it names its own tool
         "versions": _versions(),
         "export_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
     }

@@ -56,6 +56,9 @@ def test_export_fp16_check_writes_everything_and_passes(training_checkpoint, tmp
     assert manifest["output"]["shape"] == ["batch", 3, "4*height", "4*width"] and manifest["output"]["range"] == [0.0, 1.0]
     assert manifest["opset"] == 18 and manifest["ir_version"] <= 13
     assert manifest["models"]["model.fp16.onnx"]["precision"] == "fp16" and manifest["models"]["model.fp16.onnx"]["io_dtype"] == "float32"
+    # each file names the tool that made it: model.onnx's is the exporter, the fp16 file's its converter
+    assert manifest["exporter"] == "torch.onnx.export(dynamo=True)" and manifest["models"]["model.fp16.onnx"]["built_from"] == "model.onnx"
+    assert manifest["models"]["model.fp16.onnx"]["tool"].startswith("onnxconverter-common float16")
     versions = manifest["versions"]
     assert versions["torch"] and versions["onnx"] and versions["onnxruntime"] and "tensorrt" in versions
     rows = {r["backend"]: r for r in manifest["parity"]["rows"]}

@@ -106,9 +106,11 @@ def _stage_and_ship(args: argparse.Namespace, out: Path, staging: Path) -> int:
     atomic_write_bytes(staging / "generator.pt", buf.getvalue())
 
     images = find_test_images(args.test_data, args.test_list)
-    models = [load_model(str(staging / "model.onnx"), name="candidate")]
+    # ONNX Runtime fp32: the engine the README's quality table and the regression test name,
+    # whatever `auto` would pick on this CPU.
+    models = [load_model(str(staging / "model.onnx"), name="candidate", provider="cpu", precision="fp32")]
     if (out / "model.onnx").is_file():
-        models.append(load_model(str(out / "model.onnx"), name="shipped"))
+        models.append(load_model(str(out / "model.onnx"), name="shipped", provider="cpu", precision="fp32"))
     evaluation = evaluate(images, models)
     if evaluation.left_out:  # the manifest's figures are for the whole split or none
         print("test images left out:", *evaluation.left_out, sep="\n  ", file=sys.stderr)
@@ -133,7 +135,7 @@ def _stage_and_ship(args: argparse.Namespace, out: Path, staging: Path) -> int:
         "test_split": f"{args.test_data} ({len(images)} images)",
         "test_metrics": {"bicubic": bicubic, args.name: {**model, "model": args.name}},
         "gain_psnr_y_db": model["psnr_y"] - bicubic["psnr_y"],
-        "protocol": f"{PROTOCOL}; through srdeploy.runtime.upscaler.Upscaler (tile {DEFAULT_TILE}, CPU)",
+        "protocol": f"{PROTOCOL}; through srdeploy.runtime.upscaler.Upscaler (ONNX Runtime fp32 on the CPU, tile {DEFAULT_TILE})",
         "licence": LICENCE,
         "notes": args.notes,
     }
