@@ -100,6 +100,7 @@ def test_bench_reports_every_row_for_both_input_sets(tiny_generator, tiny_onnx, 
     assert big["tile_recompute"] > 1  # 32-px tiles plus overlap
     assert result["settings"]["tile"] == 32 and result["machine"]["peak_method"]
     assert result["machine"]["ceilings"]["fp32"]["gflop_per_s"] > 0 and result["machine"]["ceilings"]["int8"]["gflop_per_s"] > 0
+    assert set(result["machine"]["ceilings"]["int8"]["by"]) == {"ORT MatMulInteger u8s8", "OpenVINO MatMul u8s8"}  # both int8 engines
     assert result["settings"]["auto"] in {"cpu fp32", "openvino fp32", "openvino bf16"}
     for text in ("images/s", "out Mpx/s", "GFLOP/s", "% ceil", "vs ORT fp32", "PyTorch eager fp32", "ORT int8", "OpenVINO int8",
                  "upscale pipeline", "CPU ", "flags:", "srdeploy upscale picks here", "ceilings measured now", "load average"):

@@ -10,7 +10,8 @@ the convolutions are counted).
 - fp32: numpy's sgemm, ONNX Runtime's MatMul (MLAS), OpenVINO's MatMul and, where torch
   is installed, torch.matmul (oneDNN);
 - int8: ONNX Runtime's MatMulInteger, uint8 x int8 -> int32 (MLAS's int8 GEMM, the one
-  behind its int8 convolutions);
+  behind its int8 convolutions), and OpenVINO's u8 x s8 MatMul (oneDNN's, VNNI or AMX
+  where the CPU has them: its int8 convolutions run faster than MLAS's GEMM);
 - bf16: OpenVINO's MatMul with the bf16 precision hint (which converts its f32 input) and
   torch.matmul on bf16 tensors (oneDNN's AMX kernels on such CPUs), only where the CPU has
   bf16 units (elsewhere it would compute fp32 and the number would mean nothing).
@@ -65,7 +66,10 @@ def _ort_matmul(threads: int, side: int, int8: bool) -> float | None:
 
 
 def _openvino_matmul(threads: int, side: int, precision: str) -> float | None:
-    """OpenVINO's MatMul with the ``f32`` or ``bf16`` precision hint; None without OpenVINO."""
+    """OpenVINO's MatMul with the ``f32`` or ``bf16`` precision hint, or ``int8``: the
+    product between FakeQuantize nodes (levels 256 on the input, 255 on the weights), which
+    its low-precision passes run as a u8 x s8 kernel, as they do the QDQ convolutions; None
+    without OpenVINO."""
     from srdeploy.runtime import openvino_engine
 
     if not openvino_engine.available():
@@ -73,11 +77,20 @@ def _openvino_matmul(threads: int, side: int, precision: str) -> float | None:
     import openvino as ov
     import openvino.opset13 as ops
 
+    def quantized(node, low: float, high: float, levels: int):
+        low_c, high_c = (ops.constant(np.array(v, dtype=np.float32)) for v in (low, high))
+        return ops.fake_quantize(node, low_c, high_c, low_c, high_c, levels)
+
     rng = np.random.default_rng(0)
     a = ops.parameter([side, side], ov.Type.f32, name="a")
-    product = ops.matmul(a, ops.constant(rng.random((side, side), dtype=np.float32)), False, False)
-    model = ov.Model([product], [a], "gemm")
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads})
+    weight = ops.constant(rng.uniform(-1.0, 1.0, (side, side)).astype(np.float32))
+    if precision == "int8":
+        product = ops.matmul(quantized(a, 0.0, 1.0, 256), quantized(weight, -1.0, 1.0, 255), False, False)
+        hints = {"INFERENCE_NUM_THREADS": threads}
+    else:
+        product = ops.matmul(a, weight, False, False)
+        hints = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads}
+    compiled = ov.Core().compile_model(ov.Model([product], [a], "gemm"), "CPU", hints)
     request = compiled.create_infer_request()
     x = rng.random((side, side), dtype=np.float32)
     return _best_rate(lambda: request.infer({0: x}), side)
@@ -121,7 +134,7 @@ def measure(threads: int, side: int = SIDE) -> dict[str, dict]:
     candidates = {
         "fp32": {"numpy sgemm": _numpy_sgemm(threads, side), "ORT MatMul": _ort_matmul(threads, side, int8=False),
                  "OpenVINO MatMul": _openvino_matmul(threads, side, "f32"), "torch matmul": _torch_matmul(threads, side, "float32")},
-        "int8": {"ORT MatMulInteger u8s8": _ort_matmul(threads, side, int8=True)},
+        "int8": {"ORT MatMulInteger u8s8": _ort_matmul(threads, side, int8=True), "OpenVINO MatMul u8s8": _openvino_matmul(threads, side, "int8")},
         "bf16": {},
     }
     if openvino_engine.native_bf16():
