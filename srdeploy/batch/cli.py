@@ -99,6 +99,12 @@ def upscale(inputs, out_dir, model, provider, precision, tile, fmt, quality, png
     sys.exit(1 if summary.failed else 0)
 
 
+def _bar_shown(quiet: bool) -> bool:
+    """The progress bar redraws a line in place: for a terminal, not for a log file or a pipe,
+    where each redraw would stay as text between the result lines."""
+    return not quiet and sys.stderr.isatty()
+
+
 def _here(model, provider, precision, tile, sources, out, settings, report, quiet):
     """The batch in this process (srdeploy.batch.run)."""
     from srdeploy.batch.run import run_batch
@@ -115,7 +121,7 @@ def _here(model, provider, precision, tile, sources, out, settings, report, quie
     if not quiet:
         click.echo(_engine_line(upscaler.describe(), upscaler.note), err=True)
     try:
-        return run_batch(upscaler, sources, out, settings, report=report, progress=not quiet)
+        return run_batch(upscaler, sources, out, settings, report=report, progress=_bar_shown(quiet))
     except JournalError:
         raise  # upscale() says how far the batch got
     except (ValueError, RuntimeError, OSError) as e:  # OUT unusable (an input, locked, not writable)
@@ -140,7 +146,7 @@ def _on_ray(address, actors, cpus_per_actor, model, provider, precision, tile, s
             if not quiet:
                 pool = batch.pool
                 click.echo(f"{_engine_line(engine, engine.get('note'))}; Ray: {pool.actors} actor(s) x {pool.cpus:g} CPU" + (" + 1 GPU" if pool.gpus else ""), err=True)
-            return batch.run(sources, out, settings, report=report, progress=not quiet)
+            return batch.run(sources, out, settings, report=report, progress=_bar_shown(quiet))
     except JournalError:
         raise  # upscale() says how far the batch got
     except ray.exceptions.RayError as e:  # a worker failed in a way the batch cannot go on from (an actor that cannot start)
