@@ -23,7 +23,7 @@ from srdeploy.io.streams import PipeSafe, file_being_read
 # name -> (module, attribute, one-line help shown by `srdeploy --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("srdeploy.training.cli", "train", "Train SRResNet (MSE) or fine-tune an SRGAN."),
-    "evaluate": ("srdeploy.training.evaluate_cli", "evaluate", "PSNR/SSIM table and figure against bicubic."),
+    "evaluate": ("srdeploy.evaluation.cli", "evaluate", "PSNR/SSIM table and figure against bicubic."),
     "upscale": ("srdeploy.batch.cli", "upscale", "Upscale images, folders and buckets 4x on the fastest engine here (OpenVINO, ONNX Runtime, CUDA, TensorRT); --ray for a cluster."),
     "export": ("srdeploy.export.cli", "export", "Checkpoint -> ONNX (fp32/fp16/int8) and TensorRT, manifest, parity checks on every engine."),
     "package": ("srdeploy.handlers.cli", "package", "Build a TorchServe archive (NAME.mar) and a safe config.properties."),

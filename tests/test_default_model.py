@@ -16,7 +16,7 @@ SHIPPED = shipped_models()
 @pytest.mark.skipif(not SHIPPED, reason="no model is shipped in this build")
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_keeps_its_recorded_gain_over_bicubic(name):
-    from srdeploy.training.evaluate import evaluate, find_test_images, load_model
+    from srdeploy.evaluation.evaluate import evaluate, find_test_images, load_model
 
     recorded = read_manifest(MODELS_DIR / name)["shipped"]["gain_psnr_y_db"]
     images = find_test_images(CELEBA / "test", CELEBA / "test.txt")

@@ -18,7 +18,7 @@ from conftest import CELEBA, SRDEPLOY
 from PIL import Image
 
 from srdeploy.quality.metrics import evaluate_pair
-from srdeploy.training.evaluate import SRModel, evaluate, find_test_images, load_model, to_uint8
+from srdeploy.evaluation.evaluate import SRModel, evaluate, find_test_images, load_model, to_uint8
 
 LUMA_GAIN = 219.0 / 255.0  # BT.601: a change of d in R, G and B moves Y by d * 219/255
 
@@ -275,14 +275,14 @@ def test_bicubic_on_celeba_hq_test_faces():
 
 
 def test_default_row_names_disambiguate_colliding_stems():
-    from srdeploy.training.evaluate import default_model_names
+    from srdeploy.evaluation.evaluate import default_model_names
 
     specs = ["runs/a/best.pt", "runs/b/best.pt", "srgan", "x/model.onnx"]
     assert default_model_names(specs) == ["a/best", "b/best", "srgan", "model"]
 
 
 def test_command_module_imports_neither_torch_nor_matplotlib():
-    code = "import sys, srdeploy.training.evaluate_cli; print(sorted({'torch', 'matplotlib'} & set(sys.modules)))"
+    code = "import sys, srdeploy.evaluation.cli; print(sorted({'torch', 'matplotlib'} & set(sys.modules)))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"

@@ -94,7 +94,7 @@ def _stage_and_ship(args: argparse.Namespace, out: Path, staging: Path) -> int:
     from srdeploy.runtime.manifest import read_manifest, write_manifest
     from srdeploy.runtime.upscaler import DEFAULT_TILE
     from srdeploy.training.checkpoint import load_generator
-    from srdeploy.training.evaluate import evaluate, find_test_images, load_model
+    from srdeploy.evaluation.evaluate import evaluate, find_test_images, load_model
 
     generator, meta = load_generator(args.checkpoint, weights=args.weights)
     result = export_artifacts(generator, staging, meta=meta, source=args.checkpoint, check=True, images_dir=REPO / "examples")

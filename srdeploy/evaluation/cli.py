@@ -20,7 +20,7 @@ from srdeploy.io.files import atomic_write_bytes
 from srdeploy.quality.metrics import BORDER, protocol
 from srdeploy.quality.degrade import DOWNSAMPLE_METHODS
 from srdeploy.runtime import engines, zoo
-from srdeploy.training.evaluate import METRICS, Evaluation
+from srdeploy.evaluation.evaluate import METRICS, Evaluation
 
 COLUMNS = {"psnr_y": ("PSNR-Y (dB)", 2), "ssim_y": ("SSIM-Y", 4), "psnr_rgb": ("PSNR-RGB (dB)", 2), "hf_ratio": ("HF ratio", 3)}
 
@@ -138,8 +138,8 @@ def evaluate(data_dir, list_file, lr_dir, models, names, downsample, border, lim
     """PSNR-Y / SSIM-Y / RGB PSNR and HF ratio of bicubic and each model on a folder of HR images."""
     import skimage.metrics  # noqa: F401 (SSIM, in the eval extra: a missing one is said before any work)
 
-    from srdeploy.training.evaluate import default_model_names, find_test_images, load_model
-    from srdeploy.training.evaluate import evaluate as run_evaluation
+    from srdeploy.evaluation.evaluate import default_model_names, find_test_images, load_model
+    from srdeploy.evaluation.evaluate import evaluate as run_evaluation
 
     if names and len(names) != len(models):
         raise click.UsageError(f"got {len(names)} --name for {len(models)} --model; give one per model or none")
