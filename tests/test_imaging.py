@@ -307,6 +307,13 @@ def test_output_size_limits_per_format():
     imaging.check_output_size(wide, 4, "PNG")
     with pytest.raises(ImageError, match=r"wide.png: the x4 output \(20000x400\) exceeds WEBP's limit of 16383"):
         imaging.check_output_size(wide, 4, "WEBP")
+    # JPEG: libjpeg writes 65,500 a side at most (the format's field holds 65,535)
+    Image.new("RGB", (imaging.MAX_SIDE["JPEG"], 1)).save(io.BytesIO(), "JPEG")
+    with pytest.raises(OSError):
+        Image.new("RGB", (imaging.MAX_SIDE["JPEG"] + 1, 1)).save(io.BytesIO(), "JPEG")
+    edge = imaging.ImageInfo("edge.png", "PNG", 16376, 2, has_alpha=False, depth=8, gray=False)
+    with pytest.raises(ImageError, match=r"edge.png: the x4 output \(65504x8\) exceeds JPEG's limit of 65500"):
+        imaging.check_output_size(edge, 4, "JPEG")
 
 
 def test_jpeg_quality_is_applied_and_suffix_spelling_is_kept(rng):

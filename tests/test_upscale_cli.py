@@ -407,6 +407,53 @@ def test_a_named_pipe_and_an_unreadable_file_fail_alone_without_blocking_the_bat
     assert direct.returncode == 1 and f"failed  {src / 'b_pipe.png'}: cannot read (not a regular file: a named pipe)" in direct.stderr
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_named_pipes_in_the_output_folder_are_never_opened_for_a_blocking_read_or_write(toy, tmp_path):
+    """At an output's name (hashed to see whose it is), among OUT's files (hashed to see
+    whether they are strays), as the journal: each hung the batch before, Ctrl-C too."""
+    src = tmp_path / "in"
+    save(src / "a.png", np.zeros((8, 8, 3), np.uint8))
+    save(src / "b.png", np.full((8, 8, 3), 7, np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "a.png")
+    os.mkfifo(out / "stray.png")
+    run = upscale(src, "-o", out, "--model", toy, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert f"skipped {src / 'a.png'}: output exists (not made by srdeploy from this input); --overwrite replaces it" in run.stdout
+    assert (out / "b.png").is_file()
+    piped = tmp_path / "piped"
+    piped.mkdir()
+    os.mkfifo(piped / JOURNAL_NAME)
+    run = upscale(src, "-o", piped, "--model", toy, timeout=60)
+    assert run.returncode == 2 and run.stderr.splitlines()[-1] == f"Error: cannot write the journal {piped / JOURNAL_NAME} (not a regular file: a named pipe)"
+    assert sorted(p.name for p in piped.iterdir()) == [".srdeploy-upscale.lock", JOURNAL_NAME]
+
+
+def test_a_file_far_larger_than_its_pixels_need_fails_alone_unread(toy, tmp_path):
+    """A 64x64 PNG padded (sparsely) to 200 GiB: its header passes the pixel cap, and
+    reading it whole ended the batch with a MemoryError."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(src / "a.png", np.zeros((8, 8, 3), np.uint8))
+    padded = save(src / "b.png", np.zeros((64, 64, 3), np.uint8))
+    os.truncate(padded, 200 << 30)
+    save(src / "c.png", np.zeros((8, 8, 3), np.uint8))
+    run = upscale(src, "-o", out, "--model", toy)
+    assert run.returncode == 1 and sorted(outputs(out)) == ["a.png", "c.png"], run.stderr
+    assert (f"failed  {padded}: the file holds more than 67,239,936 bytes, more than an image of 4,096 pixels and its "
+            "metadata need; not read") in run.stderr
+
+
+def test_a_journal_line_of_the_wrong_shape_vouches_for_nothing_and_stops_no_rerun(toy, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(src / "a.png", np.zeros((8, 8, 3), np.uint8))
+    assert upscale(src, "-o", out, "--model", toy).returncode == 0
+    with open(out / JOURNAL_NAME, "a") as f:  # valid JSON, hand-edited
+        f.write('{"status": "ok", "output": ["a.png"], "output_sha256": {"x": 1}}\n')
+    again = upscale(src, "-o", out, "--model", toy)
+    assert again.returncode == 0 and "already done" in again.stdout, again.stderr
+
+
 def test_an_empty_path_or_an_output_under_a_file_is_a_usage_error(toy, tmp_path):
     image = save(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
     before = sorted(p.name for p in tmp_path.iterdir())

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from srdeploy.io.files import folder_lock
+from srdeploy.io.files import folder_lock, open_regular, read_regular
 
 # Records that vouch for an output file: "writing" is appended just before the temp file
 # is renamed into place, "ok" right after; either proves the file when its sha256 matches.
@@ -39,9 +39,11 @@ class Journal:
     def records(self) -> Iterator[dict[str, Any]]:
         """Every complete record, oldest first."""
         try:
-            lines = self.path.read_bytes().splitlines()
+            lines = read_regular(self.path).splitlines()  # a FIFO in its place is refused, not waited on
         except FileNotFoundError:
             return
+        except OSError as e:
+            raise JournalError(f"cannot read the journal {display(self.path)} ({e.strerror or e})") from e
         for line in lines:
             try:
                 record = json.loads(line.decode("utf-8", "surrogateescape"))
@@ -57,8 +59,9 @@ class Journal:
             if self._made is None:
                 made: dict[str, dict[str, dict[str, Any]]] = {}
                 for record in self.records():
-                    if record.get("status") in _VOUCHING and record.get("output") and record.get("output_sha256"):
-                        made.setdefault(record["output"], {})[record["output_sha256"]] = record
+                    name, sha = record.get("output"), record.get("output_sha256")
+                    if record.get("status") in _VOUCHING and name and sha and isinstance(name, str) and isinstance(sha, str):
+                        made.setdefault(name, {})[sha] = record  # a hand-edited line of other types vouches for nothing
                 self._made = made
         return self._made.get(output, {})
 
@@ -97,7 +100,7 @@ class Journal:
     def _open(self) -> BinaryIO:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._torn = True
-        return open(self.path, "ab", buffering=0)  # unbuffered: each record is one write()
+        return open_regular(self.path, append=True)  # unbuffered: each record is one write(); a FIFO is refused
 
     def _write(self, f: BinaryIO, data: bytes, durable: bool) -> None:
         if self._torn and f.tell() > 0 and not _ends_with_newline(self.path):

@@ -28,7 +28,8 @@ from typing import Any, Callable, Iterable, Protocol
 from srdeploy.batch import pipeline
 from srdeploy.batch.jobs import Job, Result, Settings, failure_reason
 from srdeploy.batch.journal import Journal
-from srdeploy.io.files import read_regular, sha256_file, stage_bytes, temp_files_of
+from srdeploy.io.files import FileTooLarge, read_regular, sha256_file, stage_bytes, temp_files_of
+from srdeploy.io.image_guard import most_file_bytes
 from srdeploy.io.imaging import DEFAULT_QUALITY, Picture
 from srdeploy.runtime.upscaler import Decoded, Upscaler
 
@@ -129,10 +130,11 @@ class Folder:
                 stale.unlink(missing_ok=True)
 
 
-def read_input(source: Path | str) -> bytes:
-    """An input's bytes: a local file, or an object-store URI (srdeploy.batch.stores)."""
+def read_input(source: Path | str, limit: int | None = None) -> bytes:
+    """An input's bytes: a local file (FileTooLarge past ``limit``), or an object-store URI
+    (srdeploy.batch.stores)."""
     if isinstance(source, Path):
-        return read_regular(source)
+        return read_regular(source, limit)
     from srdeploy.batch import stores  # fsspec, only for URIs
 
     return stores.read_uri(source)
@@ -176,9 +178,14 @@ class InputSteps:
         """Read the input, decide whether its output is already done, decode it."""
         item = _Item(job, self.place.target(job.output), time.perf_counter(), {}, "")
         try:
-            data = read_input(job.source)
+            data = read_input(job.source, most_file_bytes(job.pixels))
+        except FileTooLarge as e:
+            return _Outcome(item.result("failed", f"the file holds {e.strerror}, more than an image of {job.pixels:,} pixels "
+                                                  "and its metadata need; not read"), {})
         except OSError as e:
             return _Outcome(item.result("failed", f"cannot read ({e.strerror or e})"), {})
+        except MemoryError:  # an object too big for this process
+            return _Outcome(item.result("failed", "too large to read into memory"), {})
         item = replace(item, key=self._key(job, data))
         try:
             exists = self.place.holds(item.target)

@@ -16,6 +16,7 @@ name too long for that is cut and told apart by a hash (:func:`temp_stem`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import secrets
@@ -121,27 +122,44 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> Path:
     return Path(target)
 
 
-def open_regular(path: str | os.PathLike) -> BinaryIO:
-    """``path`` opened for reading, refusing anything but a regular file with an OSError
-    whose strerror says what it is: a FIFO would block its reader forever and a device may
-    never end. Opened non-blocking, so that a FIFO is refused rather than waited on."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+def open_regular(path: str | os.PathLike, append: bool = False) -> BinaryIO:
+    """``path`` opened for reading (or, ``append``, created if need be and opened for
+    unbuffered appends), refusing anything but a regular file with an OSError whose
+    strerror says what it is: a FIFO would block its reader or writer forever and a device
+    may never end. Opened non-blocking, so that a FIFO is refused rather than waited on."""
+    if append:
+        try:
+            mode = os.stat(path).st_mode  # a FIFO without a reader fails a non-blocking open with ENXIO: say what it is
+        except FileNotFoundError:
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):
+            raise OSError(0, f"not a regular file: {_file_kind(mode)}", os.fspath(path))
+    flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT) if append else os.O_RDONLY
+    fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0), 0o666)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise OSError(0, f"not a regular file: {_file_kind(mode)}", os.fspath(path))
         if hasattr(os, "O_NONBLOCK"):
             os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        return os.fdopen(fd, "ab", buffering=0) if append else os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
 
 
-def read_regular(path: str | os.PathLike) -> bytes:
-    """The bytes of a regular file (see :func:`open_regular`)."""
+class FileTooLarge(OSError):
+    """A file holds more bytes than the reader's limit; none were kept."""
+
+
+def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
+    """The bytes of a regular file (see :func:`open_regular`); FileTooLarge past ``limit``
+    bytes, found by reading one byte more (the file may have grown since it was listed)."""
     with open_regular(path) as f:
-        return f.read()
+        data = f.read() if limit is None else f.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise FileTooLarge(errno.EFBIG, f"more than {limit:,} bytes", os.fspath(path))
+    return data
 
 
 def _file_kind(mode: int) -> str:
@@ -150,8 +168,9 @@ def _file_kind(mode: int) -> str:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The sha256 of a regular file (anything else is refused: see :func:`open_regular`)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()

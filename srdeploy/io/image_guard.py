@@ -29,6 +29,14 @@ libtiff.silence()  # a bad TIFF's reason is its one line here, not libtiff's own
 DEFAULT_MAX_PIXELS = 4095 * 4095
 
 
+def most_file_bytes(pixels: int) -> int:
+    """The most bytes an image file of ``pixels`` pixels needs: 32 a pixel (float64 RGBA
+    stored uncompressed, the widest sample a TIFF holds) and 64 MiB of metadata (ICC,
+    EXIF, XMP, text). What a larger file holds beyond that is not an image's, and reading
+    it whole could take the memory of the process."""
+    return 32 * pixels + (64 << 20)
+
+
 class ImageError(ValueError):
     """An input that cannot be upscaled; the message names the file and the reason."""
 

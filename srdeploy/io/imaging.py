@@ -30,8 +30,9 @@ __all__ = [
     "choose_format", "check_output_size", "output_suffix", "picture_from_pil", "picture_to_pil", "orient", "sniff",
 ]
 
-# Formats srdeploy writes, and the largest side each can store.
-MAX_SIDE = {"WEBP": 16383, "JPEG": 65535, "PNG": 2**31 - 1, "TIFF": 2**31 - 1, "BMP": 2**31 - 1}
+# Formats srdeploy writes, and the largest side each can store (JPEG: libjpeg's
+# JPEG_MAX_DIMENSION, below the format's 65,535).
+MAX_SIDE = {"WEBP": 16383, "JPEG": 65500, "PNG": 2**31 - 1, "TIFF": 2**31 - 1, "BMP": 2**31 - 1}
 KEEPS_ALPHA = {"PNG", "WEBP", "TIFF"}
 DEFAULT_QUALITY = {"JPEG": 95, "WEBP": 90}
 # The output formats a user chooses from (``--format``, the demo's menu, the handler's
