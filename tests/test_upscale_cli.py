@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -452,6 +453,17 @@ def test_a_journal_line_of_the_wrong_shape_vouches_for_nothing_and_stops_no_reru
         f.write('{"status": "ok", "output": ["a.png"], "output_sha256": {"x": 1}}\n')
     again = upscale(src, "-o", out, "--model", toy)
     assert again.returncode == 0 and "already done" in again.stdout, again.stderr
+
+
+def test_file_uris_name_local_paths_and_another_hosts_are_refused(toy, tmp_path):
+    src = tmp_path / "my faces"
+    save(src / "a.png", np.zeros((8, 8, 3), np.uint8))
+    out = tmp_path / "out dir"
+    run = upscale(f"file://{quote(str(src))}", "-o", f"file://localhost{quote(str(out))}", "--model", toy)
+    assert run.returncode == 0 and sorted(outputs(out)) == ["a.png"], run.stderr
+    elsewhere = upscale(src, "-o", "file://nas/share/out", "--model", toy)
+    assert elsewhere.returncode == 2 and elsewhere.stderr.splitlines()[-1] == (
+        "Error: file://nas/share/out: a file:// URI of another host (nas); give a local path, or mount it")
 
 
 def test_an_empty_path_or_an_output_under_a_file_is_a_usage_error(toy, tmp_path):

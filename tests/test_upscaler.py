@@ -8,6 +8,7 @@ import io
 import json
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -224,6 +225,14 @@ def test_model_paths(tmp_path, toy):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="differs from 0000"):
         zoo.resolve_model(copy)
+    if Path("/proc/self/mem").exists():  # a file every read of which fails (EIO), even for root
+        (tmp_path / "eio.onnx").symlink_to("/proc/self/mem")
+        with pytest.raises(ModelError, match=r"eio.onnx: cannot read \(Input/output error\)"):
+            zoo.resolve_model(tmp_path / "eio.onnx")
+        (tmp_path / "manifest.json").unlink()
+        (tmp_path / "manifest.json").symlink_to("/proc/self/mem")
+        with pytest.raises(ModelError, match=r"mine.onnx: the manifest beside it cannot be read: .*manifest.json \(Input/output error\)"):
+            zoo.resolve_model(copy)
 
 
 def test_a_file_that_is_not_a_model_is_a_clear_error(tmp_path):

@@ -59,7 +59,10 @@ def upscale(inputs, out_dir, model, provider, precision, tile, fmt, quality, png
         _fail("-o/--output is empty; name the output folder")
     if not all(text.strip() for text in inputs):
         _fail("an INPUT argument is empty; name a file or folder")
-    sources, out = [as_local(text) for text in inputs], as_local(out_dir)
+    try:
+        sources, out = [as_local(text) for text in inputs], as_local(out_dir)
+    except ValueError as e:  # a file:// URI of another host
+        _fail(str(e))
     if ray_address is None and (actors is not None or cpus_per_actor is not None):
         _fail("--actors and --cpus-per-actor go with --ray")
     if ray_address is None and any(isinstance(x, str) for x in (*sources, out)):

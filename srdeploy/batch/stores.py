@@ -19,6 +19,7 @@ import mimetypes
 import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
+from urllib.parse import unquote, urlsplit
 
 from srdeploy.batch.jobs import walk_tree
 
@@ -42,7 +43,12 @@ def as_local(text: str) -> Path | str:
     if not is_uri(text):
         return Path(text)
     if text.lower().startswith("file://"):
-        return Path(text[len("file://") :])
+        # RFC 8089: file:///x and file://localhost/x name /x on this machine, with the path
+        # percent-encoded (a space is %20); another host's file is not reachable from here.
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"{text}: a file:// URI of another host ({parts.netloc}); give a local path, or mount it")
+        return Path(unquote(parts.path))
     return text
 
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from srdeploy.io.files import atomic_write_bytes, sha256_file
+from srdeploy.io.files import atomic_write_bytes, read_regular, sha256_file
 from srdeploy.runtime.contract import MANIFEST_NAME
 
 MANIFEST_VERSION = 1
@@ -47,7 +47,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(read_regular(path).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a JSON manifest ({e})") from e
     except (RecursionError, ValueError) as e:  # nesting deeper than the parser goes; an integer of thousands of digits

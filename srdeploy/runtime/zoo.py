@@ -62,7 +62,10 @@ def resolve_model(spec: str | os.PathLike = "default") -> ModelRef:
         raise ModelError(f"{path} is a folder, not a model file: name the .onnx or .engine file inside it")
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
-    sha = sha256_file(path)
+    try:
+        sha = sha256_file(path)
+    except OSError as e:  # permissions, a FIFO, a failing disk
+        raise ModelError(f"{path}: cannot read ({e.strerror or e})") from None
     manifest = _manifest_beside(path, sha)
     return ModelRef(text, path, path.suffix.lower().lstrip("."), sha, manifest)
 
@@ -79,7 +82,7 @@ def _shipped(name: str, requested: str) -> ModelRef:
         )
     try:
         manifest = verify_manifest(folder)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
         raise ModelError(f"shipped model {name!r} failed its integrity check: {e}. Reinstall srdeploy.") from None
     entry = manifest["files"].get(MODEL_FILE)
     if entry is None:
@@ -96,6 +99,8 @@ def _manifest_beside(path: Path, sha: str) -> dict[str, Any] | None:
         manifest = read_manifest(manifest_path)
     except ValueError as e:
         raise ModelError(f"{path}: the manifest beside it is unreadable: {e}") from None
+    except OSError as e:
+        raise ModelError(f"{path}: the manifest beside it cannot be read: {manifest_path} ({e.strerror or e})") from None
     entry = manifest["files"].get(path.name)
     if entry is None:
         return None  # it describes other files
