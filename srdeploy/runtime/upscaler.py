@@ -141,7 +141,8 @@ class Upscaler:
 
     def upscale_image(self, img: Image.Image) -> Image.Image:
         """Any Pillow image -> upscaled Pillow image (EXIF orientation applied, mode kept:
-        L, LA, RGB, RGBA, I;16; palette, CMYK and others come back as RGB/RGBA). Pillow opens
+        L, LA, RGB, RGBA, I;16; palette, CMYK and others come back as RGB/RGBA, a palette of
+        grey entries only as L/LA). Pillow opens
         a 16-bit colour PNG as 8-bit RGB: upscale_bytes keeps all 16 bits of one."""
         pic = imaging.picture_from_pil(img, getattr(img, "filename", "") or "image")
         pic = imaging.orient(pic, img.getexif().get(0x0112, 1))
