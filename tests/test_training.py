@@ -121,6 +121,15 @@ def test_preloaded_batches_match_the_files_and_are_seeded(image_folder):
     assert not torch.equal(cropped.batch(5, [1, 7, 3])[1], hr_a)
     assert 0.0 <= lr_a.min() and lr_a.max() <= 1.0 and -1.0 <= hr_a.min() and hr_a.max() <= 1.0
 
+    # Without a patch, non-square faces train as the largest square, as from the files
+    wide = image_folder.parent / "wide"
+    wide.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 44, 3), dtype=np.uint8)).save(wide / f"w{i}.png")
+    wide_set = SRDataset(wide, patch=None, seed=3)
+    lr_w, hr_w = PreloadedPairs(wide_set, torch.device("cpu")).batch(0, [0, 2])
+    assert hr_w.shape == (2, 3, 32, 32) and lr_w.shape == (2, 3, 8, 8) and wide_set[(0, 1)][1].shape == (3, 32, 32)
+
     sampler = EpochSampler(len(pairs), seed=3)
     loader = PreloadedLoader(pairs, sampler, batch_size=4)
     assert len(loader) == 2 and [b[0].shape[0] for b in loader] == [4, 4]  # drop_last

@@ -186,9 +186,9 @@ class PreloadedPairs:
         idx = torch.tensor(indices, device=self.hr.device)
         hr, lr = self.hr.index_select(0, idx), self.lr.index_select(0, idx)
         g = torch.Generator().manual_seed(hash((self.seed, epoch, indices[0])) & 0x7FFF_FFFF_FFFF)
-        if self.patch is not None:
-            s, p = self.scale, self.patch // self.scale
-            h, w = lr.shape[2:]
+        s, (h, w) = self.scale, lr.shape[2:]
+        p = self.patch // s if self.patch is not None else min(h, w)  # no patch: the largest square, as SRDataset's
+        if (p, p) != (h, w):
             ys = torch.randint(0, h - p + 1, (len(indices),), generator=g).tolist()
             xs = torch.randint(0, w - p + 1, (len(indices),), generator=g).tolist()
             lr = torch.stack([lr[i, :, y : y + p, x : x + p] for i, (y, x) in enumerate(zip(ys, xs))])
