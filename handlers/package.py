@@ -129,11 +129,19 @@ def _stage_and_publish(ref: ModelRef, name: str, config: ServeConfig, ports: Por
         entry.write_text(ENTRY_SOURCE.format(name=name, version=__version__), encoding="utf-8")
         _run_archiver(name, files, entry, staging)
         text = serve_config.config_properties(store, name, config, timeout, ports)
+        replaced = properties.read_bytes() if properties.is_file() else None  # --force: put back if the archive fails
         try:
             atomic_write_bytes(properties, text.encode("ascii"))
         except OSError as e:
             raise PackageError(f"cannot write {properties} ({e.strerror or e}); nothing was written") from None
-        os.replace(staging / f"{name}.mar", archive)
+        try:
+            os.replace(staging / f"{name}.mar", archive)
+        except BaseException:
+            if replaced is None:
+                properties.unlink(missing_ok=True)
+            else:
+                atomic_write_bytes(properties, replaced)
+            raise
     except BaseException:
         if made_store:
             shutil.rmtree(store, ignore_errors=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 import re
 import struct
 import subprocess
@@ -405,6 +406,22 @@ def test_package_refuses_what_every_worker_would_refuse_and_a_failed_run_writes_
     with pytest.raises(PackageError, match=re.escape(f"cannot write {tmp_path / 'config.properties'} (No space left on device); nothing was written")):
         build_archive(tiny_onnx, tmp_path / "store")
     assert not (tmp_path / "store").exists()
+    monkeypatch.undo()
+
+    # --force over an earlier package, and the archive's move fails: the earlier config is back
+    first = build_archive(tiny_onnx, tmp_path / "kept")
+    before = first.config_properties.read_bytes(), first.archive.read_bytes()
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(dst).endswith(".mar"):
+            raise OSError(5, "Input/output error")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(package_module.os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        build_archive(tiny_onnx, tmp_path / "kept", force=True, config=ServeConfig(max_pixels=4096))
+    assert (first.config_properties.read_bytes(), first.archive.read_bytes()) == before
 
 
 def test_a_killed_runs_staging_folder_is_swept_and_a_live_run_is_waited_for(tiny_onnx, tmp_path):
