@@ -124,6 +124,7 @@ def test_ctrl_c_in_a_command_is_status_130_with_one_line_not_clicks_aborted(tmp_
         deadline = time.monotonic() + 120
         while not out.exists() and time.monotonic() < deadline:  # until it has made its folder
             time.sleep(0.05)
+        assert out.exists(), "export made no folder in 120 s: nothing to see removed"
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
     finally:

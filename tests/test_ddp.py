@@ -36,7 +36,7 @@ def _torchrun(args, timeout, stage="srresnet"):
         _, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
+        _, stderr = proc.communicate(timeout=60)
         pytest.fail(f"torchrun did not finish within {timeout} s:\n{stderr[-3000:]}")
     return proc.returncode, stderr, time.monotonic() - t0
 

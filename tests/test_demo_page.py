@@ -148,7 +148,11 @@ def chromium(profile: Path, downloads: Path):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    try:
+        driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    except BaseException:
+        quit_browser(driver)  # the caller never gets the driver to quit it
+        raise
     return driver
 
 
@@ -251,12 +255,16 @@ def test_the_page_upscales_like_the_cli_and_explains_a_bad_file(tmp_path):
         assert "Traceback" not in driver.page_source
         driver.save_screenshot(str(ARTIFACTS / "demo-bad-file.png"))
 
-        outside = {u for u in requested_urls(driver) if u.split(":", 1)[0] in ("http", "https", "ws", "wss") and not u.startswith(server.url)}
+        requested = requested_urls(driver)
+        assert any(u.startswith(server.url) for u in requested)  # the log holds the page's own requests: it is read
+        outside = {u for u in requested if u.split(":", 1)[0] in ("http", "https", "ws", "wss") and not u.startswith(server.url)}
         assert outside == set()
     finally:
-        browser_left = quit_browser(driver) if driver is not None else []
-        survivors = server.stop()
-        shutil.copy(server.log, ARTIFACTS / "demo-server.log")
+        try:
+            browser_left = quit_browser(driver) if driver is not None else []
+        finally:  # the server goes even when quitting the browser fails
+            survivors = server.stop()
+            shutil.copy(server.log, ARTIFACTS / "demo-server.log")
     assert browser_left == [], f"chromium left {browser_left} running after quit (killed)"
     assert survivors == [], f"srdeploy demo left {survivors} running after SIGTERM: {server.tail()}"
     assert server.process.returncode == 0 and server.tail().endswith("srdeploy demo: stopped\n"), server.tail()

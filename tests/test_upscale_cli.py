@@ -133,13 +133,15 @@ def test_the_progress_bar_is_drawn_on_a_terminal_only(toy, tmp_path):
     assert proc.returncode == 0 and b"4/4 [" in seen and b"4 ok, 0 skipped, 0 failed of 4" in seen
 
 
-def test_default_model_until_one_is_shipped(tmp_path):
+def test_the_default_model_is_the_shipped_srresnet(tmp_path):
     from srdeploy.runtime import zoo
 
     run = upscale(EXAMPLES / "coffee.png", "-o", tmp_path / "out")
     if "srresnet" in zoo.shipped_models():
-        assert run.returncode == 0, run.stderr
-    else:
+        sha = zoo.resolve_model("srresnet").sha256
+        assert run.returncode == 0 and run.stderr.startswith(f"model srresnet (sha256 {sha[:12]}), x4,"), run.stderr
+        assert Image.open(tmp_path / "out" / "coffee.png").size == (480, 320)
+    else:  # a build without it says so
         assert run.returncode == 2
         assert "model 'srresnet' (default = srresnet) is not shipped in this build" in run.stderr
         assert not (tmp_path / "out").exists()
@@ -218,9 +220,12 @@ def test_kill_9_mid_batch_then_rerun_completes_with_no_partial_file(toy, tmp_pat
     for name in names:  # noise compresses badly: big outputs, slow enough to kill mid-run
         save(src / name, rng.integers(0, 256, (160, 160, 3), dtype=np.uint8))
     proc = subprocess.Popen([str(SRDEPLOY), "upscale", str(src), "-o", str(out), "--model", str(toy), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_ok_records(proc, out, 3, timeout=60)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        wait_for_ok_records(proc, out, 3, timeout=60)
+        proc.send_signal(signal.SIGKILL)
+    finally:  # also when the wait fails: no batch left running
+        proc.kill()
+        proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the batch finished before it could be killed; make it longer"
     survivors = outputs(out)
     assert 3 <= len(survivors) < len(names)

@@ -202,9 +202,12 @@ def test_a_name_not_shipped_says_so(fake_models_dir):
 
 
 def test_this_build_default_model(monkeypatch):
-    """Until a trained generator is shipped, --model default must say it is not shipped."""
+    """default is the shipped srresnet, checked against its manifest; a build without it
+    says it is not shipped."""
     if "srresnet" in zoo.shipped_models():
-        assert zoo.resolve_model("default").manifest is not None
+        default, srresnet = zoo.resolve_model("default"), zoo.resolve_model("srresnet")
+        assert default.path == srresnet.path and default.sha256 == srresnet.sha256 and default.manifest is not None
+        assert default.manifest["shipped"]["name"] == "srresnet"
     else:
         with pytest.raises(ModelError, match=r"model 'srresnet' \(default = srresnet\) is not shipped"):
             zoo.resolve_model("default")
