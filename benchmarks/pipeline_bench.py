@@ -65,12 +65,19 @@ if cfg.get("spin"):
     def entry(self, key, value):
         real_entry(self, key, "1" if key == "session.intra_op.allow_spinning" else value)
     ort.SessionOptions.add_session_config_entry = entry
+# The module paths of this tree, or of one from before the rooms (--before 8467c2b has
+# srdeploy/batch.py and srdeploy/upscaler.py).
+try:
+    import srdeploy.batch.run as batch_module
+    import srdeploy.runtime.upscaler as upscaler_module
+except ModuleNotFoundError:
+    import srdeploy.batch as batch_module
+    import srdeploy.upscaler as upscaler_module
 if cfg.get("threads"):
-    import srdeploy.runtime.providers, srdeploy.runtime.upscaler
-    srdeploy.runtime.upscaler.available_cpus = lambda: cfg["threads"]
+    upscaler_module.available_cpus = lambda: cfg["threads"]
 if cfg.get("workers") is not None:
-    import dataclasses, srdeploy.batch.run
-    srdeploy.batch.run.LIMITS = dataclasses.replace(srdeploy.batch.run.LIMITS, workers=cfg["workers"])
+    import dataclasses
+    batch_module.LIMITS = dataclasses.replace(batch_module.LIMITS, workers=cfg["workers"])
 if cfg["mode"] == "bare":
     import numpy as np
     from pathlib import Path
@@ -85,16 +92,15 @@ if cfg["mode"] == "bare":
     print("BARE", len(arrays), time.perf_counter() - t0, file=sys.stderr)
     print("CPU", cpu_seconds() - cpu0, file=sys.stderr)
 else:
-    import srdeploy.batch.run
     from srdeploy.cli import main
-    run_batch = srdeploy.batch.run.run_batch
+    run_batch = batch_module.run_batch
     def measured_run_batch(*args, **kwargs):  # the CPU of the batch alone, as its summary times it
         cpu0 = cpu_seconds()
         try:
             return run_batch(*args, **kwargs)
         finally:
             print("CPU", cpu_seconds() - cpu0, file=sys.stderr)
-    srdeploy.batch.run.run_batch = measured_run_batch
+    batch_module.run_batch = measured_run_batch
     try:
         main(["upscale", cfg["inputs"], "-o", cfg["out"], "--provider", "cpu", *cfg.get("args", [])])
     except SystemExit as e:
@@ -197,6 +203,7 @@ def model_busy_share(inputs: Path, scratch: Path, repeats: int) -> list[dict]:
     from srdeploy.batch import pipeline
     from srdeploy.batch.jobs import Settings
     from srdeploy.batch.run import LIMITS, run_batch
+    from srdeploy.io.imaging import DEFAULT_PNG_COMPRESSION
     from srdeploy.runtime.upscaler import Upscaler
 
     up = Upscaler("default", provider="cpu")
@@ -216,7 +223,7 @@ def model_busy_share(inputs: Path, scratch: Path, repeats: int) -> list[dict]:
     modes = {  # name -> (limits, settings)
         "one at a time, PNG level 6 (as before)": (one_at_a_time, png6),
         "pipelined, PNG level 6": (LIMITS, png6),
-        "pipelined, PNG level 4 (default)": (LIMITS, Settings()),
+        f"pipelined, PNG level {DEFAULT_PNG_COMPRESSION} (default)": (LIMITS, Settings()),
     }
     runs: dict[str, list[dict]] = {name: [] for name in modes}
     for r in range(repeats):

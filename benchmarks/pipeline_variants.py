@@ -186,22 +186,25 @@ def run_phased(upscaler, folder: Path, out: Path, settings, group: int, overlap_
         return item, encoded, hashlib.sha256(encoded.data).hexdigest()
 
     def write_and_commit(item, encoded, output_sha256):  # its I/O half, then the commit
-        tmp = place.stage(item.target, encoded.data, item.key, output_sha256)
+        tmp = place.stage(item.target, encoded.data, item.key, output_sha256, (encoded.width, encoded.height))
         steps.commit(_Staged(item, tmp, output_sha256, (encoded.width, encoded.height)))
 
     with planned(upscaler, folder, out, settings) as (jobs, steps, place, done), ThreadPoolExecutor(2) as workers, ThreadPoolExecutor(1) as io:
         upscaled: list = []
+        io_done: list = []  # the I/O thread's futures, checked: an error there must not read as 0 images/s
         for first in range(0, len(jobs) + group, group):
             loads = [workers.submit(steps.load, job) for job in jobs[first : first + group]]
             cpu_half = encode if overlap_io else steps.store
             stores = [None if isinstance(v, pipeline.Done) else workers.submit(cpu_half, v) for v in upscaled]
             for value, stored in zip(upscaled, stores):
                 if overlap_io:
-                    io.submit(steps.commit, value) if stored is None else io.submit(write_and_commit, *stored.result())
+                    io_done.append(io.submit(steps.commit, value) if stored is None else io.submit(write_and_commit, *stored.result()))
                 else:
                     steps.commit(value if stored is None else stored.result())
             loaded = [f.result() for f in loads]
             upscaled = [v if isinstance(v, pipeline.Done) else steps.upscale(v) for v in loaded]
+        for future in io_done:
+            future.result()
     return len(done) / (time.perf_counter() - start)
 
 

@@ -32,7 +32,6 @@ import numpy as np
 from _report import finish, print_rows  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
-FLOP_PER_LR_PIXEL = 2 * 1.63e6  # B=8, C=64, x4: multiply-adds per LR pixel x 2
 
 
 def build_model(folder: Path, blocks: int, channels: int):
@@ -60,10 +59,13 @@ def timed(fn, repeats: int, min_seconds: float = 2.0) -> float:
 
 
 def throughput(generator, onnx_path: Path, threads: int, repeats: int) -> list[dict]:
+    import onnx
     import torch
 
+    from srdeploy.runtime import graph
     from srdeploy.runtime.upscaler import Upscaler
 
+    flop_per_lr_pixel = graph.analyze(onnx.load(str(onnx_path)).graph).conv_flop_per_lr_pixel  # of the model built (--blocks, --channels)
     torch.set_num_threads(threads)
     generator = generator.to(memory_format=torch.channels_last)  # oneDNN's fast layout, as `srdeploy bench` runs it
     ort_upscaler = Upscaler(onnx_path, provider="cpu", tile=0, threads=threads)
@@ -82,7 +84,7 @@ def throughput(generator, onnx_path: Path, threads: int, repeats: int) -> list[d
             rows.append({
                 "input": f"{side}x{side}", "runtime": runtime, "seconds_per_image": round(s, 4),
                 "images_per_s": round(1 / s, 3), "output_mpx_per_s": round(out_mpx / s, 3),
-                "gflop_per_s": round(FLOP_PER_LR_PIXEL * side * side / s / 1e9, 1),
+                "gflop_per_s": round(flop_per_lr_pixel * side * side / s / 1e9, 1),
             })
         rows.append({"input": f"{side}x{side}", "runtime": "ratio onnxruntime/torch", "speedup": round(seconds["torch_eager"] / seconds["onnxruntime"], 2)})
     return rows
