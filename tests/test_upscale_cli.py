@@ -450,6 +450,37 @@ def test_a_file_far_larger_than_its_pixels_need_fails_alone_unread(toy, tmp_path
             "metadata need; not read") in run.stderr
 
 
+def test_symbolic_links_in_the_output_folder_never_lead_writes_out_of_it(toy, tmp_path):
+    """A subfolder of OUT that links elsewhere (its outputs, --overwrite's replacements and
+    the temp-file sweep would land there), a journal or a lock that is a link (its appends,
+    file names included, would go into the file it points to): refused, the targets kept."""
+    src, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    save(src / "a.png", np.zeros((8, 8, 3), np.uint8))
+    save(src / "sub" / "b.png", np.zeros((8, 8, 3), np.uint8))
+    (elsewhere / ".b.png.0123456789abcdef.srdeploy-tmp").parent.mkdir()
+    (elsewhere / ".b.png.0123456789abcdef.srdeploy-tmp").write_bytes(b"someone's")
+    (elsewhere / "b.png").write_bytes(b"precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").symlink_to(elsewhere)
+    run = upscale(src, "-o", out, "--model", toy, "--recursive", "--overwrite")
+    assert run.returncode == 1 and sorted(outputs(out)) == ["a.png"], run.stderr
+    assert (f"failed  {src / 'sub' / 'b.png'}: cannot write the output sub/b.png (its folder leads out of the output folder, "
+            f"through a symbolic link to {elsewhere})") in run.stderr
+    assert sorted(p.name for p in elsewhere.iterdir()) == [".b.png.0123456789abcdef.srdeploy-tmp", "b.png"]
+    assert (elsewhere / "b.png").read_bytes() == b"precious"
+
+    victim = tmp_path / "victim.sh"
+    victim.write_text("echo hi\n")
+    for name, says in ((JOURNAL_NAME, "cannot write the journal {out}/" + JOURNAL_NAME), (".srdeploy-upscale.lock", "cannot lock the output folder {out}: .srdeploy-upscale.lock")):
+        linked = tmp_path / f"linked{len(name)}"
+        linked.mkdir()
+        (linked / name).symlink_to(victim)
+        run = upscale(src, "-o", linked, "--model", toy)
+        assert run.returncode == 2 and run.stderr.splitlines()[-1] == f"Error: {says.format(out=linked)} (not a regular file: a symbolic link)"
+        assert victim.read_text() == "echo hi\n" and not outputs(linked)
+
+
 def test_a_journal_line_of_the_wrong_shape_vouches_for_nothing_and_stops_no_rerun(toy, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     save(src / "a.png", np.zeros((8, 8, 3), np.uint8))

@@ -103,12 +103,22 @@ class Folder:
         return os.path.realpath(target)
 
     def holds(self, target: Path) -> bool:
+        self._check_inside(target)
         return target.exists()
+
+    def _check_inside(self, target: Path) -> None:
+        """OSError when ``target``'s folder leads out of the output folder (a subfolder that is
+        a symbolic link to elsewhere): the output would be written, and an older file there
+        replaced, outside OUT."""
+        root, parent = os.path.realpath(self.root), os.path.realpath(target.parent)
+        if os.path.commonpath([root, parent]) != root:
+            raise OSError(0, f"its folder leads out of the output folder, through a symbolic link to {parent}")
 
     def sha256(self, target: Path) -> str | None:
         return _sha256_file(target)
 
     def stage(self, target: Path, data: bytes, key: dict, output_sha256: str, size: tuple[int, int]) -> Path:
+        self._check_inside(target)  # again: the folder may have been swapped since holds()
         return stage_bytes(target, data)
 
     def publish(self, tmp: Path, target: Path) -> None:
@@ -125,7 +135,10 @@ class Folder:
         names_by_folder: dict[Path, set[str]] = {}
         for output in outputs:
             names_by_folder.setdefault(self.root / output.parent, set()).add(output.name)
+        root = os.path.realpath(self.root)
         for folder, names in names_by_folder.items():
+            if os.path.commonpath([root, os.path.realpath(folder)]) != root:  # a link out of OUT: not ours to clean
+                continue
             for stale in temp_files_of(folder, names):
                 stale.unlink(missing_ok=True)
 

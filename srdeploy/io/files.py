@@ -126,15 +126,17 @@ def open_regular(path: str | os.PathLike, append: bool = False) -> BinaryIO:
     """``path`` opened for reading (or, ``append``, created if need be and opened for
     unbuffered appends), refusing anything but a regular file with an OSError whose
     strerror says what it is: a FIFO would block its reader or writer forever and a device
-    may never end. Opened non-blocking, so that a FIFO is refused rather than waited on."""
+    may never end. Opened non-blocking, so that a FIFO is refused rather than waited on.
+    A file opened to append (a journal, a lock) is never reached through a symbolic link:
+    whoever could place one would have srdeploy write into the file it points to."""
     if append:
         try:
-            mode = os.stat(path).st_mode  # a FIFO without a reader fails a non-blocking open with ENXIO: say what it is
+            mode = os.lstat(path).st_mode  # a FIFO without a reader fails a non-blocking open with ENXIO: say what it is
         except FileNotFoundError:
             mode = stat.S_IFREG
         if not stat.S_ISREG(mode):
             raise OSError(0, f"not a regular file: {_file_kind(mode)}", os.fspath(path))
-    flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT) if append else os.O_RDONLY
+    flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)) if append else os.O_RDONLY
     fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0), 0o666)
     try:
         mode = os.fstat(fd).st_mode
@@ -163,7 +165,7 @@ def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
 
 
 def _file_kind(mode: int) -> str:
-    kinds = [(stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")]
+    kinds = [(stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")]
     return next((kind for test, kind in kinds if test(mode)), "not a file")
 
 
@@ -191,7 +193,7 @@ def folder_lock(folder: Path, name: str, busy: str) -> Iterator[None]:
     except ImportError:
         yield
         return
-    with open(Path(folder) / name, "a+b") as handle:
+    with open_regular(Path(folder) / name, append=True) as handle:  # never through a symbolic link
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
