@@ -334,3 +334,22 @@ def test_a_checkpoint_restores_every_random_stream_exactly(tmp_path):
     ahead = draws()
     _restore_rng(load_checkpoint(tmp_path / "last.pt")["rng"])
     assert draws() == ahead
+
+
+def test_torchvisions_cached_vgg_file_is_checked_and_never_unpickled_in_full(tmp_path, monkeypatch):
+    """torchvision's own loader unpickles a cached vgg19-dcbb9e9d.pth in full: a file put
+    there under that name ran its code. srdeploy checks its sha256 first, then loads
+    weights only."""
+    import pathlib
+
+    class Payload:
+        def __reduce__(self):
+            return pathlib.Path.touch, (tmp_path / "ran",)
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    cached = tmp_path / "torch_home" / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save({"features.0.weight": Payload()}, cached)
+    with pytest.raises(VGGWeightsMissing, match=rf"{cached}: not torchvision's vgg19-dcbb9e9d.pth \(its sha256 does not start with dcbb9e9d\); delete it"):
+        load_vgg_features()
+    assert not (tmp_path / "ran").exists()

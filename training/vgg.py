@@ -12,11 +12,13 @@ a missing download is an error, never a fallback. Tests build random weights onl
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from srdeploy.io.files import sha256_file
 from srdeploy.training.checkpoint import load_checkpoint, state_dict_mismatch
 
 PHI_54_END = 36  # features[:36] ends with relu5_4
@@ -56,34 +58,60 @@ class VGGFeatures(nn.Module):
 
 
 def _help_text() -> str:
-    cache = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
     return (
         "The VGG content loss needs ImageNet-pretrained VGG19 weights. Either let torchvision "
-        f"download them once (needs internet; cached in {cache}), copy vgg19-dcbb9e9d.pth into "
+        f"download them once (needs internet; cached in {_cache_folder()}), copy {_torchvision_file()[1]} into "
         "that folder, or pass --vgg-weights FILE with a torchvision vgg19 state_dict."
     )
 
 
+def _cache_folder() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"  # $TORCH_HOME/hub/checkpoints
+
+
+def _torchvision_file() -> tuple[str, str, str]:
+    """(URL, file name, sha256 prefix) of torchvision's ImageNet VGG19 weights: it names its
+    files by the first hex digits of their sha256 (vgg19-dcbb9e9d.pth)."""
+    from torchvision.models import VGG19_Weights
+
+    url = VGG19_Weights.IMAGENET1K_V1.url
+    name = url.rsplit("/", 1)[-1]
+    return url, name, re.fullmatch(r".*-([0-9a-f]+)\.pth", name)[1]
+
+
 def load_vgg_features(weights_file: str | os.PathLike | None = None) -> VGGFeatures:
-    """ImageNet VGG19 from a local state_dict file, or through torchvision's weights API."""
-    from torchvision.models import VGG19_Weights, vgg19
+    """ImageNet VGG19 from a local state_dict file, or torchvision's file (downloaded once
+    into torch's cache). Both are loaded weights-only: torchvision's own loader unpickles
+    its cached file in full, so whatever was put there under that name would run."""
+    from torchvision.models import vgg19
 
     model = vgg19(weights=None)
     if weights_file is not None:
         path = Path(weights_file)
         if not path.is_file():
             raise VGGWeightsMissing(f"--vgg-weights {path}: file not found. {_help_text()}")
-        try:  # weights-only, and the same one-line reasons as every other weights file
-            state = load_checkpoint(path)
-        except ValueError as e:
-            raise VGGWeightsMissing(f"--vgg-weights {e}") from None
-        mismatch = state_dict_mismatch(model, state)
-        if mismatch:
-            raise VGGWeightsMissing(f"--vgg-weights {path}: not a torchvision vgg19 state_dict ({mismatch})")
-        model.load_state_dict(state)
-        return VGGFeatures(model.features)
-    try:
-        model = vgg19(weights=VGG19_Weights.IMAGENET1K_V1)
-    except Exception as e:  # URLError, socket errors, hash mismatch...
-        raise VGGWeightsMissing(f"could not load ImageNet VGG19 weights ({type(e).__name__}: {e}). {_help_text()}") from None
+        return _loaded(model, path, f"--vgg-weights {path}")
+    url, name, sha_prefix = _torchvision_file()
+    cached = _cache_folder() / name
+    if not cached.is_file():
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(cached), hash_prefix=sha_prefix)  # checked, then moved into place
+        except Exception as e:  # URLError, socket errors, hash mismatch...
+            raise VGGWeightsMissing(f"could not load ImageNet VGG19 weights ({type(e).__name__}: {e}). {_help_text()}") from None
+    if not sha256_file(cached).startswith(sha_prefix):
+        raise VGGWeightsMissing(f"{cached}: not torchvision's {name} (its sha256 does not start with {sha_prefix}); "
+                                f"delete it. {_help_text()}")
+    return _loaded(model, cached, str(cached))
+
+
+def _loaded(model: nn.Module, path: Path, shown: str) -> VGGFeatures:
+    try:  # weights-only, and the same one-line reasons as every other weights file
+        state = load_checkpoint(path)
+    except ValueError as e:
+        raise VGGWeightsMissing(f"{shown}: {str(e).removeprefix(f'{path}: ')}") from None
+    mismatch = state_dict_mismatch(model, state)
+    if mismatch:
+        raise VGGWeightsMissing(f"{shown}: not a torchvision vgg19 state_dict ({mismatch})")
+    model.load_state_dict(state)
     return VGGFeatures(model.features)
