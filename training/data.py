@@ -59,8 +59,8 @@ class SRDataset(Dataset):
 
     Index with an int (no augmentation: full image or centre crop, for validation) or with
     an (epoch, index) pair from ``EpochSampler`` (random crop + flip seeded by the pair).
-    Without a patch an item is the largest centred square whose side is a multiple of the
-    scale. ``min_side``/``needed_for``: a smaller image is skipped, saying what needs the size.
+    Without a patch an item is the largest square whose side is a multiple of the scale:
+    at a random position for an (epoch, index) pair, centred for an int index. ``min_side``/``needed_for``: a smaller image is skipped, saying what needs the size.
     """
 
     def __init__(self, root, list_file=None, patch: int | None = None, scale: int = 4,

@@ -59,8 +59,8 @@ class VGGFeatures(nn.Module):
 
 def _help_text() -> str:
     return (
-        "The VGG content loss needs ImageNet-pretrained VGG19 weights. Either let torchvision "
-        f"download them once (needs internet; cached in {_cache_folder()}), copy {_torchvision_file()[1]} into "
+        "The VGG content loss needs ImageNet-pretrained VGG19 weights. Either let srdeploy download "
+        f"torchvision's file once (needs internet; cached in {_cache_folder()}), copy {_torchvision_file()[1]} into "
         "that folder, or pass --vgg-weights FILE with a torchvision vgg19 state_dict."
     )
 
