@@ -308,6 +308,22 @@ def test_a_task_retried_after_its_put_reports_its_input_ok(toy, s3_endpoint, tmp
     assert (later.result.status, later.result.reason) == ("skipped", "already done (same input, model, engine and settings)")
 
 
+def test_an_object_past_the_read_limit_is_refused_unread(s3_endpoint, monkeypatch):
+    import boto3
+
+    from srdeploy.batch.stores import read_uri
+    from srdeploy.io.files import FileTooLarge
+
+    for name, value in {**AWS, "AWS_ENDPOINT_URL": s3_endpoint}.items():
+        monkeypatch.setenv(name, value)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="limits")
+    s3.put_object(Bucket="limits", Key="padded.png", Body=b"\0" * 1000)
+    with pytest.raises(FileTooLarge, match="more than 999 bytes"):
+        read_uri("s3://limits/padded.png", limit=999)
+    assert len(read_uri("s3://limits/padded.png", limit=1000)) == 1000
+
+
 def test_ray_local_starts_a_cluster_for_the_run_says_only_our_lines_and_stops_it(toy, tmp_path):
     # Ray's own temp folder: RAY_TMPDIR would mark the run's processes, but it also hides
     # the C++ log line this test looks for.

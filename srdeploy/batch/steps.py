@@ -144,13 +144,13 @@ class Folder:
 
 
 def read_input(source: Path | str, limit: int | None = None) -> bytes:
-    """An input's bytes: a local file (FileTooLarge past ``limit``), or an object-store URI
+    """An input's bytes, FileTooLarge past ``limit``: a local file, or an object-store URI
     (srdeploy.batch.stores)."""
     if isinstance(source, Path):
         return read_regular(source, limit)
     from srdeploy.batch import stores  # fsspec, only for URIs
 
-    return stores.read_uri(source)
+    return stores.read_uri(source, limit)
 
 
 def source_identity(source: Path | str) -> str:

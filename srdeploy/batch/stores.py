@@ -14,6 +14,7 @@ imported by a batch of local folders.
 
 from __future__ import annotations
 
+import errno
 import json
 import mimetypes
 import re
@@ -22,6 +23,7 @@ from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 from srdeploy.batch.jobs import walk_tree
+from srdeploy.io.files import FileTooLarge
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 KEY_FIELD = "srdeploy-key"  # the rerun key, JSON (ASCII: metadata travels as HTTP headers)
@@ -59,9 +61,12 @@ def filesystem(uri: str) -> tuple[Any, str]:
     return url_to_fs(uri)
 
 
-def read_uri(uri: str) -> bytes:
-    """An object's bytes; a missing or unreadable one raises OSError, as a file would."""
+def read_uri(uri: str, limit: int | None = None) -> bytes:
+    """An object's bytes; a missing or unreadable one raises OSError, as a file would, and
+    one of more than ``limit`` bytes FileTooLarge, unread (its size from the store)."""
     fs, path = filesystem(uri)
+    if limit is not None and (size := fs.size(path)) is not None and size > limit:
+        raise FileTooLarge(errno.EFBIG, f"more than {limit:,} bytes", uri)
     return fs.cat_file(path)
 
 
