@@ -8,6 +8,7 @@ message naming the file and the reason otherwise.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import click
@@ -15,7 +16,7 @@ import click
 from srdeploy.export import parity
 from srdeploy.export.calibration import CHECK_IMAGES
 from srdeploy.export.pipeline import Int8Request
-from srdeploy.runtime import contract, tensorrt
+from srdeploy.runtime import contract, tensorrt, zoo
 from srdeploy.runtime.upscaler import DEFAULT_TILE
 
 HELP = f"""Export a training checkpoint (or bare generator state_dict) CHECKPOINT to ONNX
@@ -31,11 +32,11 @@ out when it has more than --calibration-limit): PSNR-Y >= {parity.INT8_MIN_PSNR_
 
 
 @click.command("export", help=HELP)
-@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for model.onnx, the other artifacts and manifest.json.")
 @click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx: fp16 weights and compute, float32 inputs/outputs.")
 @click.option("--int8", is_flag=True, help="Also write model.int8.onnx: QDQ, per-channel int8 weights, calibrated on --calibration, for the engine --int8-engine names; float32 inputs/outputs.")
-@click.option("--calibration", type=click.Path(path_type=Path), default=None, help="With --int8: folder of HR images (e.g. CelebA-HQ val faces); each is centre-cropped and degraded (bicubic x4) to a 64x64 LR input.")
+@click.option("--calibration", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None, help="With --int8: folder of HR images (e.g. CelebA-HQ val faces); each is centre-cropped and degraded (bicubic x4) to a 64x64 LR input.")
 @click.option("--int8-engine", type=click.Choice(contract.INT8_ENGINES), default=Int8Request.engine, show_default=True, help="With --int8: the engine the int8 model is made for, and that `srdeploy upscale` runs it on: cpu = ONNX Runtime (its static quantiser), openvino = OpenVINO (NNCF's post-training quantisation; the faster one on CPUs with VNNI/AMX).")
 @click.option("--calibration-limit", type=click.IntRange(min=1), default=Int8Request.limit, show_default=True, help=f"With --int8: calibration images used (the first, sorted by path); the next {CHECK_IMAGES} check the int8 quality.")
 @click.option("--tensorrt", is_flag=True, help="Also build TensorRT engines (model.fp32.engine, model.fp16.engine with --fp16); needs tensorrt and a CUDA GPU.")
@@ -70,10 +71,17 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
 
         if opset > onnx.defs.onnx_opset_version():  # the exporter would fall back to its own opset
             raise click.UsageError(f"--opset {opset}: the installed onnx {onnx.__version__} knows opsets up to {onnx.defs.onnx_opset_version()}")
+    if not checkpoint.exists() and str(checkpoint) in zoo.NAMES:  # a shipped model: its generator.pt
+        try:
+            checkpoint = zoo.resolve_model(str(checkpoint)).path.parent / "generator.pt"
+        except zoo.ModelError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
     try:
         generator, meta = load_export_generator(checkpoint, weights)
-    except (FileNotFoundError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    except (FileNotFoundError, ValueError) as e:  # refused before anything is written: exit 2, as a usage error
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(2)
     profile = TileProfile.for_tiles(tile=tile, overlap=overlap, max_batch=max_batch)
     click.echo(f"{checkpoint}: {meta['weights']} weights, generator {generator.arch()} -> {out_dir}")
     made = not out_dir.exists()

@@ -198,21 +198,24 @@ def test_cli_bilinear_and_border_options_are_applied_and_stated(hr_dir, tmp_path
 def test_cli_errors_name_the_problem(hr_dir, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
+    # Refused before any scoring (no images, a model that does not load): exit 2, as a usage error
     proc = _run_cli("--data", empty, "-o", tmp_path / "o1")
-    assert proc.returncode == 1 and "no images" in proc.stderr and str(empty) in proc.stderr
+    assert proc.returncode == 2 and "no images" in proc.stderr and str(empty) in proc.stderr
 
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     proc = _run_cli("--data", hr_dir, "--model", broken, "-o", tmp_path / "o2")
-    assert proc.returncode == 1 and str(broken) in proc.stderr
+    assert proc.returncode == 2 and str(broken) in proc.stderr
     assert not (tmp_path / "o2" / "results.md").exists()
 
     proc = _run_cli("--data", hr_dir, "--model", tmp_path / "missing.pt", "-o", tmp_path / "o3")
-    assert proc.returncode == 1 and "model not found" in proc.stderr
+    assert proc.returncode == 2 and "model not found" in proc.stderr
+    proc = _run_cli("--data", hr_dir, "--model", tmp_path, "-o", tmp_path / "o5")  # a run folder
+    assert proc.returncode == 2 and f"{tmp_path} is a folder; give a model file in it, such as {tmp_path / 'last.pt'}" in proc.stderr
 
     proc = _run_cli("--data", hr_dir, "--model", broken, "--name", "a", "--name", "b", "-o", tmp_path / "o4")
     assert proc.returncode == 2 and "--name" in proc.stderr
-    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))  # a run that wrote nothing leaves no folder
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 6))  # a run that wrote nothing leaves no folder
 
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")

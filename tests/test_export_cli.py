@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import SRDEPLOY
 
-from srdeploy.runtime import openvino_engine
+from srdeploy.runtime import openvino_engine, zoo
 from srdeploy.runtime.manifest import verify_manifest
 
 CONFIG = {"preset": "seed", "num_blocks": 1, "channels": 8, "lr": 1e-4, "crop": (96, 96), "degradation": "bicubic"}
@@ -100,12 +100,19 @@ def test_not_a_generator_checkpoint_is_refused(tmp_path):
     bad = tmp_path / "discriminator.pt"
     torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, bad)
     proc = run_export(bad, "-o", tmp_path / "out")
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # refused before anything is written, as a usage error
     assert f"{bad}: not a generator state_dict: missing key 'head.0.weight'" in proc.stderr
     assert not (tmp_path / "out").exists()
 
     proc = run_export(tmp_path / "absent.pt", "-o", tmp_path / "out")
-    assert proc.returncode == 1 and "checkpoint not found" in proc.stderr and "absent.pt" in proc.stderr
+    assert proc.returncode == 2 and "checkpoint not found" in proc.stderr and "absent.pt" in proc.stderr
+    proc = run_export(tmp_path, "-o", tmp_path / "out")  # a run folder
+    assert proc.returncode == 2 and f"{tmp_path} is a folder; give a checkpoint file in it, such as {tmp_path / 'last.pt'}" in proc.stderr
+    calibration = tmp_path / "one_face.png"
+    calibration.write_bytes(b"")
+    proc = run_export(bad, "-o", tmp_path / "out", "--int8", "--calibration", calibration)
+    assert proc.returncode == 2 and "is a file" in proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 class _Payload:
@@ -124,7 +131,7 @@ def test_a_checkpoint_that_carries_code_is_refused_in_one_line_without_running_i
     marker, evil = tmp_path / "ran.txt", tmp_path / "evil.pt"
     torch.save({"generator": _Payload(marker)}, evil)
     proc = run_export(evil, "-o", tmp_path / "out")
-    assert proc.returncode == 1 and not marker.exists() and not (tmp_path / "out").exists()
+    assert proc.returncode == 2 and not marker.exists() and not (tmp_path / "out").exists()
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith(f"Error: {evil}: not a loadable weights-only checkpoint (UnpicklingError: ") and "open" in line
     assert line.endswith("); srdeploy loads tensors and plain data only, never code") and "weights_only" not in line
@@ -196,3 +203,12 @@ def test_an_earlier_export_is_replaced_only_with_force(training_checkpoint, tmp_
     forced = run_export(training_checkpoint, "-o", out, "--force")
     assert forced.returncode == 0, forced.stderr
     assert "removed artifacts of an earlier export: model.fp16.onnx" in forced.stdout
+
+
+@pytest.mark.skipif("srresnet" not in zoo.shipped_models(), reason="no default (srresnet) model is shipped in this build")
+def test_a_shipped_name_exports_its_generator(tmp_path):
+    """`srdeploy export default` re-exports the shipped generator.pt (for --int8, --fp16)."""
+    proc = run_export("default", "-o", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    manifest = verify_manifest(tmp_path / "out")
+    assert manifest["source"]["file"] == "generator.pt" and manifest["arch"] == zoo.resolve_model("default").manifest["arch"]

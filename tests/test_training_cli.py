@@ -153,6 +153,16 @@ def test_resume_keeps_the_recipe(tmp_path, image_folder):  # noqa: F811
     assert not_a_config.exit_code == 2 and "config.json holds a JSON list, not a training config" in error_lines(not_a_config)[0]
 
 
+def test_a_resume_takes_a_new_epoch_budget_and_finds_the_default_run_folder(tmp_path, image_folder, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tmp_path)
+    assert invoke("srresnet", "--data", str(image_folder), "--steps", "2", *TINY).exit_code == 0  # into runs/srresnet
+    steps_per_epoch = json.loads((tmp_path / "runs/srresnet/data.json").read_text())["steps_per_epoch"]
+    # No -o: the folder a run without one went to. --epochs: the budget, though the run began with --steps.
+    resumed = invoke("srresnet", "--resume", "--epochs", "2")
+    assert resumed.exit_code == 0, resumed.output
+    assert load_checkpoint(tmp_path / "runs/srresnet/last.pt")["step"] == 2 * steps_per_epoch
+
+
 def test_a_new_run_is_refused_in_a_folder_that_holds_one(tmp_path, image_folder):  # noqa: F811
     run = tmp_path / "run"
     assert invoke("srresnet", "--data", str(image_folder), "-o", str(run), "--steps", "1", *TINY).exit_code == 0

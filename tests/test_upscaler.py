@@ -218,6 +218,11 @@ def test_model_paths(tmp_path, toy):
         zoo.resolve_model("esrgan")
     with pytest.raises(ModelError, match="model file not found"):
         zoo.resolve_model(tmp_path / "absent.onnx")
+    (tmp_path / "exported").mkdir()  # what `srdeploy export -o exported` made
+    with pytest.raises(ModelError, match="exported is a folder, not a model file: name the .onnx or .engine file inside it"):
+        zoo.resolve_model(tmp_path / "exported")
+    with pytest.raises(ModelError, match=r"last.pt is a training checkpoint; export it first \(srdeploy export .*last.pt -o DIR\) and pass DIR/model.onnx"):
+        zoo.resolve_model(tmp_path / "last.pt")
     copy = tmp_path / "mine.onnx"
     copy.write_bytes(toy.read_bytes())
     assert zoo.resolve_model(copy).manifest is None  # no manifest beside it: used as given

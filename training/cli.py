@@ -108,9 +108,7 @@ def field_options(stage: str):
 
 def resumed_config(stage: str, given: dict[str, Any]) -> TrainConfig:
     """The stored config of the run in --out, with what a resume may change."""
-    out = given.get("out")
-    if not out:
-        raise click.UsageError("--resume needs --out (the run folder to continue)")
+    out = given.setdefault("out", stage_defaults(stage)["out"])  # where a run without -o went
     saved, last = Path(out) / "config.json", Path(out) / "last.pt"
     if saved.is_file() and not last.exists():
         raise click.UsageError(f"--resume: the run in {out} stopped before its first checkpoint (last.pt), so there is nothing "
@@ -134,6 +132,8 @@ def resumed_config(stage: str, given: dict[str, Any]) -> TrainConfig:
         TrainConfig.from_dict(stored)
     except ConfigError as e:  # hand-edited or damaged: say which file, not a flag
         raise click.UsageError(f"--resume: {saved}: {e}") from None
+    if "epochs" in given and "steps" not in given:  # --steps would replace the --epochs given
+        stored["steps"] = None
     # --out is where the folder is now, whatever it was when the run started.
     return TrainConfig.from_dict({**stored, **given})
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 from pathlib import Path
 
 import click
@@ -151,13 +152,18 @@ def evaluate(data_dir, list_file, lr_dir, models, names, downsample, border, lim
     except OSError as e:
         raise click.UsageError(f"-o {out_dir}: cannot create this folder ({e.strerror or e})") from None
     try:
-        images = find_test_images(data_dir, list_file, lr_dir, limit)
-        names = names or default_model_names(models)
-        loaded = [load_model(spec, name, device, provider, precision) for spec, name in zip(models, names)]
-        result = run_evaluation(images, loaded, downsample or "bicubic", border, figure_count, progress=True)
-        written = write_report(result, out_dir, str(data_dir), {m.name: m.source for m in loaded})
-    except (OSError, ValueError, RuntimeError) as e:
-        raise click.ClickException(str(e)) from None
+        try:  # the images and the models: what is refused here ran nothing (exit 2)
+            images = find_test_images(data_dir, list_file, lr_dir, limit)
+            names = names or default_model_names(models)
+            loaded = [load_model(spec, name, device, provider, precision) for spec, name in zip(models, names)]
+        except (OSError, ValueError, RuntimeError, ImportError) as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
+        try:
+            result = run_evaluation(images, loaded, downsample or "bicubic", border, figure_count, progress=True)
+            written = write_report(result, out_dir, str(data_dir), {m.name: m.source for m in loaded})
+        except (OSError, ValueError, RuntimeError) as e:
+            raise click.ClickException(str(e)) from None
     finally:
         if made and not any(out_dir.iterdir()):
             out_dir.rmdir()  # made for this run, which wrote nothing

@@ -228,6 +228,8 @@ def load_model(spec: str, name: str | None = None, device: str = "cpu", provider
     if is_runtime_model(spec):
         return _runtime_model(spec, name, provider, precision)
     path = Path(spec)
+    if path.is_dir():  # a run folder, or an export's
+        raise FileNotFoundError(f"{spec} is a folder; give a model file in it, such as {path / 'last.pt'} or {path / zoo.MODEL_FILE}")
     if not path.is_file():
         raise FileNotFoundError(f"model not found: {spec} (a .pt checkpoint, an .onnx file or one of {zoo.NAMES})")
     return _checkpoint_model(path, name, resolve_device(device))

@@ -26,6 +26,7 @@ ALIASES = {"default": "srresnet"}
 NAMES = (*ALIASES, *SHIPPED)  # what --model takes besides a path: the one list of model names
 MODEL_FILE = "model.onnx"
 MODEL_SUFFIXES = (".onnx", ".engine")
+CHECKPOINT_SUFFIXES = (".pt", ".pth")  # what srdeploy train writes: not runnable until exported
 
 
 class ModelError(ValueError):
@@ -55,11 +56,13 @@ def resolve_model(spec: str | os.PathLike = "default") -> ModelRef:
     if name in SHIPPED:
         return _shipped(name, requested=text)
     path = Path(text).expanduser()
+    if path.is_dir():  # an export's folder, most likely
+        raise ModelError(f"{path} is a folder, not a model file: name the .onnx or .engine file inside it")
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise ModelError(f"{path} is a training checkpoint; export it first (srdeploy export {path} -o DIR) and pass DIR/{MODEL_FILE}")
     if path.suffix.lower() not in MODEL_SUFFIXES:
         choices = ", ".join(NAMES)
         raise ModelError(f"unknown model {text!r}: use one of {choices}, or a path to a .onnx or .engine file")
-    if path.is_dir():
-        raise ModelError(f"{path} is a folder, not a model file: name the .onnx or .engine file inside it")
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     try:
