@@ -376,11 +376,19 @@ def test_alpha_forces_png_and_says_so(toy, tmp_path):
     run = upscale(src, "-o", tmp_path / "out", "--model", toy, "--format", "jpg")
     assert run.returncode == 0
     assert "logo.png -> logo.png: 32x32 PNG; JPEG cannot store alpha, wrote PNG" in run.stdout
+    photo = save(tmp_path / "photo.png", np.zeros((8, 8, 3), np.uint8))
+    spelled = upscale(photo, "-o", tmp_path / "out2", "--model", toy, "--format", "JPEG")  # the server's spelling, any case
+    assert spelled.returncode == 0 and "photo.png -> photo.jpg: 32x32 JPEG" in spelled.stdout, spelled.stderr
 
 
 def test_missing_inputs_and_provider_errors(toy, tmp_path):
+    # Every input missing (a typo in the only path): nothing to do, nothing written, exit 2
     missing = upscale(tmp_path / "nowhere.png", "-o", tmp_path / "out", "--model", toy)
-    assert missing.returncode == 1 and "nowhere.png: no such file or folder" in missing.stderr
+    assert missing.returncode == 2 and missing.stderr.splitlines()[-1] == f"Error: {tmp_path / 'nowhere.png'}: no such file or folder; nothing written"
+    assert not (tmp_path / "out").exists()
+    # One missing beside one that is there: a batch with a failure, in its place
+    partly = upscale(tmp_path / "nowhere.png", EXAMPLES / "coffee.png", "-o", tmp_path / "out1", "--model", toy)
+    assert partly.returncode == 1 and f"failed  {tmp_path / 'nowhere.png'}: no such file or folder" in partly.stderr
     cuda = upscale(EXAMPLES, "-o", tmp_path / "out2", "--model", toy, "--provider", "cuda")
     assert cuda.returncode == 2
     assert "provider 'cuda' (CUDAExecutionProvider) is not available" in cuda.stderr and "available: " in cuda.stderr

@@ -32,7 +32,9 @@ from srdeploy.runtime.upscaler import DEFAULT_TILE
 @click.option("--provider", type=click.Choice(engines.PROVIDERS), default="auto", show_default=True, help="Engine: cpu (ONNX Runtime), openvino, cuda, tensorrt; auto = cuda if usable, else the fastest CPU engine for this CPU (printed).")
 @click.option("--precision", type=click.Choice(engines.PRECISIONS), default="auto", show_default=True, help="fp32, or bf16 (OpenVINO on CPUs with bf16 units); int8 models (export --int8) run in int8. auto = the fastest within 0.02 dB of fp32.")
 @click.option("--tile", type=click.IntRange(min=0), default=DEFAULT_TILE, show_default=True, help="LR tile side in pixels (tiles overlap by the model's receptive radius, so the output equals untiled); 0 = whole image (CPU only).")
-@click.option("--format", "fmt", type=click.Choice(imaging.OUTPUT_CHOICES), default="same", show_default=True, help="Output format; alpha and 16-bit inputs are written as PNG when the format cannot hold them.")
+@click.option("--format", "fmt", type=click.Choice([*imaging.OUTPUT_CHOICES, "jpeg"], case_sensitive=False), default="same", show_default=True,
+              callback=lambda ctx, param, value: {"jpeg": "jpg"}.get(value.lower(), value.lower()),  # the server's spelling too
+              help="Output format; alpha and 16-bit inputs are written as PNG when the format cannot hold them.")
 @click.option("--quality", type=click.IntRange(1, 100), default=None, help=f"JPEG/WebP quality [default: {imaging.QUALITY_DEFAULTS_TEXT}]; PNG/TIFF/BMP are lossless.")
 @click.option("--png-compression", type=click.IntRange(0, 9), default=DEFAULT_PNG_COMPRESSION, show_default=True, help="PNG compression, 0-9; the pixels are the same at every level. 0 stores, 1-3 are fast (one filter, ISA-L deflate), 4-9 smaller and slower (Pillow's filter search, zlib).")
 @click.option("-r", "--recursive", is_flag=True, help="Descend into subfolders.")

@@ -46,7 +46,7 @@ from srdeploy.batch.jobs import JOURNAL_NAME, Job, Result, Settings, Summary
 from srdeploy.batch.journal import Journal, display
 from srdeploy.batch.ray_actor import Roster, Upscaling, check_engine, read_headers, wait_exit
 from srdeploy.batch.run import (
-    NoInputs, Recorder, collect, make_output_folder, nothing_found, plan, progress_bar, refuse_output_among_inputs, settings_record, stray_result, strays_in_output,
+    Recorder, collect, make_output_folder, plan, progress_bar, refuse_nothing_to_do, refuse_output_among_inputs, settings_record, stray_result, strays_in_output,
 )
 from srdeploy.batch.steps import Committer, Folder, arrived, is_staged
 from srdeploy.runtime import engines
@@ -105,8 +105,7 @@ class RayBatch:
         out = out.absolute() if isinstance(out, Path) else out.rstrip("/")
         refuse_output_among_inputs(inputs, out)
         files, decided, unentered_dirs = collect(inputs, settings.recursive, out)
-        if not files and not decided:
-            raise NoInputs(nothing_found(inputs, unentered_dirs))
+        refuse_nothing_to_do(inputs, files, decided, unentered_dirs)
         if isinstance(out, Path):
             make_output_folder(out)
             place: Any = Folder(out)

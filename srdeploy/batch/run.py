@@ -94,7 +94,7 @@ def collect(inputs: list[Path | str], recursive: bool, out_dir: Path | str) -> t
 
             listed = stores.find_inputs(given, recursive, out_dir if isinstance(out_dir, str) else None)
             if listed is None:
-                fail(given, "no such file or folder")
+                fail(given, MISSING)
             else:
                 for path, rel in listed[0]:
                     add(path, rel)
@@ -121,7 +121,7 @@ def collect(inputs: list[Path | str], recursive: bool, out_dir: Path | str) -> t
         elif kind == "file":  # a file, or something else that is there: reading it says why it is refused
             add(given, PurePosixPath(given.name))
         else:
-            fail(given, "no such file or folder")
+            fail(given, MISSING)
     return files, decided, skipped_dirs
 
 
@@ -233,8 +233,7 @@ def run_batch(
     start = time.perf_counter()
     refuse_output_among_inputs(inputs, out_dir)
     files, decided, unentered_dirs = collect(inputs, settings.recursive, out_dir)
-    if not files and not decided:
-        raise NoInputs(nothing_found(inputs, unentered_dirs))
+    refuse_nothing_to_do(inputs, files, decided, unentered_dirs)
     make_output_folder(out_dir)
     journal = Journal(out_dir / JOURNAL_NAME)
     summary = Summary(journal=journal.path, unentered_dirs=unentered_dirs)
@@ -305,6 +304,20 @@ def make_output_folder(out_dir: Path) -> None:
 
 class NoInputs(ValueError):
     """The inputs hold no image files: nothing to upscale, nothing written."""
+
+
+MISSING = "no such file or folder"
+
+
+def refuse_nothing_to_do(inputs: list[Path | str], files: list, decided: list[tuple[int, Result]], unentered_dirs: int) -> None:
+    """NoInputs, before anything is written, when the inputs hold no image (a typo in the
+    only path is not a batch with one failure: no OUT, no journal, exit 2)."""
+    if files:
+        return
+    if not decided:
+        raise NoInputs(nothing_found(inputs, unentered_dirs))
+    if all(result.status == "failed" and result.reason == MISSING for _, result in decided):
+        raise NoInputs(f"{', '.join(result.input for _, result in decided)}: {MISSING}; nothing written")
 
 
 def nothing_found(inputs: list[Path | str], unentered_dirs: int) -> str:
