@@ -33,6 +33,7 @@ from srdeploy.io.folders import list_images
 from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError, open_checked
 from srdeploy.quality import degrade
 from srdeploy.runtime import cpu_graph, tiling
+from srdeploy.runtime.contract import validate_onnx_model
 from srdeploy.runtime.engines import ProviderError
 from srdeploy.runtime.upscaler import Upscaler
 from srdeploy.runtime.zoo import ModelError, ModelRef
@@ -127,6 +128,15 @@ def engine_row(key: str, label: str, precision: str, upscale: Callable[[np.ndarr
     return Row(key, label, precision, run_pass)
 
 
+def _int8_engine(path: Path) -> str | None:
+    """The engine an int8 file was quantised for (srdeploy.runtime.contract); None when
+    the file cannot be read (its rows say why)."""
+    try:
+        return validate_onnx_model(path)["int8_engine"]
+    except (OSError, ValueError):
+        return None
+
+
 def build_rows(model: ModelRef, threads: int, tile: int | None, int8_paths: tuple[Path, ...], workdir: Path) -> tuple[list[Row], list[str], Upscaler]:
     """Every engine x precision this machine can run for ``model`` (an fp32 ONNX model),
     each through the same tiling; notes on rows left out and why; and the Upscaler that
@@ -156,6 +166,11 @@ def build_rows(model: ModelRef, threads: int, tile: int | None, int8_paths: tupl
         for n, int8 in enumerate(int8_files):  # each file on both engines; more than one: keys and labels say which
             key, label = ("", "") if len(int8_files) == 1 else (f"_{n + 1}", f" ({int8.parent.name}/{int8.name})")
             wanted += [(f"ort_int8{key}", f"ORT int8{label}", "cpu", "int8", int8), (f"openvino_int8{key}", f"OpenVINO int8{label}", "openvino", "int8", int8)]
+            made_for = {"cpu": "ORT", "openvino": "OpenVINO"}.get(_int8_engine(int8))
+            if made_for:  # the other engine's row is for comparison: upscale warns it may pass int8's 0.2 dB bound
+                other = "OpenVINO" if made_for == "ORT" else "ORT"
+                notes.append(f"{int8.parent.name}/{int8.name} was quantised for {made_for}: its {other} int8 row is a comparison, "
+                             f"not what `srdeploy upscale` runs it on")
     for key, label, provider, precision, source in wanted:
         try:
             upscaler = Upscaler(source, provider=provider, precision=precision, tile=auto.tile, threads=threads)
