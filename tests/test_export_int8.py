@@ -248,8 +248,9 @@ def test_bad_calibration_folder_fails_before_writing_anything(tmp_path, make):
         folder.mkdir()
     out = tmp_path / "out"
     proc = run_export(SHIPPED / "generator.pt", "-o", out, "--int8", "--calibration", folder)
-    assert proc.returncode == 1
-    assert str(folder) in proc.stderr and ("not found" in proc.stderr if make == "missing" else "holds no images" in proc.stderr)
+    # missing: a usage error (exit 2) before the export begins; empty: found once it has begun (exit 1)
+    assert proc.returncode == (2 if make == "missing" else 1)
+    assert str(folder) in proc.stderr and ("does not exist" in proc.stderr if make == "missing" else "holds no images" in proc.stderr)
     assert not (out / "model.int8.onnx").exists() and not out.exists()  # refused before the export began
 
 

@@ -787,7 +787,7 @@ def test_an_output_folder_that_cannot_be_locked_is_named_in_one_line(toy, tmp_pa
     out = tmp_path / "out"
     (out / ".srdeploy-upscale.lock").mkdir(parents=True)  # something else by the lock's name
     run = upscale(EXAMPLES / "coffee.png", "-o", out, "--model", toy)
-    assert run.returncode == 2 and run.stderr.splitlines()[-1] == f"Error: cannot lock the output folder {out}: .srdeploy-upscale.lock (Is a directory)", run.stderr
+    assert run.returncode == 2 and run.stderr.splitlines()[-1] == f"Error: cannot lock the output folder {out}: .srdeploy-upscale.lock (not a regular file: a folder)", run.stderr
 
 
 def test_a_warning_pillow_raises_while_reading_a_file_names_the_file(toy, tmp_path):
