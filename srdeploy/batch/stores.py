@@ -20,7 +20,7 @@ import mimetypes
 import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from srdeploy.batch.jobs import walk_tree
 from srdeploy.io.files import FileTooLarge
@@ -47,10 +47,11 @@ def as_local(text: str) -> Path | str:
     if text.lower().startswith("file://"):
         # RFC 8089: file:///x and file://localhost/x name /x on this machine, with the path
         # percent-encoded (a space is %20); another host's file is not reachable from here.
-        parts = urlsplit(text)
-        if parts.netloc not in ("", "localhost"):
-            raise ValueError(f"{text}: a file:// URI of another host ({parts.netloc}); give a local path, or mount it")
-        return Path(unquote(parts.path))
+        # A # or ? stays part of the name (photo#1.png), not a fragment or a query.
+        host, slash, path = text[len("file://") :].partition("/")
+        if host not in ("", "localhost"):
+            raise ValueError(f"{text}: a file:// URI of another host ({host}); give a local path, or mount it")
+        return Path(slash + unquote(path))
     return text
 
 
