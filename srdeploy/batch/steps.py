@@ -110,9 +110,13 @@ class Folder:
         """OSError when ``target``'s folder leads out of the output folder (a subfolder that is
         a symbolic link to elsewhere): the output would be written, and an older file there
         replaced, outside OUT."""
-        root, parent = os.path.realpath(self.root), os.path.realpath(target.parent)
-        if os.path.commonpath([root, parent]) != root:
-            raise OSError(0, f"its folder leads out of the output folder, through a symbolic link to {parent}")
+        if not self._inside(target.parent):
+            raise OSError(0, f"its folder leads out of the output folder, through a symbolic link to {os.path.realpath(target.parent)}")
+
+    def _inside(self, folder: Path) -> bool:
+        """Whether ``folder``, links resolved, is the output folder or under it."""
+        root = os.path.realpath(self.root)
+        return os.path.commonpath([root, os.path.realpath(folder)]) == root
 
     def sha256(self, target: Path) -> str | None:
         return _sha256_file(target)
@@ -135,9 +139,8 @@ class Folder:
         names_by_folder: dict[Path, set[str]] = {}
         for output in outputs:
             names_by_folder.setdefault(self.root / output.parent, set()).add(output.name)
-        root = os.path.realpath(self.root)
         for folder, names in names_by_folder.items():
-            if os.path.commonpath([root, os.path.realpath(folder)]) != root:  # a link out of OUT: not ours to clean
+            if not self._inside(folder):  # a link out of OUT: not ours to clean
                 continue
             for stale in temp_files_of(folder, names):
                 stale.unlink(missing_ok=True)

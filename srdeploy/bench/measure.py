@@ -166,9 +166,9 @@ def build_rows(model: ModelRef, threads: int, tile: int | None, int8_paths: tupl
         for n, int8 in enumerate(int8_files):  # each file on both engines; more than one: keys and labels say which
             key, label = ("", "") if len(int8_files) == 1 else (f"_{n + 1}", f" ({int8.parent.name}/{int8.name})")
             wanted += [(f"ort_int8{key}", f"ORT int8{label}", "cpu", "int8", int8), (f"openvino_int8{key}", f"OpenVINO int8{label}", "openvino", "int8", int8)]
-            made_for = {"cpu": "ORT", "openvino": "OpenVINO"}.get(_int8_engine(int8))
-            if made_for:  # the other engine's row is for comparison: upscale warns it may pass int8's 0.2 dB bound
-                other = "OpenVINO" if made_for == "ORT" else "ORT"
+            engine = _int8_engine(int8)
+            if engine is not None:  # the other engine's row is for comparison: upscale warns it may pass int8's 0.2 dB bound
+                made_for, other = (("ORT", "OpenVINO") if engine == "cpu" else ("OpenVINO", "ORT"))
                 notes.append(f"{int8.parent.name}/{int8.name} was quantised for {made_for}: its {other} int8 row is a comparison, "
                              f"not what `srdeploy upscale` runs it on")
     for key, label, provider, precision, source in wanted:
