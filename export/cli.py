@@ -73,7 +73,7 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
             raise click.UsageError(f"--opset {opset}: the installed onnx {onnx.__version__} knows opsets up to {onnx.defs.onnx_opset_version()}")
     if not checkpoint.exists() and str(checkpoint) in zoo.NAMES:  # a shipped model: its generator.pt
         try:
-            checkpoint = zoo.resolve_model(str(checkpoint)).path.parent / "generator.pt"
+            checkpoint = zoo.resolve_model(str(checkpoint)).path.parent / zoo.GENERATOR_FILE
         except zoo.ModelError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(2)

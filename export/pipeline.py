@@ -20,10 +20,11 @@ from typing import Any
 
 from srdeploy import __version__
 from srdeploy.export import parity
-from srdeploy.io.files import sha256_file
+from srdeploy.io.files import atomic_writer, sha256_file
 from srdeploy.runtime import contract
 from srdeploy.runtime.manifest import write_manifest
 from srdeploy.runtime.tensorrt import TileProfile
+from srdeploy.runtime.zoo import GENERATOR_FILE
 
 FP32_ONNX = "model.onnx"
 FP16_ONNX = "model.fp16.onnx"
@@ -116,6 +117,7 @@ def export_artifacts(
     with _timed(result, "onnx fp32"):
         export_onnx(generator, out_dir / FP32_ONNX, opset=opset)
     result.models[FP32_ONNX] = _onnx_entry(out_dir / FP32_ONNX)
+    _write_generator(generator, out_dir / GENERATOR_FILE)
     if fp16:
         with _timed(result, "onnx fp16"):
             convert_fp16(out_dir / FP32_ONNX, out_dir / FP16_ONNX)
@@ -249,8 +251,17 @@ def build_manifest_info(generator, meta: dict[str, Any] | None, source: Path | N
     return info
 
 
+def _write_generator(generator, path: Path) -> None:
+    """The exported weights as a bare state_dict: what `srdeploy bench` runs its PyTorch
+    row on and `srdeploy train --init` starts from (a few MB; the .mar leaves it out)."""
+    import torch
+
+    with atomic_writer(path) as f:
+        torch.save(generator.state_dict(), f)
+
+
 def _write(result: ExportResult, generator, meta, source) -> None:
-    names = list(result.models) + ([TIMING_CACHE] if (result.out_dir / TIMING_CACHE).is_file() and any(m["format"] == "tensorrt" for m in result.models.values()) else [])
+    names = [*result.models, GENERATOR_FILE] + ([TIMING_CACHE] if (result.out_dir / TIMING_CACHE).is_file() and any(m["format"] == "tensorrt" for m in result.models.values()) else [])
     write_manifest(result.out_dir, build_manifest_info(generator, meta, source, result), files=names)
 
 

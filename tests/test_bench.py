@@ -61,14 +61,11 @@ def test_flops_of_the_shipped_default_match_the_architecture():
 
 @pytest.mark.slow
 def test_bench_reports_every_row_for_both_input_sets(tiny_generator, tiny_onnx, hr_folder, tmp_path):
-    import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    model = model_dir / "model.onnx"
-    model.write_bytes(tiny_onnx.read_bytes())
-    torch.save(tiny_generator.state_dict(), model_dir / "generator.pt")
+    from srdeploy.export.pipeline import export_artifacts
+
+    model = export_artifacts(tiny_generator, tmp_path / "model").out_dir / "model.onnx"  # generator.pt beside it: the PyTorch row
     int8 = tmp_path / "tiny.int8.onnx"
     quantize_dynamic(str(model), str(int8), weight_type=QuantType.QUInt8)
 

@@ -47,8 +47,8 @@ def test_export_fp16_check_writes_everything_and_passes(training_checkpoint, tmp
     assert all(row.endswith("ok") for row in table[2:])
 
     manifest = verify_manifest(out)  # every sha256 matches
-    assert sorted(manifest["files"]) == ["model.fp16.onnx", "model.onnx"]
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.fp16.onnx", "model.onnx"]
+    assert sorted(manifest["files"]) == ["generator.pt", "model.fp16.onnx", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["generator.pt", "manifest.json", "model.fp16.onnx", "model.onnx"]
     assert manifest["scale"] == 4 and manifest["arch"] == {"num_blocks": 1, "channels": 8, "scale": 4}
     assert manifest["training_config"] == {**CONFIG, "crop": [96, 96]}
     digest = hashlib.sha256(training_checkpoint.read_bytes()).hexdigest()
@@ -86,9 +86,9 @@ def test_tensorrt_fails_fast_after_writing_onnx(tiny_generator, tmp_path):
     proc = run_export(bare, "-o", out, "--tensorrt")
     assert proc.returncode == 1
     assert "--tensorrt: TensorRT" in proc.stderr and "pip install 'srdeploy[tensorrt]'" in proc.stderr
-    assert "The ONNX outputs are written (model.onnx" in proc.stderr
+    assert "The ONNX outputs are written (generator.pt, model.onnx in" in proc.stderr
     manifest = verify_manifest(out)
-    assert list(manifest["files"]) == ["model.onnx"] and manifest["source"]["file"] == bare.name
+    assert list(manifest["files"]) == ["model.onnx", "generator.pt"] and manifest["source"]["file"] == bare.name
     assert manifest["source"]["weights"] == "state_dict"
     assert manifest["training_config"] is None
     assert not list(out.glob("*.engine"))

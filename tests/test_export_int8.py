@@ -270,7 +270,7 @@ def test_cli_int8_writes_model_manifest_entry_and_upscales(tiny_generator, tmp_p
         assert int8_row.endswith("ok")
 
     manifest = verify_manifest(out)
-    assert sorted(manifest["files"]) == ["model.int8.onnx", "model.onnx"]
+    assert sorted(manifest["files"]) == ["generator.pt", "model.int8.onnx", "model.onnx"]
     entry = manifest["models"]["model.int8.onnx"]
     assert entry["precision"] == "int8" and entry["io_dtype"] == "float32" and entry["built_from"] == "model.onnx"
     assert entry["calibration"]["folder"] == str(folder) and entry["calibration"]["images"] == 5

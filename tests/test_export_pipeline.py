@@ -23,9 +23,9 @@ def test_earlier_artifacts_are_removed_and_onnx_survives_missing_tensorrt(tiny_g
     (out / "notes.txt").write_text("not ours: left alone")
     with pytest.raises(TensorRTUnavailable):
         export_artifacts(tiny_generator, out, meta={"config": {"lr": 1e-4}}, tensorrt=True)
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["generator.pt", "manifest.json", "model.onnx", "notes.txt"]
     manifest = verify_manifest(out)
-    assert list(manifest["files"]) == ["model.onnx"]  # notes.txt is not a model file of this export
+    assert list(manifest["files"]) == ["model.onnx", "generator.pt"]  # notes.txt is not a model file of this export
     assert manifest["training_config"] == {"lr": 1e-4} and manifest["source"] is None
     assert manifest["receptive_radius_lr"] == tiny_generator.receptive_radius
     assert "parity" not in manifest  # --check was not asked for
@@ -90,6 +90,20 @@ def test_weights_choice(ema_checkpoint, tiny_generator, weights, expected):
     assert meta["weights"] == expected and meta["step"] == 5 and not generator.training
     source = ema if expected == "generator_ema" else tiny_generator.state_dict()
     assert all(torch.equal(v, source[k]) for k, v in generator.state_dict().items())
+
+
+def test_generator_pt_holds_the_exported_weights(ema_checkpoint, tmp_path):
+    """generator.pt is the state_dict model.onnx was made from (EMA here), loadable weights-only."""
+    import torch
+
+    from srdeploy.export.pipeline import load_export_generator
+
+    path, ema = ema_checkpoint
+    generator, meta = load_export_generator(path)
+    export_artifacts(generator, tmp_path / "export", meta=meta, source=path)
+    saved = torch.load(tmp_path / "export" / "generator.pt", weights_only=True)
+    assert saved.keys() == ema.keys() and all(torch.equal(saved[k], ema[k]) for k in ema)
+    assert verify_manifest(tmp_path / "export")["files"]["generator.pt"]["bytes"] > 0
 
 
 def test_ema_asked_for_but_absent(tiny_generator, tmp_path):

@@ -19,7 +19,6 @@ srdeploy.quality.metrics) while it keeps at least SRGAN_MIN_GAIN_DB over bicubic
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -86,10 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stage_and_ship(args: argparse.Namespace, out: Path, staging: Path) -> int:
-    import torch
-
     from srdeploy.export.pipeline import export_artifacts
-    from srdeploy.io.files import atomic_write_bytes
     from srdeploy.quality.metrics import PROTOCOL
     from srdeploy.runtime.manifest import read_manifest, write_manifest
     from srdeploy.runtime.upscaler import DEFAULT_TILE
@@ -101,9 +97,6 @@ def _stage_and_ship(args: argparse.Namespace, out: Path, staging: Path) -> int:
     if result.failures:
         print("parity failed:", *result.failures, sep="\n  ", file=sys.stderr)
         return 1
-    buf = io.BytesIO()
-    torch.save(generator.state_dict(), buf)
-    atomic_write_bytes(staging / "generator.pt", buf.getvalue())
 
     images = find_test_images(args.test_data, args.test_list)
     # ONNX Runtime fp32: the engine the README's quality table and the regression test name,

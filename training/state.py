@@ -114,7 +114,7 @@ def _init_generator(cfg: TrainConfig, g: Generator) -> None:
     path = cfg.init
     if path in zoo.NAMES:
         # Shipped models carry their state_dict beside model.onnx, checked by the manifest.
-        path = str(zoo.resolve_model(path).path.parent / "generator.pt")
+        path = str(zoo.resolve_model(path).path.parent / zoo.GENERATOR_FILE)
     src, _ = load_generator(path)
     if src.arch() != g.arch():
         raise ValueError(f"--init {cfg.init}: generator {src.arch()} does not match the configured {g.arch()}")

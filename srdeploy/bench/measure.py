@@ -36,10 +36,9 @@ from srdeploy.runtime import cpu_graph, tiling
 from srdeploy.runtime.contract import validate_onnx_model
 from srdeploy.runtime.engines import ProviderError
 from srdeploy.runtime.upscaler import Upscaler
-from srdeploy.runtime.zoo import ModelError, ModelRef
+from srdeploy.runtime.zoo import GENERATOR_FILE, ModelError, ModelRef
 
 LR_SCALE = 4  # HR faces -> LR inputs, as in training and evaluation
-GENERATOR_FILE = "generator.pt"  # the PyTorch weights shipped beside model.onnx
 INT8_FILE = "model.int8.onnx"
 
 
