@@ -98,7 +98,7 @@ def main() -> None:
 
     settings = Settings() if args.png_compression is None else Settings(png_compression=args.png_compression)
     up = Upscaler(args.model)
-    print(f"{cpu_info().describe()}; model {args.model}; {up.provider} {up.precision} ({up.note}); {up.threads} threads; PNG level {settings.png_compression}; "
+    print(f"{cpu_info().describe()}; model {args.model}; {up.provider} {up.precision} ({up.engine_why}); {up.threads} threads; PNG level {settings.png_compression}; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     clock = StepClock()
     for name in ("load", "upscale", "store"):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from srdeploy import SCALE
 from srdeploy.io.folders import scan_images
 from srdeploy.io.formats import READ_SUFFIXES
 from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError, open_checked
@@ -52,7 +53,7 @@ class CalibrationSet:
         }
 
 
-def load_calibration(folder: str | Path, limit: int, check: int = CHECK_IMAGES, side: int = LR_SIDE, scale: int = 4) -> CalibrationSet:
+def load_calibration(folder: str | Path, limit: int, check: int = CHECK_IMAGES, side: int = LR_SIDE, scale: int = SCALE) -> CalibrationSet:
     """The first ``limit`` readable images of ``folder`` (recursive, sorted by path) as LR,
     and ``check`` more for the quality check: the images after those when the folder has
     them (held out), else the last calibration images (in-sample, and marked so).

@@ -45,10 +45,10 @@ out when it has more than --calibration-limit): PSNR-Y >= {parity.INT8_MIN_PSNR_
 @click.option("--weights", type=click.Choice(["auto", "ema", "raw"]), default="auto", show_default=True, help="Which generator weights of a training checkpoint: the EMA ones (auto: when present) or the raw trained ones.")
 @click.option("--images", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None, help="Folder of images (e.g. examples/) added to the parity inputs: up to 4, centre square at 64x64 LR.")
 @click.option("--tile", type=click.IntRange(min=8), default=tensorrt.PROFILE_TILE, show_default=True, help=f"TensorRT profile: the LR tile size the engine is built for (srdeploy upscale reads it back from the engine; the CPU default tile is {DEFAULT_TILE}).")
-@click.option("--overlap", type=click.IntRange(min=0), default=tensorrt.PROFILE_OVERLAP, show_default=True, help="TensorRT profile: LR halo on each tile side.")
+@click.option("--overlap", type=click.IntRange(min=0), default=None, help="TensorRT profile: LR halo on each tile side (default: the generator's receptive radius, which srdeploy upscale tiles with).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=tensorrt.PROFILE_MAX_BATCH, show_default=True, help="TensorRT profile: most tiles per engine call.")
 @click.option("--force", is_flag=True, help="Replace an earlier export in -o (its artifacts are removed first, so a re-export stopped midway leaves none of them).")
-def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration: Path | None, int8_engine: str, calibration_limit: int, tensorrt: bool, opset: int | None, check: bool, weights: str, images: Path | None, tile: int, overlap: int, max_batch: int, force: bool) -> None:
+def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration: Path | None, int8_engine: str, calibration_limit: int, tensorrt: bool, opset: int | None, check: bool, weights: str, images: Path | None, tile: int, overlap: int | None, max_batch: int, force: bool) -> None:
     if int8 and calibration is None:
         raise click.UsageError("--int8 needs --calibration DIR: a folder of HR images to calibrate the activation ranges on")
     _refuse_unused_options({"int8": int8, "tensorrt": tensorrt, "check": check or int8})
@@ -82,7 +82,7 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
     except (FileNotFoundError, ValueError) as e:  # refused before anything is written: exit 2, as a usage error
         click.echo(f"Error: {e}", err=True)
         sys.exit(2)
-    profile = TileProfile.for_tiles(tile=tile, overlap=overlap, max_batch=max_batch)
+    profile = TileProfile.for_tiles(tile=tile, overlap=generator.receptive_radius if overlap is None else overlap, max_batch=max_batch)
     click.echo(f"{checkpoint}: {meta['weights']} weights, generator {generator.arch()} -> {out_dir}")
     made = not out_dir.exists()
     try:
@@ -115,8 +115,8 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
     for name, entry in files.items():
         click.echo(f"  {name:<26} {entry['bytes'] / 2**20:8.2f} MiB  sha256 {entry['sha256'][:16]}")
     click.echo("  time: " + ", ".join(f"{step} {sec:.1f}s" for step, sec in result.seconds.items()))
-    if "model.int8.onnx" in result.models:
-        click.echo(_int8_summary(result.models["model.int8.onnx"]))
+    if zoo.INT8_FILE in result.models:
+        click.echo(_int8_summary(result.models[zoo.INT8_FILE]))
     if result.parity:
         from srdeploy.export.parity import format_table
 

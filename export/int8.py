@@ -265,9 +265,7 @@ def quality_vs_fp32(fp32: str | os.PathLike, int8: str | os.PathLike, calibratio
     by MIN_PSNR_Y, image by image) and PSNR on the [0, 1] output over the parity inputs
     (recorded: synthetic patterns such as noise lie outside the calibrated ranges, so
     they get no bound of their own)."""
-    from srdeploy.export import parity
     from srdeploy.quality.metrics import psnr_y
-
     from srdeploy.runtime.upscaler import Upscaler
 
     # The sessions upscale runs: ONNX Runtime fp32 (the reference of every bound), and the

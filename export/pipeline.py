@@ -21,14 +21,14 @@ from typing import Any
 from srdeploy import __version__
 from srdeploy.export import parity
 from srdeploy.io.files import atomic_writer, sha256_file
-from srdeploy.runtime import contract
+from srdeploy.runtime import contract, zoo
 from srdeploy.runtime.manifest import write_manifest
 from srdeploy.runtime.tensorrt import TileProfile
 from srdeploy.runtime.zoo import GENERATOR_FILE
 
-FP32_ONNX = "model.onnx"
+FP32_ONNX = zoo.MODEL_FILE
 FP16_ONNX = "model.fp16.onnx"
-INT8_ONNX = "model.int8.onnx"
+INT8_ONNX = zoo.INT8_FILE
 TIMING_CACHE = "tensorrt.timing.cache"
 # The reference each artifact is held to: ORT fp32 against torch, the rest
 # against ORT fp32, with the fp32 or fp16 bounds.

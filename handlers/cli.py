@@ -25,7 +25,7 @@ from srdeploy.runtime.engines import PRECISIONS
 @click.option("--port", type=click.IntRange(1, 65535 - 16), default=Ports.base, show_default=True, help="Inference port; management, metrics, gRPC and worker ports follow it (+1..+5), all on 127.0.0.1.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=ServeConfig.batch_size, show_default=True, help="Requests per batch (mixed sizes are fine); on a CPU batches add latency, not throughput.")
 @click.option("--max-batch-delay", type=click.IntRange(min=0), default=ServeConfig.max_batch_delay_ms, show_default=True, help="Milliseconds TorchServe waits to fill a batch.")
-@click.option("--workers", type=click.IntRange(min=1), default=ServeConfig.workers, show_default=True, help="Worker processes; they share the cores (ONNX Runtime threads = cores / workers).")
+@click.option("--workers", type=click.IntRange(min=1), default=ServeConfig.workers, show_default=True, help="Worker processes; they share the cores (engine threads = cores / workers).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=ServeConfig.max_pixels, show_default=True, help="Largest input in pixels (413 above); request/response size limits follow.")
 @click.option("--provider", type=click.Choice(SERVED_PROVIDERS), default=ServeConfig.provider, show_default=True, help="Engine of the workers, written into the archive; auto = cuda when the worker can start it, else the fastest CPU engine for its CPU (a GPU worker on the CPU logs a warning).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=ServeConfig.precision, show_default=True, help="As `srdeploy upscale --precision`.")

@@ -5,11 +5,11 @@ Sizing, in brief (the reasons are next to each function):
 
 - pixel cap: the handler refuses inputs over ``max_pixels`` LR pixels before decoding
   (default 512x512: a 2048x2048 output). The request/response size limits follow from it.
-- responseTimeout: one batch of ``batch_size`` images at the cap, tiled, on a slow CPU,
+- responseTimeout: one batch of ``batch_size`` of the costliest images under the cap, tiled, on a slow CPU,
   estimated from the model's own convolutions (FLOPs per LR pixel read off the graph).
-- threads: one worker by default, whose ONNX Runtime pool takes the cores available to
+- threads: one worker by default, whose engine (OpenVINO or ONNX Runtime) takes the cores available to
   it (affinity and cgroup quota, divided among the model's workers; see
-  :func:`ort_threads`); TorchServe's Netty pools stay small.
+  :func:`engine_threads`); TorchServe's Netty pools stay small.
 - safety: every listener on 127.0.0.1, token authorisation on, the model register/delete
   API off, models loadable only from the store's own .mar files.
 """
@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from srdeploy import SCALE
 from srdeploy.runtime.cpus import available_cpus
 from srdeploy.runtime.engines import PRECISIONS, PROVIDERS
+from srdeploy.runtime.tiling import axis_window_pixels
 from srdeploy.runtime.upscaler import DEFAULT_TILE
 
 MODEL_CONFIG_NAME = "model-config.yaml"
@@ -97,7 +99,7 @@ class ServeConfig:
         if self.response_timeout_s is not None and self.response_timeout_s < 1:
             raise ValueError(f"response_timeout_s must be >= 1, got {self.response_timeout_s}")
         if max(max_request_bytes(self), max_response_bytes(self)) > JAVA_INT_MAX:
-            largest = math.floor((JAVA_INT_MAX - RESPONSE_ALLOWANCE) / (4 * 4 * RESPONSE_BYTES_PER_PIXEL))
+            largest = math.floor((JAVA_INT_MAX - RESPONSE_ALLOWANCE) / (SCALE * SCALE * RESPONSE_BYTES_PER_PIXEL))
             raise ValueError(f"max_pixels {self.max_pixels:,} makes the largest response ({max_response_bytes(self):,} bytes) too "
                              f"large for TorchServe, whose size limits are Java ints; the most it can serve is {largest:,} pixels")
 
@@ -145,19 +147,16 @@ def free_port_block(count: int = 6) -> int:
     raise RuntimeError("no block of free ports found on 127.0.0.1")
 
 
-def ort_threads(workers: int, cores: int | None = None) -> int:
-    """ONNX Runtime intra-op threads for one of ``workers`` worker processes: the cores
+def engine_threads(workers: int, cores: int | None = None) -> int:
+    """Engine threads (OpenVINO's or ONNX Runtime's) for one of ``workers`` worker processes: the cores
     available to it, shared, so that the workers together do not oversubscribe them."""
     cores = available_cpus() if cores is None else cores
     return max(1, cores // max(1, workers))
 
 
 def response_timeout(config: ServeConfig, onnx_path: str | os.PathLike) -> int:
-    """Seconds for one full batch at the pixel cap, tiled, at ASSUMED_CPU_FLOPS.
-
-    Tiling recomputes the overlap around each tile: interior windows of
-    (tile + 2 x overlap)^2 for tile^2 output, the worst-case factor used here.
-    """
+    """Seconds for one full batch of the costliest images under the pixel cap, tiled, at
+    ASSUMED_CPU_FLOPS (see :func:`_tiled_pixels`)."""
     import onnx
 
     from srdeploy.runtime import graph, tiling
@@ -171,12 +170,14 @@ def response_timeout(config: ServeConfig, onnx_path: str | os.PathLike) -> int:
     return max(MIN_RESPONSE_TIMEOUT, math.ceil(config.batch_size * per_image))
 
 
-def _tiled_pixels(max_pixels: int, tile: int, overlap: int) -> float:
-    """LR pixels the model runs on for an input of ``max_pixels``, windows included."""
-    side = math.sqrt(max_pixels)
-    if side <= tile:
-        return max_pixels  # one window, the image itself
-    return max_pixels * ((tile + 2 * overlap) / tile) ** 2
+def _tiled_pixels(max_pixels: int, tile: int, overlap: int) -> int:
+    """LR pixels the model runs on, windows included, for the costliest shape of at most
+    ``max_pixels``. Windows are full-sized, so a ragged shape costs more than a square of
+    the same area (859x305 under 512x512 runs twice the square's window pixels)."""
+    def cost(height: int) -> int:  # the widest image of that height costs the most
+        return axis_window_pixels(height, tile, overlap) * axis_window_pixels(max_pixels // height, tile, overlap)
+
+    return max(cost(height) for height in range(1, math.isqrt(max_pixels) + 1))
 
 
 def max_request_bytes(config: ServeConfig) -> int:
@@ -184,9 +185,9 @@ def max_request_bytes(config: ServeConfig) -> int:
     return config.max_pixels * 8 + METADATA_ALLOWANCE
 
 
-def max_response_bytes(config: ServeConfig, scale: int = 4) -> int:
-    """The x4 output of an input at the cap in the largest encoding the handler writes."""
-    return math.ceil(config.max_pixels * scale * scale * RESPONSE_BYTES_PER_PIXEL) + RESPONSE_ALLOWANCE
+def max_response_bytes(config: ServeConfig) -> int:
+    """The upscaled output of an input at the cap in the largest encoding the handler writes."""
+    return math.ceil(config.max_pixels * SCALE * SCALE * RESPONSE_BYTES_PER_PIXEL) + RESPONSE_ALLOWANCE
 
 
 # --- rendering --------------------------------------------------------------------------
@@ -246,7 +247,7 @@ def config_properties(store: Path, name: str, config: ServeConfig, timeout_s: in
         "# Written by `srdeploy package`. Safe by default: every listener on 127.0.0.1, token",
         "# authorisation on (tokens in key_file.json, in the folder torchserve starts from),",
         "# no model register/delete API, models only from this store. Size limits follow the",
-        f"# handler's pixel cap ({config.max_pixels:,} LR pixels); the ONNX Runtime threads of each",
+        f"# handler's pixel cap ({config.max_pixels:,} LR pixels); the engine threads of each",
         "# worker are set by the handler from the cores available to it.",
     ]
     lines += [f"{key}={_property_value(str(value))}" for key, value in rows]

@@ -24,7 +24,7 @@ from srdeploy.handlers import config as serve_config
 from srdeploy.handlers.config import CONFIG_PROPERTIES_NAME, MODEL_CONFIG_NAME, Ports, ServeConfig
 from srdeploy.io.files import FolderBusy, atomic_write_bytes, folder_lock
 from srdeploy.runtime import tiling, zoo
-from srdeploy.runtime.contract import validate_onnx_model
+from srdeploy.runtime.contract import MANIFEST_NAME, validate_onnx_model
 from srdeploy.runtime.engines import check_request
 from srdeploy.runtime.manifest import write_manifest
 from srdeploy.runtime.zoo import MODEL_FILE, ModelError, ModelRef, resolve_model
@@ -74,7 +74,9 @@ def build_archive(
     """``model`` (a name in zoo.NAMES or PATH.onnx) -> ``store/<name>.mar`` and
     config.properties (default: beside the store folder). ``name`` defaults to the
     model's: the shipped name (``default`` is ``srresnet``) or the file's stem. Raises
-    ModelError for an unusable model, PackageError for everything else."""
+    ModelError for an unusable model (ValueError for one that breaks the export contract),
+    ProviderError for a provider or precision the model cannot run on, PackageError for
+    everything else."""
     ref = resolve_model(model)
     name = name or default_name(ref)
     if not NAME_PATTERN.fullmatch(name):
@@ -177,7 +179,7 @@ def _run_archiver(name: str, files: Path, entry: Path, staging: Path) -> None:
         "--version", __version__,
         "--serialized-file", str(files / MODEL_FILE),
         "--handler", str(entry),
-        "--extra-files", str(files / "manifest.json"),
+        "--extra-files", str(files / MANIFEST_NAME),
         "--config-file", str(files / MODEL_CONFIG_NAME),
         "--export-path", str(staging),
     ]

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from srdeploy.handlers.config import ServeConfig, ort_threads
+from srdeploy.handlers.config import ServeConfig, engine_threads
 from srdeploy.handlers.request import RequestError, parse_request
 from srdeploy.io import imaging
 from srdeploy.runtime.engines import CPU_PROVIDERS
@@ -88,18 +88,18 @@ class UpscaleHandler:
             pin_gpu(int(gpu_id))
         # As the CLI does: Pillow's own bomb guard (89 Mpx) must not undercut a larger cap.
         imaging.allow_pixels(self.settings.max_pixels)
-        threads = ort_threads(self.settings.workers)
+        threads = engine_threads(self.settings.workers)
         self.upscaler = Upscaler(model, provider=self.settings.provider, tile=self.settings.tile, threads=threads, precision=self.settings.precision)
         d = self.upscaler.describe()
         if gpu_id is not None and d["provider"] in CPU_PROVIDERS:
             # A GPU server quietly upscaling on its CPU is the failure users do not see.
             logger.warning("srdeploy handler: TorchServe gave this worker GPU %s but the model runs on the CPU (%s); "
                            "install onnxruntime-gpu (pip install 'srdeploy[serve-gpu]') or package with --provider cuda to fail instead",
-                           gpu_id, self.upscaler.note or f"provider {self.settings.provider}")
+                           gpu_id, self.upscaler.engine_why or f"provider {self.settings.provider}")
         logger.info(
             "srdeploy handler ready: model %s (sha256 %s), x%d, provider %s %s%s, tile %d + %d overlap, %d threads, cap %d px",
             context.model_name, d["model_sha256"][:12], d["scale"], d["provider"], d["precision"],
-            f" ({self.upscaler.note})" if self.upscaler.note else "", d["tile"], d["overlap"], d["threads"], self.settings.max_pixels,
+            f" ({self.upscaler.engine_why})" if self.upscaler.engine_why else "", d["tile"], d["overlap"], d["threads"], self.settings.max_pixels,
         )
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:

@@ -46,7 +46,7 @@ def test_the_download_is_the_cli_upscalers_bytes_and_the_pictures_line_up(upscal
     assert done.file.name == "astronaut_face.png" and done.file.read_bytes() == expected.data
     assert done.input.size == (64, 64) and done.upscaled.size == done.bicubic.size == (256, 256)
     up = upscalers.get("srresnet", "auto", "auto").upscaler
-    assert f"provider {up.provider} {up.precision}" in done.summary and up.note in done.summary  # what ran, and why auto chose it
+    assert f"provider {up.provider} {up.precision}" in done.summary and up.engine_why in done.summary  # what ran, and why auto chose it
     assert "64x64 -> 256x256 PNG" in done.summary
 
 

@@ -317,7 +317,7 @@ def test_ports_follow_the_base_and_threads_never_oversubscribe():
     assert (ports.inference, ports.management, ports.metrics, ports.grpc_inference, ports.grpc_management, ports.workers) == tuple(range(20000, 20006))
     with pytest.raises(ValueError):
         Ports(65530)
-    assert [serve_config.ort_threads(w, cores=8) for w in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    assert [serve_config.engine_threads(w, cores=8) for w in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
 
 
 def test_cgroup_quota_caps_the_cores(tmp_path):
@@ -338,6 +338,18 @@ def test_flops_and_timeout_come_from_the_graph(tiny_onnx):
     per_image = 4000 * 4000 * expected * ((DEFAULT_TILE + 2 * 6) / DEFAULT_TILE) ** 2 / serve_config.ASSUMED_CPU_FLOPS
     assert serve_config.response_timeout(slow, tiny_onnx) >= 2 * per_image
     assert serve_config.response_timeout(ServeConfig(), tiny_onnx) == serve_config.MIN_RESPONSE_TIMEOUT
+
+
+def test_the_timeout_is_sized_for_the_costliest_shape_under_the_cap():
+    """Full-sized windows make a ragged image under the cap run more pixels than a square."""
+    from srdeploy.runtime.tiling import plan_tiles
+
+    def window_pixels(height, width):
+        return sum((r.stop - r.start) * (c.stop - c.start) for r, c in plan_tiles(height, width, 256, 24))
+
+    cap = 512 * 512
+    assert window_pixels(305, 859) > 1.9 * window_pixels(512, 512)  # within the cap: 305 x 859 = 261,995 pixels
+    assert serve_config._tiled_pixels(cap, 256, 24) >= window_pixels(305, 859)
 
 
 def test_property_values_are_escaped_for_java():

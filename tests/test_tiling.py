@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from srdeploy.runtime.graph import analyze
-from srdeploy.runtime.tiling import axis_spans, plan_tiles, srresnet_receptive_radius, upscale_tiled
+from srdeploy.runtime.tiling import axis_spans, axis_window_pixels, plan_tiles, srresnet_receptive_radius, upscale_tiled
 
 
 def receptive_radius(graph):
@@ -177,3 +177,9 @@ def test_wrong_model_output_shape_is_a_clear_error():
     lr = np.zeros((10, 10, 3), np.float32)
     with pytest.raises(RuntimeError, match=r"expected \(1, 3, 40, 40\)"):
         upscale_tiled(lambda batch: np.zeros((1, 3, 20, 20), np.float32), lr, 4, None, 0)
+
+
+def test_axis_window_pixels_sums_the_windows_axis_spans_makes():
+    for tile, overlap in ((None, 5), (16, 0), (16, 5), (256, 24)):
+        for length in (1, 15, 16, 26, 27, 100, 305, 859, 1000):
+            assert axis_window_pixels(length, tile, overlap) == sum(s.stop - s.start for s in axis_spans(length, tile, overlap))

@@ -73,7 +73,7 @@ def test_a_listed_gpu_provider_that_cannot_start_is_caught(toy, monkeypatch):
         Upscaler(toy, provider="cuda")
     with pytest.warns(UserWarning):
         auto = Upscaler(toy, provider="auto")
-    assert auto.provider in ("cpu", "openvino") and auto.note.startswith("auto: CUDA did not start (") and "failed to start" in auto.note
+    assert auto.provider in ("cpu", "openvino") and auto.engine_why.startswith("auto: CUDA did not start (") and "failed to start" in auto.engine_why
 
 
 ORT_LOAD_FAILURE = (  # what onnxruntime-gpu 1.31 logged on this CPU-only machine, NVIDIA's CUDA wheels installed
@@ -104,7 +104,7 @@ def test_a_gpu_provider_that_cannot_load_says_why_in_one_line(toy, monkeypatch, 
     assert "libonnxruntime_providers_cuda.so did not load: libcuda.so.1: cannot open shared object file" in message
     assert "Failed to load libcudnn.so.9: no such file" in message and "NVIDIA GPU and driver" in message
     auto = Upscaler(toy, provider="auto")  # falls back, and says why
-    assert "libcuda.so.1" in auto.note
+    assert "libcuda.so.1" in auto.engine_why
     out, err = capfd.readouterr()
     assert out == "" and "onnxruntime" not in err
 
@@ -152,6 +152,34 @@ def test_io_binding_keeps_buffers_for_a_few_window_shapes_only(up, rng):
 
 
 @pytest.mark.gpu
+class FakeEngine:
+    """Stands in for a TensorRT engine on its GPU (neither is here): nearest x4, 200-px windows."""
+
+    max_side = 200
+
+    def __call__(self, lr):
+        return lr.repeat(4, axis=2).repeat(4, axis=3)
+
+
+def test_an_engine_runs_at_the_precision_and_overlap_its_manifest_records(tmp_path, monkeypatch):
+    import srdeploy.runtime.upscaler as upscaler_module
+
+    monkeypatch.setattr(upscaler_module, "open_engine", lambda path: FakeEngine())
+    engine = tmp_path / "model.fp16.engine"  # export's name: no model.fp16.onnx beside it to read a radius from
+    engine.write_bytes(b"serialised engine")
+    write_manifest(tmp_path, {"models": {engine.name: {"format": "tensorrt", "precision": "fp16", "built_from": "model.fp16.onnx"}},
+                              "receptive_radius_lr": 40}, files=[engine.name])
+    up = Upscaler(engine, provider="tensorrt")
+    assert (up.provider, up.precision, up.overlap, up.tile, up.engine_why) == ("tensorrt", "fp16", 40, 200 - 2 * 40, None)
+    assert up.describe()["precision"] == "fp16"  # what the journal keys outputs by
+    with pytest.raises(ProviderError, match="built for fp16"):
+        Upscaler(engine, provider="tensorrt", precision="fp32")
+
+    (tmp_path / "manifest.json").unlink()  # moved away from its export: said, not guessed silently
+    up = Upscaler(engine, provider="tensorrt")
+    assert (up.precision, up.overlap) == ("unknown", tiling.FALLBACK_OVERLAP) and "no manifest.json" in up.engine_why
+
+
 @pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
 def test_gpu_providers_match_cpu(toy, provider, rng):
     import onnxruntime as ort

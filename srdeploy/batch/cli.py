@@ -124,7 +124,7 @@ def _here(model, provider, precision, tile, sources, out, settings, report, quie
     except (ModelError, ProviderError, ImageError, ValueError, ImportError) as e:
         _fail(str(e))
     if not quiet:
-        click.echo(_engine_line(upscaler.describe(), upscaler.note), err=True)
+        click.echo(_engine_line(upscaler.describe(), upscaler.engine_why), err=True)
     try:
         return run_batch(upscaler, sources, out, settings, report=report, progress=_bar_shown(quiet))
     except JournalError:

@@ -34,7 +34,7 @@ def check_engine(model: str, provider: str, precision: str, tile: int, threads: 
         upscaler = Upscaler(model, provider=provider, tile=tile, threads=threads, precision=precision)
     except START_ERRORS as e:
         return {"error": str(e) or type(e).__name__}
-    return {**upscaler.describe(), "note": upscaler.note}
+    return {**upscaler.describe(), "note": upscaler.engine_why}
 
 
 def read_headers(batch: dict[str, Any], max_pixels: int) -> dict[str, Any]:

@@ -130,6 +130,7 @@ def measure(threads: int, side: int = SIDE) -> dict[str, dict]:
     """Per precision: ``{"gflop_per_s": best or None, "by": {engine: GFLOP/s}}`` (None:
     that precision cannot be measured on this machine)."""
     from srdeploy.runtime import openvino_engine
+    from srdeploy.runtime.cpus import cpu_info
 
     candidates = {
         "fp32": {"numpy sgemm": _numpy_sgemm(threads, side), "ORT MatMul": _ort_matmul(threads, side, int8=False),
@@ -139,6 +140,7 @@ def measure(threads: int, side: int = SIDE) -> dict[str, dict]:
     }
     if openvino_engine.native_bf16():
         candidates["bf16"]["OpenVINO MatMul bf16"] = _openvino_matmul(threads, side, "bf16")
+    if cpu_info().has_bf16:  # torch's own check: it needs no OpenVINO
         candidates["bf16"]["torch matmul bf16"] = _torch_matmul(threads, side, "bfloat16")
     out = {}
     for precision, by in candidates.items():

@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from srdeploy import SCALE
 from srdeploy.io.folders import list_images
 from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError, open_checked
 from srdeploy.quality import degrade
@@ -36,10 +37,8 @@ from srdeploy.runtime import cpu_graph, tiling
 from srdeploy.runtime.contract import validate_onnx_model
 from srdeploy.runtime.engines import ProviderError
 from srdeploy.runtime.upscaler import Upscaler
-from srdeploy.runtime.zoo import GENERATOR_FILE, ModelError, ModelRef
+from srdeploy.runtime.zoo import GENERATOR_FILE, INT8_FILE, ModelError, ModelRef
 
-LR_SCALE = 4  # HR faces -> LR inputs, as in training and evaluation
-INT8_FILE = "model.int8.onnx"
 
 
 @dataclass
@@ -69,7 +68,7 @@ def make_input_sets(data: Path, workdir: Path, limit: int | None = None, large: 
             break
         try:
             with open_checked(path, str(path), DEFAULT_MAX_PIXELS) as hr:
-                faces.append(degrade.downscale(degrade.crop_to_multiple(hr.convert("RGB"), LR_SCALE), LR_SCALE))
+                faces.append(degrade.downscale(degrade.crop_to_multiple(hr.convert("RGB"), SCALE), SCALE))
         except (ImageError, OSError) as e:  # one bad file in a folder of faces costs that file, not the run
             left_out.append(str(e) if isinstance(e, ImageError) else f"{path}: cannot read ({e.strerror or e})")
             continue

@@ -32,7 +32,6 @@ class CpuPeak:
     clock_source: str
     fma_units: int
     lanes: int
-    model_name: str
 
     def method(self) -> str:
         return (
@@ -57,4 +56,4 @@ def estimate_peak(cores: int | None = None) -> CpuPeak | None:
     fma_units = 2 if "fma" in flags else 1
     cores = min(cores or available_cpus(), available_cpus())
     gflops = cores * ghz * fma_units * lanes * 2
-    return CpuPeak(gflops, cores, ghz, source, fma_units, lanes, cpu.model_name)
+    return CpuPeak(gflops, cores, ghz, source, fma_units, lanes)

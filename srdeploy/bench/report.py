@@ -76,11 +76,15 @@ def load_average() -> list[float] | None:
 def summarize(rows: list[Row], sets: list[InputSet], upscaler: Upscaler, flops: FlopCounter, machine: dict[str, Any],
               repeats: int, notes: list[str]) -> dict[str, Any]:
     """Everything the table shows, as one JSON-able dict."""
-    import onnxruntime
-
     from srdeploy.runtime import openvino_engine
 
-    versions = {"onnxruntime": onnxruntime.__version__}
+    versions = {}
+    try:  # an install may run on OpenVINO alone
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
     if openvino_engine.available():
         versions["openvino"] = openvino_engine.version()
     if "torch" in sys.modules:  # only when the PyTorch row ran
@@ -96,7 +100,7 @@ def summarize(rows: list[Row], sets: list[InputSet], upscaler: Upscaler, flops: 
     return {
         "model": {"name": upscaler.model.name, "path": str(upscaler.model.path), "sha256": upscaler.model.sha256, "scale": upscaler.scale},
         "settings": {"threads": upscaler.threads, "tile": upscaler.tile or 0, "overlap": upscaler.overlap, "repeats": repeats,
-                     "auto": f"{upscaler.provider} {upscaler.precision}", "auto_why": upscaler.note},
+                     "auto": f"{upscaler.provider} {upscaler.precision}", "auto_why": upscaler.engine_why},
         "machine": {**machine, **versions},
         "flops": {
             "counted": "Conv only, from the ONNX graph: 2 * Cin/groups * kH * kW * Cout * Hout * Wout per image",
@@ -159,7 +163,7 @@ def format_table(result: dict[str, Any]) -> list[str]:
         f"{s['threads']} threads; {tiles}; median of {s['repeats']} passes after a warm-up",
         f"CPU {machine['cpu']}; flags: {' '.join(machine['cpu_flags']) or 'none that matter'}; {machine['cpus_usable']} CPUs usable",
         f"srdeploy upscale picks here: {s['auto']} ({s['auto_why']})",
-        f"ceilings measured now, best 2048^3 matrix product (GFLOP/s; GOP/s for int8): {ceil}",
+        f"ceilings measured now, best {ceilings.SIDE}^3 matrix product (GFLOP/s; GOP/s for int8): {ceil}",
         f"fp32 clock peak: {machine['peak_method']}",
         f"FLOPs ({fl['counted']}): {fl['gflop']:.2f} GFLOP per {fl['first_input']} input, {fl['kflop_per_output_pixel']:.1f} kFLOP per output pixel",
     ]

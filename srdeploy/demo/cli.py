@@ -77,7 +77,7 @@ def demo(models, provider, precision, tile, quality, png_compression, max_pixels
             click.echo(f"Error: {e}", err=True)
             sys.exit(2)
         up = first.upscaler
-        picked = f" ({up.note})" if up.note else ""
+        picked = f" ({up.engine_why})" if up.engine_why else ""
         click.echo(f"model {up.model.name}, provider {up.provider} {up.precision}{picked}: loaded in {first.seconds:.1f} s", err=True)
         settings = Settings("same", quality, png_compression, max_pixels)
         serve(build(choices, upscalers, settings, workdir / "results", provider, precision), CSS, host, port, max_pixels)

@@ -105,7 +105,7 @@ def remove_results(out_dir: Path, older_than: float) -> None:
 def summary(up: Upscaler, lr: Picture, encoded: Encoded, seconds: float, load_seconds: float) -> str:
     """Three lines: the engine (as ``srdeploy upscale`` prints it), the work, the time."""
     d = up.describe()
-    picked = f" ({up.note})" if up.note else ""
+    picked = f" ({up.engine_why})" if up.engine_why else ""
     tiling = f"tile {d['tile']} + {d['overlap']} px overlap" if d["tile"] else "untiled"
     width, height = lr.size
     lines = [

@@ -72,11 +72,10 @@ class TileProfile:
             raise ValueError(f"profile needs min <= opt <= max elementwise, got {self.min_shape} / {self.opt_shape} / {self.max_shape}")
 
     @classmethod
-    def for_tiles(cls, tile: int = PROFILE_TILE, overlap: int = PROFILE_OVERLAP, max_batch: int = PROFILE_MAX_BATCH, min_side: int = 1) -> "TileProfile":
+    def for_tiles(cls, tile: int = PROFILE_TILE, overlap: int = PROFILE_OVERLAP, max_batch: int = PROFILE_MAX_BATCH) -> "TileProfile":
         """Profile for the runtime's tiles of ``tile`` LR pixels plus ``overlap`` each side."""
         side = tile + 2 * overlap
-        low = min(min_side, side)
-        return cls((1, 3, low, low), (1, 3, side, side), (max_batch, 3, side, side))
+        return cls((1, 3, 1, 1), (1, 3, side, side), (max_batch, 3, side, side))
 
     def accepts(self, shape: tuple[int, ...]) -> bool:
         return len(shape) == 4 and all(lo <= s <= hi for lo, s, hi in zip(self.min_shape, shape, self.max_shape))
@@ -178,3 +177,6 @@ class EngineRunner:
         for buffer in (getattr(self, "_lr", None), getattr(self, "_sr", None)):
             if cudart is not None and buffer is not None:
                 cudart.cudaFree(buffer)
+        stream = getattr(self, "_stream", None)
+        if cudart is not None and stream is not None:
+            cudart.cudaStreamDestroy(stream)

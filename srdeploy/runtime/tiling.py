@@ -66,6 +66,13 @@ def axis_spans(length: int, tile: int | None, overlap: int) -> list[Span]:
     return spans
 
 
+def axis_window_pixels(length: int, tile: int | None, overlap: int) -> int:
+    """Pixels along one axis that the model runs on: the summed window lengths of
+    :func:`axis_spans`, without listing them (a full window per core once tiled)."""
+    window = None if not tile else tile + 2 * overlap
+    return length if window is None or length <= window else math.ceil(length / tile) * window
+
+
 def plan_tiles(height: int, width: int, tile: int | None, overlap: int) -> list[tuple[Span, Span]]:
     """(row span, column span) of every tile, row-major."""
     rows, cols = axis_spans(height, tile, overlap), axis_spans(width, tile, overlap)

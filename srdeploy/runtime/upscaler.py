@@ -20,6 +20,7 @@ directly (srdeploy.runtime.tensorrt; srdeploy.export.tensorrt_engine builds them
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ from srdeploy.runtime.engines import Engine, ProviderError
 from srdeploy.runtime.providers import OrtRunner, available_providers, open_engine, open_session, select_provider
 from srdeploy.runtime.zoo import ModelError, ModelRef, resolve_model
 
-__all__ = ["Upscaler", "Decoded", "Encoded", "ProviderError", "ModelError", "ModelOutputError", "select_provider", "DEFAULT_TILE"]
+__all__ = ["Upscaler", "Decoded", "Encoded", "ProviderError", "ModelError", "ModelOutputError", "DEFAULT_TILE"]
 
 # LR pixels a side; windows add the overlap. Larger tiles recompute less overlap and run
 # faster, smaller ones bound memory tighter: 256 keeps a 2048x2048 input under 2 GiB.
@@ -87,7 +88,7 @@ class Upscaler:
     ):
         self.model = model if isinstance(model, ModelRef) else resolve_model(model)
         self.threads = threads or available_cpus()
-        self.note: str | None = None  # Engine.why: what "auto" decided, or what an explicit choice costs
+        self.engine_why: str | None = None  # Engine.why: what "auto" decided, or what an explicit choice costs
         if tile is not None and tile < 0:
             raise ValueError(f"tile must be >= 0 (0 = untiled), got {tile}")
         self.tile = tile or None
@@ -181,7 +182,7 @@ class Upscaler:
         """What produced an output: for journals and logs."""
         return {
             "model": self.model.name, "model_sha256": self.model.sha256, "provider": self.provider, "precision": self.precision,
-            "scale": self.scale, "tile": self.tile or 0, "overlap": self.overlap, "threads": self.threads, "engine_choice": self.note,
+            "scale": self.scale, "tile": self.tile or 0, "overlap": self.overlap, "threads": self.threads, "engine_choice": self.engine_why,
         }
 
     # --- start-up -----------------------------------------------------------------
@@ -232,7 +233,7 @@ class Upscaler:
         self._finish_start(info)
 
     def _finish_start(self, info: dict[str, Any]) -> None:
-        self.provider, self.precision, self.note = self.engine.provider, self.engine.precision, self.engine.why
+        self.provider, self.precision, self.engine_why = self.engine.provider, self.engine.precision, self.engine.why
         self.scale = _upscaling(info["scale"] or _probe_scale(self._run), self.model.path)
         if isinstance(self._run, OrtRunner):
             self._run.scale = self.scale
@@ -246,15 +247,29 @@ class Upscaler:
     def _start_engine(self, requested: str, precision: str) -> None:
         if requested not in ("auto", "tensorrt"):
             raise ProviderError(f"{self.model.path} is a TensorRT engine: it runs only with --provider tensorrt (or auto), on an NVIDIA GPU")
-        if precision not in ("auto", "fp32"):
-            raise ProviderError(f"{self.model.path} is a TensorRT engine: its precision was fixed when it was built")
+        built, self.overlap, why = _engine_build(self.model)
+        if precision not in ("auto", built):
+            raise ProviderError(f"{self.model.path} is a TensorRT engine built for {built}: its precision was fixed when it was built")
         self._run = open_engine(self.model.path)
-        self.engine = Engine("tensorrt", "fp32", None)
-        self.provider, self.precision, self.note = "tensorrt", "fp32", None
-        beside = self.model.path.with_suffix(".onnx")
-        self.overlap = tiling.overlap_of_file(beside) if beside.is_file() else tiling.FALLBACK_OVERLAP
+        self.engine = Engine("tensorrt", built, why)
+        self.provider, self.precision, self.engine_why = "tensorrt", built, why
         self.tile = max(1, self._run.max_side - 2 * self.overlap)  # the engine's profile fixes the window
         self.scale = _upscaling(_probe_scale(self._run), self.model.path)
+
+
+def _engine_build(model: ModelRef) -> tuple[str, int, str | None]:
+    """(precision, tile overlap, note) of a TensorRT engine: the precision export's manifest
+    records for it and its generator's receptive radius. An engine without its manifest
+    runs with tiling's fallback overlap, and the note says so."""
+    manifest = model.manifest or {}
+    entry = manifest.get("models", {}).get(model.path.name, {})
+    radius = manifest.get("receptive_radius_lr")
+    if isinstance(entry.get("precision"), str) and isinstance(radius, (int, float)):
+        return entry["precision"], math.ceil(radius), None
+    return "unknown", tiling.FALLBACK_OVERLAP, (
+        f"no {contract.MANIFEST_NAME} from srdeploy export beside the engine: precision unknown, tiles overlap by "
+        f"{tiling.FALLBACK_OVERLAP} px (enough for up to 12 residual blocks)"
+    )
 
 
 def _upscaling(scale: int, path: Any) -> int:

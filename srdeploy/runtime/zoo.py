@@ -25,6 +25,7 @@ SHIPPED = ("srresnet", "srgan")
 ALIASES = {"default": "srresnet"}
 NAMES = (*ALIASES, *SHIPPED)  # what --model takes besides a path: the one list of model names
 MODEL_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"  # what `srdeploy export --int8` writes beside model.onnx
 GENERATOR_FILE = "generator.pt"  # the PyTorch state_dict beside model.onnx (shipped models, exports): for --init, bench's PyTorch row
 MODEL_SUFFIXES = (".onnx", ".engine")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")  # what srdeploy train writes: not runnable until exported
