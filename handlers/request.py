@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from srdeploy.io import imaging
+from srdeploy.io.image_guard import sniff
 
 FORMAT_HEADER = "x-output-format"
 QUALITY_HEADER = "x-output-quality"
@@ -73,12 +74,16 @@ def parse_request(params: Mapping[str, Any], headers: Mapping[str, str], name: s
 
 def _image_of(params: Mapping[str, Any], name: str) -> tuple[str, bytes]:
     candidates = [k for k in params if k not in OPTION_FIELDS]
+    files = [k for k in candidates if not _is_text(params[k])]  # a form's caption or name is no candidate
     field = next((k for k in IMAGE_FIELDS if k in params), None)
     if field is None:
-        if len(candidates) != 1:
+        if len(files) == 1:
+            field = files[0]
+        elif len(candidates) == 1:  # one field, whatever it holds: the image checks say what that is
+            field = candidates[0]
+        else:
             found = ", ".join(map(repr, params)) or "none"
             raise RequestError(400, f"{name}: no image found; send the image bytes as the request body or as a multipart field named 'image' (fields: {found})")
-        field = candidates[0]
     value = params[field]
     if isinstance(value, str):
         # TorchServe decodes text/* bodies; the image checks then say what the bytes are.
@@ -88,6 +93,13 @@ def _image_of(params: Mapping[str, Any], name: str) -> tuple[str, bytes]:
     if not value:
         raise RequestError(400, f"{name}: '{field}' is empty; send the image file's bytes")
     return field, bytes(value)
+
+
+def _is_text(value: Any) -> bool:
+    """A text form field (TorchServe hands those over as str, or as bytes that read as text)."""
+    if isinstance(value, str):
+        return True
+    return isinstance(value, (bytes, bytearray)) and sniff(bytes(value[:64])) == "text"
 
 
 def _option(params: Mapping[str, Any], headers: Mapping[str, str], field: str, header: str) -> str | None:

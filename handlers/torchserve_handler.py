@@ -146,6 +146,8 @@ def image_refusal(error: imaging.ImageError, data: bytes, name: str, max_pixels:
             return RequestError(413, f"{name}: {error.width}x{error.height} ({error.pixels:,} pixels) exceeds {cap}")
         declared = f"{'more than ' if error.at_least else ''}{error.pixels:,} pixels"
         return RequestError(413, f"{name}: its header declares {declared}, which exceeds {cap}")
+    if isinstance(error, imaging.OutputTooLarge):  # the shared remedy names the CLI's --format
+        return RequestError(400, f"{error.reason}; ask for PNG (header X-Output-Format: png, or form field format=png)")
     if imaging.sniff(data[:64]) not in imaging.READ_FORMATS:
         return RequestError(415, str(error))
     return RequestError(400, str(error))

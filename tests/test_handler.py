@@ -157,10 +157,11 @@ def test_bad_items_get_their_own_4xx_while_the_rest_succeed(served, rng):
         ({"format": b"png"}, {}),
         ({"foo": b"bar"}, {}),
         ({"body": good}, {}),
+        ({"photo": good, "caption": b"my face", "name": "me"}, {}),  # a form's text fields beside its only file
     ]
     answers = send(handler, context, requests)
     statuses = [a["status"] for a in answers]
-    assert statuses == [200, 415, 400, 413, 413, 413, 400, 400, 400, 400, 400, 400, 400, 415, 200]
+    assert statuses == [200, 415, 400, 413, 413, 413, 400, 400, 400, 400, 400, 400, 400, 415, 200, 200]
     reasons = [
         None, "not an image (the file holds text)", "corrupt or truncated PNG data", "48x49 (2,352 pixels) exceeds this server's cap of 2,304 pixels",
         "3000x2000 (6,000,000 pixels) exceeds",
@@ -168,7 +169,7 @@ def test_bad_items_get_their_own_4xx_while_the_rest_succeed(served, rng):
         "GIF", "'body' is empty", "unknown output format 'gif'", "quality must be a whole number from 1 to 100, got 'high'",
         "holds dict data", "no image found", "no image found; send the image bytes as the request body or as a multipart field named 'image' (fields: 'format')",
         "request req-13, field 'foo': not an image (the file holds text)",  # the one field, read as the image, is named
-        None,
+        None, None,
     ]
     for idx, (answer, reason) in enumerate(zip(answers, reasons)):
         if reason is None:
@@ -503,3 +504,17 @@ def test_threads_are_shared_among_the_most_workers_the_config_allows():
 
     assert HandlerSettings.from_model_config({"minWorkers": 1, "maxWorkers": 4}).workers == 4
     assert HandlerSettings.from_model_config({"minWorkers": 2}).workers == 2
+
+
+def test_an_output_format_too_small_for_the_result_names_the_servers_option():
+    """A client has no --format: the answer names the header and the form field instead."""
+    from srdeploy.handlers.torchserve_handler import image_refusal
+    from srdeploy.io import imaging
+
+    wide = imaging.ImageInfo("request r1", "PNG", 4100, 16, has_alpha=False, depth=8, gray=False)
+    try:
+        imaging.check_output_size(wide, 4, "WEBP")
+    except imaging.OutputTooLarge as e:
+        refusal = image_refusal(e, b"\x89PNG\r\n\x1a\n", "request r1", 512 * 512)
+    assert refusal.status == 400 and "--format" not in str(refusal)
+    assert str(refusal) == "request r1: the x4 output (16400x64) exceeds WEBP's limit of 16383 px a side; ask for PNG (header X-Output-Format: png, or form field format=png)"

@@ -316,6 +316,18 @@ def test_output_size_limits_per_format():
         imaging.check_output_size(edge, 4, "JPEG")
 
 
+def test_an_output_too_large_keeps_its_reason_apart_from_the_remedy():
+    """The server and the page word the remedy for their own controls; Ray pickles it."""
+    import pickle
+
+    wide = imaging.ImageInfo("wide.png", "PNG", 5000, 100, has_alpha=False, depth=8, gray=False)
+    with pytest.raises(imaging.OutputTooLarge) as caught:
+        imaging.check_output_size(wide, 4, "WEBP")
+    assert str(caught.value).endswith("16383 px a side; choose --format png") and not caught.value.reason.endswith("png")
+    copy = pickle.loads(pickle.dumps(caught.value))
+    assert (str(copy), copy.reason) == (str(caught.value), caught.value.reason)
+
+
 def test_jpeg_quality_is_applied_and_suffix_spelling_is_kept(rng):
     pic = Picture(_rgb(rng, 64, 64))
     assert len(imaging.encode(pic, "JPEG", 30)) < len(imaging.encode(pic, "JPEG", 95))

@@ -21,14 +21,13 @@ import click
 
 from srdeploy.demo import guard
 from srdeploy.io import imaging
+from srdeploy.io.image_guard import most_file_bytes
 from srdeploy.io.imaging import DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION
 from srdeploy.runtime import engines, zoo
 from srdeploy.runtime.upscaler import DEFAULT_TILE
 
-# Gradio refuses larger uploads before they reach the page: 8 bytes a pixel (16-bit
-# RGBA, uncompressed) is the largest a file under the pixel cap can need, plus headers.
-BYTES_PER_PIXEL_AT_MOST = 8
-HEADER_ALLOWANCE = 1 << 20
+LOOPBACK = "127.0.0.1"
+
 
 
 @click.command("demo")
@@ -40,7 +39,7 @@ HEADER_ALLOWANCE = 1 << 20
 @click.option("--quality", type=click.IntRange(1, 100), default=None, help=f"JPEG/WebP quality [default: {imaging.QUALITY_DEFAULTS_TEXT}], as srdeploy upscale --quality.")
 @click.option("--png-compression", type=click.IntRange(0, 9), default=DEFAULT_PNG_COMPRESSION, show_default=True, help="PNG compression 0-9, as srdeploy upscale --png-compression.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True, help="Refuse inputs with more pixels (checked before decoding).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; 0.0.0.0 makes the page reachable from other machines.")
+@click.option("--host", default=LOOPBACK, show_default=True, help="Address to listen on; 0.0.0.0 makes the page reachable from other machines.")
 @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True, help="Port to listen on.")
 def demo(models, provider, precision, tile, quality, png_compression, max_pixels, host, port):
     """Serve a page to try the models on one image: the input beside its 4x result, a
@@ -86,8 +85,11 @@ def demo(models, provider, precision, tile, quality, png_compression, max_pixels
 
 
 def listen_problem(host: str, port: int) -> str | None:
-    """Why a server could not listen on ``host``:``port`` (an unknown name, an address not
-    this machine's, a port taken), or None: a socket is bound there and closed again."""
+    """Why a server could not listen on ``host``:``port`` (an IPv6 address, an unknown name,
+    an address not this machine's, a port taken), or None: a socket is bound there and
+    closed again."""
+    if ":" in host:  # Gradio writes its URL as http://HOST:PORT, without an IPv6 address's brackets, and fails
+        return f"an IPv6 address is not supported by the page's server (Gradio); use {LOOPBACK}, localhost or 0.0.0.0"
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as e:
@@ -110,7 +112,7 @@ def serve(page, css: str, host: str, port: int, max_pixels: int) -> None:
                 server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, share=False, inbrowser=False,
                 ssr_mode=False,  # no Node.js server beside this one
                 mcp_server=False,
-                max_file_size=max_pixels * BYTES_PER_PIXEL_AT_MOST + HEADER_ALLOWANCE,
+                max_file_size=most_file_bytes(max_pixels),  # larger uploads: refused by Gradio, as upscale refuses such files
                 css=css,
                 app_kwargs=guard.app_kwargs(host),
             )

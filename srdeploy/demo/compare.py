@@ -21,7 +21,7 @@ from PIL import Image
 
 from srdeploy.demo.upscalers import Upscalers
 from srdeploy.io import imaging
-from srdeploy.io.imaging import ImageError, Picture
+from srdeploy.io.imaging import ImageError, OutputTooLarge, Picture
 from srdeploy.runtime.engines import ProviderError
 from srdeploy.runtime.upscaler import Encoded, Upscaler
 from srdeploy.runtime.zoo import ModelError
@@ -80,6 +80,8 @@ def compare(upscalers: Upscalers, upload: Path, model: str, provider: str, preci
         upscaled = _fit(_to_pil(result))
         bicubic = _to_pil(decoded.picture).resize(upscaled.size, Image.Resampling.BICUBIC)
         return Comparison(_fit(_to_pil(decoded.picture)), bicubic, upscaled, file, summary(up, decoded.picture, encoded, seconds, loaded.seconds))
+    except OutputTooLarge as e:  # the shared remedy names the CLI's --format
+        return f"{e.reason}; choose PNG as the output format"
     except (ImageError, ModelError, ProviderError) as e:
         return str(e)  # ImageError names the file; the others name the model or the provider
     except ValueError as e:  # a setting the Upscaler refused

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1")  # IPv4 only: the demo refuses to listen on IPv6 (srdeploy.demo.cli)
 HEADERS = ((b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"))
 
 

@@ -27,7 +27,7 @@ from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError, TooManyPixel
 
 __all__ = [
     "READ_FORMATS", "DEFAULT_MAX_PIXELS", "DEFAULT_PNG_COMPRESSION", "ImageError", "TooManyPixels", "ImageInfo", "Picture", "probe", "decode", "encode",
-    "choose_format", "check_output_size", "output_suffix", "picture_from_pil", "picture_to_pil", "orient", "sniff",
+    "choose_format", "check_output_size", "OutputTooLarge", "output_suffix", "picture_from_pil", "picture_to_pil", "orient", "sniff",
 ]
 
 # Formats srdeploy writes, and the largest side each can store (JPEG: libjpeg's
@@ -227,14 +227,24 @@ def choose_format(requested: str, info: ImageInfo | Picture) -> tuple[str, str |
     return fmt, note
 
 
+class OutputTooLarge(ImageError):
+    """An upscaled image larger than its output format stores. ``reason`` is the message
+    without the remedy, which each surface words for its own controls (the CLI's ends in
+    ``choose --format png``)."""
+
+    def __init__(self, reason: str, remedy: str = "choose --format png"):
+        super().__init__(f"{reason}; {remedy}")
+        self.reason, self.remedy = reason, remedy
+
+    def __reduce__(self):  # Ray pickles a worker's exception: rebuild it from both parts
+        return type(self), (self.reason, self.remedy)
+
+
 def check_output_size(info: ImageInfo, scale: int, fmt: str) -> None:
-    """Raise ImageError when the upscaled image would exceed what ``fmt`` can store."""
+    """Raise OutputTooLarge when the upscaled image would exceed what ``fmt`` can store."""
     limit = MAX_SIDE[fmt]
     if max(info.width, info.height) * scale > limit:
-        raise ImageError(
-            f"{info.name}: the x{scale} output ({info.width * scale}x{info.height * scale}) exceeds "
-            f"{fmt}'s limit of {limit} px a side; choose --format png"
-        )
+        raise OutputTooLarge(f"{info.name}: the x{scale} output ({info.width * scale}x{info.height * scale}) exceeds {fmt}'s limit of {limit} px a side")
 
 
 def encode(pic: Picture, fmt: str, quality: int | None = None, png_compression: int = DEFAULT_PNG_COMPRESSION) -> bytes:
