@@ -19,7 +19,8 @@ from PIL import Image
 from srdeploy import SCALE
 from srdeploy.io.folders import scan_images
 from srdeploy.io.formats import READ_SUFFIXES
-from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError, open_checked
+from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError
+from srdeploy.io.imaging import read_rgb
 from srdeploy.quality.degrade import downscale
 
 LR_SIDE = 64  # the size the shipped models were trained on and are served at (64x64 -> 256x256)
@@ -92,13 +93,11 @@ def load_calibration(folder: str | Path, limit: int, check: int = CHECK_IMAGES, 
     )
 
 
-def lr_input(path: Path, side: int = LR_SIDE, scale: int = 4, name: str | None = None) -> np.ndarray:
+def lr_input(path: Path, side: int = LR_SIDE, scale: int = SCALE, name: str | None = None) -> np.ndarray:
     """One HR image file -> float32 (3, side, side) LR in [0, 1]. Raises ImageError (a
     ValueError naming the file as ``name``, default its path) for what the header checks
     refuse, a bomb included."""
-    with open_checked(path, name or str(path), DEFAULT_MAX_PIXELS) as im:
-        im.load()
-        rgb = im.convert("RGB")
+    rgb = read_rgb(path, name, DEFAULT_MAX_PIXELS)
     w, h = rgb.size
     s = min(w, h)
     hr = rgb.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))

@@ -24,7 +24,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from srdeploy.io.formats import READ_SUFFIXES, is_image_name
-from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError, open_checked, why
+from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError, why
+from srdeploy.io.imaging import read_rgb
 
 Batch = np.ndarray  # float32 (N, 3, H, W) in [0, 1]
 Backend = Callable[[Batch], np.ndarray]  # -> float32 (N, 3, sH, sW) in [0, 1]
@@ -118,11 +119,11 @@ def _image_batch(folder: Path, side: int = 64, limit: int = 4) -> Batch:
     images = []
     for p in paths:
         try:
-            with open_checked(p, str(p), DEFAULT_MAX_PIXELS) as im:  # header checks first: a bomb is refused, named
-                w, h = im.size
-                s = min(w, h)
-                box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
-                rgb = im.convert("RGB").resize((side, side), Image.Resampling.BICUBIC, box=box)
+            im = read_rgb(p, max_pixels=DEFAULT_MAX_PIXELS)  # header checks first: a bomb is refused, named
+            w, h = im.size
+            s = min(w, h)
+            box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+            rgb = im.resize((side, side), Image.Resampling.BICUBIC, box=box)
         except ImageError as e:
             raise ValueError(f"{e} (a parity input)") from None
         except (OSError, ValueError, SyntaxError) as e:  # data Pillow cannot decode past the header

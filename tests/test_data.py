@@ -102,3 +102,26 @@ def test_epoch_sampler_shards_and_resumes():
     later = EpochSampler(10, seed=1)
     later.set_epoch(1)
     assert [i for _, i in later] != [i for _, i in full]
+
+
+def test_every_stage_reads_16_bit_grey_and_phone_photos_as_upscale_does(tmp_path):
+    """A 16-bit grey scan is not solid white, and a photo stored on its side (EXIF
+    orientation 6) is upright, in training, evaluation and int8 calibration alike."""
+    from srdeploy.evaluation.evaluate import read_rgb as evaluation_reads
+    from srdeploy.export.calibration import lr_input
+    from srdeploy.io import imaging
+
+    ramp = (np.arange(128 * 96, dtype=np.uint32).reshape(96, 128) * 5).astype(np.uint16)  # 0 .. 61435
+    Image.fromarray(ramp).save(tmp_path / "scan16.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 128 wide, shown 96 wide
+    Image.fromarray(np.full((96, 128, 3), 90, np.uint8)).save(tmp_path / "phone.jpg", exif=exif.tobytes())
+
+    upscale_reads = imaging.decode((tmp_path / "scan16.png").read_bytes(), "scan16.png")
+    expected = imaging.to_8bit(upscale_reads).color
+    for reader in (imaging.read_rgb, evaluation_reads, lambda p: SRDataset(tmp_path)._load(p)):
+        grey = np.asarray(reader(tmp_path / "scan16.png"))
+        assert grey.shape == (96, 128, 3) and (grey == expected[..., None]).all()
+        assert reader(tmp_path / "phone.jpg").size == (96, 128)
+    assert SRDataset(tmp_path).sizes == [(96, 128), (128, 96)]  # phone.jpg upright, scan16.png as stored
+    assert 0.05 < lr_input(tmp_path / "scan16.png", side=16).mean() < 0.95  # not clipped to white

@@ -237,7 +237,7 @@ def test_unreadable_and_tiny_images_are_left_out_and_all_named_in_one_run(hr_dir
     assert proc.returncode == 0, proc.stderr
     md = (tmp_path / "out" / "results.md").read_text()
     assert "4 images from" in md and "4 left out (listed below)" in md
-    assert f"- {hr_dir / 'a_corrupt.png'}: cannot read image (" in md and f"- {hr_dir / 'zz_empty.png'}: cannot read image (" in md
+    assert f"- {hr_dir / 'a_corrupt.png'}: corrupt PNG header (" in md and f"- {hr_dir / 'zz_empty.png'}: empty file (0 bytes)" in md
 
     for good in hr_dir.glob("img_*.png"):
         good.unlink()

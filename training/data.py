@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from srdeploy.io.folders import list_images
+from srdeploy.io.imaging import ImageError, read_rgb
 from srdeploy.quality.degrade import downscale
 from srdeploy.runtime.cpus import available_cpus
 
@@ -39,11 +40,9 @@ def _check(path: Path, min_side: int, needed_for: str) -> tuple[tuple[int, int],
     """((width, height), why ``path`` cannot be used or None). The whole file is decoded: a
     header check passes a truncated JPEG, which would stop the run when it is first drawn."""
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            im.load()
-    except Exception as e:  # PIL raises several unrelated types for bad files
-        return (0, 0), f"{type(e).__name__}: {e}"
+        w, h = read_rgb(path).size  # upright: a phone photo's sides as trained
+    except Exception as e:  # ImageError names the file and the reason; anything else, its type
+        return (0, 0), str(e).removeprefix(f"{path}: ") if isinstance(e, ImageError) else f"{type(e).__name__}: {e}"
     if min(w, h) < min_side:
         return (w, h), f"{w}x{h} is smaller than {min_side}px a side ({needed_for})"
     return (w, h), None
@@ -97,8 +96,7 @@ class SRDataset(Dataset):
 
     def _load(self, path: Path) -> Image.Image:
         try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
+            return read_rgb(path)
         except Exception as e:
             raise CorruptImageError(f"{path}: cannot decode ({type(e).__name__}: {e})") from e
 

@@ -31,7 +31,8 @@ from PIL import Image
 
 from srdeploy import SCALE
 from srdeploy.io.folders import list_images
-from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError, open_checked
+from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError
+from srdeploy.io.imaging import read_rgb
 from srdeploy.quality import degrade
 from srdeploy.runtime import cpu_graph, tiling
 from srdeploy.runtime.contract import validate_onnx_model
@@ -67,8 +68,8 @@ def make_input_sets(data: Path, workdir: Path, limit: int | None = None, large: 
         if limit is not None and len(faces) == limit:
             break
         try:
-            with open_checked(path, str(path), DEFAULT_MAX_PIXELS) as hr:
-                faces.append(degrade.downscale(degrade.crop_to_multiple(hr.convert("RGB"), SCALE), SCALE))
+            hr = read_rgb(path, max_pixels=DEFAULT_MAX_PIXELS)
+            faces.append(degrade.downscale(degrade.crop_to_multiple(hr, SCALE), SCALE))
         except (ImageError, OSError) as e:  # one bad file in a folder of faces costs that file, not the run
             left_out.append(str(e) if isinstance(e, ImageError) else f"{path}: cannot read ({e.strerror or e})")
             continue
@@ -79,8 +80,8 @@ def make_input_sets(data: Path, workdir: Path, limit: int | None = None, large: 
     if large > 0:
         big = []
         for i in range(large):
-            with Image.open(hr_paths[i % len(hr_paths)]) as hr:
-                big.append(hr.convert("RGB").resize((large_side, large_side), Image.Resampling.BICUBIC))
+            hr = read_rgb(hr_paths[i % len(hr_paths)], max_pixels=DEFAULT_MAX_PIXELS)
+            big.append(hr.resize((large_side, large_side), Image.Resampling.BICUBIC))
         sets.append(_input_set(_set_name(big), big, workdir / "large"))
     return sets
 

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from srdeploy import SCALE
+from srdeploy.io import imaging
 from srdeploy.io.folders import list_images
+from srdeploy.io.imaging import ImageError
 from srdeploy.io.formats import READ_SUFFIXES
 from srdeploy.quality.degrade import DOWNSAMPLE_METHODS, crop_to_multiple, downscale, upscale_bicubic
 from srdeploy.quality.metrics import BORDER, evaluate_pair, smallest_side
@@ -113,11 +115,12 @@ class UnreadableImage(ValueError):
 
 
 def read_rgb(path: Path) -> Image.Image:
-    """An RGB image with its EXIF orientation applied (grayscale becomes 3 equal channels)."""
+    """The image as every stage reads it (srdeploy.io.imaging.read_rgb: upright, 8-bit RGB)."""
     try:
-        with Image.open(path) as im:
-            return ImageOps.exif_transpose(im).convert("RGB")
-    except Exception as e:  # PIL raises several unrelated types for bad files
+        return imaging.read_rgb(path)
+    except ImageError as e:
+        raise UnreadableImage(str(e)) from None
+    except Exception as e:  # the last guard: one bad file is left out, not the run
         raise UnreadableImage(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
 
 

@@ -23,10 +23,11 @@ from PIL import Image, ImageCms
 
 from srdeploy.io import png
 from srdeploy.io.formats import READ_FORMATS, SUFFIXES
-from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError, TooManyPixels, open_checked, sniff, why
+from srdeploy.io.files import read_regular
+from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError, TooManyPixels, most_file_bytes, open_checked, sniff, why
 
 __all__ = [
-    "READ_FORMATS", "DEFAULT_MAX_PIXELS", "DEFAULT_PNG_COMPRESSION", "ImageError", "TooManyPixels", "ImageInfo", "Picture", "probe", "decode", "encode",
+    "READ_FORMATS", "DEFAULT_MAX_PIXELS", "DEFAULT_PNG_COMPRESSION", "ImageError", "TooManyPixels", "ImageInfo", "Picture", "probe", "decode", "read_rgb", "encode",
     "choose_format", "check_output_size", "OutputTooLarge", "output_suffix", "picture_from_pil", "picture_to_pil", "orient", "sniff",
 ]
 
@@ -275,6 +276,26 @@ def encode(pic: Picture, fmt: str, quality: int | None = None, png_compression: 
     out = io.BytesIO()
     img.save(out, fmt, **options)
     return out.getvalue()
+
+
+def read_rgb(path: str | os.PathLike, name: str | None = None, max_pixels: int | None = None) -> Image.Image:
+    """An image file as a model sees an HR image: upright (EXIF orientation), 8-bit RGB
+    (16-bit samples scaled, not clipped; grey spread to three channels; alpha dropped).
+    Training, evaluation, int8 calibration, parity and bench all read their images here,
+    so a phone photo or a 16-bit scan means the same to each as to ``srdeploy upscale``.
+    ``max_pixels`` defaults to Pillow's own decompression-bomb limit: HR photos may be far
+    larger than upscale's input cap. Raises ImageError naming the file as ``name``."""
+    name = name or os.fspath(path)
+    max_pixels = max_pixels or Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS  # None: the caller switched Pillow's guard off
+    try:
+        data = read_regular(path, limit=most_file_bytes(max_pixels))
+    except OSError as e:
+        raise ImageError(f"{name}: cannot read ({e.strerror or e})") from None
+    pic = decode(data, name, max_pixels)
+    if pic.depth == 16:
+        pic = to_8bit(pic)
+    color = np.repeat(pic.color[..., None], 3, axis=2) if pic.gray else pic.color
+    return Image.fromarray(np.ascontiguousarray(color))
 
 
 def to_8bit(pic: Picture) -> Picture:
