@@ -15,7 +15,7 @@ import click
 
 from srdeploy.export import parity
 from srdeploy.export.calibration import CHECK_IMAGES
-from srdeploy.export.pipeline import Int8Request
+from srdeploy.export.pipeline import InputsRefused, Int8Request
 from srdeploy.runtime import contract, tensorrt, zoo
 from srdeploy.runtime.upscaler import DEFAULT_TILE
 
@@ -99,6 +99,9 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
             profile=profile,
             images_dir=images,
         )
+    except InputsRefused as e:  # nothing written yet: a refusal, as a bad option
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(2)
     except TensorRTUnavailable as e:
         written = ", ".join(sorted(read_manifest(out_dir)["files"]))
         raise click.ClickException(f"--tensorrt: {e}\nThe ONNX outputs are written ({written} in {out_dir}); no engines were built.") from None

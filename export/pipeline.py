@@ -43,6 +43,10 @@ def engine_name(precision: str) -> str:
 STALE_CANDIDATES = (FP16_ONNX, INT8_ONNX, engine_name("fp32"), engine_name("fp16"))
 
 
+class InputsRefused(ValueError):
+    """The calibration or parity images cannot be used: refused before anything is written."""
+
+
 @dataclass(frozen=True)
 class Int8Request:
     """What ``--int8`` asks for."""
@@ -83,7 +87,7 @@ def export_artifacts(
 ) -> ExportResult:
     """Write the requested artifacts and manifest.json into ``out_dir``.
 
-    Raises ValueError naming the folder or file, before writing anything, when ``int8``
+    Raises InputsRefused naming the folder or file, before writing anything, when ``int8``
     names a calibration folder without readable images or ``images_dir`` holds a bad one; TensorRTUnavailable (after the ONNX files
     and their manifest are written) when ``tensorrt`` is asked for without TensorRT or a
     GPU. Parity and int8 quality failures do not raise: they are in ``result.failures``
@@ -93,13 +97,16 @@ def export_artifacts(
     from srdeploy.export.onnx_export import export_onnx
 
     calibration = None
-    if int8 is not None:
-        from srdeploy.export.calibration import load_calibration
+    try:
+        if int8 is not None:
+            from srdeploy.export.calibration import load_calibration
 
-        calibration = load_calibration(int8.calibration, int8.limit)
-    # The parity inputs (synthetic patterns and the --images folder), decoded once for the
-    # int8 quality check and --check; before anything is written, as the calibration images.
-    batches = parity.parity_batches(images_dir=images_dir) if int8 is not None or check else []
+            calibration = load_calibration(int8.calibration, int8.limit)
+        # The parity inputs (synthetic patterns and the --images folder), decoded once for the
+        # int8 quality check and --check; before anything is written, as the calibration images.
+        batches = parity.parity_batches(images_dir=images_dir) if int8 is not None or check else []
+    except ValueError as e:
+        raise InputsRefused(str(e)) from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = ExportResult(out_dir, models={})

@@ -33,6 +33,11 @@ def test_recursive_listing_and_list_files_with_or_without_extensions(folder):
     (folder / "bad.txt").write_text("2\n99\n")
     with pytest.raises(FileNotFoundError, match="bad.txt: 1 listed images missing.*99"):
         list_images(folder, folder / "bad.txt")
+    (folder / "bom.txt").write_bytes(b"\xef\xbb\xbf2\r\nsub/3\r\n")  # as some Windows editors save it
+    assert [p.name for p in list_images(folder, folder / "bom.txt")] == ["2.png", "3.jpg"]
+    (folder / "latin1.txt").write_bytes(b"2\n\xe9t\xe9\n")
+    with pytest.raises(ValueError, match="latin1.txt: not a UTF-8 text list of image names"):
+        list_images(folder, folder / "latin1.txt")
     (folder / "twice.txt").write_text("2\nsub/3\n2.png\n")
     with pytest.raises(ValueError, match="twice.txt: '2.png' and '2' name the same image \\(2.png\\); list each once"):
         list_images(folder, folder / "twice.txt")

@@ -215,7 +215,9 @@ def test_cli_errors_name_the_problem(hr_dir, tmp_path):
 
     proc = _run_cli("--data", hr_dir, "--model", broken, "--name", "a", "--name", "b", "-o", tmp_path / "o4")
     assert proc.returncode == 2 and "--name" in proc.stderr
-    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 6))  # a run that wrote nothing leaves no folder
+    proc = _run_cli("--data", hr_dir, "--model", broken, "--model", broken, "-o", tmp_path / "o6")  # named before loading: not the load error
+    assert proc.returncode == 2 and "model names must be unique" in proc.stderr
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 7))  # a run that wrote nothing leaves no folder
 
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")

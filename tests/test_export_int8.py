@@ -248,10 +248,17 @@ def test_bad_calibration_folder_fails_before_writing_anything(tmp_path, make):
         folder.mkdir()
     out = tmp_path / "out"
     proc = run_export(SHIPPED / "generator.pt", "-o", out, "--int8", "--calibration", folder)
-    # missing: a usage error (exit 2) before the export begins; empty: found once it has begun (exit 1)
-    assert proc.returncode == (2 if make == "missing" else 1)
+    assert proc.returncode == 2  # refused before anything is written, as a usage error
     assert str(folder) in proc.stderr and ("does not exist" in proc.stderr if make == "missing" else "holds no images" in proc.stderr)
     assert not (out / "model.int8.onnx").exists() and not out.exists()  # refused before the export began
+
+
+def test_an_images_folder_without_images_is_refused_before_writing_anything(tmp_path):
+    folder = tmp_path / "parity"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not an image")
+    proc = run_export(SHIPPED / "generator.pt", "-o", tmp_path / "out", "--check", "--images", folder)
+    assert proc.returncode == 2 and f"Error: {folder}: no images" in proc.stderr and not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

@@ -104,7 +104,9 @@ def test_run_errors_are_one_line(tmp_path, image_folder, monkeypatch):  # noqa: 
     result = invoke("srgan", "--data", str(image_folder), "--init", "default", "--content", "mse+vgg", "--vgg-weights",
                     str(tmp_path / "vgg19.pth"), "-o", str(tmp_path / "run3"), *TINY[4:])
     assert result.exit_code == 2 and len(result.output.splitlines()) == 1 and str(tmp_path / "vgg19.pth") in result.output
-    assert not any((tmp_path / run).exists() for run in ("run", "run2", "run3"))  # refused before writing: no folder left
+    result = invoke("srresnet", "--data", str(image_folder), "-o", str(tmp_path / "run4"), *TINY[:-6], "--batch-size", "64", *TINY[-4:])
+    assert result.exit_code == 2 and result.output.splitlines() == ["Error: 10 images cannot fill one batch of 64 per process; give --batch-size 10 or less"]
+    assert not any((tmp_path / run).exists() for run in ("run", "run2", "run3", "run4"))  # refused before writing: no folder left
     assert invoke("srgan", "--data", str(image_folder)).exit_code == 2  # no --init
 
     def bug(cfg, resume=False, started=None):

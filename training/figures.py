@@ -73,8 +73,8 @@ def save_image_grid(
                 img, caption = row[c]
                 ax.imshow(_as_display(img), interpolation="nearest")
                 ax.set_title(caption, fontsize=9)
-    if suptitle:  # wrapped to the figure width: a long title is clipped, not shrunk
-        fig.suptitle(textwrap.fill(suptitle, width=int(16 * PANEL_INCHES * ncols)), fontsize=10)
+    if suptitle:  # wrapped to the figure width (10-pt DejaVu Sans: about 11 characters an inch), else clipped
+        fig.suptitle(textwrap.fill(suptitle, width=int(11 * PANEL_INCHES * ncols)), fontsize=10)
     return _save_figure(fig, path)
 
 

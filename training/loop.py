@@ -46,7 +46,9 @@ def train(cfg: TrainConfig, resume: bool = False, started: Callable[[], None] = 
             dataset, sampler, loader = make_loader(cfg, env, device)
             steps_per_epoch = len(dataset) // env.world_size // cfg.batch_size
             if steps_per_epoch == 0:
-                raise ValueError(f"{len(dataset)} images cannot fill one batch of {cfg.batch_size} per process")
+                most = len(dataset) // env.world_size
+                remedy = f"give --batch-size {most} or less" if most else "give more images than processes"
+                raise ValueError(f"{len(dataset)} images cannot fill one batch of {cfg.batch_size} per process; {remedy}")
             budget = Budget(cfg, steps_per_epoch, at.minutes, env, interrupted=interrupted)
             if resume and budget.planned is not None and budget.planned <= at.step:
                 raise ValueError(f"--resume: {out} is at step {at.step}, and a budget of {budget.planned} steps "

@@ -139,7 +139,7 @@ def evaluate(data_dir, list_file, lr_dir, models, names, downsample, border, lim
     """PSNR-Y / SSIM-Y / RGB PSNR and HF ratio of bicubic and each model on a folder of HR images."""
     import skimage.metrics  # noqa: F401 (SSIM, in the eval extra: a missing one is said before any work)
 
-    from srdeploy.evaluation.evaluate import default_model_names, find_test_images, load_model
+    from srdeploy.evaluation.evaluate import check_model_names, default_model_names, find_test_images, load_model
     from srdeploy.evaluation.evaluate import evaluate as run_evaluation
 
     if names and len(names) != len(models):
@@ -155,6 +155,7 @@ def evaluate(data_dir, list_file, lr_dir, models, names, downsample, border, lim
         try:  # the images and the models: what is refused here ran nothing (exit 2)
             images = find_test_images(data_dir, list_file, lr_dir, limit)
             names = names or default_model_names(models)
+            check_model_names(names)  # before minutes of loading models
             loaded = [load_model(spec, name, device, provider, precision) for spec, name in zip(models, names)]
         except (OSError, ValueError, RuntimeError, ImportError) as e:
             click.echo(f"Error: {e}", err=True)

@@ -173,6 +173,13 @@ def is_runtime_model(spec: str) -> bool:
     return spec in zoo.NAMES or spec.lower().endswith(".onnx")
 
 
+def check_model_names(names: Sequence[str]) -> None:
+    """ValueError unless every model's name, and bicubic's, is its own: they key the tables."""
+    names = [BICUBIC, *names]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model names must be unique (got {names}); give each model its own --name")
+
+
 def default_model_names(specs: Sequence[str]) -> list[str]:
     """Row names: the shipped name or the file stem; "parent/stem" where stems collide
     (run1/best.pt and run2/best.pt)."""
@@ -262,8 +269,7 @@ def evaluate(
     if downsample not in DOWNSAMPLE_METHODS:
         raise ValueError(f"unknown downsample method {downsample!r}; use one of {sorted(DOWNSAMPLE_METHODS)}")
     names = [BICUBIC] + [m.name for m in models]
-    if len(set(names)) != len(names):
-        raise ValueError(f"model names must be unique (got {names}); give each model its own --name")
+    check_model_names(names[1:])
     result = Evaluation(models=names, degradation=describe_degradation(images, downsample), border=border)
     for image in tqdm(images, desc="evaluate", unit="img", disable=not progress):
         try:

@@ -29,7 +29,11 @@ def list_images(root: str | Path, list_file: str | Path | None = None) -> list[P
             rel = p.relative_to(root)
             for key in {rel.as_posix(), rel.with_suffix("").as_posix()}:
                 by_name.setdefault(key, []).append(p)
-        names = [n.strip() for n in Path(list_file).read_text().splitlines()]
+        try:  # utf-8-sig: a list saved by an editor that starts it with a byte-order mark
+            text = Path(list_file).read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{list_file}: not a UTF-8 text list of image names ({e.reason} at byte {e.start})") from None
+        names = [n.strip() for n in text.splitlines()]
         names = [n for n in names if n and not n.startswith("#")]
         missing = [n for n in names if n not in by_name]
         if missing:
