@@ -329,8 +329,21 @@ def test_ray_local_starts_a_cluster_for_the_run_says_only_our_lines_and_stops_it
     # the C++ log line this test looks for.
     sessions = str(Path(tempfile.gettempdir()) / "ray" / "session_")
     before = set(processes_mentioning(sessions))
+    # A user's shell has no RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: the run must keep its cluster on loopback by itself.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    listening: set[str] = set()
     try:
-        run = upscale(EXAMPLES, "-o", tmp_path / "out", "--model", toy, "--ray", "local")
+        with open(tmp_path / "stdout", "w+") as stdout, open(tmp_path / "stderr", "w+") as stderr:
+            driver = subprocess.Popen([str(SRDEPLOY), "upscale", str(EXAMPLES), "-o", str(tmp_path / "out"), "--model", str(toy), "--ray", "local"],
+                                      stdout=stdout, stderr=stderr, text=True, env=env)
+            deadline = time.monotonic() + 180
+            while driver.poll() is None and time.monotonic() < deadline:
+                listening |= listening_addresses(driver.pid)
+                time.sleep(0.2)
+            driver.kill() if driver.poll() is None else None
+            driver.wait()
+            stdout.seek(0), stderr.seek(0)
+            run = subprocess.CompletedProcess(driver.args, driver.returncode, stdout.read(), stderr.read())
     finally:  # a driver killed by the timeout leaves its cluster: it goes too
         deadline = time.monotonic() + 20
         while set(processes_mentioning(sessions)) - before and time.monotonic() < deadline:
@@ -346,6 +359,24 @@ def test_ray_local_starts_a_cluster_for_the_run_says_only_our_lines_and_stops_it
     assert not RAY_LOG_LINE.search(run.stderr), run.stderr[-3000:]  # not even beside the bar
     assert sorted(outputs(tmp_path / "out")) == images
     assert not left, f"Ray processes outlived --ray local (killed): {left}"
+    assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip in listening), listening  # Ray has no authentication
+
+
+def listening_addresses(pid: int) -> set[str]:
+    """The addresses that ``pid`` and its descendants (Ray's GCS, raylet and workers) listen on."""
+    import psutil
+
+    found = set()
+    try:
+        processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return found
+    for process in processes:
+        try:
+            found |= {c.laddr.ip for c in process.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+        except psutil.Error:  # gone meanwhile
+            continue
+    return found
 
 
 def test_without_ray_nothing_imports_it_and_uris_say_what_they_need(toy, tmp_path):

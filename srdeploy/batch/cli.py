@@ -135,6 +135,9 @@ def _here(model, provider, precision, tile, sources, out, settings, report, quie
 
 def _on_ray(address, actors, cpus_per_actor, model, provider, precision, tile, sources, out, settings, report, quiet):
     """The batch on a Ray cluster (srdeploy.batch.ray_run): the same rules, records and bytes."""
+    from srdeploy.batch.ray_cluster import before_ray_import
+
+    before_ray_import(address)  # the checks below import Ray
     for package in ("ray", "ray.data", "fsspec"):
         try:
             importlib.import_module(package)

@@ -61,9 +61,9 @@ class Pool:
         return {"actors": self.actors, "cpus_per_actor": self.cpus, "gpus_per_actor": self.gpus}
 
 
-def connect(address: str) -> None:
-    """``local``: start a cluster on this machine for the run (loopback only); ``auto``: the
-    cluster this machine belongs to; else a Ray address (``HOST:PORT``, ``ray://HOST:PORT``)."""
+def before_ray_import(address: str) -> None:
+    """Settings Ray reads once, when it is first imported: call before anything imports it
+    (a check that the package is installed included)."""
     if address == "local":
         # With this off, Ray's get_node_ip_address answers 127.0.0.1: a cluster for one
         # run on one machine listens on loopback, not on the machine's network address.
@@ -72,6 +72,12 @@ def connect(address: str) -> None:
     # one for every actor pool (ray-project/ray#57733) through our bar. Failures still
     # come as Python exceptions. A RAY_BACKEND_LOG_LEVEL the user set wins.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+
+
+def connect(address: str) -> None:
+    """``local``: start a cluster on this machine for the run (loopback only); ``auto``: the
+    cluster this machine belongs to; else a Ray address (``HOST:PORT``, ``ray://HOST:PORT``)."""
+    before_ray_import(address)  # in case nothing imported Ray yet; the CLI calls it first
     if address not in ("local", "auto"):
         reach(address)
     import ray
@@ -82,7 +88,8 @@ def connect(address: str) -> None:
             if address == "local":
                 from srdeploy.runtime.cpus import available_cpus
 
-                ray.init(address="local", num_cpus=available_cpus(), **options)  # a new one, never a running one
+                # a new one, never a running one; on loopback even if Ray was imported before the setting above
+                ray.init(address="local", num_cpus=available_cpus(), _node_ip_address="127.0.0.1", **options)
             else:
                 ray.init(address=address, **options)
     except (ConnectionError, ValueError, RuntimeError) as e:
