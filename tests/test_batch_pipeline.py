@@ -219,10 +219,10 @@ def test_each_output_is_vouched_for_on_disk_before_its_rename_and_every_record_b
             synced[0] = journal_file.st_size
         real_fsync(fd)
 
-    def publish(self, tmp, target):
+    def publish(self, tmp, target, found):
         on_disk = (out / JOURNAL_NAME).read_bytes()[: synced[0]].decode()
         assert f'"status": "writing", "output": "{target.name}"' in on_disk
-        real_publish(self, tmp, target)
+        real_publish(self, tmp, target, found)
 
     monkeypatch.setattr("srdeploy.batch.journal.os.fsync", fsync)
     monkeypatch.setattr(batch_steps.Folder, "publish", publish)

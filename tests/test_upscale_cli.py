@@ -623,6 +623,45 @@ def test_max_pixels_refuses_large_inputs_before_decoding(toy, tmp_path):
     assert not outputs(tmp_path / "out")
 
 
+@pytest.mark.parametrize("hard_links", [True, False], ids=["hard links", "no hard links"])
+def test_a_file_saved_at_an_outputs_name_mid_run_is_not_replaced_without_overwrite(toy, tmp_path, monkeypatch, hard_links):
+    """Outputs are committed a few inputs after their names were checked: a file someone
+    saves there meanwhile (or puts in place of an output of ours) is theirs, not ours to lose."""
+    import errno
+
+    from srdeploy.batch import steps
+    from srdeploy.batch.jobs import Settings
+    from srdeploy.batch.run import run_batch
+
+    rng = np.random.default_rng(7)
+    src = tmp_path / "in"
+    for name in ("a.png", "b.png"):
+        save(src / name, rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    up = Upscaler(toy)
+    run_batch(up, [src], out, settings=Settings(format="same"))  # b.png: an output of ours to be replaced below
+    (out / "a.png").unlink()
+    save(src / "b.png", rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))  # new input: ours gets replaced
+    if not hard_links:  # FAT, some network shares: a checked rename instead
+        monkeypatch.setattr(steps.os, "link", lambda a, b: (_ for _ in ()).throw(OSError(errno.EPERM, "Operation not permitted")))
+    real_publish = steps.Folder.publish
+
+    def someone_saves_first(self, tmp, target, found):
+        target.write_bytes(b"the user's own " + target.name.encode())
+        real_publish(self, tmp, target, found)
+
+    monkeypatch.setattr(steps.Folder, "publish", someone_saves_first)
+    summary = run_batch(up, [src], out)
+    assert [(r.status, r.reason.split(";")[0]) for r in summary.results] == [
+        ("skipped", "output exists (a file appeared at the output's name during the run"),
+        ("skipped", "output exists (the file at the output's name changed during the run"),
+    ]
+    assert [(out / n).read_bytes() for n in ("a.png", "b.png")] == [b"the user's own a.png", b"the user's own b.png"]
+    assert not temp_files(out)
+    summary = run_batch(up, [src], out, settings=Settings(overwrite=True))  # asked for: replaced
+    assert [r.status for r in summary.results] == ["ok", "ok"] and (out / "a.png").read_bytes() == up.upscale_bytes((src / "a.png").read_bytes(), "a.png").data
+
+
 class _Killed(BaseException):
     """Stands in for SIGKILL at one exact point of the write sequence."""
 
@@ -636,17 +675,17 @@ def test_a_crash_at_either_side_of_the_rename_resumes_correctly(toy, tmp_path, m
     src = save(tmp_path / "in" / "a.png", np.random.default_rng(6).integers(0, 256, (12, 12, 3), dtype=np.uint8))
     out = tmp_path / "out"
     up = Upscaler(toy)  # what the CLI runs: auto
-    real_replace = os.replace
+    real_link = os.link  # a new output gets its name by a hard link (never over a file), then the temp name goes
 
-    def replace_then_die(a, b):
+    def link_then_die(a, b):
         if moment == "after the rename":
-            real_replace(a, b)
+            real_link(a, b)
         raise _Killed
 
-    monkeypatch.setattr(steps.os, "replace", replace_then_die)
+    monkeypatch.setattr(steps.os, "link", link_then_die)
     with pytest.raises(_Killed):
         run_batch(up, [src.parent], out)
-    monkeypatch.setattr(steps.os, "replace", real_replace)
+    monkeypatch.setattr(steps.os, "link", real_link)
     assert [r["status"] for r in journal(out) if "status" in r] == ["writing"]
     assert (out / "a.png").exists() == (moment == "after the rename")
     assert not temp_files(out)  # the temp file is removed even as the process goes down

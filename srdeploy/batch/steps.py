@@ -18,6 +18,7 @@ driver: the values passed between them are small and picklable.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import time
@@ -43,6 +44,7 @@ class _Item:
     started: float  # time.perf_counter() when its reading began
     key: dict  # what its output is made from (input content, model, settings), for the journal
     replacing: str  # a note when it replaces an older output of ours
+    found: str | None = None  # what was at the target when writing there was decided: None (nothing), its sha256, or ANY
 
     def result(self, status: str, reason: str) -> Result:
         return Result(self.job.shown, status, reason, str(self.job.output), time.perf_counter() - self.started)
@@ -76,6 +78,14 @@ class _Staged:
     size: tuple[int, int]  # (width, height)
 
 
+ANY = "any"  # _Item.found under --overwrite: whatever is at the target by then is replaced
+
+
+class TargetChanged(Exception):
+    """The target is no longer as the batch found it: a file appeared there, or another
+    took the place of the one it meant to replace. Not the batch's to lose."""
+
+
 class Place(Protocol):
     """Where a batch's outputs go: a :class:`Folder` or a srdeploy.batch.stores.Bucket."""
 
@@ -84,8 +94,12 @@ class Place(Protocol):
     def holds(self, target: Any) -> bool: ...
     def sha256(self, target: Any) -> str | None: ...
     def stage(self, target: Any, data: bytes, key: dict, output_sha256: str, size: tuple[int, int]) -> Path | None: ...  # None: written whole already
-    def publish(self, tmp: Path, target: Any) -> None: ...
+    def publish(self, tmp: Path, target: Any, found: str | None) -> None: ...  # TargetChanged: not as found
     def discard(self, tmp: Path) -> None: ...
+
+
+# errno values of a file system that has no hard links (or not here): publish falls back to a checked rename.
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV}
 
 
 class Folder:
@@ -125,7 +139,27 @@ class Folder:
         self._check_inside(target)  # again: the folder may have been swapped since holds()
         return stage_bytes(target, data)
 
-    def publish(self, tmp: Path, target: Path) -> None:
+    def publish(self, tmp: Path, target: Path, found: str | None) -> None:
+        """Rename ``tmp`` onto ``target`` if the target is as the batch found it when it chose
+        to write there (``found``: nothing, the file of that sha256, or ANY); else raise
+        TargetChanged. Outputs are committed a few inputs after that check, and a file
+        someone saved there meanwhile must not be replaced without --overwrite."""
+        if found is None:
+            try:
+                os.link(tmp, target)  # unlike a rename, fails where the name is taken
+            except FileExistsError:
+                raise TargetChanged("a file appeared at the output's name during the run") from None
+            except OSError as e:
+                if e.errno not in NO_HARD_LINKS:
+                    raise
+                if os.path.lexists(target):  # no hard links here (FAT, some network shares): a narrow window remains
+                    raise TargetChanged("a file appeared at the output's name during the run") from None
+                os.replace(tmp, target)
+                return
+            os.unlink(tmp)  # the output has its name; a crash before this leaves a temp file the next run sweeps
+            return
+        if found != ANY and _sha256_file(target) != found:
+            raise TargetChanged("the file at the output's name changed during the run")
         os.replace(tmp, target)
 
     def discard(self, tmp: Path) -> None:
@@ -212,6 +246,8 @@ class InputSteps:
             if isinstance(checked, _Outcome):
                 return checked
             item = checked
+        if self.settings.overwrite:
+            item = replace(item, found=ANY)
         try:
             # The format is chosen again from the bytes read now, as the plan chose it from
             # the header read then: a file replaced in between (a JPEG now where a PNG was)
@@ -239,14 +275,15 @@ class InputSteps:
         """An output already at the target: skipped when the journal says we made it from
         this key (or it is not ours and --overwrite is off), else the item, noting when it
         replaces an output of ours made from other input, model or settings."""
-        made = self.journal.last_ok(str(item.job.output), self.place.sha256(item.target))
+        sha = self.place.sha256(item.target)
+        made = self.journal.last_ok(str(item.job.output), sha)
         ours = made is not None
         if ours and all(made.get(k) == v for k, v in item.key.items()):
             if "made_by_this_run" in made:  # this input's earlier attempt (a task Ray retried) wrote it whole
                 return made_ok(item, made["output_sha256"], made["made_by_this_run"])
             return _Outcome(item.result("skipped", "already done (same input, model, engine and settings)"), item.key)
         if ours and made.get("source") == item.key["source"]:
-            return replace(item, replacing=" (replaced: input, model, engine or settings changed)")
+            return replace(item, replacing=" (replaced: input, model, engine or settings changed)", found=sha)
         if self.settings.overwrite:
             return item
         whose = f"made from {made.get('input')}" if ours else "not made by srdeploy from this input"
@@ -293,7 +330,11 @@ class Committer:
             if value.tmp is not None:  # else the place wrote it whole, vouched for by its own key
                 # Durable before the rename: a file in place must be vouched for after a power cut.
                 self.journal.append({"input": job.shown, "status": "writing", "output": str(job.output), "output_sha256": value.output_sha256, **item.key}, durable=True)
-                self.place.publish(value.tmp, item.target)
+                self.place.publish(value.tmp, item.target, item.found)
+        except TargetChanged as e:
+            self.discard(value)
+            self.finish(item.result("skipped", f"output exists ({e}; not made by srdeploy from this input); --overwrite replaces it"), item.key)
+            return
         except Exception as e:  # anything else reaches the pipeline, which discards the temp file
             self.discard(value)
             reason = cannot_write(job, e) if isinstance(e, OSError) else failure_reason(e, job.shown)

@@ -149,7 +149,7 @@ class Bucket:
         self._head = None
         self.fs.pipe_file(target, data, chunksize=_ONE_PUT, **self._put_options(meta, content_type))
 
-    def publish(self, tmp: Path, target: str) -> None:  # stage wrote the object whole
+    def publish(self, tmp: Path, target: str, found: str | None) -> None:  # stage wrote the object whole
         raise AssertionError("a Bucket stages nothing to rename")
 
     def discard(self, tmp: Path) -> None:
