@@ -180,6 +180,37 @@ def test_ctrl_c_mid_batch_leaves_no_temp_file_then_a_rerun_resumes(upscaler, tmp
     assert len(list(out.glob("*.png"))) == 10 and not temp_files(out)
 
 
+@pytest.mark.parametrize("gone", ["folder deleted", "folder moved", "journal deleted"])
+def test_an_output_folder_deleted_or_moved_mid_run_stops_the_batch(upscaler, tmp_path, gone):
+    """Records appended to a journal no longer at its path vouch for nothing a rerun finds:
+    the batch stops, and OUT is not made again behind the user's back."""
+    import shutil
+
+    from srdeploy.batch.journal import JournalError
+
+    make_inputs(tmp_path / "in", 10, seed=4)
+    out = tmp_path / "out"
+
+    def after_first(result):
+        if result.status == "ok" and out.exists():
+            if gone == "folder deleted":
+                shutil.rmtree(out)
+            elif gone == "folder moved":
+                out.rename(tmp_path / "moved")
+            else:
+                (out / JOURNAL_NAME).unlink()
+
+    with pytest.raises(JournalError, match="was deleted, moved or replaced during the run"):
+        run_batch(upscaler, [tmp_path / "in"], out, report=after_first, limits=OVERLAPPING)
+    assert not pipeline_threads()
+    if gone == "folder deleted":
+        assert not out.exists()
+    if gone == "folder moved":  # temp files staged before the move went with it: a run into it sweeps them
+        assert not out.exists()
+        summary = run_batch(upscaler, [tmp_path / "in"], tmp_path / "moved")
+        assert not summary.failed and not temp_files(tmp_path / "moved")
+
+
 def test_an_unwritable_journal_stops_the_batch_without_temp_files(upscaler, tmp_path, monkeypatch):
     make_inputs(tmp_path / "in", 10, seed=3)
     out = tmp_path / "out"

@@ -103,6 +103,7 @@ class Journal:
         return open_regular(self.path, append=True)  # unbuffered: each record is one write(); a FIFO is refused
 
     def _write(self, f: BinaryIO, data: bytes, durable: bool) -> None:
+        self._check_in_place(f)
         if self._torn and f.tell() > 0 and not _ends_with_newline(self.path):
             data = b"\n" + data
         self._torn = True  # until the whole line is written
@@ -112,6 +113,19 @@ class Journal:
         self._torn = False
         if durable:
             os.fsync(f.fileno())
+
+    def _check_in_place(self, f: BinaryIO) -> None:
+        """JournalError when the open journal is no longer the file at its path: it, or OUT
+        with it, was deleted, moved or replaced during the run, and what is appended to it
+        now would vouch for nothing a later run can find."""
+        held = os.fstat(f.fileno())
+        try:
+            there = os.stat(self.path)
+        except FileNotFoundError:
+            there = None
+        if there is None or (there.st_dev, there.st_ino) != (held.st_dev, held.st_ino):
+            raise JournalError(f"the journal {display(self.path)} was deleted, moved or replaced during the run "
+                               "(with the output folder?); its records would be lost")
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

@@ -137,6 +137,8 @@ class Folder:
 
     def stage(self, target: Path, data: bytes, key: dict, output_sha256: str, size: tuple[int, int]) -> Path:
         self._check_inside(target)  # again: the folder may have been swapped since holds()
+        if not self.root.is_dir():  # deleted or moved during the run: not made again here (the journal stops the batch)
+            raise FileNotFoundError(errno.ENOENT, "the output folder is gone")
         return stage_bytes(target, data)
 
     def publish(self, tmp: Path, target: Path, found: str | None) -> None:
