@@ -206,7 +206,7 @@ def test_an_actor_killed_mid_run_is_restarted_and_its_inputs_redone(toy, cluster
     names = noise_folder(src, 40, 160, seed=3)
     args = [str(SRDEPLOY), "upscale", str(src), "-o", str(out), "--model", str(toy), "--ray", cluster, "--actors", "2", "--quiet"]
     before = set(processes_titled(ACTOR_TITLE))
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=srdeploy_env())
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=srdeploy_env())
     killed = None
     try:
         deadline = time.monotonic() + 120
@@ -217,13 +217,14 @@ def test_an_actor_killed_mid_run_is_restarted_and_its_inputs_redone(toy, cluster
                 killed = min(actors)
                 os.kill(killed, signal.SIGKILL)
             time.sleep(0.05)
-        _, err = proc.communicate(timeout=240)
+        printed, err = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert killed is not None, "no actor was seen before the batch ended; make it longer"
     assert proc.returncode == 0, err.decode()[-3000:]
+    assert printed == b""  # --quiet: no lines, Ray's notice of the dead worker included (it goes to stderr)
     made = outputs(out)
     assert sorted(made) == names and not temp_files(out)
     assert sorted(r[3] for r in rows(out) if r[1] == "ok") == names  # each input journalled once

@@ -326,6 +326,20 @@ def test_images_a_user_left_in_an_output_folder_inside_the_inputs_are_reported_a
     assert "0 ok, 2 skipped, 0 failed of 2" in again.stderr and mine.read_bytes() == kept
 
 
+def test_an_output_that_would_land_in_a_recursive_input_folder_inside_out_fails(toy, tmp_path):
+    # -r OUT/in -o OUT: in/in/b.png mirrors to OUT/in/b.png, inside the input folder, where
+    # the next run would read it back as an input (and upscale it again, 16x in all).
+    nest = tmp_path / "nest"
+    rng = np.random.default_rng(9)
+    save(nest / "in" / "a.png", rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+    save(nest / "in" / "in" / "b.png", rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+    for _ in range(2):  # the rerun finds nothing new to read
+        run = upscale("-r", nest / "in", "-o", nest, "--model", toy)
+        assert run.returncode == 1 and "0 failed" not in run.stderr, run.stderr
+        assert f"failed  {nest / 'in' / 'in' / 'b.png'}: the output in/b.png would land in the input folder {nest / 'in'}" in run.stderr
+        assert sorted(p.relative_to(nest).as_posix() for p in nest.rglob("*.png")) == ["a.png", "in/a.png", "in/in/b.png"]
+
+
 def test_recursive_follows_links_to_folders_each_real_folder_once(toy, tmp_path):
     src = tmp_path / "in"
     save(src / "a.png", np.zeros((8, 8, 3), dtype=np.uint8))
@@ -495,6 +509,11 @@ def test_a_journal_line_of_the_wrong_shape_vouches_for_nothing_and_stops_no_reru
     assert upscale(src, "-o", out, "--model", toy).returncode == 0
     with open(out / JOURNAL_NAME, "a") as f:  # valid JSON, hand-edited
         f.write('{"status": "ok", "output": ["a.png"], "output_sha256": {"x": 1}}\n')
+    again = upscale(src, "-o", out, "--model", toy)
+    assert again.returncode == 0 and "already done" in again.stdout, again.stderr
+    ok = next(r for r in journal(out) if r.get("status") == "ok")
+    with open(out / JOURNAL_NAME, "a") as f:  # a field only a bucket's metadata sets, hand-added and malformed
+        f.write(json.dumps({**ok, "made_by_this_run": None}) + "\n")
     again = upscale(src, "-o", out, "--model", toy)
     assert again.returncode == 0 and "already done" in again.stdout, again.stderr
 

@@ -13,6 +13,7 @@ import math
 import os
 import socket
 import sys
+import threading
 from dataclasses import dataclass
 
 from srdeploy.io.streams import native_stderr_to
@@ -95,6 +96,8 @@ def connect(address: str) -> None:
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise ClusterError(f"cannot connect to the Ray cluster at {address!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     quiet_ray_data()
+    if not isinstance(sys.stdout, _ClusterNoticesToStderr):
+        sys.stdout = _ClusterNoticesToStderr(sys.stdout)
 
 
 def reach(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
@@ -140,6 +143,29 @@ def disconnect() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+    if isinstance(sys.stdout, _ClusterNoticesToStderr):
+        sys.stdout = sys.stdout.stdout
+
+
+# The driver thread from which Ray prints the cluster's error notices ("(raylet) Task
+# MapWorker... failed", when an actor's worker dies and Ray restarts it), to stdout.
+NOTICE_THREAD = "ray_listen_error_messages"
+
+
+class _ClusterNoticesToStderr:
+    """sys.stdout while connected: what Ray's notice thread prints goes to stderr, so
+    stdout keeps the batch's one line per input (log_to_driver=False does not cover it)."""
+
+    def __init__(self, stdout):
+        self.stdout = stdout
+
+    def write(self, text: str) -> int:
+        if threading.current_thread().name == NOTICE_THREAD:
+            return sys.stderr.write(text)
+        return self.stdout.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stdout, name)
 
 
 def nodes() -> list[dict[str, float]]:

@@ -46,7 +46,7 @@ from srdeploy.batch.jobs import JOURNAL_NAME, Job, Result, Settings, Summary
 from srdeploy.batch.journal import Journal, display
 from srdeploy.batch.ray_actor import Roster, Upscaling, check_engine, read_headers, wait_exit
 from srdeploy.batch.run import (
-    Recorder, collect, make_output_folder, plan, progress_bar, refuse_nothing_to_do, refuse_output_among_inputs, settings_record, stray_result, strays_in_output,
+    Recorder, collect, make_output_folder, plan, progress_bar, refuse_nothing_to_do, refuse_output_among_inputs, settings_record, stray_result, strays_in_output, walked_inside_output,
 )
 from srdeploy.batch.steps import Committer, Folder, arrived, is_staged
 from srdeploy.runtime import engines
@@ -121,7 +121,8 @@ class RayBatch:
             try:
                 journal.append({"event": "run", "settings": settings_record(settings), **_describe(self.engine), "ray": self.pool.describe()})
                 strays = strays_in_output(inputs, out, settings.recursive, journal)
-                jobs, refused = plan(files, settings, self.engine["scale"], place, self._headers(files, settings.max_pixels), protected=strays)
+                jobs, refused = plan(files, settings, self.engine["scale"], place, self._headers(files, settings.max_pixels), protected=strays,
+                                     read_back=walked_inside_output(inputs, out, settings.recursive))
                 decided += [(len(files), stray_result(path, out)) for path in strays]
                 if isinstance(place, Folder):
                     place.sweep(job.output for job in jobs)  # temp files a killed run left; the lock says none is live

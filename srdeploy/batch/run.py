@@ -162,6 +162,20 @@ def strays_in_output(inputs: Sequence[Path | str], out_dir: Path | str, recursiv
     return strays
 
 
+def walked_inside_output(inputs: Sequence[Path | str], out_dir: Path | str, recursive: bool) -> list[Path]:
+    """Input folders walked with --recursive that lie inside OUT (resolved). The walk skips
+    OUT where OUT lies inside an input folder; where an input folder lies inside OUT, an
+    output mirrored into it (``-r OUT/in -o OUT`` puts ``in/sub/x.png`` at OUT/in/sub/x.png)
+    would be read back as an input by the next run."""
+    if not (recursive and isinstance(out_dir, Path)):
+        return []
+    try:
+        out_real = out_dir.resolve()
+        return [g.resolve() for g in inputs if isinstance(g, Path) and g.is_dir() and g.resolve() != out_real and g.resolve().is_relative_to(out_real)]
+    except (OSError, RuntimeError):  # an input that cannot be looked at: collect has said why
+        return []
+
+
 def stray_result(path: Path, out_dir: Path) -> Result:
     return Result(display(path), "skipped", f"inside the output folder {display(out_dir)}, which is never read as input; move it out of there to upscale it")
 
@@ -175,15 +189,16 @@ def cannot_look_at(error: OSError | RuntimeError) -> str:
 
 def plan(
     files: list[tuple[Path | str, PurePosixPath]], settings: Settings, scale: int, place: Place, headers: list[imaging.ImageInfo | imaging.ImageError] | None = None,
-    protected: Sequence[Path] = (),
+    protected: Sequence[Path] = (), read_back: Sequence[Path] = (),
 ) -> tuple[list[Job], list[tuple[int, Result]]]:
     """Read each header, pick the output format and name, and refuse name collisions
     (the first input in order keeps the name; nothing is overwritten) and outputs that
     would replace an input, its own or another's, or a ``protected`` file (``place``: where
     outputs go). ``headers``: each file's :func:`srdeploy.io.imaging.probe` (or the
     ImageError it raised), already read elsewhere (on a cluster's workers); by default each
-    is read here. Each refusal comes with the file's index in ``files``, as each job does
-    (Job.index)."""
+    is read here. ``read_back``: input folders (resolved) a rerun walks that outputs may
+    land in (:func:`walked_inside_output`); an output there fails. Each refusal comes with
+    the file's index in ``files``, as each job does (Job.index)."""
     jobs: list[Job] = []
     failures: list[tuple[int, Result]] = []
     claimed: dict[str, str] = {}
@@ -200,7 +215,13 @@ def plan(
             failures.append((i, Result(shown, "failed", failure_reason(e, shown))))
             continue
         output = rel.with_suffix(imaging.output_suffix(fmt, rel.suffix))
-        replaced = inputs.get(place.location(place.target(output)))
+        location = place.location(place.target(output))
+        into = next((d for d in read_back if Path(location).is_relative_to(d)), None)
+        if into is not None:
+            failures.append((i, Result(shown, "failed", f"the output {output} would land in the input folder {display(into)}, which a rerun "
+                                                        "with --recursive would read it from; choose an -o outside the input folders", str(output))))
+            continue
+        replaced = inputs.get(location)
         if replaced is not None:
             which = "its input" if replaced == shown else f"the input {replaced}"
             failures.append((i, Result(shown, "failed", f"the output {output} would replace {which}; choose another -o", str(output))))
@@ -241,7 +262,8 @@ def run_batch(
     with journal.lock():
         journal.append({"event": "run", "settings": settings_record(settings), **upscaler.describe()})
         strays = strays_in_output(inputs, out_dir, settings.recursive, journal)
-        jobs, refused = plan(files, settings, upscaler.scale, Folder(out_dir), protected=strays)
+        jobs, refused = plan(files, settings, upscaler.scale, Folder(out_dir), protected=strays,
+                             read_back=walked_inside_output(inputs, out_dir, settings.recursive))
         decided += [(len(files), stray_result(path, out_dir)) for path in strays]
         Folder(out_dir).sweep(job.output for job in jobs)  # temp files a killed run left; the lock says none is live
         record = Recorder(journal, summary, report, jobs, decided=decided + refused)

@@ -281,8 +281,9 @@ class InputSteps:
         made = self.journal.last_ok(str(item.job.output), sha)
         ours = made is not None
         if ours and all(made.get(k) == v for k, v in item.key.items()):
-            if "made_by_this_run" in made:  # this input's earlier attempt (a task Ray retried) wrote it whole
-                return made_ok(item, made["output_sha256"], made["made_by_this_run"])
+            size = made.get("made_by_this_run")  # set by a Bucket only; a hand-edited journal's is checked too
+            if isinstance(size, list) and len(size) == 2 and all(type(n) is int for n in size):  # this input's earlier attempt (a task Ray retried) wrote it whole
+                return made_ok(item, made["output_sha256"], size)
             return _Outcome(item.result("skipped", "already done (same input, model, engine and settings)"), item.key)
         if ours and made.get("source") == item.key["source"]:
             return replace(item, replacing=" (replaced: input, model, engine or settings changed)", found=sha)
