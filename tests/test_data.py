@@ -52,13 +52,14 @@ def test_hidden_files_and_folders_are_left_out_as_upscale_leaves_them_out(tmp_pa
     assert [p.name for p in list_images(root)] == ["a.png"]
 
 
-def test_pairs_are_the_shared_degradation_of_the_crop(folder):
+def test_pairs_are_the_shared_degradation_of_the_whole_image_cropped(folder):
     ds = SRDataset(folder, patch=32, flip=False)
-    lr, hr = ds[0]  # int index: centre crop, no augmentation
+    lr, hr = ds[0]  # int index: centre crop (on the LR grid), no augmentation
     assert lr.shape == (3, 8, 8) and hr.shape == (3, 32, 32)
     assert lr.min() >= 0 and lr.max() <= 1 and hr.min() >= -1 and hr.max() <= 1
-    img = Image.open(folder / "0.png").convert("RGB").crop((16, 8, 48, 40))
-    expected = np.asarray(downscale(img, 4, "bicubic"), dtype=np.float32) / 255
+    img = Image.open(folder / "0.png").convert("RGB")
+    np.testing.assert_allclose((hr.permute(1, 2, 0).numpy() + 1) * 127.5, np.asarray(img.crop((16, 8, 48, 40)), dtype=np.float32), atol=1e-4)
+    expected = np.asarray(downscale(img, 4, "bicubic"), dtype=np.float32)[2:10, 4:12] / 255
     np.testing.assert_allclose(lr.permute(1, 2, 0).numpy(), expected, atol=1e-6)
 
 
@@ -130,3 +131,28 @@ def test_every_stage_reads_16_bit_grey_and_phone_photos_as_upscale_does(tmp_path
         assert reader(tmp_path / "phone.jpg").size == (96, 128)
     assert SRDataset(tmp_path).sizes == [(96, 128), (128, 96)]  # phone.jpg upright, scan16.png as stored
     assert 0.05 < lr_input(tmp_path / "scan16.png", side=16).mean() < 0.95  # not clipped to white
+
+
+@pytest.mark.parametrize("method", ["bicubic", "bilinear"])
+def test_a_patchs_lr_is_the_whole_images_lr_there_as_evaluation_and_preload_make_it(tmp_path, method):
+    """Degrading a bare crop renormalises the filter at its edges: the file loader's LR
+    patches would differ from --preload's and from every real input's."""
+    from srdeploy.training.data import degraded_patch
+
+    rng = np.random.default_rng(5)
+    hr = Image.fromarray(rng.integers(0, 256, (70, 83, 3), dtype=np.uint8))  # sides not multiples of 4
+    whole = np.asarray(downscale(hr.crop((0, 0, 80, 68)), 4, method))
+    for x, y in ((0, 0), (4, 8), (24, 20), (48, 36), (56, 36)):  # corners, edges and inside
+        patch = np.asarray(degraded_patch(hr, (x, y, x + 24, y + 32), 4, method))
+        assert np.array_equal(patch, whole[y // 4 : y // 4 + 8, x // 4 : x // 4 + 6]), (x, y)
+    hr.save(tmp_path / "a.png")
+    dataset = SRDataset(tmp_path, patch=32, downsample=method, flip=False)
+    for epoch in range(4):
+        lr, hr_patch = dataset[(epoch, 0)]
+        lr = (lr.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        hr_patch = ((hr_patch.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+        here = [(x, y) for y in range(0, 68 - 31, 4) for x in range(0, 80 - 31, 4)
+                if np.array_equal(np.asarray(hr)[y : y + 32, x : x + 32], hr_patch)]  # where the loader cut it: on the grid
+        assert len(here) == 1
+        x, y = here[0]
+        assert np.array_equal(lr, whole[y // 4 : y // 4 + 8, x // 4 : x // 4 + 8])

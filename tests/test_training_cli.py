@@ -131,6 +131,22 @@ def test_a_moved_run_folder_resumes_where_it_now_is(tmp_path, image_folder):  # 
     assert steps[-2:] == [3, 4]
 
 
+def test_a_resume_with_another_process_count_is_refused(tmp_path, image_folder):  # noqa: F811
+    """Steps and the epoch position count each process's batches: 2 processes' step 7 is not one process's."""
+    import torch
+
+    from srdeploy.training.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    assert invoke("srresnet", "--data", str(image_folder), "-o", str(run), "--steps", "1", *TINY).exit_code == 0
+    state = load_checkpoint(run / "last.pt")
+    assert state["processes"] == 1
+    save_checkpoint({**state, "processes": 2}, run / "last.pt")  # as a torchrun --nproc-per-node 2 run writes it
+    result = invoke("srresnet", "-o", str(run), "--resume", "--steps", "2")
+    assert result.exit_code == 2 and error_lines(result)[0].startswith(f"Error: --resume: {run} was trained by 2 process(es) and this run has 1;")
+    assert torch.equal(load_checkpoint(run / "last.pt")["generator"]["tail.bias"], state["generator"]["tail.bias"])  # untouched
+
+
 def test_resume_keeps_the_recipe(tmp_path, image_folder):  # noqa: F811
     run = tmp_path / "run"
     assert invoke("srresnet", "--data", str(image_folder), "-o", str(run), "--steps", "1", *TINY).exit_code == 0

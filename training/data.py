@@ -104,18 +104,41 @@ class SRDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (None, key)
         hr = self._load(self.paths[index])
         rnd = random.Random(hash((self.seed, epoch, index))) if epoch is not None else None
+        s = self.scale
         w, h = hr.size
-        size = self.patch or min(w, h) - min(w, h) % self.scale
+        w, h = w - w % s, h - h % s  # what the whole image's LR covers
+        size = self.patch or min(w, h)
+        cols, rows = (w - size) // s, (h - size) // s  # patch positions on the LR grid
         if rnd is not None:
-            x, y = rnd.randint(0, w - size), rnd.randint(0, h - size)
+            x, y = s * rnd.randint(0, cols), s * rnd.randint(0, rows)
         else:
-            x, y = (w - size) // 2, (h - size) // 2
-        if (x, y, size, size) != (0, 0, w, h):
+            x, y = s * (cols // 2), s * (rows // 2)
+        lr = degraded_patch(hr, (x, y, x + size, y + size), s, self.downsample)
+        if (x, y, size, size) != (0, 0, *hr.size):
             hr = hr.crop((x, y, x + size, y + size))
-        if rnd is not None and self.flip and rnd.random() < 0.5:
-            hr = hr.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        lr = downscale(hr, self.scale, self.downsample)
+        if rnd is not None and self.flip and rnd.random() < 0.5:  # the filters are symmetric: flipping commutes with degrading
+            hr, lr = hr.transpose(Image.Transpose.FLIP_LEFT_RIGHT), lr.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return to_tensor(lr), to_tensor(hr) * 2.0 - 1.0
+
+
+# LR pixels of context the degradation reaches on each side of a patch: Pillow's shrinking
+# filters are antialiased, their support scaled by the factor (bicubic: 2 LR pixels; bilinear: 1).
+DEGRADATION_REACH = 2
+
+
+def degraded_patch(hr: Image.Image, box: tuple[int, int, int, int], scale: int, method: str) -> Image.Image:
+    """The LR of the HR patch ``box`` (on the scale grid) as the whole image's LR holds it,
+    which is what evaluation and --preload degrade: the patch is degraded with the
+    neighbourhood the filter reaches, then trimmed. Degrading the bare crop would
+    renormalise the filter at its edges, an artefact no real input has."""
+    x, y, right, bottom = box
+    w, h = hr.size
+    reach = DEGRADATION_REACH * scale
+    x0, y0 = max(0, x - reach), max(0, y - reach)
+    x1, y1 = min(w - w % scale, right + reach), min(h - h % scale, bottom + reach)
+    lr = downscale(hr.crop((x0, y0, x1, y1)), scale, method)
+    left, top = (x - x0) // scale, (y - y0) // scale
+    return lr.crop((left, top, left + (right - x) // scale, top + (bottom - y) // scale))
 
 
 class EpochSampler(Sampler):

@@ -43,6 +43,10 @@ def train(cfg: TrainConfig, resume: bool = False, started: Callable[[], None] = 
             device = pick_device(cfg.device, env.local_rank)
             m = build_models(cfg, device, use_init=not resume)
             at = restore(out / "last.pt", m) if resume else Position()
+            if at.processes not in (None, env.world_size):  # steps count batches per process: they would not carry over
+                raise ValueError(f"--resume: {out} was trained by {at.processes} process(es) and this run has {env.world_size}; "
+                                 f"its epoch position and step budget count each process's batches, so resume with "
+                                 f"{at.processes} (torchrun --nproc-per-node {at.processes}, or no torchrun for 1)")
             dataset, sampler, loader = make_loader(cfg, env, device)
             steps_per_epoch = len(dataset) // env.world_size // cfg.batch_size
             if steps_per_epoch == 0:
@@ -75,7 +79,7 @@ def train(cfg: TrainConfig, resume: bool = False, started: Callable[[], None] = 
 
         def save(tag: str = "last") -> None:
             if env.is_main:
-                save_checkpoint(m.state(cfg, at, budget.minutes()), out / f"{tag}.pt")
+                save_checkpoint(m.state(cfg, at, budget.minutes(), env.world_size), out / f"{tag}.pt")
 
         def validate_and_save() -> None:
             if validator is not None:

@@ -30,6 +30,7 @@ class Position:
     best: float = -math.inf  # best validation PSNR-Y
     minutes: float = 0.0  # wall time of earlier sessions
     validated: int | None = None  # step whose weights were last validated and checkpointed
+    processes: int | None = None  # the DDP world size the steps were counted in (None: a checkpoint from before it was kept)
 
 
 class EMA:
@@ -68,14 +69,14 @@ class Models:
     scaler: torch.amp.GradScaler | None  # fp16 only
     memory_format: torch.memory_format
 
-    def state(self, cfg: TrainConfig, at: Position, minutes: float) -> dict[str, Any]:
+    def state(self, cfg: TrainConfig, at: Position, minutes: float, processes: int) -> dict[str, Any]:
         """A resumable checkpoint (the layout in srdeploy.training.checkpoint)."""
         return {"generator": self.generator.state_dict(), "arch": self.generator.arch(),
                 "generator_ema": self.ema.model.state_dict() if self.ema else None,
                 "discriminator": self.discriminator.state_dict() if self.discriminator else None,
                 "g_optimizer": self.g_opt.state_dict(), "d_optimizer": self.d_opt.state_dict() if self.d_opt else None,
                 "scaler": self.scaler.state_dict() if self.scaler else None,
-                "step": at.step, "epoch": at.epoch, "epoch_step": at.epoch_step, "best": at.best, "minutes": minutes,
+                "step": at.step, "epoch": at.epoch, "epoch_step": at.epoch_step, "best": at.best, "minutes": minutes, "processes": processes,
                 "rng": _rng_state(), "config": cfg.to_dict()}
 
     def weight_sum(self) -> float:
@@ -139,7 +140,7 @@ def restore(path: Path, m: Models) -> Position:
     _restore_rng(ckpt["rng"])
     # validated=step: a resume whose budget is already spent has nothing new to validate or save.
     return Position(ckpt["step"], ckpt["epoch"], ckpt["epoch_step"], ckpt.get("best", -math.inf), ckpt.get("minutes", 0.0),
-                    validated=ckpt["step"])
+                    validated=ckpt["step"], processes=ckpt.get("processes"))
 
 
 def _rng_state() -> dict[str, Any]:
