@@ -64,6 +64,25 @@ def test_srgan_step_updates_both_networks(content):
     assert all(p.requires_grad for p in d.parameters())  # D is unfrozen after the G step
 
 
+def test_the_vgg_loss_is_computed_in_fp32_under_bf16_autocast():
+    """Near convergence the feature difference is small beside the features: bf16 would cancel it out."""
+    from srdeploy.training.steps import content_loss
+
+    torch.manual_seed(0)
+    vgg = VGGFeatures.random_for_tests()
+    cfg = TrainConfig(data="x", stage="srgan", content="vgg")
+    hr = torch.rand(1, 3, 48, 48) * 2 - 1
+    sr = (hr + 2 / 255 * torch.randn_like(hr)).requires_grad_(True)
+    exact = content_loss(sr, hr, cfg, vgg)["vgg"]
+    (grad,) = torch.autograd.grad(exact, sr)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = content_loss(sr, hr, cfg, vgg)["vgg"]
+    (grad_autocast,) = torch.autograd.grad(under_autocast, sr)
+    # Relative bounds only: random weights make tiny features (a loss near 1e-16; bf16 gave 1e-10).
+    assert under_autocast.dtype == torch.float32 and torch.allclose(under_autocast, exact, rtol=1e-4, atol=0)
+    assert torch.allclose(grad_autocast, grad, rtol=1e-3, atol=0)
+
+
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, image_folder):
     full = tiny_config(tmp_path / "a", image_folder, steps=6)
     train(full)

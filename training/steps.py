@@ -56,8 +56,13 @@ def content_loss(sr: torch.Tensor, hr: torch.Tensor, cfg: TrainConfig, vgg: nn.M
         total = total + (cfg.mse_weight if cfg.stage == "srgan" else 1.0) * terms["mse"]
     if cfg.stage == "srgan" and "vgg" in cfg.content:
         assert vgg is not None, "VGG content loss requested without a VGG network"
-        f_sr, f_hr = vgg(sr) * cfg.vgg_scale, vgg(hr).detach() * cfg.vgg_scale
-        terms["vgg"] = F.mse_loss(f_sr.float(), f_hr.float())
+        # In fp32 even under autocast: phi_5,4 features are large, and their difference,
+        # small near convergence, cancels out in bf16's 8-bit mantissa.
+        with torch.autocast(sr.device.type, enabled=False):
+            f_sr = vgg(sr.float()) * cfg.vgg_scale
+            with torch.no_grad():
+                f_hr = vgg(hr.float()) * cfg.vgg_scale
+        terms["vgg"] = F.mse_loss(f_sr, f_hr)
         total = total + cfg.vgg_weight * terms["vgg"]
     terms["content"] = total
     return terms
