@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from srdeploy.io import imaging
-from srdeploy.io.image_guard import sniff
 
 FORMAT_HEADER = "x-output-format"
 QUALITY_HEADER = "x-output-quality"
@@ -96,10 +95,19 @@ def _image_of(params: Mapping[str, Any], name: str) -> tuple[str, bytes]:
 
 
 def _is_text(value: Any) -> bool:
-    """A text form field (TorchServe hands those over as str, or as bytes that read as text)."""
+    """A text form field (TorchServe hands those over as str, or as bytes that read as text:
+    UTF-8, printable). An image's bytes never do: every format's header holds a byte that
+    is not UTF-8 or not printable. (Magic numbers would not do: a caption "BMW M3" starts
+    like a BMP.)"""
     if isinstance(value, str):
         return True
-    return isinstance(value, (bytes, bytearray)) and sniff(bytes(value[:64])) == "text"
+    if not isinstance(value, (bytes, bytearray)):
+        return False
+    try:
+        text = bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c.isspace() for c in text)
 
 
 def _option(params: Mapping[str, Any], headers: Mapping[str, str], field: str, header: str) -> str | None:

@@ -370,3 +370,26 @@ def test_a_file_replaced_by_another_format_after_the_plan_fails_alone(upscaler, 
     assert [r.status for r in summary.results] == ["failed", "ok"]
     assert summary.results[0].reason == "the file changed from PNG to JPEG since the batch was planned; nothing written"
     assert not (tmp_path / "out" / first.name).exists()
+
+
+def test_an_output_a_recursive_prefix_inside_out_would_read_back_fails_on_a_bucket_too():
+    """-r s3://b/out/in -o s3://b/out: in/in/b.png would land at s3://b/out/in/b.png, under the input prefix."""
+    from pathlib import PurePosixPath
+
+    from srdeploy.batch.run import plan, walked_inside_output
+
+    class Prefix:  # the two things plan asks of a bucket
+        def target(self, output):
+            return f"s3://b/out/{output}"
+
+        def location(self, target):
+            return target
+
+    info = imaging.ImageInfo("x", "PNG", 8, 8, has_alpha=False, depth=8, gray=False)
+    files = [("s3://b/out/in/a.png", PurePosixPath("a.png")), ("s3://b/out/in/in/b.png", PurePosixPath("in/b.png"))]
+    read_back = walked_inside_output(["s3://b/out/in/"], "s3://b/out", recursive=True)
+    assert read_back == ["s3://b/out/in"] and walked_inside_output(["s3://b/out/in"], "s3://b/out", recursive=False) == []
+    assert walked_inside_output(["s3://b/output2"], "s3://b/out", recursive=True) == []  # a sibling prefix, not inside
+    jobs, refused = plan(files, Settings(recursive=True), 4, Prefix(), [info, info], read_back=read_back)
+    assert [job.shown for job in jobs] == ["s3://b/out/in/a.png"]
+    assert [r.reason.split(",")[0] for _, r in refused] == ["the output in/b.png would land in the input folder s3://b/out/in"]

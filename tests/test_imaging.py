@@ -446,3 +446,45 @@ def test_decompression_bomb_warning_becomes_an_error():
         with pytest.raises(ImageError, match="huge.png: its header declares 100,000,000 pixels, over the input cap of 89,478,485 pixels"):
             imaging.decode(data, "huge.png", max_pixels=10**9)  # Pillow's own guard, not raised by allow_pixels here: the cap in effect
     assert not [w for w in seen if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_header_checks_in_threads_leave_the_warning_filters_as_they_were(tmp_path):
+    """catch_warnings swaps a process-wide list: unguarded, concurrent checks left the bomb
+    filter on. In a fresh interpreter: pytest's own warning capture hides the race."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "a.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(path)  # decoding lets threads interleave
+    script = (
+        "import warnings\nfrom concurrent.futures import ThreadPoolExecutor\nfrom srdeploy.io.imaging import read_rgb\n"
+        "before = list(warnings.filters)\n"
+        f"with ThreadPoolExecutor(8) as pool:\n    list(pool.map(lambda _: read_rgb({str(path)!r}), range(2000)))\n"
+        "print(warnings.filters == before)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip() == "True", run.stderr
+
+
+def test_read_rgb_caps_pixels_without_naming_upscales_option(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    Image.new("RGB", (200, 100)).save(tmp_path / "b.png")
+    with pytest.raises(ImageError) as refused:
+        imaging.read_rgb(tmp_path / "b.png", max_pixels=1000)
+    assert str(refused.value) == f"{tmp_path / 'b.png'}: 200x100 (20,000 pixels), over the cap of 1,000 pixels; not decoded"
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", None)  # a caller switched Pillow's guard off: no cap, not upscale's
+    Image.new("RGB", (4200, 4100)).save(tmp_path / "big.png")
+    assert imaging.read_rgb(tmp_path / "big.png").size == (4200, 4100)
+
+
+def test_a_read_limit_allocates_for_the_file_not_for_the_limit(tmp_path):
+    """read(n) allocates n bytes first: a 50 GiB limit on a small file was a MemoryError."""
+    from srdeploy.io.files import FileTooLarge, read_regular
+
+    path = tmp_path / "small.bin"
+    path.write_bytes(b"x" * 100)
+    assert read_regular(path, limit=50 * 2**30) == b"x" * 100
+    assert read_regular(path, limit=100) == b"x" * 100
+    with pytest.raises(FileTooLarge, match="more than 99 bytes"):
+        read_regular(path, limit=99)

@@ -681,6 +681,27 @@ def test_a_file_saved_at_an_outputs_name_mid_run_is_not_replaced_without_overwri
     assert [r.status for r in summary.results] == ["ok", "ok"] and (out / "a.png").read_bytes() == up.upscale_bytes((src / "a.png").read_bytes(), "a.png").data
 
 
+def test_an_output_of_ours_deleted_mid_run_is_written_again(toy, tmp_path, monkeypatch):
+    """Deleted before its replacement was committed: the name is free, nothing of anyone's is lost."""
+    from srdeploy.batch import steps
+    from srdeploy.batch.run import run_batch
+
+    src = save(tmp_path / "in" / "a.png", np.random.default_rng(8).integers(0, 256, (12, 12, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    up = Upscaler(toy)
+    run_batch(up, [src.parent], out)
+    save(src, np.random.default_rng(9).integers(0, 256, (12, 12, 3), dtype=np.uint8))  # new input: ours gets replaced
+    real_publish = steps.Folder.publish
+
+    def deleted_first(self, tmp, target, found):
+        target.unlink()
+        real_publish(self, tmp, target, found)
+
+    monkeypatch.setattr(steps.Folder, "publish", deleted_first)
+    (result,) = run_batch(up, [src.parent], out).results
+    assert result.status == "ok" and (out / "a.png").read_bytes() == up.upscale_bytes(src.read_bytes(), "a.png").data
+
+
 class _Killed(BaseException):
     """Stands in for SIGKILL at one exact point of the write sequence."""
 

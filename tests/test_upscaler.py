@@ -151,7 +151,6 @@ def test_io_binding_keeps_buffers_for_a_few_window_shapes_only(up, rng):
     assert [shape[2] for shape in kept] == list(sides)[-tiling.SHAPES_KEPT:]  # the newest, oldest first
 
 
-@pytest.mark.gpu
 class FakeEngine:
     """Stands in for a TensorRT engine on its GPU (neither is here): nearest x4, 200-px windows."""
 
@@ -178,8 +177,10 @@ def test_an_engine_runs_at_the_precision_and_overlap_its_manifest_records(tmp_pa
     (tmp_path / "manifest.json").unlink()  # moved away from its export: said, not guessed silently
     up = Upscaler(engine, provider="tensorrt")
     assert (up.precision, up.overlap) == ("unknown", tiling.FALLBACK_OVERLAP) and "no manifest.json" in up.engine_why
+    assert Upscaler(engine, provider="tensorrt", precision="fp16").precision == "fp16"  # the user's word, where no manifest says
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
 def test_gpu_providers_match_cpu(toy, provider, rng):
     import onnxruntime as ort

@@ -1,8 +1,8 @@
 """HR image folders -> (LR, HR) training pairs, degraded on the fly.
 
 Unreadable files are dealt with in two places, deliberately:
-- at construction every file is decoded once (on a thread pool: 5,000 CelebA-HQ faces
-  take about 2 s on 2 cores, see docs/training.md); files that fail (not an image, empty,
+- at construction every file is decoded once (on a thread pool; what that costs is in
+  docs/training.md); files that fail (not an image, empty,
   unsupported, truncated, smaller than the crop) are skipped with one warning each and
   counted in ``dataset.skipped``, so a single bad file never stops a run;
 - a file that passed that check but fails to decode later raises ``CorruptImageError``
@@ -97,6 +97,8 @@ class SRDataset(Dataset):
     def _load(self, path: Path) -> Image.Image:
         try:
             return read_rgb(path)
+        except ImageError as e:  # names the file and the reason
+            raise CorruptImageError(f"{e} (the file changed since the run checked it)") from e
         except Exception as e:
             raise CorruptImageError(f"{path}: cannot decode ({type(e).__name__}: {e})") from e
 

@@ -162,13 +162,16 @@ def strays_in_output(inputs: Sequence[Path | str], out_dir: Path | str, recursiv
     return strays
 
 
-def walked_inside_output(inputs: Sequence[Path | str], out_dir: Path | str, recursive: bool) -> list[Path]:
-    """Input folders walked with --recursive that lie inside OUT (resolved). The walk skips
+def walked_inside_output(inputs: Sequence[Path | str], out_dir: Path | str, recursive: bool) -> list[Path | str]:
+    """Input folders (or prefixes) walked with --recursive that lie inside OUT (resolved). The walk skips
     OUT where OUT lies inside an input folder; where an input folder lies inside OUT, an
     output mirrored into it (``-r OUT/in -o OUT`` puts ``in/sub/x.png`` at OUT/in/sub/x.png)
     would be read back as an input by the next run."""
-    if not (recursive and isinstance(out_dir, Path)):
+    if not recursive:
         return []
+    if isinstance(out_dir, str):  # a bucket: prefixes, compared as paths ("s3://b/out/in" is under "s3://b/out")
+        out_uri = PurePosixPath(out_dir)
+        return [g.rstrip("/") for g in inputs if isinstance(g, str) and PurePosixPath(g) != out_uri and PurePosixPath(g).is_relative_to(out_uri)]
     try:
         out_real = out_dir.resolve()
         return [g.resolve() for g in inputs if isinstance(g, Path) and g.is_dir() and g.resolve() != out_real and g.resolve().is_relative_to(out_real)]
@@ -189,7 +192,7 @@ def cannot_look_at(error: OSError | RuntimeError) -> str:
 
 def plan(
     files: list[tuple[Path | str, PurePosixPath]], settings: Settings, scale: int, place: Place, headers: list[imaging.ImageInfo | imaging.ImageError] | None = None,
-    protected: Sequence[Path] = (), read_back: Sequence[Path] = (),
+    protected: Sequence[Path] = (), read_back: Sequence[Path | str] = (),
 ) -> tuple[list[Job], list[tuple[int, Result]]]:
     """Read each header, pick the output format and name, and refuse name collisions
     (the first input in order keeps the name; nothing is overwritten) and outputs that
@@ -216,7 +219,7 @@ def plan(
             continue
         output = rel.with_suffix(imaging.output_suffix(fmt, rel.suffix))
         location = place.location(place.target(output))
-        into = next((d for d in read_back if Path(location).is_relative_to(d)), None)
+        into = next((d for d in read_back if PurePosixPath(location).is_relative_to(PurePosixPath(d))), None)
         if into is not None:
             failures.append((i, Result(shown, "failed", f"the output {output} would land in the input folder {display(into)}, which a rerun "
                                                         "with --recursive would read it from; choose an -o outside the input folders", str(output))))

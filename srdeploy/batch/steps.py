@@ -99,7 +99,8 @@ class Place(Protocol):
 
 
 # errno values of a file system that has no hard links (or not here): publish falls back to a checked rename.
-NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV}
+# (EINVAL: what CPython makes of Windows' "Incorrect function" on FAT and SMB; ENOSYS: some FUSE mounts.)
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV, errno.EINVAL, errno.ENOSYS}
 
 
 class Folder:
@@ -146,6 +147,8 @@ class Folder:
         to write there (``found``: nothing, the file of that sha256, or ANY); else raise
         TargetChanged. Outputs are committed a few inputs after that check, and a file
         someone saved there meanwhile must not be replaced without --overwrite."""
+        if found not in (None, ANY) and not os.path.lexists(target):  # ours was deleted meanwhile: the name is free again
+            found = None
         if found is None:
             try:
                 os.link(tmp, target)  # unlike a rename, fails where the name is taken

@@ -158,7 +158,13 @@ def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
     """The bytes of a regular file (see :func:`open_regular`); FileTooLarge past ``limit``
     bytes, found by reading one byte more (the file may have grown since it was listed)."""
     with open_regular(path) as f:
-        data = f.read() if limit is None else f.read(limit + 1)
+        if limit is None:
+            data = f.read()
+        else:  # read(n) allocates n bytes up front: ask for no more than the file holds, plus one
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(min(limit, size) + 1)
+            if size < len(data) <= limit:  # it grew since: read on, up to the limit
+                data += f.read(limit + 1 - len(data))
     if limit is not None and len(data) > limit:
         raise FileTooLarge(errno.EFBIG, f"more than {limit:,} bytes", os.fspath(path))
     return data

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import threading
 import warnings
 from typing import BinaryIO
 
@@ -27,6 +28,9 @@ libtiff.silence()  # a bad TIFF's reason is its one line here, not libtiff's own
 # A square image at the cap upscales x4 to 16380 px a side, inside WebP's 16383 limit;
 # larger sides are also checked per output format (see imaging.MAX_SIDE).
 DEFAULT_MAX_PIXELS = 4095 * 4095
+
+
+_WARNINGS_SWAP = threading.Lock()
 
 
 def most_file_bytes(pixels: int) -> int:
@@ -110,7 +114,9 @@ class open_checked:
             raise ImageError(f"{name}: {kind} is not a supported input format (supported: {', '.join(READ_FORMATS)})")
         try:
             # Pillow warns about a "decompression bomb" and carries on; here it is a refusal.
-            with warnings.catch_warnings():
+            # catch_warnings swaps a process-wide filter list: threads doing it at once
+            # would restore each other's copies and leave the filter on for good.
+            with _WARNINGS_SWAP, warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 self.im = Image.open(stream, formats=READ_FORMATS)
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:

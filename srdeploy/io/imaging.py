@@ -283,15 +283,20 @@ def read_rgb(path: str | os.PathLike, name: str | None = None, max_pixels: int |
     (16-bit samples scaled, not clipped; grey spread to three channels; alpha dropped).
     Training, evaluation, int8 calibration, parity and bench all read their images here,
     so a phone photo or a 16-bit scan means the same to each as to ``srdeploy upscale``.
-    ``max_pixels`` defaults to Pillow's own decompression-bomb limit: HR photos may be far
-    larger than upscale's input cap. Raises ImageError naming the file as ``name``."""
+    ``max_pixels`` defaults to Pillow's own decompression-bomb limit (none where a caller
+    switched it off): HR photos may be far larger than upscale's input cap. Raises
+    ImageError naming the file as ``name``."""
     name = name or os.fspath(path)
-    max_pixels = max_pixels or Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS  # None: the caller switched Pillow's guard off
+    max_pixels = max_pixels or Image.MAX_IMAGE_PIXELS or 2**62
     try:
         data = read_regular(path, limit=most_file_bytes(max_pixels))
     except OSError as e:
         raise ImageError(f"{name}: cannot read ({e.strerror or e})") from None
-    pic = decode(data, name, max_pixels)
+    try:
+        pic = decode(data, name, max_pixels)
+    except TooManyPixels as e:  # its text names upscale's --max-pixels, which this caller has not
+        size = f"{e.width}x{e.height} ({e.pixels:,} pixels)" if e.width else f"{'more than ' if e.at_least else ''}{e.pixels:,} pixels"
+        raise ImageError(f"{name}: {size}, over the cap of {max_pixels:,} pixels; not decoded") from None
     if pic.depth == 16:
         pic = to_8bit(pic)
     color = np.repeat(pic.color[..., None], 3, axis=2) if pic.gray else pic.color

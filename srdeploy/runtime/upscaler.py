@@ -248,6 +248,8 @@ class Upscaler:
         if requested not in ("auto", "tensorrt"):
             raise ProviderError(f"{self.model.path} is a TensorRT engine: it runs only with --provider tensorrt (or auto), on an NVIDIA GPU")
         built, self.overlap, why = _engine_build(self.model)
+        if built == "unknown" and precision != "auto":  # no manifest to say: the user's word is recorded
+            built = precision
         if precision not in ("auto", built):
             raise ProviderError(f"{self.model.path} is a TensorRT engine built for {built}: its precision was fixed when it was built")
         self._run = open_engine(self.model.path)
