@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from srdeploy.training.checkpoint import load_checkpoint, load_generator
-from srdeploy.training.config import TrainConfig, resolve_config
+from srdeploy.training.config import ConfigError, TrainConfig, resolve_config
 from srdeploy.training.loop import RunRefused, train
 from srdeploy.training.models import Discriminator, Generator
 from srdeploy.training.steps import StepContext, srgan_step, srresnet_step
@@ -81,6 +81,16 @@ def test_the_vgg_loss_is_computed_in_fp32_under_bf16_autocast():
     # Relative bounds only: random weights make tiny features (a loss near 1e-16; bf16 gave 1e-10).
     assert under_autocast.dtype == torch.float32 and torch.allclose(under_autocast, exact, rtol=1e-4, atol=0)
     assert torch.allclose(grad_autocast, grad, rtol=1e-3, atol=0)
+
+
+def test_a_logged_loss_is_the_mean_over_its_interval(tmp_path, image_folder):
+    """One batch's losses, every log_every steps, are too noisy to follow a GAN by."""
+    def train_losses(folder, every):
+        train(tiny_config(tmp_path / folder, image_folder, steps=4, log_every=every))
+        return [r["loss_g"] for r in map(json.loads, open(tmp_path / folder / "run" / "metrics.jsonl")) if r["split"] == "train"]
+
+    each, pairs = train_losses("each", 1), train_losses("pairs", 2)  # the same seeded run, logged twice as rarely
+    assert pairs == pytest.approx([(each[0] + each[1]) / 2, (each[2] + each[3]) / 2], rel=1e-6)
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, image_folder):
@@ -214,6 +224,10 @@ def test_presets_and_overrides():
     assert paper.vgg_scale == pytest.approx(1 / 12.75)
     combined = resolve_config("srgan", None, {"data": "d", "content": "mse+vgg"})
     assert (combined.epochs, combined.batch_size) == (6, 32)
+    # The paper weighs MSE 0 for its VGG-only loss: asking for MSE on top must say how, not train without it.
+    with pytest.raises(ConfigError, match=r"`content` mse\+vgg with `mse_weight` 0: its MSE term would do nothing; give --mse-weight"):
+        resolve_config("srgan", "paper", {"data": "d", "content": "mse+vgg"})
+    assert resolve_config("srgan", "paper", {"data": "d", "content": "mse+vgg", "mse_weight": 1.0}).mse_weight == 1.0
     with pytest.raises(ValueError, match="patch"):
         resolve_config("srresnet", None, {"data": "d", "patch": 30})
 

@@ -169,6 +169,11 @@ class TrainConfig:
                 raise ConfigError(f"`{name}` must be >= 0; got {getattr(self, name)}")
         if not self.vgg_scale > 0:
             raise ConfigError(f"`vgg_scale` must be > 0; got {self.vgg_scale}")
+        if self.stage == "srgan":  # a term the content names but weighs 0 (--preset paper weighs its MSE 0) would do nothing
+            for term in self.content.split("+"):
+                if getattr(self, f"{term}_weight") == 0:
+                    raise ConfigError(f"`content` {self.content} with `{term}_weight` 0: its {term.upper()} term would do nothing; "
+                                      f"give --{term}-weight")
         # Settings that would be ignored without the one they serve.
         if self.val_list and not self.val_data:
             raise ConfigError("`val_list` is used only with `val_data` (the folder it lists)")

@@ -91,9 +91,8 @@ def train(cfg: TrainConfig, resume: bool = False, started: Callable[[], None] = 
             save()
             at.validated = at.step
 
-        def train_record(losses: dict[str, float], lr: float, window: Throughput) -> dict[str, Any]:
-            return {"split": "train", "step": at.step, "epoch": at.epoch, "lr": lr, **losses, **window.summary(),
-                    "minutes": budget.minutes()}
+        def train_record(lr: float, window: Throughput) -> dict[str, Any]:
+            return {"split": "train", "step": at.step, "epoch": at.epoch, "lr": lr, **window.summary(), "minutes": budget.minutes()}
 
         bar = logger.progress(budget.planned, at.step)
         window, batches, lr, losses = Throughput(), None, cfg.lr, {}
@@ -116,13 +115,13 @@ def train(cfg: TrainConfig, resume: bool = False, started: Callable[[], None] = 
             if m.ema is not None:
                 m.ema.update(m.generator, at.step)
             at.step, at.epoch_step = at.step + 1, at.epoch_step + 1
-            window.step_done(lr_img.shape[0] * env.world_size)
+            window.step_done(lr_img.shape[0] * env.world_size, losses)
             bar.update(losses, window, total)
             epoch_done = at.epoch_step == steps_per_epoch
             if epoch_done:  # before logging: a record's epoch counts the epochs its step completed
                 at.epoch, at.epoch_step, batches = at.epoch + 1, 0, None
             if at.step % cfg.log_every == 0:
-                logger.log(train_record(losses, lr, window))
+                logger.log(train_record(lr, window))
                 window = Throughput()
             if epoch_done and at.epoch % cfg.val_every == 0:
                 validate_and_save()
@@ -135,7 +134,7 @@ def train(cfg: TrainConfig, resume: bool = False, started: Callable[[], None] = 
         # The budget is spent: log the last, partial interval and end with a validated
         # checkpoint; after Ctrl-C, with a checkpoint only (validation can take minutes).
         if window.steps:
-            logger.log(train_record(losses, lr, window))
+            logger.log(train_record(lr, window))
         if budget.stopped_by == "interrupt":
             save()
         elif at.validated != at.step:
@@ -195,10 +194,12 @@ def make_loader(cfg: TrainConfig, env: dist.DistEnv, device: torch.device):
 
 
 class Throughput:
-    """Samples/s and the share of step time spent waiting for data, since the last log line."""
+    """Since the last log line: samples/s, the share of step time spent waiting for data,
+    and each loss's mean over the steps (one batch's GAN losses are too noisy to plot)."""
 
     def __init__(self):
         self.steps, self.samples, self.waiting, self.busy = 0, 0, 0.0, 0.0
+        self.loss_sums: dict[str, float] = {}
         self.restart_clock()
 
     def restart_clock(self) -> None:
@@ -208,15 +209,18 @@ class Throughput:
     def data_ready(self) -> None:
         self.t_data = time.monotonic()
 
-    def step_done(self, samples: int) -> None:
+    def step_done(self, samples: int, losses: dict[str, float]) -> None:
         now = time.monotonic()
         self.steps, self.samples = self.steps + 1, self.samples + samples
+        for name, value in losses.items():
+            self.loss_sums[name] = self.loss_sums.get(name, 0.0) + value
         self.waiting, self.busy = self.waiting + self.t_data - self.t_prev, self.busy + now - self.t_prev
         self.t_prev = now
 
     def summary(self) -> dict[str, float]:
         busy = max(self.busy, 1e-9)
-        return {"samples_per_s": self.samples / busy, "data_wait": self.waiting / busy}
+        means = {name: total / self.steps for name, total in self.loss_sums.items()}
+        return {**means, "samples_per_s": self.samples / busy, "data_wait": self.waiting / busy}
 
 
 class RunLogger:
