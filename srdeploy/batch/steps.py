@@ -105,8 +105,9 @@ NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, err
 
 class Folder:
     """A POSIX folder (a local disk, or a mount every node of a cluster shares): outputs are
-    staged as fsynced temp files beside their targets and renamed over them (os.replace,
-    atomic) after the journal's ``writing`` record; the journal vouches for them."""
+    staged as fsynced temp files beside their targets and given their names atomically
+    after the journal's ``writing`` record (a hard link where the name was free, a rename
+    over an output being replaced: :meth:`publish`); the journal vouches for them."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
