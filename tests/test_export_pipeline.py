@@ -75,7 +75,8 @@ def ema_checkpoint(tiny_generator, tmp_path):
     from srdeploy.training.checkpoint import save_checkpoint
 
     ema = {k: (v + 0.5 if v.is_floating_point() else v) for k, v in tiny_generator.state_dict().items()}
-    state = {"generator": tiny_generator.state_dict(), "generator_ema": ema, "arch": tiny_generator.arch(), "config": {"ema": 0.999}, "step": 5}
+    state = {"generator": tiny_generator.state_dict(), "generator_ema": ema, "arch": tiny_generator.arch(), "config": {"ema": 0.999}, "step": 5,
+             "best": 31.25}
     return save_checkpoint(state, tmp_path / "last.pt"), ema
 
 
@@ -88,6 +89,7 @@ def test_weights_choice(ema_checkpoint, tiny_generator, weights, expected):
     path, ema = ema_checkpoint
     generator, meta = load_export_generator(path, weights)
     assert meta["weights"] == expected and meta["step"] == 5 and not generator.training
+    assert meta["metrics"] == {"best_val_psnr_y": 31.25}  # the manifest's training_metrics
     source = ema if expected == "generator_ema" else tiny_generator.state_dict()
     assert all(torch.equal(v, source[k]) for k, v in generator.state_dict().items())
 

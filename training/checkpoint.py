@@ -17,6 +17,8 @@ is read off the tensor shapes.
 
 from __future__ import annotations
 
+import math
+
 import os
 import re
 from pathlib import Path
@@ -113,7 +115,9 @@ def generator_state(obj: dict[str, Any], weights: str = "auto") -> tuple[dict[st
         if weights == "ema":
             raise ValueError("has no generator_ema weights (a bare state_dict); use weights 'raw'")
         return obj, {"weights": "state_dict"}
-    meta = {k: v for k, v in obj.items() if k in ("arch", "config", "step", "epoch", "metrics")}
+    meta = {k: v for k, v in obj.items() if k in ("arch", "config", "step", "epoch")}
+    if isinstance(obj.get("best"), (int, float)) and math.isfinite(obj["best"]):  # a run that validated
+        meta["metrics"] = {"best_val_psnr_y": float(obj["best"])}
     ema = obj.get("generator_ema")
     if weights == "ema" and not isinstance(ema, dict):
         raise ValueError("has no generator_ema weights (trained without --ema); use weights 'raw'")
