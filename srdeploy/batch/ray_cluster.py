@@ -84,6 +84,8 @@ def connect(address: str) -> None:
     import ray
 
     options = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
+    if not isinstance(sys.stdout, _ClusterNoticesToStderr):  # before init: it starts the notice thread, which may
+        sys.stdout = _ClusterNoticesToStderr(sys.stdout)  # print at once (a worker of an earlier job that died)
     try:
         with _without_level_notice():
             if address == "local":
@@ -94,10 +96,9 @@ def connect(address: str) -> None:
             else:
                 ray.init(address=address, **options)
     except (ConnectionError, ValueError, RuntimeError) as e:
+        disconnect()
         raise ClusterError(f"cannot connect to the Ray cluster at {address!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     quiet_ray_data()
-    if not isinstance(sys.stdout, _ClusterNoticesToStderr):
-        sys.stdout = _ClusterNoticesToStderr(sys.stdout)
 
 
 def reach(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
