@@ -224,7 +224,7 @@ def test_an_actor_killed_mid_run_is_restarted_and_its_inputs_redone(toy, cluster
             proc.wait()
     assert killed is not None, "no actor was seen before the batch ended; make it longer"
     assert proc.returncode == 0, err.decode()[-3000:]
-    assert printed == b""  # --quiet: no lines, Ray's notice of the dead worker included (it goes to stderr)
+    assert printed == b"", printed.decode()  # --quiet: no lines, Ray's notice of the dead worker included (it goes to stderr)
     made = outputs(out)
     assert sorted(made) == names and not temp_files(out)
     assert sorted(r[3] for r in rows(out) if r[1] == "ok") == names  # each input journalled once

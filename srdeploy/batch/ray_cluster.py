@@ -142,6 +142,8 @@ def disconnect() -> None:
     """Leave the cluster; a ``local`` one stops with its processes."""
     import ray
 
+    if isinstance(sys.stdout, _ClusterNoticesToStderr):
+        sys.stdout.all_to_stderr = True  # shutting down, Ray flushes the notices it held back as repeats, from this thread
     if ray.is_initialized():
         ray.shutdown()
     if isinstance(sys.stdout, _ClusterNoticesToStderr):
@@ -159,9 +161,10 @@ class _ClusterNoticesToStderr:
 
     def __init__(self, stdout):
         self.stdout = stdout
+        self.all_to_stderr = False  # while Ray shuts down: the batch has printed its lines by then
 
     def write(self, text: str) -> int:
-        if threading.current_thread().name == NOTICE_THREAD:
+        if self.all_to_stderr or threading.current_thread().name == NOTICE_THREAD:
             return sys.stderr.write(text)
         return self.stdout.write(text)
 
