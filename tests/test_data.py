@@ -1,4 +1,5 @@
 import io
+import os
 import warnings
 
 import numpy as np
@@ -35,6 +36,9 @@ def test_recursive_listing_and_list_files_with_or_without_extensions(folder):
         list_images(folder, folder / "bad.txt")
     (folder / "bom.txt").write_bytes(b"\xef\xbb\xbf2\r\nsub/3\r\n")  # as some Windows editors save it
     assert [p.name for p in list_images(folder, folder / "bom.txt")] == ["2.png", "3.jpg"]
+    os.mkfifo(folder / "pipe.txt")  # refused, not waited on for ever
+    with pytest.raises(ValueError, match="pipe.txt: cannot read this list of images \\(not a regular file: a named pipe\\)"):
+        list_images(folder, folder / "pipe.txt")
     (folder / "latin1.txt").write_bytes(b"2\n\xe9t\xe9\n")
     with pytest.raises(ValueError, match="latin1.txt: not a UTF-8 text list of image names"):
         list_images(folder, folder / "latin1.txt")

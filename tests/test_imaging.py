@@ -488,3 +488,18 @@ def test_a_read_limit_allocates_for_the_file_not_for_the_limit(tmp_path):
     assert read_regular(path, limit=100) == b"x" * 100
     with pytest.raises(FileTooLarge, match="more than 99 bytes"):
         read_regular(path, limit=99)
+
+
+def test_an_atomic_write_never_replaces_a_device_or_a_pipe(tmp_path):
+    """`bench --json /dev/null` as root would have replaced the system's /dev/null with a file."""
+    import os
+
+    from srdeploy.io.files import atomic_write_bytes
+
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(OSError, match="not a regular file: a named pipe; it is not replaced"):
+        atomic_write_bytes(tmp_path / "pipe", b"{}")
+    assert not (tmp_path / "pipe").is_file() and [p.name for p in tmp_path.iterdir()] == ["pipe"]
+    atomic_write_bytes(tmp_path / "plain.json", b"{}")
+    atomic_write_bytes(tmp_path / "plain.json", b"[]")  # a regular file is replaced, as ever
+    assert (tmp_path / "plain.json").read_bytes() == b"[]"

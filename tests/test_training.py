@@ -228,6 +228,11 @@ def test_presets_and_overrides():
     with pytest.raises(ConfigError, match=r"`content` mse\+vgg with `mse_weight` 0: its MSE term would do nothing; give --mse-weight"):
         resolve_config("srgan", "paper", {"data": "d", "content": "mse+vgg"})
     assert resolve_config("srgan", "paper", {"data": "d", "content": "mse+vgg", "mse_weight": 1.0}).mse_weight == 1.0
+    for field, value, says in (("lr", float("inf"), "`lr` must be a finite learning rate"), ("lr", 1e300, "`lr` must be a finite learning rate"),
+                               ("max_minutes", float("inf"), "`max_minutes` must be a finite number"), ("seed", 2**70, "`seed` must be from 0"),
+                               ("adv_weight", float("nan"), "`adv_weight` must be a finite number >= 0")):
+        with pytest.raises(ConfigError, match=says):  # inf trained NaN weights for the whole budget; the others overflowed mid-start
+            resolve_config("srgan", None, {"data": "d", field: value})
     with pytest.raises(ValueError, match="patch"):
         resolve_config("srresnet", None, {"data": "d", "patch": 30})
 

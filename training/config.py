@@ -12,6 +12,7 @@ stored in every checkpoint, so a run can always be reproduced from its outputs.
 from __future__ import annotations
 
 import ast
+import math
 import dataclasses
 import inspect
 import textwrap
@@ -165,8 +166,14 @@ class TrainConfig:
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"`ema` must be in [0, 1); got {self.ema}")
         for name in ("mse_weight", "vgg_weight", "adv_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"`{name}` must be >= 0; got {getattr(self, name)}")
+            if not getattr(self, name) >= 0 or not math.isfinite(getattr(self, name)):  # NaN fails >= too
+                raise ConfigError(f"`{name}` must be a finite number >= 0; got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr < 1e3):  # inf trains NaN weights; 1e300 overflows the optimiser
+            raise ConfigError(f"`lr` must be a finite learning rate below 1000; got {self.lr}")
+        if self.max_minutes is not None and not math.isfinite(self.max_minutes):
+            raise ConfigError(f"`max_minutes` must be a finite number; got {self.max_minutes} (leave it out for no time limit)")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"`seed` must be from 0 to 2**32 - 1; got {self.seed}")
         if not self.vgg_scale > 0:
             raise ConfigError(f"`vgg_scale` must be > 0; got {self.vgg_scale}")
         if self.stage == "srgan":  # a term the content names but weighs 0 (--preset paper weighs its MSE 0) would do nothing

@@ -51,7 +51,7 @@ def train(cfg: TrainConfig, resume: bool = False, started: Callable[[], None] = 
             steps_per_epoch = len(dataset) // env.world_size // cfg.batch_size
             if steps_per_epoch == 0:
                 most = len(dataset) // env.world_size
-                remedy = f"give --batch-size {most} or less" if most else "give more images than processes"
+                remedy = f"give --batch-size {most} or less" if most >= 2 else "give more images (a batch needs two, for BatchNorm)"
                 raise ValueError(f"{len(dataset)} images cannot fill one batch of {cfg.batch_size} per process; {remedy}")
             budget = Budget(cfg, steps_per_epoch, at.minutes, env, interrupted=interrupted)
             if resume and budget.planned is not None and budget.planned <= at.step:

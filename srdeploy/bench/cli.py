@@ -10,6 +10,7 @@ PyTorch row runs), so ``srdeploy --help`` stays light.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -46,9 +47,14 @@ def bench(model, data, limit, large, large_side, repeats, threads, tile, int8_pa
     from srdeploy.runtime.zoo import resolve_model
 
     to_stdout = str(json_out) == "-"
-    if json_out is not None and not to_stdout and not json_out.parent.is_dir():  # say so before minutes of timing
-        click.echo(f"Error: --json {json_out}: there is no folder {json_out.parent}", err=True)
-        sys.exit(2)
+    if json_out is not None and not to_stdout:  # say so before minutes of timing
+        problem = (f"there is no folder {json_out.parent}" if not json_out.parent.is_dir()
+                   else "it exists and is not a regular file (a device, a pipe, a folder); it is not replaced"
+                   if json_out.exists() and not json_out.is_file() else
+                   f"the folder {json_out.parent} is not writable" if not os.access(json_out.parent, os.W_OK) else None)
+        if problem:
+            click.echo(f"Error: --json {json_out}: {problem}", err=True)
+            sys.exit(2)
     echo = (lambda text: click.echo(text, err=True)) if to_stdout else click.echo
     threads = threads or available_cpus()
     tile = DEFAULT_TILE if tile is None else tile
@@ -86,4 +92,8 @@ def bench(model, data, limit, large, large_side, repeats, threads, tile, int8_pa
         if to_stdout:
             click.echo(text, nl=False)
         else:
-            atomic_write_bytes(json_out, text.encode("utf-8"))
+            try:
+                atomic_write_bytes(json_out, text.encode("utf-8"))
+            except OSError as e:  # changed since the check above: the table is printed, the file is not written
+                click.echo(f"Error: --json {json_out}: cannot write ({e.strerror or e})", err=True)
+                sys.exit(1)

@@ -90,6 +90,7 @@ def stage_bytes(target: str | os.PathLike, data: bytes) -> Path:
 def atomic_writer(target: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file to write ``target``'s new content into; it replaces ``target`` when
     the block ends without an error (for writers that stream: torch.save)."""
+    _refuse_special(target)
     with staged(target) as (f, tmp):
         yield f
     try:
@@ -98,6 +99,16 @@ def atomic_writer(target: str | os.PathLike) -> Iterator[BinaryIO]:
         tmp.unlink(missing_ok=True)
         raise
     sync_folder(Path(target).parent)
+
+
+def _refuse_special(target: str | os.PathLike) -> None:
+    """OSError when ``target`` is there and is neither a regular file nor a symbolic link."""
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise OSError(errno.EEXIST, f"not a regular file: {_file_kind(mode)}; it is not replaced", os.fspath(target))
 
 
 def sync_folder(folder: Path) -> None:
@@ -116,7 +127,9 @@ def sync_folder(folder: Path) -> None:
 
 
 def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> Path:
-    """Replace ``target`` with ``data`` atomically (see the module docstring)."""
+    """Replace ``target`` with ``data`` atomically (see the module docstring). An OSError
+    where something other than a regular file (or a link) has that name: a rename would
+    replace a device such as /dev/null, or a named pipe, with a file."""
     with atomic_writer(target) as f:
         f.write(data)
     return Path(target)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from srdeploy.io.files import read_regular
 from srdeploy.io.formats import READ_SUFFIXES, is_image_name
 
 
@@ -29,8 +30,10 @@ def list_images(root: str | Path, list_file: str | Path | None = None) -> list[P
             rel = p.relative_to(root)
             for key in {rel.as_posix(), rel.with_suffix("").as_posix()}:
                 by_name.setdefault(key, []).append(p)
-        try:  # utf-8-sig: a list saved by an editor that starts it with a byte-order mark
-            text = Path(list_file).read_text(encoding="utf-8-sig")
+        try:  # utf-8-sig: a list saved by an editor that starts it with a byte-order mark; a named pipe is refused, not waited on
+            text = read_regular(list_file).decode("utf-8-sig")
+        except OSError as e:  # missing, a folder, a pipe, unreadable
+            raise ValueError(f"{list_file}: cannot read this list of images ({e.strerror or e})") from None
         except UnicodeDecodeError as e:
             raise ValueError(f"{list_file}: not a UTF-8 text list of image names ({e.reason} at byte {e.start})") from None
         names = [n.strip() for n in text.splitlines()]

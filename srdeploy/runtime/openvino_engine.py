@@ -17,9 +17,16 @@ supported: srdeploy.runtime.engines refuses that choice before a runner is made.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections import OrderedDict
 from typing import Any
+
+# OpenVINO's telemetry, when its package is there, starts a thread and a child process on
+# import that send a request to a web analytics service on every run and write ~/intel:
+# a Ctrl-C in the first second could deadlock on the import lock, print the child's
+# traceback, or be swallowed. OpenVINO runs without it (it imports it optionally).
+sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
 
 import numpy as np
 
