@@ -4,6 +4,7 @@ fields of its JSON and table (no timing assertions), and the FLOP count it repor
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -148,6 +149,9 @@ def test_bench_refuses_an_int8_file_that_is_not_one_and_a_json_path_without_its_
     run = bench("--model", tiny_onnx, "--data", hr_folder, "--repeats", 1, "--json", tmp_path / "nowhere" / "b.json")
     assert run.returncode == 2 and f"there is no folder {tmp_path / 'nowhere'}" in run.stderr
     assert not (tmp_path / "nowhere").exists()
+    os.mkfifo(tmp_path / "pipe")  # as /dev/null would be: not replaced by a file
+    run = bench("--model", tiny_onnx, "--data", hr_folder, "--repeats", 1, "--json", tmp_path / "pipe")
+    assert run.returncode == 2 and "it exists and is not a regular file" in run.stderr and not (tmp_path / "pipe").is_file()
 
 
 def test_the_clock_peak_and_the_blas_ceiling_count_the_rows_threads_only(monkeypatch):

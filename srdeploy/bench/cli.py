@@ -47,14 +47,10 @@ def bench(model, data, limit, large, large_side, repeats, threads, tile, int8_pa
     from srdeploy.runtime.zoo import resolve_model
 
     to_stdout = str(json_out) == "-"
-    if json_out is not None and not to_stdout:  # say so before minutes of timing
-        problem = (f"there is no folder {json_out.parent}" if not json_out.parent.is_dir()
-                   else "it exists and is not a regular file (a device, a pipe, a folder); it is not replaced"
-                   if json_out.exists() and not json_out.is_file() else
-                   f"the folder {json_out.parent} is not writable" if not os.access(json_out.parent, os.W_OK) else None)
-        if problem:
-            click.echo(f"Error: --json {json_out}: {problem}", err=True)
-            sys.exit(2)
+    problem = None if json_out is None or to_stdout else _unwritable(json_out)
+    if problem:  # said before minutes of timing
+        click.echo(f"Error: --json {json_out}: {problem}", err=True)
+        sys.exit(2)
     echo = (lambda text: click.echo(text, err=True)) if to_stdout else click.echo
     threads = threads or available_cpus()
     tile = DEFAULT_TILE if tile is None else tile
@@ -97,3 +93,14 @@ def bench(model, data, limit, large, large_side, repeats, threads, tile, int8_pa
             except OSError as e:  # changed since the check above: the table is printed, the file is not written
                 click.echo(f"Error: --json {json_out}: cannot write ({e.strerror or e})", err=True)
                 sys.exit(1)
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why the JSON report could not be written to ``path``, or None."""
+    if not path.parent.is_dir():
+        return f"there is no folder {path.parent}"
+    if path.exists() and not path.is_file():
+        return "it exists and is not a regular file (a device, a pipe, a folder); it is not replaced"
+    if not os.access(path.parent, os.W_OK):
+        return f"the folder {path.parent} is not writable"
+    return None
