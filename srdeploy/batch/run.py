@@ -170,13 +170,13 @@ def walked_inside_output(inputs: Sequence[Path | str], out_dir: Path | str, recu
     if not recursive:
         return []
     if isinstance(out_dir, str):  # a bucket: prefixes, compared as paths ("s3://b/out/in" is under "s3://b/out")
-        out_uri = PurePosixPath(out_dir)
-        return [g.rstrip("/") for g in inputs if isinstance(g, str) and PurePosixPath(g) != out_uri and PurePosixPath(g).is_relative_to(out_uri)]
+        out, folders = PurePosixPath(out_dir), [g.rstrip("/") for g in inputs if isinstance(g, str)]
+        return [g for g in folders if PurePosixPath(g) != out and PurePosixPath(g).is_relative_to(out)]
     try:
-        out_real = out_dir.resolve()
-        return [g.resolve() for g in inputs if isinstance(g, Path) and g.is_dir() and g.resolve() != out_real and g.resolve().is_relative_to(out_real)]
+        out, folders = out_dir.resolve(), [g.resolve() for g in inputs if isinstance(g, Path) and g.is_dir()]
     except (OSError, RuntimeError):  # an input that cannot be looked at: collect has said why
         return []
+    return [g for g in folders if g != out and g.is_relative_to(out)]
 
 
 def stray_result(path: Path, out_dir: Path) -> Result:
