@@ -797,6 +797,21 @@ def test_a_name_the_console_cannot_encode_is_shown_escaped_and_the_batch_goes_on
     assert "b_\\u65e5\\u672c.png -> b_\\u65e5\\u672c.png: 32x32 PNG" in stdout
 
 
+def test_an_ascii_locale_without_utf8_mode_upscales_and_shows_non_ascii_names(toy, tmp_path):
+    """LC_ALL=C with PYTHONUTF8=0: the file system encoding is ASCII, so a name already
+    shown as text cannot go back to bytes (it stopped the batch at its first such name)."""
+    src = tmp_path / "in"
+    for name in ("a.png", "café.png"):
+        save(src / name, np.zeros((8, 8, 3), np.uint8))
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
+    for _ in range(2):  # the rerun reads the journal's names back
+        run = subprocess.run([str(SRDEPLOY), "upscale", str(src), "-o", str(tmp_path / "out"), "--model", str(toy)],
+                             capture_output=True, timeout=120, env=env)
+        assert run.returncode == 0, run.stderr
+    assert sorted(outputs(tmp_path / "out")) == ["a.png", "café.png"]
+    assert run.stdout.decode("ascii").splitlines()[1] == f"skipped {src}/caf\\xe9.png: already done (same input, model, engine and settings)"
+
+
 def test_a_subfolder_of_out_that_cannot_be_listed_fails_its_outputs_alone(toy, tmp_path):
     """OUT/sub is a link loop: the sweep for a killed run's temp files cannot list it."""
     src = tmp_path / "in"
