@@ -83,8 +83,13 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
         click.echo(f"Error: {e}", err=True)
         sys.exit(2)
     profile = TileProfile.for_tiles(tile=tile, overlap=generator.receptive_radius if overlap is None else overlap, max_batch=max_batch)
-    click.echo(f"{checkpoint}: {meta['weights']} weights, generator {generator.arch()} -> {out_dir}")
     made = not out_dir.exists()
+    try:  # now, not after the export's minutes: -o under a file, a link loop, a read-only parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = "it exists and is not a folder" if isinstance(e, FileExistsError) else e.strerror or e
+        raise click.UsageError(f"-o {out_dir}: cannot create this folder ({why})") from None
+    click.echo(f"{checkpoint}: {meta['weights']} weights, generator {generator.arch()} -> {out_dir}")
     try:
         result = export_artifacts(
             generator,
@@ -100,6 +105,7 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
             images_dir=images,
         )
     except InputsRefused as e:  # nothing written yet: a refusal, as a bad option
+        _remove_if_made(out_dir, made)
         click.echo(f"Error: {e}", err=True)
         sys.exit(2)
     except TensorRTUnavailable as e:
@@ -108,6 +114,9 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
     except (ValueError, RuntimeError) as e:  # a build or parity step refused; the message names the file
         _remove_if_made(out_dir, made)
         raise click.ClickException(str(e)) from None
+    except OSError as e:  # a full disk, a folder made read-only mid-export
+        _remove_if_made(out_dir, made)
+        raise click.ClickException(f"cannot write the export into {out_dir}: {e.filename or out_dir} ({e.strerror or e})") from None
     except BaseException:  # Ctrl-C: a folder this run made holds no half of an export
         _remove_if_made(out_dir, made)
         raise

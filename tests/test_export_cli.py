@@ -212,3 +212,18 @@ def test_a_shipped_name_exports_its_generator(tmp_path):
     assert proc.returncode == 0, proc.stderr
     manifest = verify_manifest(tmp_path / "out")
     assert manifest["source"]["file"] == "generator.pt" and manifest["arch"] == zoo.resolve_model("default").manifest["arch"]
+
+
+@pytest.mark.parametrize("where", ["under a file", "a link loop", "inside a link loop"])
+def test_an_output_folder_that_cannot_be_made_is_a_usage_error_before_any_work(training_checkpoint, tmp_path, where):
+    (tmp_path / "file").touch()
+    (tmp_path / "loop").symlink_to("loop")
+    out, why = {
+        "under a file": (tmp_path / "file" / "out", "Not a directory"),
+        "a link loop": (tmp_path / "loop", "it exists and is not a folder"),
+        "inside a link loop": (tmp_path / "loop" / "out", "Too many levels of symbolic links"),
+    }[where]
+    run = run_export(training_checkpoint, "-o", out)
+    assert run.returncode == 2 and f"Error: -o {out}: cannot create this folder ({why})" in run.stderr, run.stderr
+    assert "unexpected" not in run.stderr and "Traceback" not in run.stderr
+
