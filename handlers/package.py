@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from srdeploy import __version__
+from srdeploy import SCALE, __version__
 from srdeploy.handlers import config as serve_config
 from srdeploy.handlers.config import CONFIG_PROPERTIES_NAME, MODEL_CONFIG_NAME, Ports, ServeConfig
 from srdeploy.io.files import FolderBusy, atomic_write_bytes, folder_lock
@@ -34,6 +34,7 @@ LOCK_NAME = ".srdeploy-package.lock"  # in the model store, held while an archiv
 STAGING_MARK = ".mar-"  # in the name of a staging folder: .NAME.mar-XXXXXXXX
 # TorchServe's own rule for model names (they become URL path segments).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+MAX_NAME = 200  # NAME.mar and its staging folder's name stay under the file systems' 255 bytes
 ENTRY_SOURCE = '''\
 """TorchServe entry for the {name} model. The handler is srdeploy's own, imported from
 the srdeploy installed beside TorchServe (pip install 'srdeploy[serve]')."""
@@ -81,22 +82,27 @@ def build_archive(
     name = name or default_name(ref)
     if not NAME_PATTERN.fullmatch(name):
         raise PackageError(f"model name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit")
+    if len(name) > MAX_NAME:
+        raise PackageError(f"model name {name[:24]}...: {len(name)} characters; use at most {MAX_NAME}")
     if ref.kind != "onnx":
         raise ModelError(f"{ref.path}: TorchServe archives carry an ONNX model; package the .onnx the engine was built from")
-    model_precision = validate_onnx_model(ref.path)["precision"] or "fp32"  # ValueError naming the file: a worker would refuse it later
+    described = validate_onnx_model(ref.path)  # ValueError naming the file: a worker would refuse it later
+    if described["scale"] not in (None, SCALE):  # the server's response limits are sized for x4 (handlers.config)
+        raise ModelError(f"{ref.path}: an x{described['scale']} model; srdeploy serves x{SCALE} models")
+    model_precision = described["precision"] or "fp32"
     check_request(config.provider, config.precision, model_precision)  # as a worker on any machine would; bf16 depends on the server's CPU
     problem = tiling.tile_problem(config.tile, tiling.overlap_of_file(ref.path), untiled=False)  # every worker would refuse it
     if problem:
         raise PackageError(problem)
     if importlib.util.find_spec("model_archiver") is None:  # before anything is written
         raise PackageError("building an archive needs torch-model-archiver, which is not installed: pip install 'srdeploy[serve]'")
-    store = Path(store).expanduser().resolve()
+    store = _resolved(store, "model store")
     if store.exists() and not store.is_dir():
         raise PackageError(f"model store {store} exists and is not a folder")
     archive = store / f"{name}.mar"
     if archive.exists() and not force:
         raise PackageError(f"{archive} already exists; pass --force to replace it")
-    properties = Path(properties_path).expanduser().resolve() if properties_path else store.parent / CONFIG_PROPERTIES_NAME
+    properties = _resolved(properties_path, "--config") if properties_path else store.parent / CONFIG_PROPERTIES_NAME
     if properties.exists() and not force:  # another server's, or edited by hand
         raise PackageError(f"{properties} already exists; pass --force to replace it, or --config to write another")
     if not properties.parent.is_dir():
@@ -120,7 +126,12 @@ def build_archive(
 def _stage_and_publish(ref: ModelRef, name: str, config: ServeConfig, ports: Ports, store: Path, archive: Path, properties: Path, timeout: int, made_store: bool) -> None:
     """Build the archive in a staging folder in the store, write config.properties, then
     move the archive into place: both files or neither."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}{STAGING_MARK}", dir=store))  # same file system: os.replace is atomic
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}{STAGING_MARK}", dir=store))  # same file system: os.replace is atomic
+    except BaseException:
+        if made_store:
+            shutil.rmtree(store, ignore_errors=True)
+        raise
     try:
         files = staging / "files"
         files.mkdir()
@@ -150,6 +161,15 @@ def _stage_and_publish(ref: ModelRef, name: str, config: ServeConfig, ports: Por
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _resolved(path: str | os.PathLike, what: str) -> Path:
+    """``path`` made absolute through its links; a link loop named as such (Python raises
+    RuntimeError for one before 3.13, OSError after)."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError):
+        raise PackageError(f"{what} {path}: a symbolic link loop") from None
 
 
 def default_name(ref: ModelRef) -> str:

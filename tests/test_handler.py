@@ -461,6 +461,28 @@ def test_bad_names_and_engines_are_refused(tiny_onnx, tmp_path):
     engine.write_bytes(b"\0" * 16)
     with pytest.raises(zoo.ModelError, match="carry an ONNX model"):
         build_archive(engine, tmp_path / "s")
+    with pytest.raises(PackageError, match=r"a\.\.\.: 201 characters; use at most 200"):
+        build_archive(tiny_onnx, tmp_path / "s", "a" * 201)
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(PackageError, match="model store .*loop: a symbolic link loop"):
+        build_archive(tiny_onnx, tmp_path / "loop")
+    with pytest.raises(PackageError, match="--config .*loop: a symbolic link loop"):
+        build_archive(tiny_onnx, tmp_path / "s", properties_path=tmp_path / "loop")
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_model_of_another_scale_is_refused(tiny_onnx, tmp_path):
+    """The server's request and response limits are sized for x4."""
+    import onnx
+
+    from srdeploy.runtime.contract import META_SCALE
+
+    model = onnx.load(str(tiny_onnx))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, META_SCALE: "2"})
+    onnx.save(model, str(tmp_path / "x2.onnx"))
+    with pytest.raises(zoo.ModelError, match="x2.onnx: an x2 model; srdeploy serves x4 models"):
+        build_archive(tmp_path / "x2.onnx", tmp_path / "s")
+    assert not (tmp_path / "s").exists()
 
 
 def test_default_model_not_shipped_is_a_clear_error(tmp_path, monkeypatch):
