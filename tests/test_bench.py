@@ -175,3 +175,29 @@ def test_the_clock_peak_and_the_blas_ceiling_count_the_rows_threads_only(monkeyp
     monkeypatch.setattr(ceilings, "_best_rate", rate)
     assert ceilings._numpy_sgemm(1, 64) > 0
     assert seen and all(count == 1 for count in seen[0])
+
+
+def resize_x4_model(path: Path) -> Path:
+    """A valid x4 model whose graph bench cannot count: a bicubic Resize."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    dims = lambda h, w: ["n", 3, h, w]  # noqa: E731
+    graph = helper.make_graph(
+        [helper.make_node("Resize", ["lr", "", "scales"], ["sr"], mode="cubic")],
+        "resize_x4",
+        [helper.make_tensor_value_info("lr", TensorProto.FLOAT, dims("h", "w"))],
+        [helper.make_tensor_value_info("sr", TensorProto.FLOAT, dims("4*h", "4*w"))],
+        [helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 4, 4])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_model_whose_flops_cannot_be_counted_is_refused_before_timing(hr_folder, tmp_path):
+    model = resize_x4_model(tmp_path / "resize.onnx")
+    run = bench("--model", model, "--data", hr_folder, "--large", 0, "--repeats", 1)
+    assert run.returncode == 2 and f"Error: {model}: bench cannot count this model's FLOPs" in run.stderr, run.stderr
+    assert "unexpected" not in run.stderr and "ceiling" not in run.stderr  # nothing was timed
+    run = bench("--model", model, "--data", hr_folder, "--large-side", 4096)  # 16,384 px a side out
+    assert run.returncode == 2 and "'--large-side': 4096 is not in the range 1<=x<=4095" in run.stderr

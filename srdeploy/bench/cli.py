@@ -10,6 +10,7 @@ PyTorch row runs), so ``srdeploy --help`` stays light.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import click
 
+from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS
 from srdeploy.runtime import zoo
 
 
@@ -25,7 +27,7 @@ from srdeploy.runtime import zoo
 @click.option("--data", type=click.Path(path_type=Path, file_okay=False), required=True, help="Folder of HR images, each downscaled x4 (bicubic) to an LR input: your own photos, or the CelebA-HQ test split (docs/data.md).")
 @click.option("--images", "limit", type=click.IntRange(min=1), default=None, help="Use only the first N images of --data [default: all].")
 @click.option("--large", type=click.IntRange(min=0), default=3, show_default=True, help="How many large inputs to add (the first HR images resized to --large-side).")
-@click.option("--large-side", type=click.IntRange(min=1), default=512, show_default=True, help="Side of the large inputs in LR pixels.")
+@click.option("--large-side", type=click.IntRange(min=1, max=math.isqrt(DEFAULT_MAX_PIXELS)), default=512, show_default=True, help="Side of the large inputs in LR pixels (at most the side of `srdeploy upscale`'s pixel cap).")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed passes over each set; the median is reported.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads of every engine [default: the CPUs this process may use].")
 @click.option("--tile", type=click.IntRange(min=0), default=None, help="LR tile side for every row, as `srdeploy upscale --tile` [default: the CLI's]; 0 = untiled.")
@@ -68,6 +70,7 @@ def bench(model, data, limit, large, large_side, repeats, threads, tile, int8_pa
             for int8 in int8_paths:  # asked for by name: a file that cannot give its rows is an error, not a note
                 if validate_onnx_model(int8)["precision"] != "int8":
                     raise ModelError(f"{int8}: --int8 takes an int8 model (srdeploy export --int8), and this one is not")
+            flops = report.FlopCounter(onnx.load(str(ref.path), load_external_data=False), ref.path)  # each row's share needs them: before timing
             rows, notes, upscaler = measure.build_rows(ref, threads, tile, int8_paths, workdir)
             notes += [f"left out of --data, unreadable: {reason}" for reason in sets[0].left_out]
             if limit is not None and len(sets[0].arrays) < limit:
@@ -75,7 +78,6 @@ def bench(model, data, limit, large, large_side, repeats, threads, tile, int8_pa
         except (ModelError, ProviderError, ValueError, FileNotFoundError) as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(2)
-        flops = report.FlopCounter(onnx.load(str(ref.path), load_external_data=False))
         machine = report.machine_info(peak_gflops, threads)
         machine["load_average_before"] = report.load_average()
         measure.measure(rows, sets, repeats, progress=lambda text: click.echo(f"  {text}", err=True))

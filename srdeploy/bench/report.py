@@ -31,10 +31,11 @@ class FlopCounter:
     """Conv FLOPs of one model (an onnx.ModelProto) per input size, read off its graph by
     srdeploy.runtime.graph."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, path: Any = "the model"):
         reach = graph.analyze(model.graph)
         if reach is None:
-            raise ValueError("cannot count this model's FLOPs: its graph holds ops srdeploy.runtime.graph does not know")
+            raise ValueError(f"{path}: bench cannot count this model's FLOPs (its graph holds ops srdeploy.runtime.graph does not know); "
+                             "time it end to end with srdeploy upscale")
         self.reach = reach
 
     def conv(self, height: int, width: int) -> int:
