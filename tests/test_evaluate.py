@@ -179,6 +179,18 @@ def test_cli_writes_table_csvs_and_figure(hr_dir, checkpoint, tmp_path, tiny_gen
         assert fig.size == (1200, 650)
 
 
+def test_an_image_name_that_is_not_utf8_is_kept_as_its_bytes_in_the_csv_and_shown_in_the_figure(hr_dir, checkpoint, tmp_path):
+    import os
+
+    odd = os.fsencode(hr_dir) + b"/odd\xff.png"
+    os.rename(hr_dir / "img_0.png", odd)
+    proc = _run_cli("--data", hr_dir, "--model", checkpoint, "--figure-count", 4, "--device", "cpu", "-o", tmp_path / "out")  # every image in the figure
+    assert proc.returncode == 0, proc.stderr
+    names = [line.split(b",")[0] for line in (tmp_path / "out" / "per_image.csv").read_bytes().splitlines()[1:]]
+    assert b"odd\xff.png" in names and len(names) == 4 * 2
+    assert (tmp_path / "out" / "comparison.png").is_file()
+
+
 def test_cli_bilinear_and_border_options_are_applied_and_stated(hr_dir, tmp_path):
     out = tmp_path / "o"
     out.mkdir()

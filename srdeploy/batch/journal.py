@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from srdeploy.io.files import folder_lock, open_regular, read_regular
+from srdeploy.io.files import display, folder_lock, open_regular, read_regular  # display: batch modules take it from here
 
 # Records that vouch for an output file: "writing" is appended just before the temp file
 # is renamed into place, "ok" right after; either proves the file when its sha256 matches.
@@ -166,14 +166,3 @@ def _ends_with_newline(path: Path) -> bool:
         f.seek(-1, os.SEEK_END)
         return f.read(1) == b"\n"
 
-
-def display(path: os.PathLike | str | None) -> str:
-    """A path as printable text, even when its name is not valid UTF-8. Shown text passes
-    through unchanged: under an ASCII locale (LC_ALL=C without UTF-8 mode) a name already
-    shown holds characters the file system encoding cannot take back to bytes."""
-    name = os.fspath(path or "")
-    try:
-        raw = os.fsencode(name)
-    except UnicodeEncodeError:
-        raw = name.encode("utf-8", "surrogateescape")
-    return raw.decode("utf-8", "replace")

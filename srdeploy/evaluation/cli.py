@@ -93,13 +93,14 @@ def write_report(result: Evaluation, out_dir: Path, data: str, sources: dict[str
 
 def _write_report(result: Evaluation, out_dir: Path, data: str, sources: dict[str, str]) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, text in (
-        ("results.md", results_markdown(result, data, sources)),
-        ("results.csv", results_csv(result)),
-        ("per_image.csv", per_image_csv(result)),
-    ):
-        written[name] = atomic_write_bytes(out_dir / name, text.encode("utf-8"))
+    # Every text made before any is written. An image name that is not UTF-8 keeps its own
+    # bytes (surrogateescape), so per_image.csv names the file as it is on disk.
+    texts = {
+        "results.md": results_markdown(result, data, sources),
+        "results.csv": results_csv(result),
+        "per_image.csv": per_image_csv(result),
+    }
+    written = {name: atomic_write_bytes(out_dir / name, text.encode("utf-8", "surrogateescape")) for name, text in texts.items()}
     if result.figure_rows:
         from srdeploy.training.figures import save_image_grid
 

@@ -24,6 +24,7 @@ from PIL import Image
 
 from srdeploy import SCALE
 from srdeploy.io import imaging
+from srdeploy.io.files import display
 from srdeploy.io.folders import list_images
 from srdeploy.io.imaging import ImageError
 from srdeploy.io.formats import READ_SUFFIXES
@@ -283,7 +284,7 @@ def evaluate(
             continue
         result.cropped += cropped
         lr, hr = np.asarray(lr_img), np.asarray(hr_img)
-        panels = [(_nearest_up(lr), f"{image.name}\nLR (nearest x{SCALE})")]
+        panels = [(_nearest_up(lr), f"{display(image.name)}\nLR (nearest x{SCALE})")]
         outputs = [(BICUBIC, lambda _: np.asarray(upscale_bicubic(lr_img, SCALE)))]
         outputs += [(m.name, m.upscale) for m in models]
         for name, upscale in outputs:

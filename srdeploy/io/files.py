@@ -221,3 +221,15 @@ def folder_lock(folder: Path, name: str, busy: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def display(path: os.PathLike | str | None) -> str:
+    """A path as printable text, even when its name is not valid UTF-8. Shown text passes
+    through unchanged: under an ASCII locale (LC_ALL=C without UTF-8 mode) a name already
+    shown holds characters the file system encoding cannot take back to bytes."""
+    name = os.fspath(path or "")
+    try:
+        raw = os.fsencode(name)
+    except UnicodeEncodeError:
+        raw = name.encode("utf-8", "surrogateescape")
+    return raw.decode("utf-8", "replace")
