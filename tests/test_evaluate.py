@@ -220,6 +220,10 @@ def test_cli_errors_name_the_problem(hr_dir, tmp_path):
     assert proc.returncode == 2 and str(broken) in proc.stderr
     assert not (tmp_path / "o2" / "results.md").exists()
 
+    proc = _run_cli("--data", hr_dir, "-o", hr_dir / "results")  # its comparison.png would be scored as a face next time
+    assert proc.returncode == 2 and f"-o {hr_dir / 'results'} is inside --data {hr_dir}: the next run would read" in proc.stderr
+    assert not (hr_dir / "results").exists()
+
     proc = _run_cli("--data", hr_dir, "--model", tmp_path / "missing.pt", "-o", tmp_path / "o3")
     assert proc.returncode == 2 and "model not found" in proc.stderr
     proc = _run_cli("--data", hr_dir, "--model", tmp_path, "-o", tmp_path / "o5")  # a run folder

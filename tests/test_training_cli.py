@@ -92,6 +92,19 @@ def test_nonsensical_values_are_one_line_usage_errors(captured, image_folder, fl
     assert line.startswith(f"Error: {flag} must be")
 
 
+def test_options_that_would_be_ignored_or_feed_the_run_its_own_figures_are_refused(captured, image_folder, tmp_path):  # noqa: F811
+    result = invoke("srresnet", "--data", str(image_folder), "--lr-step", "5")
+    assert result.exit_code == 2 and error_lines(result) == ["Error: --lr-step is used only with --schedule step; this run's schedule is constant"]
+    assert invoke("srresnet", "--data", str(image_folder), "-o", str(tmp_path / "r"), "--lr-step", "5", "--schedule", "step").exit_code == 0
+    assert invoke("srresnet", "--data", str(image_folder), "-o", str(tmp_path / "p"), "--preset", "paper", "--schedule", "cosine").exit_code == 0
+    (tmp_path / "val").mkdir()
+    for flag, folder in (("--data", image_folder), ("--val-data", tmp_path / "val")):
+        result = invoke("srresnet", "--data", str(image_folder), "--val-data", str(tmp_path / "val"), "-o", str(folder / "run"))
+        assert result.exit_code == 2 and error_lines(result)[0].startswith(f"Error: --out {folder / 'run'} is inside {flag} ")
+        assert not (folder / "run").exists()
+    assert len(captured) == 2
+
+
 def test_run_errors_are_one_line(tmp_path, image_folder, monkeypatch):  # noqa: F811
     empty = tmp_path / "empty"
     empty.mkdir()

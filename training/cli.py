@@ -30,6 +30,7 @@ import click
 
 from srdeploy import EXIT_INTERRUPTED
 from srdeploy.io.files import FolderBusy, folder_lock
+from srdeploy.io.folders import output_inside_images
 from srdeploy.runtime import zoo
 from srdeploy.training.config import SRGAN_FIELDS, ConfigError, TrainConfig, field_docs, literal_choices, resolve_config, stage_defaults
 
@@ -151,6 +152,11 @@ def _run(stage: str, resume: bool, given: dict[str, Any]) -> None:
         raise click.UsageError(as_flags(str(e))) from None
     if stage == "srgan" and not resume and not cfg.init:
         raise click.UsageError("srgan needs --init (a pre-trained generator checkpoint, or 'default')")
+    if "lr_step" in given and cfg.schedule != "step":  # a preset's lr_step stays quietly under another --schedule
+        raise click.UsageError(f"--lr-step is used only with --schedule step; this run's schedule is {cfg.schedule}")
+    inside = output_inside_images(cfg.out, {"--data": cfg.data, "--val-data": cfg.val_data})
+    if inside:
+        raise click.UsageError(f"--out {inside}")
     from srdeploy.training.loop import RunInterrupted, RunRefused, train as run_training  # torch: a missing one is said before anything else
 
     out = Path(cfg.out)

@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from srdeploy.io.files import atomic_write_bytes
+from srdeploy.io.folders import output_inside_images
 from srdeploy.quality.metrics import BORDER, protocol
 from srdeploy.quality.degrade import DOWNSAMPLE_METHODS
 from srdeploy.runtime import engines, zoo
@@ -147,6 +148,9 @@ def evaluate(data_dir, list_file, lr_dir, models, names, downsample, border, lim
         raise click.UsageError(f"got {len(names)} --name for {len(models)} --model; give one per model or none")
     if lr_dir is not None and downsample is not None:
         raise click.UsageError("--downsample has no effect with --lr-dir (the LR images are given); drop one")
+    inside = output_inside_images(out_dir, {"--data": data_dir})
+    if inside:
+        raise click.UsageError(f"-o {inside}")
     made = not out_dir.exists()
     try:  # now, not after minutes of scoring: a typo in -o must not cost the results
         out_dir.mkdir(parents=True, exist_ok=True)

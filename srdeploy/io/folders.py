@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from srdeploy.io.files import read_regular
@@ -14,6 +15,24 @@ def scan_images(root: Path) -> list[Path]:
     ``srdeploy upscale`` leaves them out of a folder."""
     root = Path(root)
     return sorted(p for p in root.rglob("*") if p.is_file() and is_image_name(p.name) and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def output_inside_images(out: str | Path, image_folders: dict[str, str | Path | None]) -> str | None:
+    """Why ``out`` must not be used: it lies in one of ``image_folders`` (flag -> folder),
+    whose images are found recursively, so the figures a run writes there would be read
+    back as images by the next run. None when it is apart from all of them."""
+    where = _real(out)
+    for flag, folder in image_folders.items():
+        if folder is not None and where.is_relative_to(_real(folder)):
+            return f"{out} is inside {flag} {folder}: the next run would read the figures written there as images; give a folder outside it"
+    return None
+
+
+def _real(path: str | Path) -> Path:
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):  # a link loop: compared as given, and said by whoever opens it
+        return Path(os.path.abspath(path))
 
 
 def list_images(root: str | Path, list_file: str | Path | None = None) -> list[Path]:
