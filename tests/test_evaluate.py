@@ -124,6 +124,18 @@ def test_checkpoint_model_runs_the_generator_on_the_whole_image(hr_dir, checkpoi
     assert len(result.figure_rows) == 2 and [c for _, c in result.figure_rows[0]][-1] == "HR\nHF 1.00"
 
 
+def test_a_grey_image_is_scored_on_its_own_values(tmp_path):
+    """As Set14's bridge: a one-channel file, scored as the published tables score it."""
+    d = tmp_path / "grey"
+    d.mkdir()
+    Image.fromarray(_gradient(32, 32, phase=0)[..., 2]).save(d / "bridge.png")  # mode L
+    row = evaluate(find_test_images(d), [], figure_count=0).table()[0]
+    hr = _cropped_hr(d / "bridge.png")
+    up = np.asarray(hr.resize((8, 8), Image.Resampling.BICUBIC).resize((32, 32), Image.Resampling.BICUBIC), np.float64)[..., 0]
+    mse = np.mean((up - np.asarray(hr, np.float64)[..., 0])[4:-4, 4:-4] ** 2)
+    assert row["psnr_y"] == pytest.approx(10 * math.log10(255**2 / mse), abs=1e-9)
+
+
 def test_to_uint8_rounds_to_nearest_and_clips():
     x = np.array([-0.2, 0.0, 0.49 / 255, 0.51 / 255, 127.6 / 255, 1.0, 1.3], np.float32)
     assert to_uint8(x).tolist() == [0, 0, 0, 1, 128, 255, 255]  # truncation would give 0 and 127

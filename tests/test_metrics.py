@@ -131,11 +131,24 @@ def test_shape_mismatch_is_an_error(rng):
         evaluate_pair(hr[:28], hr)
 
 
-def test_grayscale_is_measured_as_equal_rgb_channels(rng):
+def test_a_grey_reference_is_scored_on_its_own_values_against_the_srs_grey(rng):
+    """As the MATLAB scripts behind the published Set14 tables score a one-channel image:
+    not mapped into [16, 235], where every difference shrinks by 219/255 (+1.32 dB)."""
     gray_hr = _smooth_image(rng)[..., 0]
     gray_sr = np.clip(gray_hr.astype(np.int16) + rng.integers(-8, 9, gray_hr.shape), 0, 255).astype(np.uint8)
-    as_rgb = evaluate_pair(np.stack([gray_sr] * 3, axis=2), np.stack([gray_hr] * 3, axis=2))
-    assert evaluate_pair(gray_sr, gray_hr) == pytest.approx(as_rgb)
+    sr_rgb = np.stack([gray_sr] * 3, axis=2)
+    scores = evaluate_pair(sr_rgb, gray_hr)
+    mse = np.mean((gray_sr[4:-4, 4:-4].astype(np.float64) - gray_hr[4:-4, 4:-4]) ** 2)
+    assert scores["psnr_y"] == pytest.approx(10 * math.log10(255**2 / mse), abs=1e-9)
+    as_colour = evaluate_pair(sr_rgb, np.stack([gray_hr] * 3, axis=2))
+    assert as_colour["psnr_y"] - scores["psnr_y"] == pytest.approx(20 * math.log10(255 / 219), abs=1e-9)
+    assert scores["psnr_rgb"] == as_colour["psnr_rgb"]  # RGB PSNR is of the pixels as RGB either way
+    # A colour SR against a grey reference is scored on the grey srdeploy writes for it.
+    tinted = sr_rgb.astype(np.int16) + np.array([6, -3, 0])
+    tinted = np.clip(tinted, 0, 255).astype(np.uint8)
+    luma = np.rint(tinted @ np.array([0.299, 0.587, 0.114]))
+    mse = np.mean((luma[4:-4, 4:-4] - gray_hr[4:-4, 4:-4]) ** 2)
+    assert evaluate_pair(tinted, gray_hr)["psnr_y"] == pytest.approx(10 * math.log10(255**2 / mse), abs=1e-9)
 
 
 def test_psnr_helper():

@@ -115,31 +115,32 @@ class UnreadableImage(ValueError):
     """An image file that cannot be decoded: left out of the evaluation, and said so."""
 
 
-def read_rgb(path: Path) -> Image.Image:
-    """The image as every stage reads it (srdeploy.io.imaging.read_rgb: upright, 8-bit RGB)."""
+def read_rgb(path: Path) -> tuple[Image.Image, bool]:
+    """The image as every stage reads it (srdeploy.io.imaging.read_rgb: upright, 8-bit
+    RGB), and whether the file is grey."""
     try:
-        return imaging.read_rgb(path)
+        return imaging.read_rgb_and_grey(path)
     except ImageError as e:
         raise UnreadableImage(str(e)) from None
     except Exception as e:  # the last guard: one bad file is left out, not the run
         raise UnreadableImage(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
 
 
-def load_lr_hr(image: TestImage, downsample: str = "bicubic") -> tuple[Image.Image, Image.Image, bool]:
-    """(LR, HR, whether HR was cropped to a multiple of the scale)."""
-    hr = read_rgb(image.hr_path)
+def load_lr_hr(image: TestImage, downsample: str = "bicubic") -> tuple[Image.Image, Image.Image, bool, bool]:
+    """(LR, HR, whether HR was cropped to a multiple of the scale, whether HR is grey)."""
+    hr, grey = read_rgb(image.hr_path)
     cropped = crop_to_multiple(hr, SCALE)
     was_cropped = cropped.size != hr.size
     if image.lr_path is None:
-        return downscale(cropped, SCALE, downsample), cropped, was_cropped
-    lr = read_rgb(image.lr_path)
+        return downscale(cropped, SCALE, downsample), cropped, was_cropped, grey
+    lr, _ = read_rgb(image.lr_path)
     expected = (cropped.width // SCALE, cropped.height // SCALE)
     if lr.size != expected:
         raise ValueError(
             f"{image.lr_path}: LR is {lr.width}x{lr.height}, expected {expected[0]}x{expected[1]} "
             f"(HR {image.hr_path} cropped to {cropped.width}x{cropped.height}, / {SCALE})"
         )
-    return lr, cropped, was_cropped
+    return lr, cropped, was_cropped, grey
 
 
 def describe_degradation(images: Sequence[TestImage], downsample: str) -> str:
@@ -274,7 +275,7 @@ def evaluate(
     result = Evaluation(models=names, degradation=describe_degradation(images, downsample), border=border)
     for image in tqdm(images, desc="evaluate", unit="img", disable=not progress):
         try:
-            lr_img, hr_img, cropped = load_lr_hr(image, downsample)
+            lr_img, hr_img, cropped, grey = load_lr_hr(image, downsample)
         except UnreadableImage as e:  # one bad file in a folder of hundreds: all of them are named at the end
             result.left_out.append(str(e))
             continue
@@ -284,6 +285,7 @@ def evaluate(
             continue
         result.cropped += cropped
         lr, hr = np.asarray(lr_img), np.asarray(hr_img)
+        reference = hr[..., 0] if grey else hr  # a grey HR is scored on its own values (srdeploy.quality.metrics)
         panels = [(_nearest_up(lr), f"{display(image.name)}\nLR (nearest x{SCALE})")]
         outputs = [(BICUBIC, lambda _: np.asarray(upscale_bicubic(lr_img, SCALE)))]
         outputs += [(m.name, m.upscale) for m in models]
@@ -297,7 +299,7 @@ def evaluate(
             if sr.shape != hr.shape:
                 raise ValueError(f"{name} returned {sr.shape} for {image.hr_path}; expected {hr.shape}")
             try:
-                scores = evaluate_pair(sr, hr, border)
+                scores = evaluate_pair(sr, reference, border)
             except ValueError as e:
                 raise ValueError(f"{image.hr_path}: {e}") from None
             result.per_image.append({"image": image.name, "model": name, **scores, "seconds": seconds})

@@ -27,7 +27,7 @@ from srdeploy.io.files import read_regular
 from srdeploy.io.image_guard import DEFAULT_MAX_PIXELS, ImageError, TooManyPixels, most_file_bytes, open_checked, sniff, why
 
 __all__ = [
-    "READ_FORMATS", "DEFAULT_MAX_PIXELS", "DEFAULT_PNG_COMPRESSION", "ImageError", "TooManyPixels", "ImageInfo", "Picture", "probe", "decode", "read_rgb", "encode",
+    "READ_FORMATS", "DEFAULT_MAX_PIXELS", "DEFAULT_PNG_COMPRESSION", "ImageError", "TooManyPixels", "ImageInfo", "Picture", "probe", "decode", "read_rgb", "read_rgb_and_grey", "encode",
     "choose_format", "check_output_size", "OutputTooLarge", "output_suffix", "picture_from_pil", "picture_to_pil", "orient", "sniff",
 ]
 
@@ -286,6 +286,12 @@ def read_rgb(path: str | os.PathLike, name: str | None = None, max_pixels: int |
     ``max_pixels`` defaults to Pillow's own decompression-bomb limit (none where a caller
     switched it off): HR photos may be far larger than upscale's input cap. Raises
     ImageError naming the file as ``name``."""
+    return read_rgb_and_grey(path, name, max_pixels)[0]
+
+
+def read_rgb_and_grey(path: str | os.PathLike, name: str | None = None, max_pixels: int | None = None) -> tuple[Image.Image, bool]:
+    """:func:`read_rgb`, and whether the file is grey (evaluation scores a grey reference
+    on its own values: srdeploy.quality.metrics)."""
     name = name or os.fspath(path)
     max_pixels = max_pixels or Image.MAX_IMAGE_PIXELS or 2**62
     try:
@@ -300,7 +306,7 @@ def read_rgb(path: str | os.PathLike, name: str | None = None, max_pixels: int |
     if pic.depth == 16:
         pic = to_8bit(pic)
     color = np.repeat(pic.color[..., None], 3, axis=2) if pic.gray else pic.color
-    return Image.fromarray(np.ascontiguousarray(color))
+    return Image.fromarray(np.ascontiguousarray(color)), pic.gray
 
 
 def to_8bit(pic: Picture) -> Picture:

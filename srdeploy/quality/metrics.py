@@ -1,10 +1,14 @@
 """Quality metrics under the SRGAN paper's protocol.
 
 PSNR and SSIM are computed on the BT.601 luma (Y, the [16, 235] range of MATLAB's
-rgb2ycbcr) after removing ``border`` pixels on each side, with both images as uint8 (SR
-rounded first). SSIM is scikit-image's implementation with the Gaussian window of Wang et
-al. 2004 (11x11, sigma 1.5). RGB PSNR is reported beside them, on the same crop.
-Higher is better for all three.
+rgb2ycbcr, kept unrounded as BasicSR keeps it) after removing ``border`` pixels on each
+side, with both images as uint8 (SR rounded first). A grey reference (Set14's bridge) is
+scored on its own values against the SR's grey (the BT.601 full-range luma srdeploy writes
+for a grey input), as the MATLAB scripts behind the published Set14 tables score a
+one-channel image; mapped into [16, 235] it would read 1.3 dB high. SSIM is
+scikit-image's implementation with the Gaussian window of Wang et al. 2004 (11x11,
+sigma 1.5). RGB PSNR is reported beside them, on the same crop. Higher is better for all
+three.
 
 PSNR and SSIM reward the blur that averages plausible textures, which is why the SRGAN
 paper judged its adversarial models by eye. The HF ratio puts a number on that: the energy
@@ -18,21 +22,30 @@ from __future__ import annotations
 
 import numpy as np
 
+from srdeploy import GREY_LUMA
+
 BORDER = 4  # pixels removed on each side before scoring: the scale, as in the SR literature
 
 
 def protocol(border: int = BORDER) -> str:
     """The scoring protocol in one line, with the border used."""
-    return f"PSNR/SSIM on BT.601 Y, {border}-px border removed, SR rounded to uint8; SSIM: Gaussian 11x11, sigma 1.5"
+    return f"PSNR/SSIM on BT.601 Y (a grey image on its own values), {border}-px border removed, SR rounded to uint8; SSIM: Gaussian 11x11, sigma 1.5"
 
 
 PROTOCOL = protocol()
 
 
 def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
-    """uint8 RGB (H, W, 3) -> float64 luma in [16, 235] (BT.601, as MATLAB's rgb2ycbcr)."""
+    """uint8 RGB (H, W, 3) -> float64 luma in [16, 235] (BT.601, MATLAB's rgb2ycbcr
+    coefficients, unrounded)."""
     rgb = rgb.astype(np.float64)
     return 16.0 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255.0
+
+
+def grey_of(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> the grey image srdeploy writes for it: BT.601 full-range luma,
+    rounded (float64)."""
+    return np.rint(rgb.astype(np.float64) @ np.array(GREY_LUMA))
 
 
 def _as_rgb_uint8(img: np.ndarray, name: str) -> np.ndarray:
@@ -97,15 +110,20 @@ def hf_ratio(sr_y: np.ndarray, hr_y: np.ndarray) -> float:
 
 def evaluate_pair(sr: np.ndarray, hr: np.ndarray, border: int = BORDER) -> dict[str, float]:
     """PSNR-Y, SSIM-Y, RGB PSNR and the HF ratio of one uint8 SR image against its HR
-    reference."""
+    reference: (H, W, 3) RGB, or (H, W) for a grey one, scored on its own values (module
+    docstring)."""
     from skimage.metrics import structural_similarity
 
+    grey = hr.ndim == 2
     sr, hr = _rgb_pair(sr, hr, ("sr", "hr"))
     h, w = hr.shape[0] - 2 * border, hr.shape[1] - 2 * border
     if min(hr.shape[:2]) < smallest_side(border):
         raise ValueError(f"a border of {border} px leaves {max(w, 0)}x{max(h, 0)} of a {hr.shape[1]}x{hr.shape[0]} image; "
                          f"SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window needs at least {SSIM_WINDOW} pixels a side (lower --border)")
-    sr_y, hr_y = _crop(rgb_to_y(sr), border), _crop(rgb_to_y(hr), border)
+    if grey:
+        sr_y, hr_y = _crop(grey_of(sr), border), _crop(hr[..., 0].astype(np.float64), border)
+    else:
+        sr_y, hr_y = _crop(rgb_to_y(sr), border), _crop(rgb_to_y(hr), border)
     ssim = structural_similarity(
         sr_y, hr_y, data_range=255.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
     )

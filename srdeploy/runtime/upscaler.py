@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from srdeploy import GREY_LUMA
 from srdeploy.io import imaging
 from srdeploy.io.imaging import Picture
 from srdeploy.runtime import contract, cpu_graph, engines, openvino_engine, tiling
@@ -42,7 +43,7 @@ __all__ = ["Upscaler", "Decoded", "Encoded", "ProviderError", "ModelError", "Mod
 # faster, smaller ones bound memory tighter: 256 keeps a 2048x2048 input under 2 GiB.
 # The trade-off, measured: docs/results.md, "Tiling and memory".
 DEFAULT_TILE = 256
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as Pillow's RGB -> L
+LUMA = np.array(GREY_LUMA, dtype=np.float32)
 
 
 class ModelOutputError(RuntimeError):
