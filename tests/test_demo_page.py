@@ -219,6 +219,10 @@ def test_the_page_upscales_like_the_cli_and_explains_a_bad_file(tmp_path):
         assert listening == {"127.0.0.1"}
         # DNS rebinding: a page of another name pointed at 127.0.0.1 is not answered.
         assert requests.get(f"{server.url}/config", headers={"Host": "attacker.example"}, timeout=10).status_code == 400
+        # A page of another site may post a form to any address: its uploads are refused.
+        posted = requests.post(f"{server.url}/gradio_api/upload", headers={"Origin": "https://attacker.example"},
+                               files={"files": ("x.png", FACE.read_bytes(), "image/png")}, timeout=10)
+        assert posted.status_code == 403 and posted.headers["X-Frame-Options"] == "DENY"
         page = requests.get(server.url, headers={"Host": "localhost"}, timeout=10)
         assert page.ok and page.headers["X-Frame-Options"] == "DENY" and page.headers["X-Content-Type-Options"] == "nosniff"
         expected, cli_line = cli_output(tmp_path)
