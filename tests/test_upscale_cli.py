@@ -829,10 +829,14 @@ def test_a_subfolder_of_out_that_cannot_be_listed_fails_its_outputs_alone(toy, t
 def test_a_newline_in_a_file_name_is_escaped_so_each_result_stays_one_line(toy, tmp_path):
     src = tmp_path / "in"
     save(src / "new\nline.png", np.zeros((8, 8, 3), np.uint8))
+    save(src / "photo_\u202egnp.exe.png", np.zeros((8, 8, 3), np.uint8))  # a direction override: a terminal shows the rest reversed
+    save(src / "csi\x9b31m.png", np.zeros((8, 8, 3), np.uint8))  # a C1 control: ESC [ to a terminal
     (src / "bad\rname.png").write_text("not an image")
     run = upscale(src, "-o", tmp_path / "out", "--model", toy)
     assert run.returncode == 1
-    assert run.stdout.splitlines() == [f"ok      {src}/new\\nline.png -> new\\nline.png: 32x32 PNG"]
+    assert sorted(run.stdout.splitlines()) == [f"ok      {src}/csi\\x9b31m.png -> csi\\x9b31m.png: 32x32 PNG",
+                                               f"ok      {src}/new\\nline.png -> new\\nline.png: 32x32 PNG",
+                                               f"ok      {src}/photo_\\u202egnp.exe.png -> photo_\\u202egnp.exe.png: 32x32 PNG"]
     assert f"failed  {src}/bad\\rname.png: not an image (the file holds text)\n" in run.stderr
     assert (tmp_path / "out" / "new\nline.png").is_file()  # the file itself keeps its name
 

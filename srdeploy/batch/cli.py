@@ -164,14 +164,16 @@ def _on_ray(address, actors, cpus_per_actor, model, provider, precision, tile, s
 
 
 def one_line(text: str) -> str:
-    """``text`` with control characters (a newline in a file name) escaped: one result, one
-    line; bytes of a file name that are not UTF-8 shown as journal.display shows them, so
-    an input and its output read alike."""
+    """``text`` with control characters (a newline in a file name) and direction overrides
+    escaped: one result, one line, shown as it is named. Bytes of a file name that are not
+    UTF-8 are shown as display() shows them, so an input and its output read alike."""
     text = display(text)
     return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls (\x9b starts a terminal escape sequence as ESC [ does), and the
+# bidirectional overrides that show "photo_\u202egnp.exe" as "photo_exe.png".
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def _engine_line(d: dict, note: str | None) -> str:
