@@ -370,6 +370,18 @@ def bad_inputs(rng) -> dict[str, tuple[bytes, str]]:
     }
 
 
+def test_a_progressive_jpeg_of_too_many_scans_is_refused_before_decoding(rng):
+    """Each scan is a pass over the whole image: 200,000 scans in 2.4 MB took 7.5 s."""
+    out = io.BytesIO()
+    Image.fromarray(_rgb(rng, 64, 64)).save(out, "JPEG", progressive=True)
+    jpeg = out.getvalue()
+    assert imaging.decode(jpeg, "ok.jpg").color.shape == (64, 64, 3)  # an encoder's ~10 scans
+    last_scan = jpeg[jpeg.rindex(b"\xff\xda"):-2]  # up to the end-of-image marker
+    many = jpeg[:-2] + last_scan * 600 + jpeg[-2:]
+    with pytest.raises(ImageError, match=r"many\.jpg: progressive JPEG of 6\d\d scans \(at most 500 are read"):
+        imaging.decode(many, "many.jpg")
+
+
 def test_a_many_page_tiff_is_refused_without_walking_its_pages(monkeypatch):
     """Counting a TIFF's pages checks each against every earlier one: a small file of
     60,000 one-pixel pages took 45 s to refuse, and held a server worker as long."""
