@@ -41,17 +41,20 @@ def _torchrun(args, timeout, stage="srresnet"):
     return proc.returncode, stderr, time.monotonic() - t0
 
 
-def ctrl_c_once_logged(cmd, env, metrics, records, timeout=120):
+def ctrl_c_once_logged(cmd, env, metrics, records, timeout=120, signum=signal.SIGINT):
     """Run ``cmd`` in its own process group, send the group SIGINT (as a terminal's Ctrl-C
-    does) once ``metrics`` holds ``records`` lines; returns (exit code, stderr). The group
-    never outlives the call."""
+    does; ``signum=SIGTERM``: the main process alone, as ``kill`` does) once ``metrics``
+    holds ``records`` lines; returns (exit code, stderr). The group never outlives the call."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
         while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= records):
             assert proc.poll() is None and time.monotonic() < deadline, "the run did not start training"
             time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGINT)
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signum)
         _, stderr = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:

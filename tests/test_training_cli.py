@@ -4,6 +4,7 @@ and errors that reach the user as one line."""
 import dataclasses
 import json
 import os
+import signal
 import shutil
 import sys
 
@@ -13,6 +14,7 @@ from test_ddp import ctrl_c_once_logged
 from test_training import image_folder  # noqa: F401 (a fixture)
 
 from srdeploy.cli import main
+from srdeploy.io.files import TMP_SUFFIX
 from srdeploy.training import cli as train_cli
 from srdeploy.training import loop
 from srdeploy.training.checkpoint import load_checkpoint
@@ -232,6 +234,18 @@ def test_a_second_run_into_a_live_runs_folder_is_refused(tmp_path, image_folder)
     assert not (run / "config.json").exists()
 
 
+def test_a_killed_runs_half_written_checkpoint_is_removed_by_the_next_run(tmp_path, image_folder):  # noqa: F811
+    from srdeploy.io.files import temp_path
+
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = temp_path(run / "last.pt")  # what kill -9 mid-save leaves
+    stale.write_bytes(b"\0" * 1024)
+    (run / "notes.txt").write_text("mine")
+    assert invoke("srresnet", "--data", str(image_folder), "-o", str(run), "--steps", "1", *TINY).exit_code == 0
+    assert not stale.exists() and (run / "notes.txt").read_text() == "mine"
+
+
 def test_relative_paths_are_stored_absolute_so_a_resume_works_from_anywhere(tmp_path, image_folder, monkeypatch):  # noqa: F811
     monkeypatch.chdir(image_folder.parent)
     assert invoke("srresnet", "--data", image_folder.name, "-o", "run", "--steps", "1", *TINY).exit_code == 0
@@ -242,15 +256,19 @@ def test_relative_paths_are_stored_absolute_so_a_resume_works_from_anywhere(tmp_
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_after_a_step_with_a_checkpoint_and_one_line(tmp_path, image_folder):  # noqa: F811
+@pytest.mark.parametrize("signum, by", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_ctrl_c_or_sigterm_stops_after_a_step_with_a_checkpoint_and_one_line(tmp_path, image_folder, signum, by):  # noqa: F811
     """SIGINT to the whole process group, as a terminal sends it: the DataLoader workers
-    get it too, and must not fail the batch the trainer is waiting for."""
+    get it too, and must not fail the batch the trainer is waiting for. SIGTERM to the
+    trainer, as a scheduler or `kill` sends it: a checkpoint, not a death mid-write."""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "srdeploy.cli", "train", "srresnet", "--data", str(image_folder), "-o", str(run),
            "--steps", "100000", "--log-every", "1", *TINY[:-4], "--workers", "2", "--device", "cpu"]
-    returncode, stderr = ctrl_c_once_logged(cmd, {**os.environ, "SRDEPLOY_NO_PROGRESS": "1"}, run / "metrics.jsonl", 2)
+    returncode, stderr = ctrl_c_once_logged(cmd, {**os.environ, "SRDEPLOY_NO_PROGRESS": "1"}, run / "metrics.jsonl", 2, signum=signum)
     assert returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
     step = load_checkpoint(run / "last.pt")["step"]
-    assert f"stopped by Ctrl-C at step {step}, saved in {run / 'last.pt'}; continue with" in stderr
+    assert f"{by}: stopping after this step and writing last.pt" in stderr
+    assert f"stopped by {by} at step {step}, saved in {run / 'last.pt'}; continue with" in stderr
+    assert not list(run.glob(f"*{TMP_SUFFIX}"))
     assert json.loads((run / "end.json").read_text())["stopped_by"] == "interrupt"
     assert "Error" not in stderr and "DataLoader" not in stderr

@@ -23,7 +23,9 @@ resumes bit-exactly.
 
 Ctrl-C is a budget too: the first SIGINT ends the run after the step in progress (rank 0
 sets the total to the current step, so under DDP every rank stops there), with a
-checkpoint; a second one stops at once.
+checkpoint; a second one stops at once. SIGTERM (a scheduler taking the machine back, a
+``kill``, ``docker stop``) does the same: its default would end the process mid-write,
+with no last.pt of the steps since the previous checkpoint.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class Budget:
     """
 
     def __init__(self, cfg: TrainConfig, steps_per_epoch: int, minutes_before: float, env: dist.DistEnv,
-                 clock: Callable[[], float] = time.monotonic, interrupted: Callable[[], bool] = lambda: False):
+                 clock: Callable[[], float] = time.monotonic, interrupted: Callable[[], str | None] = lambda: None):
         # --steps wins over --epochs; epochs are whole epochs of steps_per_epoch steps each.
         self.planned = cfg.steps if cfg.steps is not None else (cfg.epochs * steps_per_epoch if cfg.epochs else None)
         self.planned_by = "steps" if cfg.steps is not None else "epochs"
@@ -98,19 +100,23 @@ class Budget:
         return total
 
 
+STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+
 @contextmanager
-def ctrl_c_ends_the_step(announce: bool = True) -> Iterator[Callable[[], bool]]:
-    """While the run trains: the first SIGINT only sets a flag (the returned callable reads
-    it) so that the loop can stop between steps and checkpoint; the second raises
-    KeyboardInterrupt as usual. Outside the main thread (where Python cannot take
-    signals) the flag never sets. ``announce``: say so on stderr (rank 0 alone, under DDP)."""
-    hit = threading.Event()
+def ctrl_c_ends_the_step(announce: bool = True) -> Iterator[Callable[[], str | None]]:
+    """While the run trains: the first SIGINT or SIGTERM only records itself (the returned
+    callable gives "Ctrl-C" or "SIGTERM" from then on, None before) so that the loop can
+    stop between steps and checkpoint; a second one raises KeyboardInterrupt as usual.
+    Outside the main thread (where Python cannot take signals) nothing is recorded.
+    ``announce``: say so on stderr (rank 0 alone, under DDP)."""
+    by: list[str] = []
     if threading.current_thread() is not threading.main_thread():
-        yield hit.is_set
+        yield lambda: None
         return
 
     def first(signum, frame) -> None:
-        hit.set()
+        by.append(STOP_SIGNALS[signum])
         at = time.monotonic()
 
         def again(signum, frame) -> None:
@@ -119,16 +125,18 @@ def ctrl_c_ends_the_step(announce: bool = True) -> Iterator[Callable[[], bool]]:
             if time.monotonic() - at > 1.0:
                 raise KeyboardInterrupt
 
-        signal.signal(signal.SIGINT, again)
+        for stop in STOP_SIGNALS:
+            signal.signal(stop, again)
         if announce:
-            print("\nCtrl-C: stopping after this step and writing last.pt (Ctrl-C again stops at once, without it)",
+            print(f"\n{by[0]}: stopping after this step and writing last.pt ({by[0]} again stops at once, without it)",
                   file=sys.stderr, flush=True)
 
-    before = signal.signal(signal.SIGINT, first)
+    before = {stop: signal.signal(stop, first) for stop in STOP_SIGNALS}
     try:
-        yield hit.is_set
+        yield lambda: by[0] if by else None
     finally:
-        signal.signal(signal.SIGINT, before)
+        for stop, handler in before.items():
+            signal.signal(stop, handler)
 
 
 def ignore_ctrl_c(worker_id: int = 0) -> None:

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import click
 
 from srdeploy import EXIT_INTERRUPTED
-from srdeploy.io.files import FolderBusy, folder_lock
+from srdeploy.io.files import TMP_SUFFIX, FolderBusy, folder_lock
 from srdeploy.io.folders import output_inside_images
 from srdeploy.runtime import zoo
 from srdeploy.training.config import SRGAN_FIELDS, ConfigError, TrainConfig, field_docs, literal_choices, resolve_config, stage_defaults
@@ -174,7 +174,7 @@ def _run(stage: str, resume: bool, given: dict[str, Any]) -> None:
         except RunRefused as e:
             raise CouldNotStart(as_flags(str(e))) from None
         except RunInterrupted as e:
-            click.echo(f"stopped by Ctrl-C at step {e.step}, saved in {e.checkpoint}; continue with "
+            click.echo(f"stopped by {e.by} at step {e.step}, saved in {e.checkpoint}; continue with "
                        f"srdeploy train {stage} --out {cfg.out} --resume", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except KeyboardInterrupt:
@@ -208,6 +208,8 @@ def run_folder_lock(out: Path) -> Iterator[None]:
             try:
                 out.mkdir(parents=True, exist_ok=True)
                 held.enter_context(folder_lock(out, LOCK_NAME, f"another srdeploy train is running in {out}; wait for it, or give another --out"))
+                for stale in out.glob(f"*{TMP_SUFFIX}"):  # a killed run's half-written checkpoint (-9, a power cut): no live run holds the lock
+                    stale.unlink(missing_ok=True)
             except FolderBusy as e:
                 raise click.UsageError(str(e)) from None
             except OSError as e:

@@ -34,8 +34,8 @@ def train(cfg: TrainConfig, resume: bool = False, started: Callable[[], None] = 
     """Train until the budget (--steps, --epochs, --max-minutes) is spent; returns the run
     folder. ``resume`` continues from ``cfg.out``/last.pt, wherever that folder now is.
     ``started`` is called on rank 0 once the models, data and budget are ready, before
-    anything is written; what fails before that raises RunRefused. After Ctrl-C it raises
-    RunInterrupted, once the step in progress and last.pt are done."""
+    anything is written; what fails before that raises RunRefused. After Ctrl-C or SIGTERM
+    it raises RunInterrupted, once the step in progress and last.pt are done."""
     with dist.process_group() as env, ctrl_c_ends_the_step(env.is_main) as interrupted:
         out = Path(cfg.out)
         torch.manual_seed(cfg.seed)
@@ -148,7 +148,7 @@ def train(cfg: TrainConfig, resume: bool = False, started: Callable[[], None] = 
         if any(r[:2] != ranks[0][:2] or not math.isclose(r[2], ranks[0][2], rel_tol=1e-9) for r in ranks):
             raise RuntimeError(f"DDP ranks disagree at the end of the run (step, lr, weight sum): {ranks}")
     if budget.stopped_by == "interrupt":
-        raise RunInterrupted(at.step, out / "last.pt")
+        raise RunInterrupted(at.step, out / "last.pt", interrupted() or "a signal")
     return out
 
 
@@ -157,11 +157,12 @@ class RunRefused(Exception):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C ended the run after a whole step, with ``last.pt`` written at ``step``."""
+    """Ctrl-C or SIGTERM (``by``) ended the run after a whole step, with ``last.pt``
+    written at ``step``."""
 
-    def __init__(self, step: int, checkpoint: Path):
-        super().__init__(step, checkpoint)
-        self.step, self.checkpoint = step, checkpoint
+    def __init__(self, step: int, checkpoint: Path, by: str = "Ctrl-C"):
+        super().__init__(step, checkpoint, by)
+        self.step, self.checkpoint, self.by = step, checkpoint, by
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
