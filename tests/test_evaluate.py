@@ -219,7 +219,7 @@ def test_cli_bilinear_and_border_options_are_applied_and_stated(hr_dir, tmp_path
     assert float(row["psnr_y"]) != pytest.approx(bicubic["psnr_y"], abs=1e-3)
 
 
-def test_cli_errors_name_the_problem(hr_dir, tmp_path):
+def test_cli_errors_name_the_problem(hr_dir, checkpoint, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     # Refused before any scoring (no images, a model that does not load): exit 2, as a usage error
@@ -235,6 +235,13 @@ def test_cli_errors_name_the_problem(hr_dir, tmp_path):
     proc = _run_cli("--data", hr_dir, "-o", hr_dir / "results")  # its comparison.png would be scored as a face next time
     assert proc.returncode == 2 and f"-o {hr_dir / 'results'} is inside --data {hr_dir}: the next run would read" in proc.stderr
     assert not (hr_dir / "results").exists()
+
+    # An engine option no model uses would be ignored quietly (bf16 asked of a .pt ran fp32)
+    for args, message in ((("--model", checkpoint, "--precision", "bf16"), "--precision is for ONNX models and shipped names"),
+                          (("--provider", "cpu",), "--provider is for ONNX models and shipped names, and no --model is given"),
+                          (("--model", "default", "--device", "cpu"), "--device is for .pt checkpoints (PyTorch)")):
+        proc = _run_cli("--data", hr_dir, *args, "-o", tmp_path / "o6")
+        assert proc.returncode == 2 and message in proc.stderr and not (tmp_path / "o6").exists(), proc.stderr
 
     proc = _run_cli("--data", hr_dir, "--model", tmp_path / "missing.pt", "-o", tmp_path / "o3")
     assert proc.returncode == 2 and "model not found" in proc.stderr

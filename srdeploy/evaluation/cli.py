@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from srdeploy.io.files import atomic_write_bytes
 from srdeploy.io.folders import output_inside_images
@@ -112,6 +113,20 @@ def _write_report(result: Evaluation, out_dir: Path, data: str, sources: dict[st
     return written
 
 
+def _refuse_engine_options_no_model_uses(models: tuple[str, ...], is_runtime_model) -> None:
+    """A usage error for --provider or --precision given with no ONNX model or shipped name
+    to run (a .pt runs in PyTorch: bf16 asked of it would be fp32 quietly), and for
+    --device given with no .pt."""
+    ctx = click.get_current_context()
+    runtime = [m for m in models if is_runtime_model(m)]
+    for option in ("provider", "precision"):
+        if ctx.get_parameter_source(option) is ParameterSource.COMMANDLINE and not runtime:
+            ran = "no --model is given" if not models else ".pt checkpoints run in PyTorch, on --device"
+            raise click.UsageError(f"--{option} is for ONNX models and shipped names, and {ran}")
+    if ctx.get_parameter_source("device") is ParameterSource.COMMANDLINE and len(runtime) == len(models):
+        raise click.UsageError("--device is for .pt checkpoints (PyTorch); ONNX models and shipped names run on --provider")
+
+
 @click.command("evaluate")
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder of HR images (recursive), e.g. ../shared/data/celeba_hq_256/test.")
@@ -141,13 +156,14 @@ def evaluate(data_dir, list_file, lr_dir, models, names, downsample, border, lim
     """PSNR-Y / SSIM-Y / RGB PSNR and HF ratio of bicubic and each model on a folder of HR images."""
     import skimage.metrics  # noqa: F401 (SSIM, in the eval extra: a missing one is said before any work)
 
-    from srdeploy.evaluation.evaluate import check_model_names, default_model_names, find_test_images, load_model
+    from srdeploy.evaluation.evaluate import check_model_names, default_model_names, find_test_images, is_runtime_model, load_model
     from srdeploy.evaluation.evaluate import evaluate as run_evaluation
 
     if names and len(names) != len(models):
         raise click.UsageError(f"got {len(names)} --name for {len(models)} --model; give one per model or none")
     if lr_dir is not None and downsample is not None:
         raise click.UsageError("--downsample has no effect with --lr-dir (the LR images are given); drop one")
+    _refuse_engine_options_no_model_uses(models, is_runtime_model)
     inside = output_inside_images(out_dir, {"--data": data_dir})
     if inside:
         raise click.UsageError(f"-o {inside}")
