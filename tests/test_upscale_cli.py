@@ -702,6 +702,26 @@ def test_an_output_of_ours_deleted_mid_run_is_written_again(toy, tmp_path, monke
     assert result.status == "ok" and (out / "a.png").read_bytes() == up.upscale_bytes(src.read_bytes(), "a.png").data
 
 
+def test_an_output_that_cannot_be_written_leaves_no_empty_mirror_of_its_folder(toy, tmp_path, monkeypatch):
+    from srdeploy.batch import steps
+    from srdeploy.batch.jobs import Settings
+    from srdeploy.batch.run import run_batch
+
+    src = tmp_path / "in"
+    save(src / "deep" / "er" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    save(src / "kept" / "b.png", np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "out" / "kept").mkdir(parents=True)  # the user's own folder: left as it is
+
+    def disk_full(target, data):  # its folder made, the write fails
+        target.parent.mkdir(parents=True, exist_ok=True)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(steps, "stage_bytes", disk_full)
+    summary = run_batch(Upscaler(toy), [src], tmp_path / "out", settings=Settings(recursive=True))
+    assert [r.status for r in summary.results] == ["failed", "failed"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".srdeploy-upscale.lock", "kept", JOURNAL_NAME]
+
+
 class _Killed(BaseException):
     """Stands in for SIGKILL at one exact point of the write sequence."""
 

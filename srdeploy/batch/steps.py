@@ -111,6 +111,7 @@ class Folder:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._made: set[Path] = set()  # mirrored subfolders this run created: removed again while empty
 
     def target(self, output: PurePosixPath) -> Path:
         return self.root / output
@@ -141,7 +142,15 @@ class Folder:
         self._check_inside(target)  # again: the folder may have been swapped since holds()
         if not self.root.is_dir():  # deleted or moved during the run: not made again here (the journal stops the batch)
             raise FileNotFoundError(errno.ENOENT, "the output folder is gone")
-        return stage_bytes(target, data)
+        folder = target.parent
+        while folder != self.root and not folder.exists():
+            self._made.add(folder)
+            folder = folder.parent
+        try:
+            return stage_bytes(target, data)
+        except BaseException:
+            self._remove_if_empty(target.parent)
+            raise
 
     def publish(self, tmp: Path, target: Path, found: str | None) -> None:
         """Rename ``tmp`` onto ``target`` if the target is as the batch found it when it chose
@@ -170,6 +179,18 @@ class Folder:
 
     def discard(self, tmp: Path) -> None:
         tmp.unlink(missing_ok=True)
+        self._remove_if_empty(tmp.parent)
+
+    def _remove_if_empty(self, folder: Path) -> None:
+        """Remove ``folder`` and the folders above it that this run made, while they hold
+        nothing: an output that was never written leaves no empty mirror of its folder."""
+        while folder in self._made:
+            try:
+                folder.rmdir()  # fails while anything, another output's temp file included, is in it
+            except OSError:
+                return
+            self._made.discard(folder)
+            folder = folder.parent
 
     def sweep(self, outputs: Iterable[PurePosixPath]) -> None:
         """Remove the temp files a killed run left for these outputs: call it only while
