@@ -1,6 +1,6 @@
 """What a rerun pays to read a long batch journal before its first input: the time and the
-peak memory of ``Journal.vouching`` on a journal of many records (not a test; docs/upscale.md,
-"A long journal").
+peak memory of ``Journal.vouching`` on a journal of many records (not a test; docs/results.md,
+"Reading a long journal").
 
     python benchmarks/journal_read.py [--records 300000] [--outputs 100000] [--repeats 3]
 
