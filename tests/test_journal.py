@@ -134,3 +134,9 @@ def test_a_named_pipe_in_the_journals_place_is_refused_not_waited_on(tmp_path):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_the_run_id_is_unique_to_each_run():
+    """Drivers on two machines can share a PID and a second; a bucket's journal tells runs apart by it."""
+    runs = {Journal(Path(os.devnull)).run for _ in range(100)}  # one process, one second: the PID and the time are the same
+    assert len(runs) == 100

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -40,7 +41,10 @@ LOCK_NAME = ".srdeploy-upscale.lock"  # in OUT, held by the run writing there
 class Journal:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        # The start time, the PID and a random part: two drivers on other machines (containers
+        # with small PIDs) may start in one second with one PID, and a bucket's journal tells
+        # runs apart by this id (srdeploy.batch.bucket_journal).
+        self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
         self._made: dict[str, dict[str, bytes]] | None = None  # output -> its sha256 -> the line of its record
         self._reading = threading.Lock()  # the batch's loader threads ask last_ok at once
         self._file: BinaryIO | None = None  # open for appends while the run holds the lock
