@@ -249,13 +249,15 @@ def test_s3_inputs_and_outputs_with_one_put_each_and_resume(toy, cluster, s3_end
     for path in local.rglob("*"):
         if path.is_file():
             s3.put_object(Bucket=BUCKET, Key=f"in/{path.relative_to(local).as_posix()}", Body=path.read_bytes())
-    env = {**AWS, "AWS_ENDPOINT_URL": s3_endpoint, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # the driver's journal copy
+    env = {**AWS, "AWS_ENDPOINT_URL": s3_endpoint, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # the driver's local journal file
 
     run = upscale(f"s3://{BUCKET}/in", "-o", f"s3://{BUCKET}/out", "--model", toy, "--recursive", "--ray", cluster, "--actors", "2", **env)
     assert run.returncode == 1, run.stderr[-3000:]
     assert f"failed  s3://{BUCKET}/in/party/notes.jpg: not an image (the file holds text)" in run.stderr
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="out/")["Contents"])
-    assert keys == ["out/a.png", "out/party/b.jpg", "out/upscale-journal.jsonl"]  # no temp objects, hidden folder left out
+    runs = [key for key in keys if key.startswith("out/upscale-journal-runs/")]  # the run's own records, beside the journal
+    assert [key for key in keys if key not in runs] == ["out/a.png", "out/party/b.jpg", "out/upscale-journal.jsonl"]  # no temp objects, hidden folder left out
+    assert len(runs) == 1 and s3.get_object(Bucket=BUCKET, Key=runs[0])["Body"].read() == s3.get_object(Bucket=BUCKET, Key="out/upscale-journal.jsonl")["Body"].read()
     here = tmp_path / "here"
     assert upscale(local, "-o", here, "--model", toy, "--recursive").returncode == 1
     for name in ("a.png", "party/b.jpg"):  # the same bytes as the local CLI's, and vouched for by the object itself
@@ -277,6 +279,7 @@ def test_s3_inputs_and_outputs_with_one_put_each_and_resume(toy, cluster, s3_end
     assert s3.get_object(Bucket=BUCKET, Key="out/a.png")["Body"].read() == b"the user's own object"
     journal_lines = s3.get_object(Bucket=BUCKET, Key="out/upscale-journal.jsonl")["Body"].read().splitlines()
     assert len({json.loads(line)["run"] for line in journal_lines}) == 3  # one journal, every run appended
+    assert len(s3.list_objects_v2(Bucket=BUCKET, Prefix="out/upscale-journal-runs/")["Contents"]) == 3
 
 
 def test_a_task_retried_after_its_put_reports_its_input_ok(toy, s3_endpoint, tmp_path, monkeypatch):

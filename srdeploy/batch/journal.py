@@ -7,6 +7,11 @@ journal (:meth:`Journal.lock`): losing them loses nothing a rerun needs.
 
 A run killed mid-append leaves at most one partial last line; readers skip lines that do
 not parse, and the next append starts on a fresh line. Records carry the run id and time.
+
+A rerun reads the journal a block at a time and keeps, for each output, the line of the
+newest record that vouches for each sha256 it was given: its memory grows with the outputs,
+not with the journal, whose reruns' ``skipped`` records are most of its lines once it is long,
+and are not even parsed (:func:`_may_vouch`).
 """
 
 from __future__ import annotations
@@ -14,56 +19,90 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import threading
 import time
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from srdeploy.io.files import display, folder_lock, open_regular, read_regular  # display: batch modules take it from here
+from srdeploy.io.files import display, folder_lock, open_regular  # display: batch modules take it from here
 
 # Records that vouch for an output file: "writing" is appended just before the temp file
 # is renamed into place, "ok" right after; either proves the file when its sha256 matches.
 _VOUCHING = ("writing", "ok")
+# A vouching record as json.dumps writes it holds these bytes as they are; only \u escapes
+# (a name that is not UTF-8, or a hand edit) could spell them otherwise.
+_OK_MARK, _WRITING_MARK = (json.dumps(status).encode() for status in _VOUCHING)
+_SHA256_MARK = json.dumps("output_sha256").encode()
+_BLOCK = 1 << 20  # bytes read at a time: a read holds one block's lines at once
 LOCK_NAME = ".srdeploy-upscale.lock"  # in OUT, held by the run writing there
 
 
 class Journal:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-        self._made: dict[str, dict[str, dict[str, Any]]] | None = None  # output -> its sha256 -> record
+        # The start time, the PID and a random part: two drivers on other machines (containers
+        # with small PIDs) may start in one second with one PID, and a bucket's journal tells
+        # runs apart by this id (srdeploy.batch.bucket_journal).
+        self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._made: dict[str, dict[str, bytes]] | None = None  # output -> its sha256 -> the line of its record
         self._reading = threading.Lock()  # the batch's loader threads ask last_ok at once
         self._file: BinaryIO | None = None  # open for appends while the run holds the lock
         self._torn = True  # whether the file may end without a newline (a killed run's last line)
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Every complete record, oldest first."""
-        try:
-            lines = read_regular(self.path).splitlines()  # a FIFO in its place is refused, not waited on
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            raise JournalError(f"cannot read the journal {display(self.path)} ({e.strerror or e})") from e
-        for line in lines:
-            try:
-                record = json.loads(line.decode("utf-8", "surrogateescape"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue  # the torn last line of a killed run
-            if isinstance(record, dict):
+        for line in self._lines():
+            record = _parsed(line)
+            if record is not None:
                 yield record
 
     def vouching(self, output: str) -> dict[str, dict[str, Any]]:
         """The records that vouch for ``output`` (relative path), as of the first call: the
-        newest for each sha256 they give the file."""
+        newest for each sha256 they give the file, parsed again from their lines."""
         with self._reading:
             if self._made is None:
-                made: dict[str, dict[str, dict[str, Any]]] = {}
-                for record in self.records():
-                    name, sha = record.get("output"), record.get("output_sha256")
-                    if record.get("status") in _VOUCHING and name and sha and isinstance(name, str) and isinstance(sha, str):
-                        made.setdefault(name, {})[sha] = record  # a hand-edited line of other types vouches for nothing
-                self._made = made
-        return self._made.get(output, {})
+                self._made = self._vouching_lines()
+            lines = self._made.get(output, {})
+        return {sha: record for sha, line in lines.items() if (record := _parsed(line)) is not None}  # each line parsed once already
+
+    def _vouching_lines(self) -> dict[str, dict[str, bytes]]:
+        """Output -> its sha256 -> the newest line that vouches for it. The line's bytes,
+        not its record: a parsed record (a dict, its values and its own copy of every key)
+        takes about four times the memory, and a rerun asks for each output once."""
+        made: dict[str, dict[str, bytes]] = {}
+        for line in self._lines():
+            record = _parsed(line) if _may_vouch(line) else None
+            if record is None:
+                continue
+            name, sha = record.get("output"), record.get("output_sha256")
+            if record.get("status") in _VOUCHING and name and sha and isinstance(name, str) and isinstance(sha, str):
+                made.setdefault(name, {})[sha] = line  # a hand-edited line of other types vouches for nothing
+        return made
+
+    def _lines(self) -> Iterator[bytes]:
+        """The journal's lines as the read finds it, a block at a time: records appended
+        while it reads are left out, as a read of the whole file would have left them."""
+        try:
+            f = open_regular(self.path)  # a FIFO in its place is refused, not waited on
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise _unreadable(self.path, e) from e
+        with f:
+            try:
+                left, started = os.fstat(f.fileno()).st_size, [b""]  # started: the blocks of a line not ended yet
+                while left > 0 and (block := f.read(min(_BLOCK, left))):
+                    left -= len(block)
+                    if b"\n" not in block:  # kept apart, not joined again at each block: a long line costs its length
+                        started.append(block)
+                        continue
+                    lines, tail = _whole_lines(b"".join([*started, block]))
+                    started = [tail]
+                    yield from lines
+                yield from b"".join(started).splitlines()  # a last line without its newline: a killed run's, torn
+            except OSError as e:
+                raise _unreadable(self.path, e) from e
 
     def last_ok(self, output: str, output_sha256: str | None) -> dict[str, Any] | None:
         """The newest record that vouches for ``output`` as the file is now (its sha256).
@@ -159,6 +198,38 @@ class Journal:
 
 class JournalError(OSError):
     """The journal cannot be written: the batch stops (nothing could vouch for outputs)."""
+
+
+def _unreadable(path: Path, error: OSError) -> JournalError:
+    return JournalError(f"cannot read the journal {display(path)} ({error.strerror or error})")
+
+
+def _may_vouch(line: bytes) -> bool:
+    """Whether a line may hold a record that vouches for an output: one whose bytes hold a
+    vouching status and the output_sha256 field, or any escape (a backslash: a Windows path
+    has them, and a name that is not UTF-8 its \\u escapes). The rest (run records, failed
+    and skipped inputs) are not parsed."""
+    return (_SHA256_MARK in line and (_OK_MARK in line or _WRITING_MARK in line)) or b"\\" in line
+
+
+def _whole_lines(chunk: bytes) -> tuple[list[bytes], bytes]:
+    """The whole lines of ``chunk``, and the start of the line it ends with. Split at a lone
+    \\r too, as bytes.splitlines splits, where a hand edit left one (json.dumps escapes them)."""
+    lines = chunk.split(b"\n")
+    tail = lines.pop()
+    if b"\r" in chunk:
+        lines = [part for line in lines for part in line.splitlines()]
+    return lines, tail
+
+
+def _parsed(line: bytes) -> dict[str, Any] | None:
+    """A line's record, or None: the torn last line of a killed run, or a hand edit that is
+    not a JSON object (too deeply nested, or a number past Python's digits limit, too)."""
+    try:
+        record = json.loads(line.decode("utf-8", "surrogateescape"))
+    except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _ends_with_newline(path: Path) -> bool:

@@ -25,15 +25,14 @@ exited), removes the temp files of the outputs not committed and raises; a bucke
 outputs are whole objects or none.
 
 The journal stays on the driver, with the listing and the plan: for a folder it is
-``OUT/upscale-journal.jsonl`` as always; for a bucket it is appended to a local copy
-(:func:`journal_copy`) and uploaded to ``OUT/upscale-journal.jsonl`` when the run ends.
+``OUT/upscale-journal.jsonl`` as always; for a bucket it is appended to a local file and
+published to ``OUT/upscale-journal.jsonl`` when the run ends (srdeploy.batch.bucket_journal:
+drivers on several machines may write to one bucket at once).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import pickle
 import time
 import uuid
@@ -41,7 +40,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from srdeploy.batch import ray_cluster
+from srdeploy.batch import bucket_journal, ray_cluster
 from srdeploy.batch.jobs import JOURNAL_NAME, Job, Result, Settings, Summary
 from srdeploy.batch.journal import Journal, display
 from srdeploy.batch.ray_actor import Roster, Upscaling, check_engine, read_headers, wait_exit
@@ -114,7 +113,7 @@ class RayBatch:
             from srdeploy.batch.stores import Bucket
 
             place = Bucket(out)
-            journal = Journal(journal_copy(place))
+            journal = Journal(bucket_journal.spool(place))
         summary = Summary(journal=journal.path if isinstance(out, Path) else f"{out}/{JOURNAL_NAME}", unentered_dirs=unentered_dirs)  # type: ignore[arg-type]
         jobs: list[Job] = []
         with journal.lock():
@@ -136,7 +135,7 @@ class RayBatch:
                 if isinstance(place, Folder):
                     place.sweep(job.output for job in jobs)  # a dead worker's temp files: every value is committed or discarded now
                 else:
-                    place.upload(JOURNAL_NAME, journal.path.read_bytes())
+                    bucket_journal.publish(place, journal.path)
         summary.seconds = time.perf_counter() - started
         return summary
 
@@ -255,21 +254,6 @@ def job_rows(jobs: list[Job], journal: Journal, place: Any) -> list[dict[str, An
         {"index": i, "job": pickle.dumps(job), "made": pickle.dumps(journal.vouching(str(job.output)) if isinstance(place, Folder) else {})}
         for i, job in enumerate(jobs)
     ]
-
-
-def journal_copy(bucket: Any) -> Path:
-    """The driver's local copy of a bucket's journal, appended during the run (as any
-    journal, srdeploy.batch.journal) and uploaded when it ends. It starts from the bucket's
-    copy, unless the local one already extends it (a run on this machine was killed before
-    its upload)."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    path = cache / "srdeploy" / "journals" / hashlib.sha256(bucket.uri.encode()).hexdigest()[:16] / JOURNAL_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remote = bucket.download(JOURNAL_NAME) or b""
-    local = path.read_bytes() if path.exists() else b""
-    if not local.startswith(remote):
-        path.write_bytes(remote)
-    return path
 
 
 def _describe(engine: dict[str, Any]) -> dict[str, Any]:

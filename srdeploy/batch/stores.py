@@ -166,6 +166,15 @@ class Bucket:
     def upload(self, name: str, data: bytes) -> None:
         self.fs.pipe_file(f"{self.root}/{name}", data, chunksize=_ONE_PUT)
 
+    def names(self, folder: str) -> list[str]:
+        """The names of the objects in ``folder`` under the prefix, as the store lists them
+        now (not from fsspec's cache of listings: another driver may have written since)."""
+        try:
+            found = self.fs.ls(f"{self.root}/{folder}", detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        return [PurePosixPath(path).name for path in found]
+
     def _metadata(self, target: str) -> dict | None:
         if self._head is None or self._head[0] != target:
             try:
