@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,13 +50,19 @@ def s3_endpoint():
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_endpoint, tmp_path_factory):
+def cluster_dir(tmp_path_factory) -> Path:
+    """The two nodes' temp folder: their processes keep files open under it."""
+    return tmp_path_factory.mktemp("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_endpoint, cluster_dir):
     """The two nodes, with the S3 server's endpoint and keys in their environment (as a
     real cluster's nodes have their store's credentials)."""
     saved = {k: os.environ.get(k) for k in (*AWS, "AWS_ENDPOINT_URL")}
     os.environ.update(AWS, AWS_ENDPOINT_URL=s3_endpoint)
     try:
-        with two_node_cluster(tmp_path_factory.mktemp("ray")) as address:
+        with two_node_cluster(cluster_dir) as address:
             yield address
     finally:
         for k, v in saved.items():
@@ -201,7 +208,7 @@ def test_a_process_that_exited_is_not_running_before_it_is_reaped():
         child.wait()
 
 
-def test_an_actor_killed_mid_run_is_restarted_and_its_inputs_redone(toy, cluster, tmp_path):
+def test_an_actor_killed_mid_run_is_restarted_and_its_inputs_redone(toy, cluster, cluster_dir, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     names = noise_folder(src, 40, 160, seed=3)
     args = [str(SRDEPLOY), "upscale", str(src), "-o", str(out), "--model", str(toy), "--ray", cluster, "--actors", "2", "--quiet"]
@@ -212,6 +219,7 @@ def test_an_actor_killed_mid_run_is_restarted_and_its_inputs_redone(toy, cluster
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None and killed is None:
             actors = set(processes_titled(ACTOR_TITLE)) - before
+            actors &= set(processes_mentioning(str(cluster_dir))) if actors else set()  # this cluster's, not another Ray's on the machine
             journal_text = (out / "upscale-journal.jsonl").read_text(encoding="utf-8") if (out / "upscale-journal.jsonl").exists() else ""
             if actors and journal_text.count('"status": "ok"') >= 2:
                 killed = min(actors)
@@ -331,8 +339,8 @@ def test_an_object_past_the_read_limit_is_refused_unread(s3_endpoint, monkeypatc
 def test_ray_local_starts_a_cluster_for_the_run_says_only_our_lines_and_stops_it(toy, tmp_path):
     # Ray's own temp folder: RAY_TMPDIR would mark the run's processes, but it also hides
     # the C++ log line this test looks for.
-    sessions = str(Path(tempfile.gettempdir()) / "ray" / "session_")
-    before = set(processes_mentioning(sessions))
+    sessions = Path(tempfile.gettempdir()) / "ray"
+    driver = None
     # A user's shell has no RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: the run must keep its cluster on loopback by itself.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
     listening: set[str] = set()
@@ -349,12 +357,18 @@ def test_ray_local_starts_a_cluster_for_the_run_says_only_our_lines_and_stops_it
             stdout.seek(0), stderr.seek(0)
             run = subprocess.CompletedProcess(driver.args, driver.returncode, stdout.read(), stderr.read())
     finally:  # a driver killed by the timeout leaves its cluster: it goes too
+        # Ray names a session's folder after the driver's PID: this run's processes, not
+        # those of another Ray on the machine.
+        session = next(sessions.glob(f"session_*_{driver.pid}"), None) if driver else None
+        ours = (lambda: set(processes_mentioning(str(session)))) if session else set
         deadline = time.monotonic() + 20
-        while set(processes_mentioning(sessions)) - before and time.monotonic() < deadline:
+        while ours() and time.monotonic() < deadline:
             time.sleep(0.5)
-        left = sorted(set(processes_mentioning(sessions)) - before)
+        left = sorted(ours())
         for pid in left:
             os.kill(pid, signal.SIGKILL)
+        if session:
+            shutil.rmtree(session, ignore_errors=True)  # its logs: Ray leaves one folder a run in /tmp/ray
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [line for line in re.split(r"[\r\n]", run.stderr) if line.strip() and "%|" not in line]  # the bar's redraws aside
     assert lines[0].startswith(f"model {toy} ") and f"; Ray: {available_cpus()} actor(s) x 1 CPU" in lines[0]  # one actor a CPU here
