@@ -50,7 +50,11 @@ def main() -> int:
         # lint-imports puts its working folder first on sys.path: there, the copy is found
         # before this checkout's srdeploy/ and the editable install.
         env = {**os.environ, "PYTHONPATH": tmp}
-        return subprocess.run([str(lint), "--no-cache", str(REPO / "pyproject.toml")], cwd=tmp, env=env).returncode
+        try:  # bounded here: a caller's timeout would end this script and leave lint-imports running
+            return subprocess.run([str(lint), "--no-cache", str(REPO / "pyproject.toml")], cwd=tmp, env=env, timeout=240).returncode
+        except subprocess.TimeoutExpired:
+            print("lint-imports did not finish within 240 s", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":
