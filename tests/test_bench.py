@@ -89,6 +89,18 @@ def test_bench_reports_every_row_for_both_input_sets(tiny_generator, tiny_onnx, 
         assert record["images_per_s"] > 0 and record["output_mpx_per_s"] > 0 and record["gflop_per_s"] > 0
         assert record["ceiling_share"] > 0 and record["vs_ort_fp32"] > 0
         assert len(record["passes"]) == 1
+        # The figures agree with each other and with the timed pass (atol=0: tiny values)
+        seconds = record["passes"][0]
+        assert record["seconds_per_pass"] == seconds
+        np.testing.assert_allclose(record["images_per_s"] * seconds, record["images"], rtol=1e-9, atol=0)
+        ort = rows[record["set"], "ort_fp32"]["seconds_per_pass"]
+        np.testing.assert_allclose(record["vs_ort_fp32"], ort / seconds, rtol=1e-9, atol=0)
+        np.testing.assert_allclose(record["vs_torch"], rows[record["set"], "torch"]["seconds_per_pass"] / seconds, rtol=1e-9, atol=0)
+        flops = result["flops"]["gflop"] if record["set"] == "3 x 8x8" else None
+        if flops is not None:  # the first set's inputs all have the first input's size
+            np.testing.assert_allclose(record["gflop_per_s"], flops * record["images_per_s"], rtol=1e-9, atol=0)
+    for s in sets:
+        assert rows[s, "ort_fp32"]["vs_ort_fp32"] == 1.0 and rows[s, "torch"]["vs_torch"] == 1.0
     for s in sets:
         for same_network in ("ort_fp32", "openvino_fp32", "openvino_defaults"):
             if rows[s, same_network]["precision"] == "fp32":  # OpenVINO's defaults are bf16 on bf16 CPUs
