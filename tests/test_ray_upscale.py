@@ -128,6 +128,15 @@ def test_mixed_corpus_on_two_nodes_matches_the_local_cli_byte_for_byte(toy, clus
     assert run_record["event"] == "run" and run_record["ray"]["actors"] == 4 and run_record["provider"] == journal(here)[0]["provider"]
 
 
+def test_ray_auto_joins_the_cluster_ray_address_names(toy, cluster, tmp_path):
+    """The README's cluster command: `--ray auto` on a machine of the cluster, found as Ray
+    finds it (RAY_ADDRESS here; a node's own address file on a real one)."""
+    run = upscale(EXAMPLES, "-o", tmp_path / "out", "--model", toy, "--ray", "auto", RAY_ADDRESS=cluster)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Ray: 4 actor(s) x 1 CPU" in run.stderr  # the two nodes, not a cluster of its own
+    assert sorted(outputs(tmp_path / "out")) == sorted(p.name for p in EXAMPLES.iterdir() if p.suffix in (".png", ".jpg"))
+
+
 def test_ctrl_c_leaves_no_partial_output_and_a_rerun_resumes(toy, cluster, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     names = noise_folder(src, 80, 160, seed=2)  # enough that Ctrl-C lands mid-run on a fast CPU
