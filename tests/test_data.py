@@ -117,7 +117,7 @@ def test_epoch_sampler_shards_and_resumes():
 def test_every_stage_reads_16_bit_grey_and_phone_photos_as_upscale_does(tmp_path):
     """A 16-bit grey scan is not solid white, and a photo stored on its side (EXIF
     orientation 6) is upright, in training, evaluation and int8 calibration alike."""
-    from srdeploy.evaluation.evaluate import read_rgb as evaluation_reads
+    from srdeploy.evaluation.evaluate import read_rgb_and_grey
     from srdeploy.export.calibration import lr_input
     from srdeploy.io import imaging
 
@@ -129,7 +129,8 @@ def test_every_stage_reads_16_bit_grey_and_phone_photos_as_upscale_does(tmp_path
 
     upscale_reads = imaging.decode((tmp_path / "scan16.png").read_bytes(), "scan16.png")
     expected = imaging.to_8bit(upscale_reads).color
-    for reader in (imaging.read_rgb, evaluation_reads, lambda p: SRDataset(tmp_path)._load(p)):
+    assert read_rgb_and_grey(tmp_path / "scan16.png")[1] and not read_rgb_and_grey(tmp_path / "phone.jpg")[1]  # evaluation scores grey as grey
+    for reader in (imaging.read_rgb, lambda p: read_rgb_and_grey(p)[0], lambda p: SRDataset(tmp_path)._load(p)):
         grey = np.asarray(reader(tmp_path / "scan16.png"))
         assert grey.shape == (96, 128, 3) and (grey == expected[..., None]).all()
         assert reader(tmp_path / "phone.jpg").size == (96, 128)

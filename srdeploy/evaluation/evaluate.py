@@ -115,7 +115,7 @@ class UnreadableImage(ValueError):
     """An image file that cannot be decoded: left out of the evaluation, and said so."""
 
 
-def read_rgb(path: Path) -> tuple[Image.Image, bool]:
+def read_rgb_and_grey(path: Path) -> tuple[Image.Image, bool]:
     """The image as every stage reads it (srdeploy.io.imaging.read_rgb: upright, 8-bit
     RGB), and whether the file is grey."""
     try:
@@ -128,12 +128,12 @@ def read_rgb(path: Path) -> tuple[Image.Image, bool]:
 
 def load_lr_hr(image: TestImage, downsample: str = "bicubic") -> tuple[Image.Image, Image.Image, bool, bool]:
     """(LR, HR, whether HR was cropped to a multiple of the scale, whether HR is grey)."""
-    hr, grey = read_rgb(image.hr_path)
+    hr, grey = read_rgb_and_grey(image.hr_path)
     cropped = crop_to_multiple(hr, SCALE)
     was_cropped = cropped.size != hr.size
     if image.lr_path is None:
         return downscale(cropped, SCALE, downsample), cropped, was_cropped, grey
-    lr, _ = read_rgb(image.lr_path)
+    lr, _ = read_rgb_and_grey(image.lr_path)
     expected = (cropped.width // SCALE, cropped.height // SCALE)
     if lr.size != expected:
         raise ValueError(
