@@ -438,3 +438,21 @@ def test_validation_scores_the_generators_output_and_best_pt_is_the_best_validat
         assert {k: record[k] for k in ("psnr_y", "ssim_y", "psnr_rgb", "hf_ratio")} == pytest.approx(scores(checkpoint), rel=1e-9)
         assert record["images"] == 3 and record["bicubic_psnr_y"] == pytest.approx(bicubic, rel=1e-9)
         assert abs(record["psnr_y"] - record["bicubic_psnr_y"]) > 0.01  # the model's score, not the baseline's
+
+
+@pytest.mark.parametrize("every, saved", [(1, [1, 2, 3, 4, 5, 6, 7]), (3, [3, 5, 6, 7])])
+def test_ckpt_every_saves_last_pt_inside_an_epoch(tmp_path, image_folder, monkeypatch, every, saved):
+    """10 images in batches of 2: 5 steps an epoch. last.pt is written every `ckpt_every`
+    steps, at each epoch's end (after validation) and at the run's end."""
+    import srdeploy.training.loop as loop
+
+    real, written = loop.save_checkpoint, []
+
+    def recording(state, path):
+        written.append((path.name, state["step"]))
+        return real(state, path)
+
+    monkeypatch.setattr(loop, "save_checkpoint", recording)
+    out = train(tiny_config(tmp_path, image_folder, batch_size=2, steps=7, ckpt_every=every))
+    assert sorted({step for name, step in written if name == "last.pt"}) == saved
+    assert load_checkpoint(out / "last.pt")["step"] == 7
