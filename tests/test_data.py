@@ -161,3 +161,31 @@ def test_a_patchs_lr_is_the_whole_images_lr_there_as_evaluation_and_preload_make
         assert len(here) == 1
         x, y = here[0]
         assert np.array_equal(lr, whole[y // 4 : y // 4 + 8, x // 4 : x // 4 + 8])
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_a_flipped_pairs_lr_is_its_hrs_degradation_in_both_loaders(tmp_path, preload):
+    """A flip must turn the LR with its HR: one turned alone trains the model to mirror.
+    Whole square images, so the pair is exactly (downscale(HR), HR), flipped or not."""
+    from srdeploy.training.config import TrainConfig
+    from srdeploy.training.distributed import DistEnv
+    from srdeploy.training.loop import make_loader
+
+    originals = {}
+    for i in range(4):
+        _save(tmp_path / f"{i}.png", size=(32, 32), seed=10 + i)
+        originals[i] = np.asarray(Image.open(tmp_path / f"{i}.png").convert("RGB"))
+    cfg = TrainConfig(data=str(tmp_path), patch=None, flip=True, batch_size=2, workers=0, preload=preload, seed=3)
+    _, sampler, loader = make_loader(cfg, DistEnv(), torch.device("cpu"))
+    seen = []  # (image, flipped)
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        for lr, hr in loader:
+            for lr_i, hr_i in zip(lr, hr):
+                hr_u8 = ((hr_i.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+                lr_u8 = (lr_i.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+                degraded = np.array_equal(lr_u8, np.asarray(downscale(Image.fromarray(hr_u8), 4, "bicubic")))
+                assert degraded, f"epoch {epoch}: an LR that is not its HR's degradation"
+                seen += [(i, flipped) for i, img in originals.items() for flipped in (False, True)
+                         if np.array_equal(hr_u8, img[:, ::-1] if flipped else img)]
+    assert len(seen) == 16 and {f for _, f in seen} == {False, True}  # 16 pairs drawn, some of them flipped

@@ -391,3 +391,68 @@ def test_torchvisions_cached_vgg_file_is_checked_and_never_unpickled_in_full(tmp
     with pytest.raises(VGGWeightsMissing, match=rf"{cached}: not torchvision's vgg19-dcbb9e9d.pth \(its sha256 does not start with dcbb9e9d\); delete it"):
         load_vgg_features()
     assert not (tmp_path / "ran").exists()
+
+
+def test_validation_scores_the_generators_output_and_best_pt_is_the_best_validated_step(tmp_path, image_folder):
+    """The logged scores are evaluate_pair on what the generator makes of each validation
+    image's centre square (its LR cut from the whole image's degradation), and best.pt,
+    the checkpoint docs/training.md says to export, holds the step that scored best."""
+    from srdeploy.quality.degrade import downscale, upscale_bicubic
+    from srdeploy.quality.metrics import evaluate_pair
+
+    val = tmp_path / "val"
+    val.mkdir()
+    rng = np.random.default_rng(7)
+    for i, (w, h) in enumerate([(56, 48), (48, 56), (56, 48)]):  # 4 px either side of the 48 px centre square
+        y, x = np.mgrid[0:h, 0:w]
+        base = np.stack([(x * 4 + 20 * i) % 256, (y * 5) % 256, ((x + 2 * y) * 2) % 256], -1)
+        Image.fromarray(np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)).save(val / f"{i}.png")
+    # 2 steps an epoch: validated at steps 2, 4 and 6. A learning rate this high spoils the
+    # model after its first epochs, so the best step is not the last, whose weights last.pt holds.
+    out = train(tiny_config(tmp_path, image_folder, steps=6, lr=0.03, val_data=str(val), log_every=1000))
+    logged = {r["step"]: r for r in map(json.loads, open(out / "metrics.jsonl")) if r["split"] == "val"}
+    assert sorted(logged) == [2, 4, 6]
+
+    pairs = []
+    for i in range(3):
+        img = Image.open(val / f"{i}.png").convert("RGB")
+        lr_whole = np.asarray(downscale(img, 4, "bicubic"))
+        x, y = (img.width - 48) // 2, (img.height - 48) // 2
+        pairs.append((lr_whole[y // 4 : y // 4 + 12, x // 4 : x // 4 + 12], np.asarray(img)[y : y + 48, x : x + 48]))
+
+    def scores(checkpoint):
+        g, _ = load_generator(checkpoint)
+        lr = torch.stack([torch.from_numpy(lr.astype(np.float32) / 255).permute(2, 0, 1) for lr, _ in pairs])
+        with torch.no_grad():
+            sr = ((g(lr).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        each = [evaluate_pair(s, hr) for s, (_, hr) in zip(sr, pairs)]
+        return {k: float(np.mean([m[k] for m in each])) for k in ("psnr_y", "ssim_y", "psnr_rgb", "hf_ratio")}
+
+    bicubic = np.mean([evaluate_pair(np.asarray(upscale_bicubic(Image.fromarray(lr), 4)), hr)["psnr_y"] for lr, hr in pairs])
+    best_step = max(logged, key=lambda s: logged[s]["psnr_y"])
+    assert best_step != 6, "the last validation scored best: this run cannot tell best.pt from last.pt"
+    best = load_checkpoint(out / "best.pt")
+    assert best["step"] == best_step and best["best"] == logged[best_step]["psnr_y"]
+    for checkpoint, step in ((out / "best.pt", best_step), (out / "last.pt", 6)):
+        record = logged[step]
+        assert {k: record[k] for k in ("psnr_y", "ssim_y", "psnr_rgb", "hf_ratio")} == pytest.approx(scores(checkpoint), rel=1e-9)
+        assert record["images"] == 3 and record["bicubic_psnr_y"] == pytest.approx(bicubic, rel=1e-9)
+        assert abs(record["psnr_y"] - record["bicubic_psnr_y"]) > 0.01  # the model's score, not the baseline's
+
+
+@pytest.mark.parametrize("every, saved", [(1, [1, 2, 3, 4, 5, 6, 7]), (3, [3, 5, 6, 7])])
+def test_ckpt_every_saves_last_pt_inside_an_epoch(tmp_path, image_folder, monkeypatch, every, saved):
+    """10 images in batches of 2: 5 steps an epoch. last.pt is written every `ckpt_every`
+    steps, at each epoch's end (after validation) and at the run's end."""
+    import srdeploy.training.loop as loop
+
+    real, written = loop.save_checkpoint, []
+
+    def recording(state, path):
+        written.append((path.name, state["step"]))
+        return real(state, path)
+
+    monkeypatch.setattr(loop, "save_checkpoint", recording)
+    out = train(tiny_config(tmp_path, image_folder, batch_size=2, steps=7, ckpt_every=every))
+    assert sorted({step for name, step in written if name == "last.pt"}) == saved
+    assert load_checkpoint(out / "last.pt")["step"] == 7
