@@ -145,6 +145,18 @@ def moto_s3() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        _forget_s3_filesystems()
+
+
+def _forget_s3_filesystems() -> None:
+    """fsspec keeps one S3 filesystem per set of arguments, for the whole process: a test
+    module after this one, with its own server on another port, would reach this one's
+    (gone) through it, whatever AWS_ENDPOINT_URL it sets."""
+    try:
+        from s3fs import S3FileSystem
+    except ImportError:
+        return
+    S3FileSystem.clear_instance_cache()
 
 
 def srdeploy_env(**extra: str) -> dict[str, str]:
