@@ -16,8 +16,9 @@ from collections import Counter
 import click
 
 from srdeploy import EXIT_INTERRUPTED
-from srdeploy.batch.journal import JournalError, display
+from srdeploy.batch.journal import JournalError
 from srdeploy.io import imaging
+from srdeploy.io.files import display
 from srdeploy.io.imaging import DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION
 from srdeploy.runtime import engines, zoo
 from srdeploy.runtime.upscaler import DEFAULT_TILE

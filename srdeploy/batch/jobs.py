@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Callable, Iterable
 
-from srdeploy.batch.journal import display
 from srdeploy.io import imaging
+from srdeploy.io.files import display
 from srdeploy.io.formats import READ_SUFFIXES, UNREAD_SUFFIXES
 from srdeploy.runtime.upscaler import ModelOutputError
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from srdeploy.io.files import display, folder_lock, open_regular  # display: batch modules take it from here
+from srdeploy.io.files import display, folder_lock, open_regular
 
 # Records that vouch for an output file: "writing" is appended just before the temp file
 # is renamed into place, "ok" right after; either proves the file when its sha256 matches.

@@ -42,12 +42,13 @@ from typing import Any, Callable
 
 from srdeploy.batch import bucket_journal, ray_cluster
 from srdeploy.batch.jobs import JOURNAL_NAME, Job, Result, Settings, Summary
-from srdeploy.batch.journal import Journal, display
+from srdeploy.batch.journal import Journal
 from srdeploy.batch.ray_actor import Roster, Upscaling, check_engine, read_headers, wait_exit
 from srdeploy.batch.run import (
     Recorder, collect, make_output_folder, plan, progress_bar, refuse_nothing_to_do, refuse_output_among_inputs, settings_record, stray_result, strays_in_output, walked_inside_output,
 )
 from srdeploy.batch.steps import Committer, Folder, arrived, is_staged
+from srdeploy.io.files import display
 from srdeploy.runtime import engines
 from srdeploy.runtime.zoo import MODEL_SUFFIXES
 

@@ -39,10 +39,10 @@ from typing import Callable, Sequence
 
 from srdeploy.batch import pipeline
 from srdeploy.batch.jobs import JOURNAL_NAME, Job, Result, Settings, Summary, failure_reason, walk_tree
-from srdeploy.batch.journal import Journal, display
+from srdeploy.batch.journal import Journal
 from srdeploy.batch.steps import Folder, InputSteps, Place, source_identity
 from srdeploy.io import imaging
-from srdeploy.io.files import sha256_file
+from srdeploy.io.files import display, sha256_file
 from srdeploy.io.formats import READ_SUFFIXES
 from srdeploy.runtime.upscaler import Upscaler
 
