@@ -16,6 +16,7 @@ import click
 from srdeploy.export import parity
 from srdeploy.export.calibration import CHECK_IMAGES
 from srdeploy.export.pipeline import InputsRefused, Int8Request
+from srdeploy.io.files import make_folder
 from srdeploy.runtime import contract, tensorrt, zoo
 from srdeploy.runtime.upscaler import DEFAULT_TILE
 
@@ -83,12 +84,10 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, calibration:
         click.echo(f"Error: {e}", err=True)
         sys.exit(2)
     profile = TileProfile.for_tiles(tile=tile, overlap=generator.receptive_radius if overlap is None else overlap, max_batch=max_batch)
-    made = not out_dir.exists()
     try:  # now, not after the export's minutes: -o under a file, a link loop, a read-only parent
-        out_dir.mkdir(parents=True, exist_ok=True)
+        made = make_folder(out_dir)
     except OSError as e:
-        why = "it exists and is not a folder" if isinstance(e, FileExistsError) else e.strerror or e
-        raise click.UsageError(f"-o {out_dir}: cannot create this folder ({why})") from None
+        raise click.UsageError(f"-o {out_dir}: cannot create this folder ({e.strerror or e})") from None
     click.echo(f"{checkpoint}: {meta['weights']} weights, generator {generator.arch()} -> {out_dir}")
     try:
         result = export_artifacts(

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import click
 
 from srdeploy import EXIT_INTERRUPTED
-from srdeploy.io.files import TMP_SUFFIX, FolderBusy, folder_lock
+from srdeploy.io.files import FolderBusy, folder_lock, temp_files_of
 from srdeploy.io.folders import output_inside_images
 from srdeploy.runtime import zoo
 from srdeploy.training.config import SRGAN_FIELDS, ConfigError, TrainConfig, field_docs, literal_choices, resolve_config, stage_defaults
@@ -49,6 +49,7 @@ PATHS = {
 }
 # Path fields written to config.json (``init`` may also be the shipped model's name).
 LOCK_NAME = ".srdeploy-train.lock"  # in the run folder, held by the run writing there
+CHECKPOINTS = {"last.pt", "best.pt"}  # in the run folder (srdeploy.training.loop)
 STORED_PATHS = {"data", "data_list", "val_data", "val_list", "vgg_weights", "init"}
 # What --resume may change: the budget (a resume extends it), the run folder (it may have
 # moved) and how the run is fed, logged and checkpointed. The rest is the stored config.
@@ -208,7 +209,7 @@ def run_folder_lock(out: Path) -> Iterator[None]:
             try:
                 out.mkdir(parents=True, exist_ok=True)
                 held.enter_context(folder_lock(out, LOCK_NAME, f"another srdeploy train is running in {out}; wait for it, or give another --out"))
-                for stale in out.glob(f"*{TMP_SUFFIX}"):  # a killed run's half-written checkpoint (-9, a power cut): no live run holds the lock
+                for stale in temp_files_of(out, CHECKPOINTS):  # a killed run's half-written checkpoint (-9, a power cut): no live run holds the lock
                     stale.unlink(missing_ok=True)
             except FolderBusy as e:
                 raise click.UsageError(str(e)) from None

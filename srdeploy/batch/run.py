@@ -42,7 +42,7 @@ from srdeploy.batch.jobs import JOURNAL_NAME, Job, Result, Settings, Summary, fa
 from srdeploy.batch.journal import Journal
 from srdeploy.batch.steps import Folder, InputSteps, Place, source_identity
 from srdeploy.io import imaging
-from srdeploy.io.files import display, sha256_file
+from srdeploy.io.files import display, make_folder, sha256_file
 from srdeploy.io.formats import READ_SUFFIXES
 from srdeploy.runtime.upscaler import Upscaler
 
@@ -322,7 +322,7 @@ def progress_bar(jobs: int, decided: int, shown: bool):
 def make_output_folder(out_dir: Path) -> None:
     """OUT and its parents, or an OSError that names OUT and says why not."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(out_dir)
     except OSError as e:
         raise OSError(f"cannot create the output folder {display(out_dir)} ({e.strerror or e})") from None
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from srdeploy.io.files import atomic_write_bytes
+from srdeploy.io.files import atomic_write_bytes, make_folder
 from srdeploy.io.folders import output_inside_images
 from srdeploy.quality.metrics import BORDER, protocol
 from srdeploy.quality.degrade import DOWNSAMPLE_METHODS
@@ -113,10 +113,12 @@ def _write_report(result: Evaluation, out_dir: Path, data: str, sources: dict[st
     return written
 
 
-def _refuse_engine_options_no_model_uses(models: tuple[str, ...], is_runtime_model) -> None:
+def _refuse_engine_options_no_model_uses(models: tuple[str, ...]) -> None:
     """A usage error for --provider or --precision given with no ONNX model or shipped name
     to run (a .pt runs in PyTorch: bf16 asked of it would be fp32 quietly), and for
     --device given with no .pt."""
+    from srdeploy.evaluation.evaluate import is_runtime_model
+
     ctx = click.get_current_context()
     runtime = [m for m in models if is_runtime_model(m)]
     for option in ("provider", "precision"):
@@ -156,20 +158,19 @@ def evaluate(data_dir, list_file, lr_dir, models, names, downsample, border, lim
     """PSNR-Y / SSIM-Y / RGB PSNR and HF ratio of bicubic and each model on a folder of HR images."""
     import skimage.metrics  # noqa: F401 (SSIM, in the eval extra: a missing one is said before any work)
 
-    from srdeploy.evaluation.evaluate import check_model_names, default_model_names, find_test_images, is_runtime_model, load_model
+    from srdeploy.evaluation.evaluate import check_model_names, default_model_names, find_test_images, load_model
     from srdeploy.evaluation.evaluate import evaluate as run_evaluation
 
     if names and len(names) != len(models):
         raise click.UsageError(f"got {len(names)} --name for {len(models)} --model; give one per model or none")
     if lr_dir is not None and downsample is not None:
         raise click.UsageError("--downsample has no effect with --lr-dir (the LR images are given); drop one")
-    _refuse_engine_options_no_model_uses(models, is_runtime_model)
+    _refuse_engine_options_no_model_uses(models)
     inside = output_inside_images(out_dir, {"--data": data_dir})
     if inside:
         raise click.UsageError(f"-o {inside}")
-    made = not out_dir.exists()
     try:  # now, not after minutes of scoring: a typo in -o must not cost the results
-        out_dir.mkdir(parents=True, exist_ok=True)
+        made = make_folder(out_dir)
     except OSError as e:
         raise click.UsageError(f"-o {out_dir}: cannot create this folder ({e.strerror or e})") from None
     try:

@@ -223,6 +223,18 @@ def folder_lock(folder: Path, name: str, busy: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def make_folder(folder: Path) -> bool:
+    """``folder`` and its parents, made where missing; whether this call made ``folder``.
+    Raises OSError whose strerror says why not: a file (or a link loop) in the way, a name
+    under a file, no permission."""
+    made = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:  # "File exists" of a folder that does exist would puzzle
+        raise OSError(e.errno, "it exists and is not a folder", e.filename) from None
+    return made
+
+
 def display(path: os.PathLike | str | None) -> str:
     """A path as printable text, even when its name is not valid UTF-8. Shown text passes
     through unchanged: under an ASCII locale (LC_ALL=C without UTF-8 mode) a name already

@@ -159,8 +159,9 @@ class open_checked:
             # is_animated looks at the second frame's header only. n_frames walks them all, and
             # for a TIFF Pillow checks each page against every earlier one: a 4.7 MB file of
             # 60,000 one-pixel pages took 45 s to count (the security review's repro).
-            several = im.format != "MPO" and getattr(im, "is_animated", False)
-            frames = f"{im.n_frames} frames" if several and im.format == "GIF" else "several pages" if several else ""  # a GIF's count is cheap
+            frames = ""
+            if im.format != "MPO" and getattr(im, "is_animated", False):  # counted where it is cheap (GIF, WebP)
+                frames = "several pages" if im.format == "TIFF" else f"{im.n_frames} frames"
         except Exception as e:
             raise ImageError(f"{self.name}: corrupt {im.format} frame table ({why(e)})") from None
         if im.format == "JPEG" and im.info.get("progressive"):
